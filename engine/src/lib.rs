@@ -1,0 +1,10 @@
+//! icn-engine: the thread-per-core substrate.
+//!
+//! Shard executors (glommio, one per core, pinned), cross-shard rings, the buffer pool, io_uring UDP
+//! with GSO/GRO, metrics, node identity and registry, and the three transports behind one trait.
+
+pub mod buffer;
+pub mod transport;
+
+pub use buffer::{Buf, BufMut, BufferPool};
+pub use transport::{ConnId, NodeId, Priority, RequestContext, Route, Router, RpcError, Transport};

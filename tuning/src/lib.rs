@@ -1,0 +1,1 @@
+//! Every knob and limit of icn.
