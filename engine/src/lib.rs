@@ -5,6 +5,7 @@
 
 pub mod buffer;
 pub mod transport;
+pub mod udp;
 
 pub use buffer::{Buf, BufMut, BufferPool};
 pub use transport::{ConnId, NodeId, Priority, RequestContext, Route, Router, RpcError, Transport};

@@ -1,0 +1,1425 @@
+//! QUIC transport on quiche, driven by one glommio executor.
+//!
+//! One `QuicTransport` is one endpoint: a UDP socket ([`UdpIo`], GSO/GRO), the quiche connections
+//! that arrive on it, and four tasks on the local executor:
+//! - the receiver waits for datagrams, feeds each (each GRO segment) to its connection, reads
+//!   stream data and dispatches complete requests to the [`Router`];
+//! - the sender drains every connection that has output into GSO batches (all packets of a batch
+//!   go to one peer and have one size, the last may be shorter);
+//! - the timer task runs quiche's loss/idle timers and sends keep-alive PINGs;
+//! - one dialer per peer that this node must dial (the node with the smaller id dials; the other
+//!   only accepts), reconnecting with exponential backoff.
+//!
+//! Mutual TLS 1.3: the TLS context (built by [`crate::tls`]) requires and checks the peer's
+//! certificate; after the handshake the peer's node id is read from its certificate and must be an
+//! allowed peer (and, when we dialed, the one we meant to reach). Only then is any stream data
+//! read, so nothing from an unknown node reaches a handler.
+//!
+//! One RPC is one bidirectional stream: request frame out with FIN, response frame back with FIN.
+//! Bodies are handed to quiche zero-copy (`stream_send_zc` with refcounted [`Buf`]s). Dropping an
+//! RPC future resets the stream (RESET_STREAM + STOP_SENDING); the serving side then drops the
+//! handler task.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use glommio::task::JoinHandle;
+use icn_codecs::frame::FrameLimits;
+use icn_codecs::{CodecLimits, Encoder};
+use quiche::{BufFactory, BufSplit, ConnectionId, RecvInfo, Shutdown};
+
+use crate::buffer::Buf;
+use crate::transport::wire::{self, Assembler, Message};
+use crate::transport::{ConnId, NodeId, Priority, RequestContext, Route, Router, RpcError, Transport};
+use crate::udp::{RecvBatch, UdpConfig, UdpIo};
+
+/// Length of the connection ids we issue. The first byte is reserved for shard steering.
+pub const LOCAL_CID_BYTES: usize = 16;
+/// ALPN protocol id of icn's RPC protocol.
+pub const ALPN: &[u8] = b"icn/1";
+
+/// Application error codes on streams and connections.
+pub mod codes {
+    /// The RPC was cancelled by its caller.
+    pub const STREAM_CANCELLED: u64 = 0x1;
+    /// The message exceeded `message_bytes_max`.
+    pub const STREAM_TOO_LARGE: u64 = 0x2;
+    /// The peer broke the framing rules.
+    pub const STREAM_PROTOCOL: u64 = 0x3;
+    /// Orderly shutdown.
+    pub const CONN_SHUTDOWN: u64 = 0x0;
+    /// The peer is not (or no longer) in the registry.
+    pub const CONN_NOT_ALLOWED: u64 = 0x10;
+    /// A newer connection to the same peer replaced this one.
+    pub const CONN_REPLACED: u64 = 0x11;
+}
+
+/// Settings of a QUIC endpoint, mapped from the `quic`, `udp` and `rpc` tuning sections.
+#[derive(Clone, Debug)]
+pub struct QuicConfig {
+    pub listen_addr: SocketAddr,
+    pub udp: UdpConfig,
+    /// Largest UDP payload we send and accept (1200..=1472; packets on loopback otherwise grow to
+    /// 64 KiB and flatter every benchmark).
+    pub udp_payload_bytes_max: usize,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// A PING is sent on a connection idle for this long (must be below `idle_timeout`).
+    pub keep_alive_interval: Duration,
+    /// Initial per-stream flow-control window (bytes the peer may send on one stream unread).
+    pub stream_window_bytes: u64,
+    /// Initial connection flow-control window; memory per connection is bounded by it.
+    pub connection_window_bytes: u64,
+    /// Concurrent bidirectional streams the peer may open (bounds inbound RPCs per connection).
+    pub bidi_streams_max: u64,
+    /// Connections this endpoint keeps, handshaking included; further Initials are dropped.
+    pub connections_max: usize,
+    /// Largest RPC body accepted or sent.
+    pub message_bytes_max: u64,
+    /// Outgoing RPCs in flight per peer; more fail with `TooManyInFlight`.
+    pub requests_in_flight_max: usize,
+    pub request_timeout: Duration,
+    pub reconnect_backoff_initial: Duration,
+    pub reconnect_backoff_max: Duration,
+    pub congestion_control: quiche::CongestionControlAlgorithm,
+}
+
+impl Default for QuicConfig {
+    fn default() -> Self {
+        QuicConfig {
+            listen_addr: "127.0.0.1:0".parse().expect("literal address"),
+            udp: UdpConfig::default(),
+            udp_payload_bytes_max: 1452,
+            handshake_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
+            keep_alive_interval: Duration::from_secs(5),
+            stream_window_bytes: 16 << 20,
+            connection_window_bytes: 64 << 20,
+            bidi_streams_max: 1024,
+            connections_max: 1024,
+            message_bytes_max: 128 << 20,
+            requests_in_flight_max: 1024,
+            request_timeout: Duration::from_secs(30),
+            reconnect_backoff_initial: Duration::from_millis(100),
+            reconnect_backoff_max: Duration::from_secs(5),
+            congestion_control: quiche::CongestionControlAlgorithm::CUBIC,
+        }
+    }
+}
+
+/// Counters of one endpoint (merged into the metrics registry by the node).
+#[derive(Default, Debug)]
+pub struct QuicStats {
+    pub connections_opened: Cell<u64>,
+    pub connections_closed: Cell<u64>,
+    pub handshakes_refused: Cell<u64>,
+    pub garbage_datagrams: Cell<u64>,
+    pub initials_dropped_full: Cell<u64>,
+    pub rpcs_sent: Cell<u64>,
+    pub rpcs_served: Cell<u64>,
+    pub rpcs_failed: Cell<u64>,
+    pub streams_reset_by_peer: Cell<u64>,
+    pub protocol_errors: Cell<u64>,
+    pub oversized_messages: Cell<u64>,
+    pub packets_lost: Cell<u64>,
+}
+
+fn bump(cell: &Cell<u64>) {
+    cell.set(cell.get().wrapping_add(1));
+}
+
+/// Refcounted buffers for quiche's zero-copy sends.
+#[derive(Clone, Default, Debug)]
+pub struct IcnBufFactory;
+
+impl BufFactory for IcnBufFactory {
+    type Buf = Buf;
+    type DgramBuf = Vec<u8>;
+
+    fn buf_from_slice(bytes: &[u8]) -> Buf {
+        Buf::copy_from_slice(bytes)
+    }
+
+    fn dgram_buf_from_slice(bytes: &[u8]) -> Vec<u8> {
+        bytes.to_vec()
+    }
+}
+
+impl BufSplit for Buf {
+    fn split_at(&mut self, at: usize) -> Self {
+        let tail = self.slice(at..self.len());
+        *self = self.slice(0..at);
+        tail
+    }
+}
+
+type QuicConn = quiche::Connection<IcnBufFactory>;
+
+/// A single-waiter wake-up flag (the sender and timer tasks each wait on one).
+#[derive(Default)]
+struct Notify {
+    notified: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Notify {
+    fn notify(&self) {
+        self.notified.set(true);
+        if let Some(waker) = self.waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+
+    fn wait(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.notified.replace(false) {
+                Poll::Ready(())
+            } else {
+                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+    }
+}
+
+enum Role {
+    /// Our RPC: waits for the response.
+    Outgoing { route: Route, waker: Option<Waker>, result: Option<Result<Buf, RpcError>> },
+    /// The peer's RPC: the handler task, once the request is complete.
+    Incoming { handler: Option<JoinHandle<()>> },
+}
+
+struct Stream {
+    role: Role,
+    rx: Assembler,
+    /// Bytes not yet accepted by quiche (flow control), in order; FIN after the last.
+    tx: VecDeque<Buf>,
+    tx_fin: bool,
+}
+
+struct Conn {
+    quic: QuicConn,
+    id: ConnId,
+    /// Known once the handshake completed and the certificate was checked.
+    peer: Option<NodeId>,
+    /// The node we dialed (None for accepted connections).
+    expected_peer: Option<NodeId>,
+    peer_addr: SocketAddr,
+    cids: Vec<Vec<u8>>,
+    streams: HashMap<u64, Stream>,
+    next_stream_id: u64,
+    pending_tx: HashSet<u64>,
+    outgoing_in_flight: usize,
+    last_send: Instant,
+    opened: Instant,
+}
+
+struct State {
+    conns: HashMap<u64, Conn>,
+    by_cid: HashMap<Vec<u8>, u64>,
+    by_peer: HashMap<NodeId, u64>,
+    /// Who may connect, and where to dial them.
+    allowed: HashMap<NodeId, SocketAddr>,
+    /// Tasks waiting for a peer's connection state to change.
+    peer_waiters: HashMap<NodeId, Vec<Waker>>,
+    dirty: VecDeque<u64>,
+    dialers: HashMap<NodeId, JoinHandle<()>>,
+}
+
+struct Inner {
+    local_id: NodeId,
+    config: QuicConfig,
+    udp: UdpIo,
+    /// For connections we accept (server TLS context).
+    server_config: RefCell<quiche::Config>,
+    /// For connections we dial (client TLS context).
+    client_config: RefCell<quiche::Config>,
+    router: Router,
+    state: RefCell<State>,
+    encoder: RefCell<Encoder>,
+    frame_limits: FrameLimits,
+    codec_limits: CodecLimits,
+    send_wake: Notify,
+    timer_wake: Notify,
+    next_conn_id: Cell<u64>,
+    shutdown: Cell<bool>,
+    tasks: RefCell<Vec<JoinHandle<()>>>,
+    pub stats: QuicStats,
+}
+
+/// A QUIC endpoint (see the module docs).
+#[derive(Clone)]
+pub struct QuicTransport {
+    inner: Rc<Inner>,
+}
+
+/// Why an endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum QuicStartError {
+    #[error("QUIC configuration: {0}")]
+    Config(quiche::Error),
+    #[error("UDP socket on {addr}: {source}")]
+    Socket { addr: SocketAddr, source: std::io::Error },
+}
+
+impl QuicTransport {
+    /// Starts an endpoint on the current glommio executor. The TLS context builders must present
+    /// this node's certificate and require and check the peer's (see [`crate::tls`]): the server
+    /// one serves connections we accept, the client one those we dial. `allowed` lists the peers
+    /// that may connect and their addresses.
+    pub fn start(
+        local_id: NodeId,
+        server_tls: boring::ssl::SslContextBuilder,
+        client_tls: boring::ssl::SslContextBuilder,
+        config: QuicConfig,
+        router: Router,
+        allowed: HashMap<NodeId, SocketAddr>,
+    ) -> Result<QuicTransport, QuicStartError> {
+        let server_config = build_quic_config(server_tls, &config).map_err(QuicStartError::Config)?;
+        let client_config = build_quic_config(client_tls, &config).map_err(QuicStartError::Config)?;
+        let udp = UdpIo::bind(config.listen_addr, &config.udp)
+            .map_err(|source| QuicStartError::Socket { addr: config.listen_addr, source })?;
+        let body_bytes_max = config.message_bytes_max;
+        let inner = Rc::new(Inner {
+            local_id,
+            udp,
+            server_config: RefCell::new(server_config),
+            client_config: RefCell::new(client_config),
+            router,
+            state: RefCell::new(State {
+                conns: HashMap::new(),
+                by_cid: HashMap::new(),
+                by_peer: HashMap::new(),
+                allowed: HashMap::new(),
+                peer_waiters: HashMap::new(),
+                dirty: VecDeque::new(),
+                dialers: HashMap::new(),
+            }),
+            encoder: RefCell::new(Encoder::new(CodecLimits::default())),
+            frame_limits: FrameLimits { body_bytes_max, ..FrameLimits::default() },
+            codec_limits: CodecLimits::default(),
+            send_wake: Notify::default(),
+            timer_wake: Notify::default(),
+            next_conn_id: Cell::new(1),
+            shutdown: Cell::new(false),
+            tasks: RefCell::new(Vec::new()),
+            stats: QuicStats::default(),
+            config,
+        });
+        let transport = QuicTransport { inner };
+        transport.spawn_driver_tasks();
+        transport.set_allowed_peers(allowed);
+        Ok(transport)
+    }
+
+    fn spawn_driver_tasks(&self) {
+        let receiver = glommio::spawn_local(receive_loop(self.inner.clone())).detach();
+        let sender = glommio::spawn_local(send_loop(self.inner.clone())).detach();
+        let timer = glommio::spawn_local(timer_loop(self.inner.clone())).detach();
+        self.inner.tasks.borrow_mut().extend([receiver, sender, timer]);
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.udp.local_addr()
+    }
+
+    pub fn stats(&self) -> &QuicStats {
+        &self.inner.stats
+    }
+
+    /// Datagram counters of the socket (sent/received, batching).
+    pub fn udp_stats(&self) -> &crate::udp::UdpStats {
+        &self.inner.udp.stats
+    }
+
+    pub fn gso_active(&self) -> bool {
+        self.inner.udp.gso_active()
+    }
+
+    /// Replaces the set of allowed peers (a new registry version): connections to peers that are
+    /// gone are closed, dialers start for new peers this node must dial.
+    pub fn set_allowed_peers(&self, allowed: HashMap<NodeId, SocketAddr>) {
+        let inner = &self.inner;
+        let mut to_dial = Vec::new();
+        {
+            let mut state = inner.state.borrow_mut();
+            state.allowed = allowed;
+            let removed: Vec<u64> = state
+                .conns
+                .iter()
+                .filter(|(_, c)| c.peer.or(c.expected_peer).is_some_and(|p| !state.allowed.contains_key(&p)))
+                .map(|(key, _)| *key)
+                .collect();
+            for key in removed {
+                if let Some(conn) = state.conns.get_mut(&key) {
+                    let _ = conn.quic.close(true, codes::CONN_NOT_ALLOWED, b"removed from registry");
+                }
+                state.dirty.push_back(key);
+            }
+            let gone: Vec<NodeId> =
+                state.dialers.keys().filter(|p| !state.allowed.contains_key(p)).copied().collect();
+            for peer in gone {
+                if let Some(task) = state.dialers.remove(&peer) {
+                    task.cancel();
+                }
+            }
+            for peer in state.allowed.keys() {
+                if inner.local_id < *peer && !state.dialers.contains_key(peer) {
+                    to_dial.push(*peer);
+                }
+            }
+        }
+        for peer in to_dial {
+            let task = glommio::spawn_local(dial_loop(inner.clone(), peer)).detach();
+            inner.state.borrow_mut().dialers.insert(peer, task);
+        }
+        inner.send_wake.notify();
+        inner.timer_wake.notify();
+    }
+
+    /// Closes every connection and stops the endpoint's tasks.
+    pub async fn shutdown(&self) {
+        let inner = &self.inner;
+        inner.shutdown.set(true);
+        {
+            let mut state = inner.state.borrow_mut();
+            for task in state.dialers.drain().map(|(_, t)| t) {
+                task.cancel();
+            }
+            let keys: Vec<u64> = state.conns.keys().copied().collect();
+            for key in keys {
+                if let Some(conn) = state.conns.get_mut(&key) {
+                    let _ = conn.quic.close(true, codes::CONN_SHUTDOWN, b"shutdown");
+                }
+                state.dirty.push_back(key);
+            }
+        }
+        flush_all(inner, &mut vec![0u8; send_buffer_bytes(&inner.config)]).await;
+        for task in inner.tasks.borrow_mut().drain(..) {
+            task.cancel();
+        }
+        let mut state = inner.state.borrow_mut();
+        let keys: Vec<u64> = state.conns.keys().copied().collect();
+        for key in keys {
+            remove_conn(inner, &mut state, key);
+        }
+    }
+
+    /// Waits until `peer` is connected, or `limit` passes. Returns whether it is connected.
+    pub async fn wait_connected(&self, peer: NodeId, limit: Duration) -> bool {
+        wait_for_peer(&self.inner, peer, limit).await.is_some()
+    }
+
+    /// The connection id of `peer`'s current connection, if any.
+    pub fn conn_of(&self, peer: NodeId) -> Option<ConnId> {
+        let state = self.inner.state.borrow();
+        state.by_peer.get(&peer).and_then(|key| state.conns.get(key)).map(|c| c.id)
+    }
+
+    /// Path statistics of the connection to `peer`: (rtt, congestion window bytes, lost packets).
+    pub fn path_stats(&self, peer: NodeId) -> Option<(Duration, usize, usize)> {
+        let state = self.inner.state.borrow();
+        let conn = state.by_peer.get(&peer).and_then(|key| state.conns.get(key))?;
+        let path = conn.quic.path_stats().next()?;
+        Some((path.rtt, path.cwnd, path.lost))
+    }
+}
+
+fn send_buffer_bytes(config: &QuicConfig) -> usize {
+    config.udp_payload_bytes_max * config.udp.send_batch_datagrams_max.clamp(1, 64)
+}
+
+fn build_quic_config(
+    tls: boring::ssl::SslContextBuilder,
+    config: &QuicConfig,
+) -> Result<quiche::Config, quiche::Error> {
+    let mut q = quiche::Config::with_boring_ssl_ctx_builder(quiche::PROTOCOL_VERSION, tls)?;
+    q.set_application_protos(&[ALPN])?;
+    q.set_max_idle_timeout(config.idle_timeout.as_millis() as u64);
+    q.set_max_recv_udp_payload_size(config.udp_payload_bytes_max);
+    q.set_max_send_udp_payload_size(config.udp_payload_bytes_max);
+    q.set_initial_max_data(config.connection_window_bytes);
+    q.set_initial_max_stream_data_bidi_local(config.stream_window_bytes);
+    q.set_initial_max_stream_data_bidi_remote(config.stream_window_bytes);
+    q.set_initial_max_stream_data_uni(0);
+    q.set_initial_max_streams_bidi(config.bidi_streams_max);
+    q.set_initial_max_streams_uni(0);
+    q.set_max_connection_window(config.connection_window_bytes.max(q_default_window()));
+    q.set_max_stream_window(config.stream_window_bytes.max(q_default_window()));
+    q.set_disable_active_migration(true);
+    q.set_cc_algorithm(config.congestion_control);
+    // Pacing needs a send-time-aware I/O path (SO_TXTIME); we send as soon as quiche has output.
+    q.enable_pacing(false);
+    Ok(q)
+}
+
+fn q_default_window() -> u64 {
+    1 << 20
+}
+
+fn new_cid() -> ConnectionId<'static> {
+    let mut bytes = [0u8; LOCAL_CID_BYTES];
+    boring::rand::rand_bytes(&mut bytes).expect("BoringSSL RNG never fails");
+    // First byte: shard index (0 until multi-shard steering lands).
+    bytes[0] = 0;
+    ConnectionId::from_vec(bytes.to_vec())
+}
+
+/// Node id of the peer of an established connection, from its certificate.
+fn peer_id_of(conn: &QuicConn) -> Option<NodeId> {
+    let der = conn.peer_cert()?;
+    let cert = boring::x509::X509::from_der(der).ok()?;
+    crate::identity::node_id_from_cert(&cert).ok()
+}
+
+impl Transport for QuicTransport {
+    fn local_id(&self) -> NodeId {
+        self.inner.local_id
+    }
+
+    async fn rpc(
+        &self,
+        peer: NodeId,
+        route: Route,
+        priority: Priority,
+        request: Buf,
+    ) -> Result<Buf, RpcError> {
+        let inner = &self.inner;
+        if request.len() as u64 > inner.config.message_bytes_max {
+            return Err(RpcError::MessageTooLarge {
+                size_bytes: request.len() as u64,
+                limit_bytes: inner.config.message_bytes_max,
+            });
+        }
+        let deadline = Instant::now() + inner.config.request_timeout;
+        let Some(key) = wait_for_peer(inner, peer, inner.config.request_timeout).await else {
+            return Err(RpcError::NotConnected(peer));
+        };
+        let stream_id = open_stream(inner, key, route, priority, request)?;
+        bump(&inner.stats.rpcs_sent);
+        let guard = StreamGuard { inner: inner.clone(), key, stream_id, armed: true };
+        let response = ResponseFuture { inner, key, stream_id };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let result = match glommio::timer::timeout(remaining, async { Ok(response.await) }).await {
+            Ok(result) => result,
+            Err(_) => Err(RpcError::Timeout),
+        };
+        // The guard resets the stream unless the response arrived whole.
+        let mut guard = guard;
+        if result.is_ok() {
+            guard.armed = false;
+        }
+        drop(guard);
+        if result.is_err() {
+            bump(&inner.stats.rpcs_failed);
+        }
+        result
+    }
+
+    fn peers(&self) -> Vec<(NodeId, ConnId)> {
+        let state = self.inner.state.borrow();
+        let mut peers: Vec<(NodeId, ConnId)> = state
+            .by_peer
+            .iter()
+            .filter_map(|(peer, key)| state.conns.get(key).map(|c| (*peer, c.id)))
+            .collect();
+        peers.sort();
+        peers
+    }
+}
+
+/// Opens a stream for a new RPC and queues its request.
+fn open_stream(
+    inner: &Rc<Inner>,
+    key: u64,
+    route: Route,
+    priority: Priority,
+    body: Buf,
+) -> Result<u64, RpcError> {
+    let head = wire::request_head(&mut inner.encoder.borrow_mut(), route, priority, body.len());
+    let mut state = inner.state.borrow_mut();
+    let conn = state.conns.get_mut(&key).ok_or(RpcError::ConnectionClosed)?;
+    if conn.outgoing_in_flight >= inner.config.requests_in_flight_max {
+        return Err(RpcError::TooManyInFlight { limit: inner.config.requests_in_flight_max });
+    }
+    if conn.quic.peer_streams_left_bidi() == 0 {
+        return Err(RpcError::TooManyInFlight { limit: inner.config.bidi_streams_max as usize });
+    }
+    let stream_id = conn.next_stream_id;
+    conn.next_stream_id += 4;
+    let urgency = match priority {
+        Priority::High => 1,
+        Priority::Normal => 3,
+        Priority::Low => 5,
+    };
+    let mut tx = VecDeque::with_capacity(2);
+    tx.push_back(head);
+    if !body.is_empty() {
+        tx.push_back(body);
+    }
+    conn.streams.insert(
+        stream_id,
+        Stream {
+            role: Role::Outgoing { route, waker: None, result: None },
+            rx: Assembler::new(),
+            tx,
+            tx_fin: true,
+        },
+    );
+    conn.outgoing_in_flight += 1;
+    // Priorities apply once the stream exists in quiche, i.e. after its first write.
+    write_stream(conn, stream_id);
+    let _ = conn.quic.stream_priority(stream_id, urgency, true);
+    state.dirty.push_back(key);
+    drop(state);
+    inner.send_wake.notify();
+    Ok(stream_id)
+}
+
+/// Hands queued bytes of one stream to quiche, zero-copy, as far as flow control allows.
+fn write_stream(conn: &mut Conn, stream_id: u64) {
+    let Some(stream) = conn.streams.get_mut(&stream_id) else {
+        conn.pending_tx.remove(&stream_id);
+        return;
+    };
+    while let Some(buf) = stream.tx.pop_front() {
+        let fin = stream.tx_fin && stream.tx.is_empty();
+        let len = buf.len();
+        match conn.quic.stream_send_zc(stream_id, buf, fin) {
+            Ok((written, remaining)) => {
+                if let Some(rest) = remaining {
+                    if !rest.is_empty() || written < len {
+                        stream.tx.push_front(rest);
+                        conn.pending_tx.insert(stream_id);
+                        return;
+                    }
+                }
+            }
+            Err(quiche::Error::Done) => {
+                // Nothing fit; quiche gives the buffer back only on partial writes, so requeue
+                // the original range.
+                conn.pending_tx.insert(stream_id);
+                return;
+            }
+            Err(_) => {
+                // The stream was reset or the connection is closing; the response side reports it.
+                stream.tx.clear();
+                conn.pending_tx.remove(&stream_id);
+                return;
+            }
+        }
+    }
+    conn.pending_tx.remove(&stream_id);
+    // A served request whose response is fully handed to quiche needs no state any more.
+    let served = stream.tx_fin && matches!(stream.role, Role::Incoming { handler: None });
+    if served {
+        conn.streams.remove(&stream_id);
+    }
+}
+
+/// Resets an RPC's stream when its future is dropped before the response arrived.
+struct StreamGuard {
+    inner: Rc<Inner>,
+    key: u64,
+    stream_id: u64,
+    armed: bool,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let mut state = self.inner.state.borrow_mut();
+        let Some(conn) = state.conns.get_mut(&self.key) else {
+            return;
+        };
+        let unsent = match conn.streams.remove(&self.stream_id) {
+            Some(stream) => {
+                conn.outgoing_in_flight = conn.outgoing_in_flight.saturating_sub(1);
+                !stream.tx.is_empty()
+            }
+            None => false,
+        };
+        conn.pending_tx.remove(&self.stream_id);
+        if unsent && !self.armed {
+            // The response came before the whole request left: stop sending the rest.
+            let _ = conn.quic.stream_shutdown(self.stream_id, Shutdown::Write, codes::STREAM_CANCELLED);
+        }
+        if self.armed {
+            let _ = conn.quic.stream_shutdown(self.stream_id, Shutdown::Write, codes::STREAM_CANCELLED);
+            let _ = conn.quic.stream_shutdown(self.stream_id, Shutdown::Read, codes::STREAM_CANCELLED);
+        }
+        state.dirty.push_back(self.key);
+        drop(state);
+        self.inner.send_wake.notify();
+    }
+}
+
+struct ResponseFuture<'a> {
+    inner: &'a Rc<Inner>,
+    key: u64,
+    stream_id: u64,
+}
+
+impl Future for ResponseFuture<'_> {
+    type Output = Result<Buf, RpcError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.inner.state.borrow_mut();
+        let Some(conn) = state.conns.get_mut(&self.key) else {
+            return Poll::Ready(Err(RpcError::ConnectionClosed));
+        };
+        let Some(stream) = conn.streams.get_mut(&self.stream_id) else {
+            return Poll::Ready(Err(RpcError::ConnectionClosed));
+        };
+        match &mut stream.role {
+            Role::Outgoing { result, waker, .. } => match result.take() {
+                Some(result) => Poll::Ready(result),
+                None => {
+                    *waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            },
+            Role::Incoming { .. } => Poll::Ready(Err(RpcError::Local("stream role mismatch".into()))),
+        }
+    }
+}
+
+/// Waits for an established, verified connection to `peer`; returns its key.
+async fn wait_for_peer(inner: &Rc<Inner>, peer: NodeId, limit: Duration) -> Option<u64> {
+    let lookup = || {
+        let state = inner.state.borrow();
+        let key = *state.by_peer.get(&peer)?;
+        let conn = state.conns.get(&key)?;
+        (!conn.quic.is_closed() && !conn.quic.is_draining()).then_some(key)
+    };
+    if let Some(key) = lookup() {
+        return Some(key);
+    }
+    if !inner.state.borrow().allowed.contains_key(&peer) {
+        return None;
+    }
+    let wait = std::future::poll_fn(|cx| match lookup() {
+        Some(key) => Poll::Ready(key),
+        None => {
+            inner.state.borrow_mut().peer_waiters.entry(peer).or_default().push(cx.waker().clone());
+            Poll::Pending
+        }
+    });
+    glommio::timer::timeout(limit, async { Ok(wait.await) }).await.ok()
+}
+
+fn wake_peer_waiters(state: &mut State, peer: NodeId) {
+    if let Some(waiters) = state.peer_waiters.remove(&peer) {
+        for waker in waiters {
+            waker.wake();
+        }
+    }
+}
+
+async fn receive_loop(inner: Rc<Inner>) {
+    let mut batch = RecvBatch::new(inner.config.udp.recv_batch_datagrams_max.max(1));
+    let local = inner.udp.local_addr();
+    loop {
+        if inner.shutdown.get() {
+            return;
+        }
+        if let Err(error) = inner.udp.readable().await {
+            eprintln!("icn: QUIC socket {local}: wait failed: {error}");
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+            continue;
+        }
+        loop {
+            let received = match inner.udp.recv_batch(&mut batch) {
+                Ok(n) => n,
+                Err(error) => {
+                    eprintln!("icn: QUIC socket {local}: receive failed: {error}");
+                    0
+                }
+            };
+            if received == 0 {
+                break;
+            }
+            for i in 0..received {
+                let Some((from, data, segment)) = batch.entry_mut(i) else {
+                    continue;
+                };
+                for datagram in data.chunks_mut(segment) {
+                    handle_datagram(&inner, from, local, datagram);
+                }
+            }
+            if received < inner.config.udp.recv_batch_datagrams_max {
+                break;
+            }
+            // A full batch: let other tasks run before draining more.
+            glommio::yield_if_needed().await;
+        }
+        inner.send_wake.notify();
+        inner.timer_wake.notify();
+    }
+}
+
+fn handle_datagram(inner: &Rc<Inner>, from: SocketAddr, to: SocketAddr, datagram: &mut [u8]) {
+    let header = match quiche::Header::from_slice(datagram, LOCAL_CID_BYTES) {
+        Ok(header) => header,
+        Err(_) => {
+            bump(&inner.stats.garbage_datagrams);
+            return;
+        }
+    };
+    let mut state = inner.state.borrow_mut();
+    let key = match state.by_cid.get(&header.dcid[..]) {
+        Some(key) => *key,
+        None => match accept(inner, &mut state, &header, from, to) {
+            Some(key) => key,
+            None => return,
+        },
+    };
+    let Some(conn) = state.conns.get_mut(&key) else {
+        return;
+    };
+    let was_established = conn.peer.is_some();
+    if conn.quic.recv(datagram, RecvInfo { from, to }).is_err() {
+        // quiche already accounted for the packet (e.g. undecryptable); nothing to do.
+        bump(&inner.stats.garbage_datagrams);
+    }
+    if !was_established && conn.quic.is_established() {
+        on_established(inner, &mut state, key);
+    }
+    if let Some(conn) = state.conns.get(&key) {
+        if conn.peer.is_some() {
+            read_streams(inner, &mut state, key);
+        }
+    }
+    state.dirty.push_back(key);
+}
+
+fn accept(
+    inner: &Rc<Inner>,
+    state: &mut State,
+    header: &quiche::Header<'_>,
+    from: SocketAddr,
+    to: SocketAddr,
+) -> Option<u64> {
+    if header.ty != quiche::Type::Initial {
+        bump(&inner.stats.garbage_datagrams);
+        return None;
+    }
+    if !quiche::version_is_supported(header.version) {
+        let mut out = [0u8; 1500];
+        if let Ok(len) = quiche::negotiate_version(&header.scid, &header.dcid, &mut out) {
+            let _ = inner.udp.try_send(from, &out[..len], len);
+        }
+        return None;
+    }
+    if inner.shutdown.get() || state.conns.len() >= inner.config.connections_max {
+        bump(&inner.stats.initials_dropped_full);
+        return None;
+    }
+    let scid = new_cid();
+    let quic = quiche::accept_with_buf_factory::<IcnBufFactory>(
+        &scid,
+        None,
+        to,
+        from,
+        &mut inner.server_config.borrow_mut(),
+    )
+    .ok()?;
+    let key = insert_conn(inner, state, quic, scid.clone(), None, from, 1);
+    state.by_cid.insert(header.dcid.to_vec(), key);
+    if let Some(conn) = state.conns.get_mut(&key) {
+        conn.cids.push(header.dcid.to_vec());
+    }
+    Some(key)
+}
+
+fn insert_conn(
+    inner: &Rc<Inner>,
+    state: &mut State,
+    quic: QuicConn,
+    scid: ConnectionId<'static>,
+    expected_peer: Option<NodeId>,
+    peer_addr: SocketAddr,
+    first_stream_id: u64,
+) -> u64 {
+    let key = inner.next_conn_id.get();
+    inner.next_conn_id.set(key + 1);
+    state.by_cid.insert(scid.to_vec(), key);
+    let now = Instant::now();
+    state.conns.insert(
+        key,
+        Conn {
+            quic,
+            id: ConnId(key),
+            peer: None,
+            expected_peer,
+            peer_addr,
+            cids: vec![scid.to_vec()],
+            streams: HashMap::new(),
+            next_stream_id: first_stream_id,
+            pending_tx: HashSet::new(),
+            outgoing_in_flight: 0,
+            last_send: now,
+            opened: now,
+        },
+    );
+    bump(&inner.stats.connections_opened);
+    key
+}
+
+/// The handshake finished: check who the peer is before any stream data is read.
+fn on_established(inner: &Rc<Inner>, state: &mut State, key: u64) {
+    let Some(conn) = state.conns.get_mut(&key) else {
+        return;
+    };
+    let peer = peer_id_of(&conn.quic);
+    let acceptable = match (peer, conn.expected_peer) {
+        (Some(peer), Some(expected)) => peer == expected,
+        // Accepted connection: by the dialer rule only a node with a smaller id dials us.
+        (Some(peer), None) => peer < inner.local_id,
+        (None, _) => false,
+    };
+    let allowed = peer.is_some_and(|p| state.allowed.contains_key(&p));
+    if !(acceptable && allowed) {
+        bump(&inner.stats.handshakes_refused);
+        let conn = state.conns.get_mut(&key).expect("checked above");
+        let _ = conn.quic.close(true, codes::CONN_NOT_ALLOWED, b"not allowed");
+        return;
+    }
+    let peer = peer.expect("checked above");
+    conn.peer = Some(peer);
+    if let Some(old) = state.by_peer.insert(peer, key) {
+        if old != key {
+            if let Some(old_conn) = state.conns.get_mut(&old) {
+                let _ = old_conn.quic.close(true, codes::CONN_REPLACED, b"replaced");
+                state.dirty.push_back(old);
+            }
+        }
+    }
+    wake_peer_waiters(state, peer);
+}
+
+/// Reads every readable stream of a connection, completing requests and responses.
+fn read_streams(inner: &Rc<Inner>, state: &mut State, key: u64) {
+    let Some(conn) = state.conns.get_mut(&key) else {
+        return;
+    };
+    let readable: Vec<u64> = conn.quic.readable().collect();
+    for stream_id in readable {
+        read_stream(inner, conn, key, stream_id);
+    }
+    let writable: Vec<u64> = conn.pending_tx.iter().copied().collect();
+    for stream_id in writable {
+        write_stream(conn, stream_id);
+    }
+    cancel_stopped_handlers(inner, conn);
+}
+
+/// A peer that drops an RPC sends STOP_SENDING; quiche then lists the stream as writable and
+/// reports `StreamStopped` for it. The handler's work is no longer wanted: cancel it.
+fn cancel_stopped_handlers(inner: &Rc<Inner>, conn: &mut Conn) {
+    let candidates: Vec<u64> = conn
+        .quic
+        .writable()
+        .filter(|id| matches!(conn.streams.get(id), Some(Stream { role: Role::Incoming { handler: Some(_) }, .. })))
+        .collect();
+    for stream_id in candidates {
+        if let Err(quiche::Error::StreamStopped(_)) = conn.quic.stream_capacity(stream_id) {
+            bump(&inner.stats.streams_reset_by_peer);
+            fail_stream(conn, stream_id, RpcError::Cancelled);
+        }
+    }
+}
+
+fn read_stream(inner: &Rc<Inner>, conn: &mut Conn, key: u64, stream_id: u64) {
+    let locally_initiated = (stream_id & 0x1) == (conn.next_stream_id & 0x1);
+    if !conn.streams.contains_key(&stream_id) {
+        if locally_initiated || (stream_id & 0x2) != 0 {
+            // Our cancelled RPC, or a unidirectional stream we never allow: discard.
+            discard_stream(conn, stream_id);
+            return;
+        }
+        conn.streams.insert(
+            stream_id,
+            Stream {
+                role: Role::Incoming { handler: None },
+                rx: Assembler::new(),
+                tx: VecDeque::new(),
+                tx_fin: false,
+            },
+        );
+    }
+    let outcome = fill_assembler(inner, conn, stream_id);
+    match outcome {
+        ReadOutcome::Pending => {}
+        ReadOutcome::Complete => complete_message(inner, conn, key, stream_id),
+        ReadOutcome::Reset => {
+            bump(&inner.stats.streams_reset_by_peer);
+            fail_stream(conn, stream_id, RpcError::ConnectionClosed);
+        }
+        ReadOutcome::Violation(code, error) => {
+            bump(&inner.stats.protocol_errors);
+            if code == codes::STREAM_TOO_LARGE {
+                bump(&inner.stats.oversized_messages);
+            }
+            let _ = conn.quic.stream_shutdown(stream_id, Shutdown::Read, code);
+            let _ = conn.quic.stream_shutdown(stream_id, Shutdown::Write, code);
+            fail_stream(conn, stream_id, error);
+        }
+    }
+}
+
+fn discard_stream(conn: &mut Conn, stream_id: u64) {
+    let mut scratch = [0u8; 4096];
+    while let Ok((_, fin)) = conn.quic.stream_recv(stream_id, &mut scratch) {
+        if fin {
+            break;
+        }
+    }
+    let _ = conn.quic.stream_shutdown(stream_id, Shutdown::Read, codes::STREAM_CANCELLED);
+}
+
+enum ReadOutcome {
+    Pending,
+    Complete,
+    Reset,
+    Violation(u64, RpcError),
+}
+
+fn fill_assembler(inner: &Rc<Inner>, conn: &mut Conn, stream_id: u64) -> ReadOutcome {
+    let Some(stream) = conn.streams.get_mut(&stream_id) else {
+        return ReadOutcome::Pending;
+    };
+    loop {
+        let mut trailing = [0u8; 1];
+        let target: &mut [u8] = match stream.rx.next_target() {
+            Some(target) => target,
+            None => &mut trailing,
+        };
+        if target.is_empty() {
+            // A zero-length section (empty envelope or body): advance without reading.
+            if let Err(error) = stream.rx.advance(0, &inner.frame_limits) {
+                return violation(error);
+            }
+            continue;
+        }
+        let complete_before = stream.rx.is_complete();
+        match conn.quic.stream_recv(stream_id, target) {
+            Ok((read, fin)) => {
+                if complete_before && read > 0 {
+                    return ReadOutcome::Violation(
+                        codes::STREAM_PROTOCOL,
+                        RpcError::PeerMisbehaved("bytes after the end of the message".into()),
+                    );
+                }
+                if let Err(error) = stream.rx.advance(read, &inner.frame_limits) {
+                    return violation(error);
+                }
+                if fin {
+                    return if stream.rx.is_complete() {
+                        ReadOutcome::Complete
+                    } else {
+                        ReadOutcome::Violation(
+                            codes::STREAM_PROTOCOL,
+                            RpcError::PeerMisbehaved("stream ended inside a message".into()),
+                        )
+                    };
+                }
+            }
+            Err(quiche::Error::Done) => return ReadOutcome::Pending,
+            Err(quiche::Error::StreamReset(_)) => return ReadOutcome::Reset,
+            Err(_) => return ReadOutcome::Reset,
+        }
+    }
+}
+
+fn violation(error: wire::AssembleError) -> ReadOutcome {
+    let code = match &error {
+        wire::AssembleError::Decode(icn_codecs::DecodeError::LimitExceeded { .. }) => codes::STREAM_TOO_LARGE,
+        _ => codes::STREAM_PROTOCOL,
+    };
+    let error = match &error {
+        wire::AssembleError::Decode(icn_codecs::DecodeError::LimitExceeded { value, max, .. }) => {
+            RpcError::MessageTooLarge { size_bytes: *value, limit_bytes: *max }
+        }
+        other => RpcError::PeerMisbehaved(other.to_string()),
+    };
+    ReadOutcome::Violation(code, error)
+}
+
+/// Ends a stream with an error: an outgoing RPC gets the error, an incoming one is dropped.
+fn fail_stream(conn: &mut Conn, stream_id: u64, error: RpcError) {
+    let Some(stream) = conn.streams.get_mut(&stream_id) else {
+        return;
+    };
+    match &mut stream.role {
+        Role::Outgoing { result, waker, .. } => {
+            *result = Some(Err(error));
+            if let Some(waker) = waker.take() {
+                waker.wake();
+            }
+        }
+        Role::Incoming { .. } => {
+            // Dropping the handler's JoinHandle does not stop it; cancel explicitly.
+            if let Some(Stream { role: Role::Incoming { handler: Some(handler) }, .. }) =
+                conn.streams.remove(&stream_id)
+            {
+                handler.cancel();
+            }
+            conn.pending_tx.remove(&stream_id);
+        }
+    }
+}
+
+fn complete_message(inner: &Rc<Inner>, conn: &mut Conn, key: u64, stream_id: u64) {
+    let Some(stream) = conn.streams.get_mut(&stream_id) else {
+        return;
+    };
+    let route = match &stream.role {
+        Role::Outgoing { route, .. } => *route,
+        Role::Incoming { .. } => Route(0),
+    };
+    let message = match stream.rx.finish(&inner.codec_limits, route) {
+        Ok(message) => message,
+        Err(error) => {
+            bump(&inner.stats.protocol_errors);
+            let _ = conn.quic.stream_shutdown(stream_id, Shutdown::Write, codes::STREAM_PROTOCOL);
+            fail_stream(conn, stream_id, RpcError::PeerMisbehaved(error.to_string()));
+            return;
+        }
+    };
+    match (message, &mut stream.role) {
+        (Message::Response { result: response }, Role::Outgoing { result, waker, .. }) => {
+            *result = Some(response);
+            if let Some(waker) = waker.take() {
+                waker.wake();
+            }
+        }
+        (Message::Request { route, priority, body }, Role::Incoming { handler }) => {
+            let ctx = RequestContext {
+                peer: conn.peer.expect("streams are read only after verification"),
+                conn: conn.id,
+                route,
+                priority,
+            };
+            bump(&inner.stats.rpcs_served);
+            let task_inner = inner.clone();
+            let task = glommio::spawn_local(async move {
+                let result = task_inner.router.dispatch(ctx, body).await;
+                respond(&task_inner, key, stream_id, result);
+            })
+            .detach();
+            *handler = Some(task);
+        }
+        _ => {
+            bump(&inner.stats.protocol_errors);
+            let _ = conn.quic.stream_shutdown(stream_id, Shutdown::Write, codes::STREAM_PROTOCOL);
+            fail_stream(conn, stream_id, RpcError::PeerMisbehaved("message of the wrong kind".into()));
+        }
+    }
+}
+
+/// Writes a handler's response back on its stream.
+fn respond(inner: &Rc<Inner>, key: u64, stream_id: u64, result: Result<Buf, RpcError>) {
+    let head_result = result.as_ref().map(|body| body.len()).map_err(Clone::clone);
+    let head = wire::response_head(&mut inner.encoder.borrow_mut(), &head_result);
+    let mut state = inner.state.borrow_mut();
+    let Some(conn) = state.conns.get_mut(&key) else {
+        return;
+    };
+    let Some(stream) = conn.streams.get_mut(&stream_id) else {
+        return;
+    };
+    if let Role::Incoming { handler } = &mut stream.role {
+        // The task is finishing; forget its handle without cancelling it.
+        handler.take();
+    }
+    stream.tx.push_back(head);
+    if let Ok(body) = result {
+        if !body.is_empty() {
+            stream.tx.push_back(body);
+        }
+    }
+    stream.tx_fin = true;
+    write_stream(conn, stream_id);
+    state.dirty.push_back(key);
+    drop(state);
+    inner.send_wake.notify();
+}
+
+async fn send_loop(inner: Rc<Inner>) {
+    let mut out = vec![0u8; send_buffer_bytes(&inner.config)];
+    loop {
+        inner.send_wake.wait().await;
+        flush_all(&inner, &mut out).await;
+    }
+}
+
+/// Sends everything every dirty connection has, then reaps closed connections.
+async fn flush_all(inner: &Rc<Inner>, out: &mut [u8]) {
+    loop {
+        let next = {
+            let mut state = inner.state.borrow_mut();
+            let mut seen = HashSet::new();
+            let mut keys = Vec::new();
+            while let Some(key) = state.dirty.pop_front() {
+                if seen.insert(key) {
+                    keys.push(key);
+                }
+            }
+            keys
+        };
+        if next.is_empty() {
+            return;
+        }
+        for key in next {
+            flush_conn(inner, key, out).await;
+            let mut state = inner.state.borrow_mut();
+            let closed = state.conns.get(&key).is_some_and(|c| c.quic.is_closed());
+            if closed {
+                remove_conn(inner, &mut state, key);
+            }
+        }
+    }
+}
+
+/// Drains one connection's packets into GSO batches and sends them.
+async fn flush_conn(inner: &Rc<Inner>, key: u64, out: &mut [u8]) {
+    let segments_max = inner.udp.send_batch_datagrams_max();
+    loop {
+        let batch = {
+            let mut state = inner.state.borrow_mut();
+            let Some(conn) = state.conns.get_mut(&key) else {
+                return;
+            };
+            let pending: Vec<u64> = conn.pending_tx.iter().copied().collect();
+            for stream_id in pending {
+                write_stream(conn, stream_id);
+            }
+            fill_batch(conn, out, segments_max, inner.config.udp_payload_bytes_max)
+        };
+        let Some(batch) = batch else {
+            return;
+        };
+        if let Err(error) = inner.udp.send(batch.dest, &out[..batch.len], batch.segment).await {
+            eprintln!("icn: QUIC send to {} failed: {error}", batch.dest);
+            return;
+        }
+        if let Some((start, len)) = batch.straggler {
+            if let Err(error) = inner.udp.send(batch.dest, &out[start..start + len], len).await {
+                eprintln!("icn: QUIC send to {} failed: {error}", batch.dest);
+                return;
+            }
+        }
+    }
+}
+
+/// One or two sends prepared from a connection's packets.
+struct Batch {
+    dest: SocketAddr,
+    /// `out[..len]`: packets of `segment` bytes, the last may be shorter.
+    len: usize,
+    segment: usize,
+    /// A packet larger than `segment` that quiche wrote after the batch: `out[start..start+len]`,
+    /// sent alone after the batch (GSO allows only a shorter last segment).
+    straggler: Option<(usize, usize)>,
+}
+
+/// Fills `out` with packets for one destination; None when the connection has nothing to send.
+fn fill_batch(conn: &mut Conn, out: &mut [u8], segments_max: usize, payload_max: usize) -> Option<Batch> {
+    let mut len = 0usize;
+    let mut batch: Option<Batch> = None;
+    let mut count = 0usize;
+    while count < segments_max && out.len() - len >= payload_max {
+        let (written, info) = match conn.quic.send(&mut out[len..len + payload_max]) {
+            Ok(sent) => sent,
+            Err(_) => break, // Done, or a closed connection: nothing more now.
+        };
+        conn.last_send = Instant::now();
+        count += 1;
+        let current = batch.get_or_insert(Batch { dest: info.to, len: 0, segment: written, straggler: None });
+        if written > current.segment {
+            current.straggler = Some((len, written));
+            break;
+        }
+        len += written;
+        current.len = len;
+        if written < current.segment {
+            break; // a short packet ends a GSO batch
+        }
+    }
+    batch
+}
+
+fn remove_conn(inner: &Rc<Inner>, state: &mut State, key: u64) {
+    let Some(mut conn) = state.conns.remove(&key) else {
+        return;
+    };
+    for cid in &conn.cids {
+        state.by_cid.remove(&cid[..]);
+    }
+    if let Some(peer) = conn.peer {
+        if state.by_peer.get(&peer) == Some(&key) {
+            state.by_peer.remove(&peer);
+        }
+        wake_peer_waiters(state, peer);
+    }
+    if let Some(peer) = conn.expected_peer {
+        wake_peer_waiters(state, peer);
+    }
+    for (_, stream) in conn.streams.drain() {
+        match stream.role {
+            Role::Outgoing { waker, .. } => {
+                if let Some(waker) = waker {
+                    waker.wake();
+                }
+            }
+            Role::Incoming { handler } => {
+                if let Some(handler) = handler {
+                    handler.cancel();
+                }
+            }
+        }
+    }
+    let lost = conn.quic.stats().lost as u64;
+    inner.stats.packets_lost.set(inner.stats.packets_lost.get() + lost);
+    bump(&inner.stats.connections_closed);
+}
+
+async fn timer_loop(inner: Rc<Inner>) {
+    loop {
+        let next = next_deadline(&inner);
+        let sleep_for = next.map(|d| d.saturating_duration_since(Instant::now()));
+        match sleep_for {
+            Some(duration) => {
+                futures_lite::future::or(glommio::timer::sleep(duration), async {
+                    inner.timer_wake.wait().await;
+                })
+                .await;
+            }
+            None => inner.timer_wake.wait().await,
+        }
+        fire_timers(&inner);
+        inner.send_wake.notify();
+    }
+}
+
+fn next_deadline(inner: &Rc<Inner>) -> Option<Instant> {
+    let state = inner.state.borrow();
+    let keep_alive = inner.config.keep_alive_interval;
+    let handshake = inner.config.handshake_timeout;
+    state
+        .conns
+        .values()
+        .flat_map(|conn| {
+            let keep = conn.peer.map(|_| conn.last_send + keep_alive);
+            let shake = conn.peer.is_none().then_some(conn.opened + handshake);
+            [conn.quic.timeout_instant(), keep, shake]
+        })
+        .flatten()
+        .min()
+}
+
+fn fire_timers(inner: &Rc<Inner>) {
+    let now = Instant::now();
+    let mut state = inner.state.borrow_mut();
+    let keep_alive = inner.config.keep_alive_interval;
+    let handshake = inner.config.handshake_timeout;
+    let mut touched = Vec::new();
+    for (key, conn) in state.conns.iter_mut() {
+        if conn.quic.timeout_instant().is_some_and(|t| t <= now) {
+            conn.quic.on_timeout();
+            touched.push(*key);
+        }
+        if conn.peer.is_some() && conn.last_send + keep_alive <= now {
+            let _ = conn.quic.send_ack_eliciting();
+            conn.last_send = now;
+            touched.push(*key);
+        }
+        if conn.peer.is_none() && conn.opened + handshake <= now && !conn.quic.is_closed() {
+            let _ = conn.quic.close(false, 0x0, b"handshake timeout");
+            touched.push(*key);
+        }
+    }
+    for key in touched {
+        let closed = state.conns.get(&key).is_some_and(|c| c.quic.is_closed());
+        if closed {
+            remove_conn(inner, &mut state, key);
+        } else {
+            state.dirty.push_back(key);
+        }
+    }
+}
+
+/// Keeps a connection to `peer` open, reconnecting with exponential backoff.
+async fn dial_loop(inner: Rc<Inner>, peer: NodeId) {
+    let mut backoff = inner.config.reconnect_backoff_initial;
+    loop {
+        if inner.shutdown.get() {
+            return;
+        }
+        let Some(addr) = inner.state.borrow().allowed.get(&peer).copied() else {
+            return;
+        };
+        let connected = {
+            let state = inner.state.borrow();
+            state.by_peer.contains_key(&peer)
+                || state.conns.values().any(|c| c.expected_peer == Some(peer) && !c.quic.is_closed())
+        };
+        if !connected {
+            if let Err(error) = dial(&inner, peer, addr) {
+                eprintln!("icn: dialing {peer} at {addr} failed: {error}");
+            }
+        }
+        // Wait for the connection state to change (established, or closed).
+        let limit = if connected { Duration::from_secs(3600) } else { inner.config.handshake_timeout };
+        let changed = wait_peer_change(&inner, peer);
+        let _ = glommio::timer::timeout(limit, async {
+            changed.await;
+            Ok(())
+        })
+        .await;
+        let established = inner.state.borrow().by_peer.contains_key(&peer);
+        if established {
+            backoff = inner.config.reconnect_backoff_initial;
+        } else {
+            glommio::timer::sleep(backoff).await;
+            backoff = (backoff * 2).min(inner.config.reconnect_backoff_max);
+        }
+    }
+}
+
+fn wait_peer_change(inner: &Rc<Inner>, peer: NodeId) -> impl Future<Output = ()> + '_ {
+    let mut registered = false;
+    std::future::poll_fn(move |cx| {
+        if registered {
+            return Poll::Ready(());
+        }
+        registered = true;
+        inner.state.borrow_mut().peer_waiters.entry(peer).or_default().push(cx.waker().clone());
+        Poll::Pending
+    })
+}
+
+fn dial(inner: &Rc<Inner>, peer: NodeId, addr: SocketAddr) -> Result<(), quiche::Error> {
+    let scid = new_cid();
+    let local = inner.udp.local_addr();
+    let quic = quiche::connect_with_buffer_factory::<IcnBufFactory>(
+        None,
+        &scid,
+        local,
+        addr,
+        &mut inner.client_config.borrow_mut(),
+    )?;
+    let mut state = inner.state.borrow_mut();
+    let key = insert_conn(inner, &mut state, quic, scid, Some(peer), addr, 0);
+    state.dirty.push_back(key);
+    drop(state);
+    inner.send_wake.notify();
+    inner.timer_wake.notify();
+    Ok(())
+}

@@ -1,0 +1,221 @@
+//! RPC messages on a byte stream: frame header, envelope, raw body.
+//!
+//! Used by the QUIC transport (one message each way per bidirectional stream). The body follows
+//! the envelope raw, so a large payload is never copied into an encoder: the sender hands the
+//! body `Buf` to the transport as it is, and the receiver reads it straight into one allocation
+//! of the announced size, after checking that size against the limit.
+
+use icn_codecs::envelope::{self, RequestEnvelope, ResponseEnvelope, RpcStatus};
+use icn_codecs::frame::{FrameHeader, FrameKind, FrameLimits, FRAME_HEADER_BYTES};
+use icn_codecs::{CodecLimits, DecodeError, Encoder};
+
+use crate::buffer::Buf;
+use crate::transport::{Priority, Route, RpcError};
+
+/// Encodes the header and envelope of a request whose body is `body_bytes` long.
+pub(crate) fn request_head(
+    encoder: &mut Encoder,
+    route: Route,
+    priority: Priority,
+    body_bytes: usize,
+) -> Buf {
+    let envelope = RequestEnvelope {
+        request_id: 0,
+        route: route.0,
+        priority: priority as u8,
+        deadline_ms: 0,
+    };
+    let mut out = Vec::with_capacity(FRAME_HEADER_BYTES + 64);
+    encoder.encode_request_frame(&envelope, body_bytes as u64, &mut out);
+    Buf::from_vec(out)
+}
+
+/// Encodes the header and envelope of a response; `result` is the handler's outcome.
+pub(crate) fn response_head(
+    encoder: &mut Encoder,
+    result: &Result<usize, RpcError>,
+) -> Buf {
+    let (status, message, body_bytes) = match result {
+        Ok(body_bytes) => (RpcStatus::Ok, String::new(), *body_bytes),
+        Err(error) => (status_of(error), error.to_string(), 0),
+    };
+    let envelope = ResponseEnvelope { request_id: 0, status, error_message: message };
+    let mut out = Vec::with_capacity(FRAME_HEADER_BYTES + 64 + envelope.error_message.len());
+    encoder.encode_response_frame(&envelope, body_bytes as u64, &mut out);
+    Buf::from_vec(out)
+}
+
+fn status_of(error: &RpcError) -> RpcStatus {
+    match error {
+        RpcError::NoRoute(_) => RpcStatus::NoRoute,
+        RpcError::MessageTooLarge { .. } => RpcStatus::MessageTooLarge,
+        RpcError::TooManyInFlight { .. } => RpcStatus::Overloaded,
+        RpcError::Cancelled => RpcStatus::Cancelled,
+        RpcError::PeerMisbehaved(_) => RpcStatus::BadRequest,
+        _ => RpcStatus::HandlerError,
+    }
+}
+
+fn error_of(status: RpcStatus, message: String, route: Route) -> RpcError {
+    match status {
+        RpcStatus::NoRoute => RpcError::NoRoute(route),
+        RpcStatus::MessageTooLarge => RpcError::Handler(format!("peer refused size: {message}")),
+        RpcStatus::Overloaded => RpcError::Handler(format!("peer overloaded: {message}")),
+        RpcStatus::Cancelled => RpcError::Cancelled,
+        RpcStatus::BadRequest => RpcError::Handler(format!("peer rejected request: {message}")),
+        _ => RpcError::Handler(message),
+    }
+}
+
+/// A fully received message.
+pub(crate) enum Message {
+    Request { route: Route, priority: Priority, body: Buf },
+    Response { result: Result<Buf, RpcError> },
+}
+
+/// Where the assembler is within a message.
+enum Stage {
+    Header,
+    Envelope,
+    Body,
+    Done,
+}
+
+/// Reassembles one message from a stream's bytes, checking limits before allocating.
+pub(crate) struct Assembler {
+    stage: Stage,
+    header_bytes: [u8; FRAME_HEADER_BYTES],
+    filled: usize,
+    header: Option<FrameHeader>,
+    envelope: Vec<u8>,
+    body: Vec<u8>,
+}
+
+/// What went wrong while reading a message: always the peer's fault.
+#[derive(Debug)]
+pub(crate) enum AssembleError {
+    Decode(DecodeError),
+    /// The stream ended before the announced bytes arrived.
+    Truncated,
+    /// Bytes arrived after the announced end of the message.
+    TrailingBytes,
+    /// A frame kind that has no place on this stream.
+    UnexpectedKind(FrameKind),
+}
+
+impl std::fmt::Display for AssembleError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AssembleError::Decode(error) => write!(f, "{error}"),
+            AssembleError::Truncated => f.write_str("stream ended inside a message"),
+            AssembleError::TrailingBytes => f.write_str("bytes after the end of the message"),
+            AssembleError::UnexpectedKind(kind) => write!(f, "unexpected frame kind {kind:?}"),
+        }
+    }
+}
+
+impl Assembler {
+    pub(crate) fn new() -> Self {
+        Assembler {
+            stage: Stage::Header,
+            header_bytes: [0; FRAME_HEADER_BYTES],
+            filled: 0,
+            header: None,
+            envelope: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+
+    /// The buffer the next stream bytes should be read into (`None` once complete, where any
+    /// further byte is an error the caller reports as [`AssembleError::TrailingBytes`]).
+    pub(crate) fn next_target(&mut self) -> Option<&mut [u8]> {
+        match self.stage {
+            Stage::Header => Some(&mut self.header_bytes[self.filled..]),
+            Stage::Envelope => Some(&mut self.envelope[self.filled..]),
+            Stage::Body => Some(&mut self.body[self.filled..]),
+            Stage::Done => None,
+        }
+    }
+
+    /// Records that `count` bytes were written into the last target, and advances.
+    pub(crate) fn advance(&mut self, count: usize, limits: &FrameLimits) -> Result<(), AssembleError> {
+        self.filled += count;
+        loop {
+            let target_len = match self.stage {
+                Stage::Header => FRAME_HEADER_BYTES,
+                Stage::Envelope => self.envelope.len(),
+                Stage::Body => self.body.len(),
+                Stage::Done => return Ok(()),
+            };
+            if self.filled < target_len {
+                return Ok(());
+            }
+            self.filled = 0;
+            match self.stage {
+                Stage::Header => {
+                    let header =
+                        FrameHeader::decode(&self.header_bytes, limits).map_err(AssembleError::Decode)?;
+                    if !matches!(header.kind, FrameKind::Request | FrameKind::Response) {
+                        return Err(AssembleError::UnexpectedKind(header.kind));
+                    }
+                    self.envelope = vec![0; header.envelope_bytes as usize];
+                    // The size was checked against body_bytes_max by decode, so this allocation is
+                    // bounded by the configured message limit.
+                    self.body = vec![0; header.body_bytes as usize];
+                    self.header = Some(header);
+                    self.stage = Stage::Envelope;
+                }
+                Stage::Envelope => self.stage = Stage::Body,
+                Stage::Body => self.stage = Stage::Done,
+                Stage::Done => {}
+            }
+        }
+    }
+
+    pub(crate) fn is_complete(&self) -> bool {
+        matches!(self.stage, Stage::Done)
+    }
+
+    /// The announced total size, once the header is in.
+    pub(crate) fn body_bytes(&self) -> Option<u64> {
+        self.header.map(|h| h.body_bytes)
+    }
+
+    /// Decodes the completed message. `route` names the route of our own request when this is a
+    /// response (the envelope of a response does not repeat it).
+    pub(crate) fn finish(
+        &mut self,
+        limits: &CodecLimits,
+        route: Route,
+    ) -> Result<Message, AssembleError> {
+        let Some(header) = self.header else {
+            return Err(AssembleError::Truncated);
+        };
+        if !self.is_complete() {
+            return Err(AssembleError::Truncated);
+        }
+        let body = Buf::from_vec(std::mem::take(&mut self.body));
+        match header.kind {
+            FrameKind::Request => {
+                let request =
+                    envelope::decode_request(&self.envelope, limits).map_err(AssembleError::Decode)?;
+                let priority = match request.priority {
+                    0 => Priority::Low,
+                    2 => Priority::High,
+                    _ => Priority::Normal,
+                };
+                Ok(Message::Request { route: Route(request.route), priority, body })
+            }
+            FrameKind::Response => {
+                let response =
+                    envelope::decode_response(&self.envelope, limits).map_err(AssembleError::Decode)?;
+                let result = match response.status {
+                    RpcStatus::Ok => Ok(body),
+                    status => Err(error_of(status, response.error_message, route)),
+                };
+                Ok(Message::Response { result })
+            }
+            other => Err(AssembleError::UnexpectedKind(other)),
+        }
+    }
+}
