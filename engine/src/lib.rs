@@ -5,6 +5,7 @@
 
 pub mod buffer;
 pub mod identity;
+pub mod registry;
 pub mod transport;
 
 pub use buffer::{Buf, BufMut, BufferPool};
