@@ -6,6 +6,7 @@
 pub mod buffer;
 pub mod identity;
 pub mod registry;
+pub mod tls;
 pub mod transport;
 
 pub use buffer::{Buf, BufMut, BufferPool};
