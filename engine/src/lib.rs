@@ -4,6 +4,9 @@
 //! with GSO/GRO, metrics, node identity and registry, and the three transports behind one trait.
 
 pub mod buffer;
+pub mod identity;
+pub mod registry;
+pub mod tls;
 pub mod transport;
 pub mod udp;
 
