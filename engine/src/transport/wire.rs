@@ -5,7 +5,7 @@
 //! body `Buf` to the transport as it is, and the receiver reads it straight into one allocation
 //! of the announced size, after checking that size against the limit.
 
-use icn_codecs::envelope::{self, RequestEnvelope, ResponseEnvelope, RpcStatus};
+use icn_codecs::envelope::{self, Envelope, RequestEnvelope, ResponseEnvelope, RpcStatus};
 use icn_codecs::frame::{FrameHeader, FrameKind, FrameLimits, FRAME_HEADER_BYTES};
 use icn_codecs::{CodecLimits, DecodeError, Encoder};
 
@@ -19,14 +19,16 @@ pub(crate) fn request_head(
     priority: Priority,
     body_bytes: usize,
 ) -> Buf {
-    let envelope = RequestEnvelope {
-        request_id: 0,
-        route: route.0,
-        priority: priority as u8,
-        deadline_ms: 0,
+    let priority = match priority {
+        Priority::Low => icn_codecs::Priority::Low,
+        Priority::Normal => icn_codecs::Priority::Normal,
+        Priority::High => icn_codecs::Priority::High,
     };
+    let envelope = RequestEnvelope { request_id: 0, route: route.0, priority, deadline_ms: 0 };
     let mut out = Vec::with_capacity(FRAME_HEADER_BYTES + 64);
-    encoder.encode_request_frame(&envelope, body_bytes as u64, &mut out);
+    encoder
+        .encode_frame(&Envelope::Request(envelope), body_bytes as u64, &mut out)
+        .expect("a request envelope has no variable-size field");
     Buf::from_vec(out)
 }
 
@@ -39,10 +41,25 @@ pub(crate) fn response_head(
         Ok(body_bytes) => (RpcStatus::Ok, String::new(), *body_bytes),
         Err(error) => (status_of(error), error.to_string(), 0),
     };
+    let message = truncate_utf8(&message, encoder.limits().error_message_bytes_max);
     let envelope = ResponseEnvelope { request_id: 0, status, error_message: message };
-    let mut out = Vec::with_capacity(FRAME_HEADER_BYTES + 64 + envelope.error_message.len());
-    encoder.encode_response_frame(&envelope, body_bytes as u64, &mut out);
+    let mut out = Vec::with_capacity(FRAME_HEADER_BYTES + 64 + message.len());
+    encoder
+        .encode_frame(&Envelope::Response(envelope), body_bytes as u64, &mut out)
+        .expect("the error message was cut to the encoder's limit");
     Buf::from_vec(out)
+}
+
+/// The longest prefix of `text` within `bytes_max` bytes that ends on a character boundary.
+fn truncate_utf8(text: &str, bytes_max: usize) -> &str {
+    if text.len() <= bytes_max {
+        return text;
+    }
+    let mut end = bytes_max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 fn status_of(error: &RpcError) -> RpcStatus {
@@ -56,14 +73,14 @@ fn status_of(error: &RpcError) -> RpcStatus {
     }
 }
 
-fn error_of(status: RpcStatus, message: String, route: Route) -> RpcError {
+fn error_of(status: RpcStatus, message: &str, route: Route) -> RpcError {
     match status {
         RpcStatus::NoRoute => RpcError::NoRoute(route),
         RpcStatus::MessageTooLarge => RpcError::Handler(format!("peer refused size: {message}")),
         RpcStatus::Overloaded => RpcError::Handler(format!("peer overloaded: {message}")),
         RpcStatus::Cancelled => RpcError::Cancelled,
         RpcStatus::BadRequest => RpcError::Handler(format!("peer rejected request: {message}")),
-        _ => RpcError::Handler(message),
+        _ => RpcError::Handler(message.to_string()),
     }
 }
 
@@ -200,9 +217,9 @@ impl Assembler {
                 let request =
                     envelope::decode_request(&self.envelope, limits).map_err(AssembleError::Decode)?;
                 let priority = match request.priority {
-                    0 => Priority::Low,
-                    2 => Priority::High,
-                    _ => Priority::Normal,
+                    icn_codecs::Priority::Low => Priority::Low,
+                    icn_codecs::Priority::Normal => Priority::Normal,
+                    icn_codecs::Priority::High => Priority::High,
                 };
                 Ok(Message::Request { route: Route(request.route), priority, body })
             }

@@ -1,0 +1,245 @@
+//! Shard runtime: one glommio executor per core, pinned, joined by bounded channels.
+//!
+//! [`run_shards`] starts `count` threads, each running one `LocalExecutor` pinned to its own CPU
+//! (when pinning is on), connects them with a full mesh of bounded glommio channels (a full
+//! channel hands the message back to the sender: the caller decides, nothing grows), runs the
+//! given shard body on each, and joins them all. Shutdown is cooperative and quick: a
+//! [`Shutdown`] flag (set by [`Shutdown::trigger`] or by SIGINT/SIGTERM once
+//! [`install_signal_handlers`] ran) is observed by [`Shutdown::wait`] within
+//! [`SHUTDOWN_POLL_INTERVAL`]; a shard's tasks spawned through [`ShardContext::spawn`] are joined
+//! before its body returns.
+
+use std::future::Future;
+use std::rc::Rc;
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
+use glommio::{LocalExecutorBuilder, Placement, Task};
+
+/// How often shutdown waiters look at the flag (bounds Ctrl-C-to-stop latency).
+pub const SHUTDOWN_POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Settings of the shard runtime, mapped from the `engine` tuning section.
+#[derive(Clone, Debug)]
+pub struct ShardConfig {
+    /// Number of shards; 0 means one per available CPU.
+    pub shards: usize,
+    /// Pin shard i to CPU i (modulo the CPUs available).
+    pub pin_cores: bool,
+    /// glommio io memory per executor; several executors must fit under RLIMIT_MEMLOCK.
+    pub io_memory_bytes: usize,
+    /// Capacity of each cross-shard channel (messages).
+    pub channel_capacity: usize,
+}
+
+impl Default for ShardConfig {
+    fn default() -> Self {
+        ShardConfig { shards: 0, pin_cores: true, io_memory_bytes: 512 << 10, channel_capacity: 1024 }
+    }
+}
+
+impl ShardConfig {
+    /// The shard count this config resolves to on this machine.
+    pub fn resolved_shards(&self) -> usize {
+        if self.shards > 0 {
+            self.shards
+        } else {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        }
+    }
+}
+
+/// A process-wide stop flag shared by all shards.
+#[derive(Clone, Default)]
+pub struct Shutdown {
+    flag: Arc<AtomicBool>,
+}
+
+static SIGNALLED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_signal: libc::c_int) {
+    SIGNALLED.store(true, Ordering::SeqCst);
+}
+
+/// Makes SIGINT and SIGTERM set the stop flag that every [`Shutdown`] observes.
+pub fn install_signal_handlers() {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+}
+
+impl Shutdown {
+    pub fn new() -> Self {
+        Shutdown::default()
+    }
+
+    pub fn trigger(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+    }
+
+    /// True once triggered or once a handled signal arrived.
+    pub fn is_triggered(&self) -> bool {
+        self.flag.load(Ordering::SeqCst) || SIGNALLED.load(Ordering::SeqCst)
+    }
+
+    /// Completes within [`SHUTDOWN_POLL_INTERVAL`] of the trigger.
+    pub async fn wait(&self) {
+        while !self.is_triggered() {
+            glommio::timer::sleep(SHUTDOWN_POLL_INTERVAL).await;
+        }
+    }
+}
+
+/// What a shard body gets: its index, the mesh to the other shards, the stop flag, and a task set.
+pub struct ShardContext<M: Send + 'static> {
+    pub index: usize,
+    pub count: usize,
+    pub senders: Senders<M>,
+    pub receivers: Receivers<M>,
+    pub shutdown: Shutdown,
+    tasks: Rc<RefCell<Vec<Task<()>>>>,
+}
+
+impl<M: Send + 'static> ShardContext<M> {
+    /// Spawns a task that is joined when the shard stops.
+    pub fn spawn(&self, future: impl Future<Output = ()> + 'static) {
+        self.tasks.borrow_mut().push(glommio::spawn_local(future));
+    }
+
+    /// Waits for every spawned task; tasks still running after `grace` are cancelled.
+    pub async fn join_tasks(&self, grace: Duration) {
+        let tasks: Vec<Task<()>> = self.tasks.borrow_mut().drain(..).collect();
+        let deadline = std::time::Instant::now() + grace;
+        for mut task in tasks {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let _ = glommio::timer::timeout(left.max(Duration::from_millis(1)), async {
+                (&mut task).await;
+                Ok(())
+            })
+            .await;
+            // Dropping a glommio Task cancels it if it is still running.
+            drop(task);
+        }
+    }
+}
+
+/// Why the shards could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    #[error("starting shard {index}: {message}")]
+    Start { index: usize, message: String },
+    #[error("shard {index} panicked")]
+    Panicked { index: usize },
+}
+
+/// Runs `body` on `config.resolved_shards()` pinned executors and returns their results in shard
+/// order. `M` is the type of the cross-shard messages.
+pub fn run_shards<M, T, F, Fut>(config: &ShardConfig, shutdown: Shutdown, body: F) -> Result<Vec<T>, ShardError>
+where
+    M: Send + 'static,
+    T: Send + 'static,
+    F: Fn(ShardContext<M>) -> Fut + Send + Sync + Clone + 'static,
+    Fut: Future<Output = T> + 'static,
+{
+    let count = config.resolved_shards();
+    let cpus = core_affinity::get_core_ids().unwrap_or_default();
+    let mesh: MeshBuilder<M, Full> = MeshBuilder::full(count, config.channel_capacity.max(1));
+    let mut handles = Vec::with_capacity(count);
+    for index in 0..count {
+        let mut builder = LocalExecutorBuilder::new(placement(config, &cpus, index))
+            .name(&format!("icn-shard-{index}"))
+            .io_memory(config.io_memory_bytes);
+        builder = builder.preempt_timer(Duration::from_millis(10));
+        let body = body.clone();
+        let mesh = mesh.clone();
+        let shutdown = shutdown.clone();
+        let handle = builder
+            .spawn(move || async move {
+                let (senders, receivers) = mesh.join().await.expect("mesh join within one process");
+                let ctx = ShardContext {
+                    index,
+                    count,
+                    senders,
+                    receivers,
+                    shutdown,
+                    tasks: Rc::default(),
+                };
+                body(ctx).await
+            })
+            .map_err(|error| ShardError::Start { index, message: error.to_string() })?;
+        handles.push(handle);
+    }
+    let mut results = Vec::with_capacity(count);
+    for (index, handle) in handles.into_iter().enumerate() {
+        results.push(handle.join().map_err(|_| ShardError::Panicked { index })?);
+    }
+    Ok(results)
+}
+
+fn placement(config: &ShardConfig, cpus: &[core_affinity::CoreId], index: usize) -> Placement {
+    if config.pin_cores && !cpus.is_empty() {
+        Placement::Fixed(cpus[index % cpus.len()].id)
+    } else {
+        Placement::Unbound
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn shards_exchange_messages_over_the_mesh_and_stop() {
+        let config = ShardConfig { shards: 2, pin_cores: true, io_memory_bytes: 256 << 10, channel_capacity: 4 };
+        let shutdown = Shutdown::new();
+        let results = run_shards::<u64, (usize, u64), _, _>(&config, shutdown, |ctx| async move {
+            let me = ctx.index;
+            let peer = 1 - me;
+            // Each shard sends its index * 10 to the other and receives the other's.
+            ctx.senders.send_to(peer, (me as u64) * 10).await.unwrap();
+            let receiver_index = ctx.receivers.producer_id(peer).unwrap();
+            let mut streams = ctx.receivers.streams();
+            let (_, stream) = streams.iter_mut().find(|(id, _)| *id == receiver_index).unwrap();
+            let got = stream.recv().await.unwrap();
+            (me, got)
+        })
+        .unwrap();
+        assert_eq!(results, vec![(0, 10), (1, 0)]);
+    }
+
+    #[test]
+    fn shutdown_is_observed_quickly_and_tasks_are_joined() {
+        let config = ShardConfig { shards: 2, pin_cores: false, io_memory_bytes: 256 << 10, channel_capacity: 4 };
+        let shutdown = Shutdown::new();
+        let trigger = shutdown.clone();
+        let started = Instant::now();
+        let stopper = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            trigger.trigger();
+        });
+        let results = run_shards::<(), u32, _, _>(&config, shutdown, |ctx| async move {
+            let finished = Rc::new(std::cell::Cell::new(0u32));
+            for _ in 0..3 {
+                let finished = finished.clone();
+                let stop = ctx.shutdown.clone();
+                ctx.spawn(async move {
+                    stop.wait().await;
+                    finished.set(finished.get() + 1);
+                });
+            }
+            ctx.shutdown.wait().await;
+            ctx.join_tasks(Duration::from_secs(1)).await;
+            finished.get()
+        })
+        .unwrap();
+        stopper.join().unwrap();
+        assert_eq!(results, vec![3, 3]);
+        assert!(started.elapsed() < Duration::from_secs(1), "stopped within 1 s");
+    }
+}
