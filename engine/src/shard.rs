@@ -161,15 +161,18 @@ where
         let handle = builder
             .spawn(move || async move {
                 let (senders, receivers) = mesh.join().await.expect("mesh join within one process");
+                // The mesh numbers its members in the order they joined; that number is the
+                // shard index everywhere (channels are addressed by it).
                 let ctx = ShardContext {
-                    index,
+                    index: senders.peer_id(),
                     count,
                     senders,
                     receivers,
                     shutdown,
                     tasks: Rc::default(),
                 };
-                body(ctx).await
+                let index = ctx.index;
+                (index, body(ctx).await)
             })
             .map_err(|error| ShardError::Start { index, message: error.to_string() })?;
         handles.push(handle);
@@ -178,7 +181,8 @@ where
     for (index, handle) in handles.into_iter().enumerate() {
         results.push(handle.join().map_err(|_| ShardError::Panicked { index })?);
     }
-    Ok(results)
+    results.sort_by_key(|(index, _)| *index);
+    Ok(results.into_iter().map(|(_, result)| result).collect())
 }
 
 fn placement(config: &ShardConfig, cpus: &[core_affinity::CoreId], index: usize) -> Placement {
@@ -203,10 +207,7 @@ mod tests {
             let peer = 1 - me;
             // Each shard sends its index * 10 to the other and receives the other's.
             ctx.senders.send_to(peer, (me as u64) * 10).await.unwrap();
-            let receiver_index = ctx.receivers.producer_id(peer).unwrap();
-            let mut streams = ctx.receivers.streams();
-            let (_, stream) = streams.iter_mut().find(|(id, _)| *id == receiver_index).unwrap();
-            let got = stream.recv().await.unwrap();
+            let got = ctx.receivers.recv_from(peer).await.unwrap().unwrap();
             (me, got)
         })
         .unwrap();

@@ -210,7 +210,6 @@ struct Conn {
     peer: Option<NodeId>,
     /// The node we dialed (None for accepted connections).
     expected_peer: Option<NodeId>,
-    peer_addr: SocketAddr,
     cids: Vec<Vec<u8>>,
     streams: HashMap<u64, Stream>,
     next_stream_id: u64,
@@ -250,6 +249,9 @@ struct Inner {
     next_conn_id: Cell<u64>,
     shutdown: Cell<bool>,
     tasks: RefCell<Vec<JoinHandle<()>>>,
+    /// Driver and dialer tasks not yet dropped; shutdown waits for 0 so the socket is closed
+    /// once the caller drops its handles.
+    live_tasks: Rc<Cell<usize>>,
     pub stats: QuicStats,
 }
 
@@ -309,6 +311,7 @@ impl QuicTransport {
             next_conn_id: Cell::new(1),
             shutdown: Cell::new(false),
             tasks: RefCell::new(Vec::new()),
+            live_tasks: Rc::new(Cell::new(0)),
             stats: QuicStats::default(),
             config,
         });
@@ -319,9 +322,9 @@ impl QuicTransport {
     }
 
     fn spawn_driver_tasks(&self) {
-        let receiver = glommio::spawn_local(receive_loop(self.inner.clone())).detach();
-        let sender = glommio::spawn_local(send_loop(self.inner.clone())).detach();
-        let timer = glommio::spawn_local(timer_loop(self.inner.clone())).detach();
+        let receiver = spawn_tracked(&self.inner, receive_loop(self.inner.clone()));
+        let sender = spawn_tracked(&self.inner, send_loop(self.inner.clone()));
+        let timer = spawn_tracked(&self.inner, timer_loop(self.inner.clone()));
         self.inner.tasks.borrow_mut().extend([receiver, sender, timer]);
     }
 
@@ -376,7 +379,7 @@ impl QuicTransport {
             }
         }
         for peer in to_dial {
-            let task = glommio::spawn_local(dial_loop(inner.clone(), peer)).detach();
+            let task = spawn_tracked(inner, dial_loop(inner.clone(), peer));
             inner.state.borrow_mut().dialers.insert(peer, task);
         }
         inner.send_wake.notify();
@@ -404,10 +407,17 @@ impl QuicTransport {
         for task in inner.tasks.borrow_mut().drain(..) {
             task.cancel();
         }
-        let mut state = inner.state.borrow_mut();
-        let keys: Vec<u64> = state.conns.keys().copied().collect();
-        for key in keys {
-            remove_conn(inner, &mut state, key);
+        {
+            let mut state = inner.state.borrow_mut();
+            let keys: Vec<u64> = state.conns.keys().copied().collect();
+            for key in keys {
+                remove_conn(inner, &mut state, key);
+            }
+        }
+        // Cancelled tasks are dropped when the executor next visits them.
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while inner.live_tasks.get() > 0 && Instant::now() < deadline {
+            glommio::timer::sleep(Duration::from_millis(1)).await;
         }
     }
 
@@ -429,6 +439,26 @@ impl QuicTransport {
         let path = conn.quic.path_stats().next()?;
         Some((path.rtt, path.cwnd, path.lost))
     }
+}
+
+/// Counts a task as live until its future is dropped (finished or cancelled).
+struct LiveToken(Rc<Cell<usize>>);
+
+impl Drop for LiveToken {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+fn spawn_tracked(inner: &Rc<Inner>, future: impl Future<Output = ()> + 'static) -> JoinHandle<()> {
+    let counter = inner.live_tasks.clone();
+    counter.set(counter.get() + 1);
+    let token = LiveToken(counter);
+    glommio::spawn_local(async move {
+        let _token = token;
+        future.await;
+    })
+    .detach()
 }
 
 fn send_buffer_bytes(config: &QuicConfig) -> usize {
@@ -590,20 +620,17 @@ fn write_stream(conn: &mut Conn, stream_id: u64) {
     };
     while let Some(buf) = stream.tx.pop_front() {
         let fin = stream.tx_fin && stream.tx.is_empty();
-        let len = buf.len();
+        // quiche drops the buffer when nothing fits (Done); keep a handle (a refcount, no copy).
+        let kept = buf.clone();
         match conn.quic.stream_send_zc(stream_id, buf, fin) {
-            Ok((written, remaining)) => {
-                if let Some(rest) = remaining {
-                    if !rest.is_empty() || written < len {
-                        stream.tx.push_front(rest);
-                        conn.pending_tx.insert(stream_id);
-                        return;
-                    }
-                }
+            Ok((_, Some(rest))) if !rest.is_empty() => {
+                stream.tx.push_front(rest);
+                conn.pending_tx.insert(stream_id);
+                return;
             }
+            Ok(_) => {}
             Err(quiche::Error::Done) => {
-                // Nothing fit; quiche gives the buffer back only on partial writes, so requeue
-                // the original range.
+                stream.tx.push_front(kept);
                 conn.pending_tx.insert(stream_id);
                 return;
             }
@@ -755,11 +782,15 @@ async fn receive_loop(inner: Rc<Inner>) {
             if received < inner.config.udp.recv_batch_datagrams_max {
                 break;
             }
-            // A full batch: let other tasks run before draining more.
-            glommio::yield_if_needed().await;
+            // A full batch: let the sender run before draining more.
+            inner.send_wake.notify();
+            futures_lite::future::yield_now().await;
         }
         inner.send_wake.notify();
         inner.timer_wake.notify();
+        // Let the sender answer (ACKs, flow-control credit) before the next batch: with data
+        // always queued, readable() completes at once and would never give up the executor.
+        futures_lite::future::yield_now().await;
     }
 }
 
@@ -771,10 +802,26 @@ fn handle_datagram(inner: &Rc<Inner>, from: SocketAddr, to: SocketAddr, datagram
             return;
         }
     };
+    let mut dispatches = Vec::new();
+    receive_datagram(inner, &header, from, to, datagram, &mut dispatches);
+    // glommio runs a spawned task at once, so handlers start only after the state is released.
+    for dispatch in dispatches {
+        launch_handler(inner, dispatch);
+    }
+}
+
+fn receive_datagram(
+    inner: &Rc<Inner>,
+    header: &quiche::Header<'_>,
+    from: SocketAddr,
+    to: SocketAddr,
+    datagram: &mut [u8],
+    dispatches: &mut Vec<Dispatch>,
+) {
     let mut state = inner.state.borrow_mut();
     let key = match state.by_cid.get(&header.dcid[..]) {
         Some(key) => *key,
-        None => match accept(inner, &mut state, &header, from, to) {
+        None => match accept(inner, &mut state, header, from, to) {
             Some(key) => key,
             None => return,
         },
@@ -792,7 +839,7 @@ fn handle_datagram(inner: &Rc<Inner>, from: SocketAddr, to: SocketAddr, datagram
     }
     if let Some(conn) = state.conns.get(&key) {
         if conn.peer.is_some() {
-            read_streams(inner, &mut state, key);
+            read_streams(inner, &mut state, key, dispatches);
         }
     }
     state.dirty.push_back(key);
@@ -829,7 +876,7 @@ fn accept(
         &mut inner.server_config.borrow_mut(),
     )
     .ok()?;
-    let key = insert_conn(inner, state, quic, scid.clone(), None, from, 1);
+    let key = insert_conn(inner, state, quic, scid.clone(), None, 1);
     state.by_cid.insert(header.dcid.to_vec(), key);
     if let Some(conn) = state.conns.get_mut(&key) {
         conn.cids.push(header.dcid.to_vec());
@@ -843,7 +890,6 @@ fn insert_conn(
     quic: QuicConn,
     scid: ConnectionId<'static>,
     expected_peer: Option<NodeId>,
-    peer_addr: SocketAddr,
     first_stream_id: u64,
 ) -> u64 {
     let key = inner.next_conn_id.get();
@@ -857,7 +903,6 @@ fn insert_conn(
             id: ConnId(key),
             peer: None,
             expected_peer,
-            peer_addr,
             cids: vec![scid.to_vec()],
             streams: HashMap::new(),
             next_stream_id: first_stream_id,
@@ -904,13 +949,13 @@ fn on_established(inner: &Rc<Inner>, state: &mut State, key: u64) {
 }
 
 /// Reads every readable stream of a connection, completing requests and responses.
-fn read_streams(inner: &Rc<Inner>, state: &mut State, key: u64) {
+fn read_streams(inner: &Rc<Inner>, state: &mut State, key: u64, dispatches: &mut Vec<Dispatch>) {
     let Some(conn) = state.conns.get_mut(&key) else {
         return;
     };
     let readable: Vec<u64> = conn.quic.readable().collect();
     for stream_id in readable {
-        read_stream(inner, conn, key, stream_id);
+        read_stream(inner, conn, key, stream_id, dispatches);
     }
     let writable: Vec<u64> = conn.pending_tx.iter().copied().collect();
     for stream_id in writable {
@@ -935,7 +980,13 @@ fn cancel_stopped_handlers(inner: &Rc<Inner>, conn: &mut Conn) {
     }
 }
 
-fn read_stream(inner: &Rc<Inner>, conn: &mut Conn, key: u64, stream_id: u64) {
+fn read_stream(
+    inner: &Rc<Inner>,
+    conn: &mut Conn,
+    key: u64,
+    stream_id: u64,
+    dispatches: &mut Vec<Dispatch>,
+) {
     let locally_initiated = (stream_id & 0x1) == (conn.next_stream_id & 0x1);
     if !conn.streams.contains_key(&stream_id) {
         if locally_initiated || (stream_id & 0x2) != 0 {
@@ -956,7 +1007,7 @@ fn read_stream(inner: &Rc<Inner>, conn: &mut Conn, key: u64, stream_id: u64) {
     let outcome = fill_assembler(inner, conn, stream_id);
     match outcome {
         ReadOutcome::Pending => {}
-        ReadOutcome::Complete => complete_message(inner, conn, key, stream_id),
+        ReadOutcome::Complete => complete_message(inner, conn, key, stream_id, dispatches),
         ReadOutcome::Reset => {
             bump(&inner.stats.streams_reset_by_peer);
             fail_stream(conn, stream_id, RpcError::ConnectionClosed);
@@ -996,6 +1047,7 @@ fn fill_assembler(inner: &Rc<Inner>, conn: &mut Conn, stream_id: u64) -> ReadOut
     };
     loop {
         let mut trailing = [0u8; 1];
+        let complete_before = stream.rx.is_complete();
         let target: &mut [u8] = match stream.rx.next_target() {
             Some(target) => target,
             None => &mut trailing,
@@ -1007,7 +1059,6 @@ fn fill_assembler(inner: &Rc<Inner>, conn: &mut Conn, stream_id: u64) -> ReadOut
             }
             continue;
         }
-        let complete_before = stream.rx.is_complete();
         match conn.quic.stream_recv(stream_id, target) {
             Ok((read, fin)) => {
                 if complete_before && read > 0 {
@@ -1075,7 +1126,21 @@ fn fail_stream(conn: &mut Conn, stream_id: u64, error: RpcError) {
     }
 }
 
-fn complete_message(inner: &Rc<Inner>, conn: &mut Conn, key: u64, stream_id: u64) {
+/// A complete request waiting for its handler to be started.
+struct Dispatch {
+    key: u64,
+    stream_id: u64,
+    ctx: RequestContext,
+    body: Buf,
+}
+
+fn complete_message(
+    inner: &Rc<Inner>,
+    conn: &mut Conn,
+    key: u64,
+    stream_id: u64,
+    dispatches: &mut Vec<Dispatch>,
+) {
     let Some(stream) = conn.streams.get_mut(&stream_id) else {
         return;
     };
@@ -1099,7 +1164,7 @@ fn complete_message(inner: &Rc<Inner>, conn: &mut Conn, key: u64, stream_id: u64
                 waker.wake();
             }
         }
-        (Message::Request { route, priority, body }, Role::Incoming { handler }) => {
+        (Message::Request { route, priority, body }, Role::Incoming { .. }) => {
             let ctx = RequestContext {
                 peer: conn.peer.expect("streams are read only after verification"),
                 conn: conn.id,
@@ -1107,19 +1172,33 @@ fn complete_message(inner: &Rc<Inner>, conn: &mut Conn, key: u64, stream_id: u64
                 priority,
             };
             bump(&inner.stats.rpcs_served);
-            let task_inner = inner.clone();
-            let task = glommio::spawn_local(async move {
-                let result = task_inner.router.dispatch(ctx, body).await;
-                respond(&task_inner, key, stream_id, result);
-            })
-            .detach();
-            *handler = Some(task);
+            dispatches.push(Dispatch { key, stream_id, ctx, body });
         }
         _ => {
             bump(&inner.stats.protocol_errors);
             let _ = conn.quic.stream_shutdown(stream_id, Shutdown::Write, codes::STREAM_PROTOCOL);
             fail_stream(conn, stream_id, RpcError::PeerMisbehaved("message of the wrong kind".into()));
         }
+    }
+}
+
+/// Starts the handler of a complete request; its handle is kept so a cancel can stop it.
+fn launch_handler(inner: &Rc<Inner>, dispatch: Dispatch) {
+    let Dispatch { key, stream_id, ctx, body } = dispatch;
+    let task_inner = inner.clone();
+    let task = glommio::spawn_local(async move {
+        let result = task_inner.router.dispatch(ctx, body).await;
+        respond(&task_inner, key, stream_id, result);
+    })
+    .detach();
+    let mut state = inner.state.borrow_mut();
+    let stream = state.conns.get_mut(&key).and_then(|c| c.streams.get_mut(&stream_id));
+    match stream {
+        // Answered at once (glommio ran the task inline): nothing left to cancel.
+        Some(Stream { tx_fin: true, .. }) => {}
+        Some(Stream { role: Role::Incoming { handler }, .. }) => *handler = Some(task),
+        // The stream is gone (served, or reset meanwhile): make sure the task stops.
+        _ => task.cancel(),
     }
 }
 
@@ -1174,6 +1253,8 @@ async fn flush_all(inner: &Rc<Inner>, out: &mut [u8]) {
             keys
         };
         if next.is_empty() {
+            // Sending arms quiche's loss and draining timers: let the timer task re-read them.
+            inner.timer_wake.notify();
             return;
         }
         for key in next {
@@ -1190,7 +1271,14 @@ async fn flush_all(inner: &Rc<Inner>, out: &mut [u8]) {
 /// Drains one connection's packets into GSO batches and sends them.
 async fn flush_conn(inner: &Rc<Inner>, key: u64, out: &mut [u8]) {
     let segments_max = inner.udp.send_batch_datagrams_max();
+    let mut batches = 0usize;
     loop {
+        batches += 1;
+        if batches % FLUSH_BATCHES_PER_YIELD == 0 {
+            // A congestion window can hold thousands of packets: let receivers (ACKs) and other
+            // connections run between bursts instead of holding the executor for the whole window.
+            futures_lite::future::yield_now().await;
+        }
         let batch = {
             let mut state = inner.state.borrow_mut();
             let Some(conn) = state.conns.get_mut(&key) else {
@@ -1217,6 +1305,9 @@ async fn flush_conn(inner: &Rc<Inner>, key: u64, out: &mut [u8]) {
         }
     }
 }
+
+/// GSO batches one connection may send before the sender yields the executor.
+const FLUSH_BATCHES_PER_YIELD: usize = 4;
 
 /// One or two sends prepared from a connection's packets.
 struct Batch {
@@ -1408,15 +1499,18 @@ fn wait_peer_change(inner: &Rc<Inner>, peer: NodeId) -> impl Future<Output = ()>
 fn dial(inner: &Rc<Inner>, peer: NodeId, addr: SocketAddr) -> Result<(), quiche::Error> {
     let scid = new_cid();
     let local = inner.udp.local_addr();
+    // The server name carries the node id we mean to reach; the TLS verify callback checks the
+    // server's certificate against it.
+    let server_name = peer.to_hex();
     let quic = quiche::connect_with_buffer_factory::<IcnBufFactory>(
-        None,
+        Some(&server_name),
         &scid,
         local,
         addr,
         &mut inner.client_config.borrow_mut(),
     )?;
     let mut state = inner.state.borrow_mut();
-    let key = insert_conn(inner, &mut state, quic, scid, Some(peer), addr, 0);
+    let key = insert_conn(inner, &mut state, quic, scid, Some(peer), 0);
     state.dirty.push_back(key);
     drop(state);
     inner.send_wake.notify();

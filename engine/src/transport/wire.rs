@@ -114,8 +114,6 @@ pub(crate) enum AssembleError {
     Decode(DecodeError),
     /// The stream ended before the announced bytes arrived.
     Truncated,
-    /// Bytes arrived after the announced end of the message.
-    TrailingBytes,
     /// A frame kind that has no place on this stream.
     UnexpectedKind(FrameKind),
 }
@@ -125,7 +123,6 @@ impl std::fmt::Display for AssembleError {
         match self {
             AssembleError::Decode(error) => write!(f, "{error}"),
             AssembleError::Truncated => f.write_str("stream ended inside a message"),
-            AssembleError::TrailingBytes => f.write_str("bytes after the end of the message"),
             AssembleError::UnexpectedKind(kind) => write!(f, "unexpected frame kind {kind:?}"),
         }
     }
@@ -191,11 +188,6 @@ impl Assembler {
 
     pub(crate) fn is_complete(&self) -> bool {
         matches!(self.stage, Stage::Done)
-    }
-
-    /// The announced total size, once the header is in.
-    pub(crate) fn body_bytes(&self) -> Option<u64> {
-        self.header.map(|h| h.body_bytes)
     }
 
     /// Decodes the completed message. `route` names the route of our own request when this is a
