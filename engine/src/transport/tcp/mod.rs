@@ -312,14 +312,15 @@ impl Inner {
                 TcpStats::bump(&self.stats.connections_refused);
                 continue;
             }
+            // Counted here, before the task runs, so a burst of accepts cannot overshoot.
+            self.handshakes_in_flight
+                .set(self.handshakes_in_flight.get() + 1);
             glommio::spawn_local(self.clone().serve_inbound(stream)).detach();
         }
     }
 
     async fn serve_inbound(self: Rc<Self>, stream: TcpStream) {
         let _ = stream.set_nodelay(true);
-        self.handshakes_in_flight
-            .set(self.handshakes_in_flight.get() + 1);
         let accepted = self.handshake(stream, None).await;
         self.handshakes_in_flight
             .set(self.handshakes_in_flight.get() - 1);

@@ -543,6 +543,45 @@ fn inbound_from_a_node_we_should_dial_is_refused() {
     assert!(client.join().unwrap());
 }
 
+#[test]
+fn a_silent_peer_is_dropped_after_the_idle_timeout() {
+    let fixture = Fixture::new(2);
+    let server_addr = fixture.registry.node(fixture.id(1)).unwrap().tcp_addr;
+    let server_id = fixture.id(1);
+    let smaller = Identity::load(&fixture.dir.join(find_dir(&fixture, 0))).unwrap();
+    let client = std::thread::spawn(move || {
+        // Never answers the server's pings.
+        let mut stream = raw_peer(&smaller, server_id, server_addr);
+        let started = Instant::now();
+        (server_hung_up(&mut stream), started.elapsed())
+    });
+    run(|| async move {
+        let calls = Rc::new(Cell::new(0));
+        let config = TcpConfig {
+            keepalive_interval: Duration::from_millis(100),
+            idle_timeout: Duration::from_millis(500),
+            ..test_config()
+        };
+        let server = fixture.start(1, config, &calls);
+        assert!(
+            eventually(Duration::from_secs(5), || connected(&server, fixture.id(0))
+                .is_some())
+            .await
+        );
+        assert!(
+            eventually(Duration::from_secs(5), || connected(&server, fixture.id(0))
+                .is_none())
+            .await
+        );
+    });
+    let (hung_up, after) = client.join().unwrap();
+    assert!(hung_up);
+    assert!(
+        after >= Duration::from_millis(400),
+        "closed after {after:?}, before the idle timeout"
+    );
+}
+
 /// The `node-<i>` directory holding the identity at sorted position `sorted`.
 fn find_dir(fixture: &Fixture, sorted: usize) -> String {
     let wanted = fixture.id(sorted);
