@@ -15,6 +15,8 @@
 //! Transports run on a shard (glommio executor, or the simulator's executor for memory) and are
 //! `!Send` on purpose: a connection belongs to exactly one shard.
 
+pub mod tcp;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;

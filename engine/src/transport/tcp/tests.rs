@@ -1,0 +1,592 @@
+//! Loopback tests: every node runs on one glommio executor per test, every wait is bounded.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures_lite::future::or;
+use glommio::timer::sleep;
+use glommio::LocalExecutorBuilder;
+
+use super::*;
+use crate::identity::tests::temp_dir;
+use crate::registry::{NodeRecord, Subnet};
+
+const ECHO: Route = Route(1);
+const SLOW: Route = Route(2);
+
+fn run<F: Future<Output = ()>>(test: impl FnOnce() -> F) {
+    LocalExecutorBuilder::default()
+        .io_memory(512 << 10)
+        .make()
+        .unwrap()
+        .run(test());
+}
+
+/// A subnet of `n` nodes on free loopback ports; identities sorted by node id (index 0 is the
+/// smallest, so it dials everybody).
+struct Fixture {
+    dir: PathBuf,
+    registry: Arc<Registry>,
+    identities: Vec<Identity>,
+}
+
+impl Fixture {
+    fn new(n: usize) -> Fixture {
+        let dir = temp_dir("tcp");
+        let generated = Registry::create_local_subnet(&dir, n, 42_000).unwrap();
+        let mut identities: Vec<Identity> = (0..n)
+            .map(|i| Identity::load(&dir.join(format!("node-{i}"))).unwrap())
+            .collect();
+        identities.sort_by_key(|identity| identity.node_id());
+        let mut subnets: Vec<Subnet> = generated.subnets().to_vec();
+        for node in &mut subnets[0].nodes {
+            node.tcp_addr = free_port();
+        }
+        let registry = Arc::new(Registry::new(1, subnets).unwrap());
+        Fixture {
+            dir,
+            registry,
+            identities,
+        }
+    }
+
+    fn start(&self, i: usize, config: TcpConfig, calls: &Rc<Cell<u32>>) -> TcpTransport {
+        TcpTransport::start(
+            &self.identities[i],
+            self.registry.clone(),
+            router(calls),
+            config,
+        )
+        .unwrap()
+    }
+
+    fn id(&self, i: usize) -> NodeId {
+        self.identities[i].node_id()
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> SocketAddr {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    probe.local_addr().unwrap()
+}
+
+fn test_config() -> TcpConfig {
+    TcpConfig {
+        keepalive_interval: Duration::from_millis(200),
+        idle_timeout: Duration::from_secs(3),
+        handshake_timeout: Duration::from_secs(2),
+        reconnect_backoff_min: Duration::from_millis(20),
+        reconnect_backoff_max: Duration::from_millis(400),
+        ..TcpConfig::default()
+    }
+}
+
+/// Echo on ECHO; on SLOW, waits 10 s (to be cancelled). Counts every handler start.
+fn router(calls: &Rc<Cell<u32>>) -> Router {
+    let echo_calls = calls.clone();
+    let slow_calls = calls.clone();
+    Router::new()
+        .route(ECHO, move |_ctx, request: Buf| {
+            echo_calls.set(echo_calls.get() + 1);
+            async move { Ok(request) }
+        })
+        .route(SLOW, move |_ctx, _request: Buf| {
+            slow_calls.set(slow_calls.get() + 1);
+            async move {
+                sleep(Duration::from_secs(10)).await;
+                Ok(Buf::empty())
+            }
+        })
+}
+
+/// Polls `condition` every 10 ms for at most `limit`.
+async fn eventually(limit: Duration, condition: impl Fn() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if condition() {
+            return true;
+        }
+        sleep(Duration::from_millis(10)).await;
+    }
+    condition()
+}
+
+fn connected(transport: &TcpTransport, peer: NodeId) -> Option<ConnId> {
+    transport
+        .peers()
+        .into_iter()
+        .find(|(p, _)| *p == peer)
+        .map(|(_, id)| id)
+}
+
+#[test]
+fn two_nodes_handshake_and_echo() {
+    let fixture = Fixture::new(2);
+    run(|| async move {
+        let calls = Rc::new(Cell::new(0));
+        let a = fixture.start(0, test_config(), &calls);
+        let b = fixture.start(1, test_config(), &calls);
+        assert!(
+            eventually(Duration::from_secs(5), || {
+                connected(&a, fixture.id(1)).is_some() && connected(&b, fixture.id(0)).is_some()
+            })
+            .await
+        );
+        let reply = a
+            .rpc(
+                fixture.id(1),
+                ECHO,
+                Priority::Normal,
+                Buf::copy_from_slice(b"ping"),
+            )
+            .await;
+        assert_eq!(reply.unwrap(), Buf::copy_from_slice(b"ping"));
+        // The acceptor side can call the dialer over the same connection.
+        let reply = b
+            .rpc(
+                fixture.id(0),
+                ECHO,
+                Priority::High,
+                Buf::copy_from_slice(b"back"),
+            )
+            .await;
+        assert_eq!(reply.unwrap(), Buf::copy_from_slice(b"back"));
+        assert_eq!(calls.get(), 2);
+        let missing = a
+            .rpc(fixture.id(1), Route(99), Priority::Low, Buf::empty())
+            .await;
+        assert_eq!(missing, Err(RpcError::NoRoute(Route(99))));
+        let stranger = NodeId([7; 32]);
+        assert_eq!(
+            a.rpc(stranger, ECHO, Priority::Low, Buf::empty()).await,
+            Err(RpcError::NotConnected(stranger))
+        );
+        assert_eq!(a.peers().len(), 1);
+    });
+}
+
+#[test]
+fn hundred_megabyte_round_trip() {
+    let fixture = Fixture::new(2);
+    run(|| async move {
+        let calls = Rc::new(Cell::new(0));
+        let a = fixture.start(0, test_config(), &calls);
+        let _b = fixture.start(1, test_config(), &calls);
+        assert!(
+            eventually(Duration::from_secs(5), || connected(&a, fixture.id(1))
+                .is_some())
+            .await
+        );
+        let body: Vec<u8> = (0..100_000_000u32).map(|i| (i % 251) as u8).collect();
+        let request = Buf::from_vec(body);
+        let reply = a
+            .rpc(fixture.id(1), ECHO, Priority::Normal, request.clone())
+            .await
+            .unwrap();
+        assert_eq!(reply.len(), request.len());
+        assert!(reply == request);
+    });
+}
+
+#[test]
+fn oversized_messages_are_refused_on_send_and_in_flight_is_bounded() {
+    let fixture = Fixture::new(2);
+    run(|| async move {
+        let calls = Rc::new(Cell::new(0));
+        let config = TcpConfig {
+            message_bytes_max: 1 << 10,
+            requests_in_flight_max: 2,
+            ..test_config()
+        };
+        let a = fixture.start(0, config.clone(), &calls);
+        let _b = fixture.start(1, config, &calls);
+        assert!(
+            eventually(Duration::from_secs(5), || connected(&a, fixture.id(1))
+                .is_some())
+            .await
+        );
+        let big = Buf::from_vec(vec![0; 2 << 10]);
+        assert_eq!(
+            a.rpc(fixture.id(1), ECHO, Priority::Normal, big).await,
+            Err(RpcError::MessageTooLarge {
+                size_bytes: 2 << 10,
+                limit_bytes: 1 << 10
+            })
+        );
+        let peer = fixture.id(1);
+        let slow = || a.rpc(peer, SLOW, Priority::Normal, Buf::empty());
+        let third = async {
+            sleep(Duration::from_millis(100)).await;
+            a.rpc(peer, SLOW, Priority::Normal, Buf::empty()).await
+        };
+        let raced = or(
+            async {
+                let _ = futures_lite::future::zip(slow(), slow()).await;
+                Err(RpcError::Local("slow calls finished first".into()))
+            },
+            third,
+        )
+        .await;
+        assert_eq!(raced, Err(RpcError::TooManyInFlight { limit: 2 }));
+    });
+}
+
+#[test]
+fn dropping_an_rpc_cancels_the_remote_handler() {
+    struct DropFlag(Rc<Cell<bool>>);
+    impl Drop for DropFlag {
+        fn drop(&mut self) {
+            self.0.set(true);
+        }
+    }
+    let fixture = Fixture::new(2);
+    run(|| async move {
+        let calls = Rc::new(Cell::new(0));
+        let dropped = Rc::new(Cell::new(false));
+        let flag = dropped.clone();
+        let slow_router = Router::new().route(SLOW, move |_ctx, _req: Buf| {
+            let guard = DropFlag(flag.clone());
+            async move {
+                sleep(Duration::from_secs(10)).await;
+                drop(guard);
+                Ok(Buf::empty())
+            }
+        });
+        let config = TcpConfig {
+            requests_in_flight_max: 1,
+            ..test_config()
+        };
+        let a = fixture.start(0, config.clone(), &calls);
+        let _b = TcpTransport::start(
+            &fixture.identities[1],
+            fixture.registry.clone(),
+            slow_router,
+            config,
+        )
+        .unwrap();
+        assert!(
+            eventually(Duration::from_secs(5), || connected(&a, fixture.id(1))
+                .is_some())
+            .await
+        );
+        let peer = fixture.id(1);
+        let gave_up = or(
+            async { Some(a.rpc(peer, SLOW, Priority::Normal, Buf::empty()).await) },
+            async {
+                sleep(Duration::from_millis(200)).await;
+                None
+            },
+        )
+        .await;
+        assert!(gave_up.is_none());
+        assert!(
+            eventually(Duration::from_secs(2), || dropped.get()).await,
+            "handler not cancelled"
+        );
+        // The slot was freed: with one request allowed in flight, another one goes through.
+        let echo = a.rpc(peer, SLOW, Priority::Normal, Buf::empty());
+        let retried = or(async { Some(echo.await) }, async {
+            sleep(Duration::from_millis(100)).await;
+            None
+        })
+        .await;
+        assert!(
+            retried.is_none(),
+            "second call must be accepted and then wait, not be refused"
+        );
+    });
+}
+
+#[test]
+fn restarted_peer_reconnects_with_a_larger_conn_id() {
+    let fixture = Fixture::new(2);
+    run(|| async move {
+        let calls = Rc::new(Cell::new(0));
+        // Node 0 dials; node 1 restarts.
+        let a = fixture.start(0, test_config(), &calls);
+        let b = fixture.start(1, test_config(), &calls);
+        let peer = fixture.id(1);
+        assert!(eventually(Duration::from_secs(5), || connected(&a, peer).is_some()).await);
+        let first = connected(&a, peer).unwrap();
+        drop(b);
+        assert!(eventually(Duration::from_secs(5), || connected(&a, peer).is_none()).await);
+        let _b = fixture.start(1, test_config(), &calls);
+        assert!(eventually(Duration::from_secs(10), || connected(&a, peer).is_some()).await);
+        let second = connected(&a, peer).unwrap();
+        assert!(second > first, "{second:?} must be newer than {first:?}");
+        let reply = a
+            .rpc(peer, ECHO, Priority::Normal, Buf::copy_from_slice(b"again"))
+            .await;
+        assert_eq!(reply.unwrap(), Buf::copy_from_slice(b"again"));
+    });
+}
+
+#[test]
+fn a_node_outside_the_registry_is_refused() {
+    let fixture = Fixture::new(1);
+    // An outsider with a smaller id than the member, so that it is the one that dials.
+    let outsider = (0..200)
+        .map(|_| Identity::generate().unwrap())
+        .find(|identity| identity.node_id() < fixture.id(0))
+        .expect("a smaller id within 200 draws");
+    let subnet = fixture.registry.subnet_of(fixture.id(0)).unwrap().clone();
+    let record = NodeRecord {
+        node_id: outsider.node_id(),
+        cert_pem: None,
+        quic_addr: free_port(),
+        tcp_addr: free_port(),
+        http_addr: None,
+        metrics_addr: None,
+    };
+    let outsider_view = Arc::new(fixture.registry.add_node(&subnet, record).unwrap());
+    run(|| async move {
+        let member_calls = Rc::new(Cell::new(0));
+        let member = fixture.start(0, test_config(), &member_calls);
+        let outsider_calls = Rc::new(Cell::new(0));
+        let intruder = TcpTransport::start(
+            &outsider,
+            outsider_view,
+            router(&outsider_calls),
+            test_config(),
+        )
+        .unwrap();
+        assert!(
+            eventually(Duration::from_secs(5), || member
+                .stats()
+                .handshakes_failed
+                .get()
+                >= 2)
+            .await
+        );
+        assert!(member.peers().is_empty());
+        assert!(intruder.peers().is_empty());
+        assert_eq!(
+            intruder
+                .rpc(fixture.id(0), ECHO, Priority::Normal, Buf::empty())
+                .await,
+            Err(RpcError::NotConnected(fixture.id(0)))
+        );
+        assert_eq!(member_calls.get(), 0);
+    });
+}
+
+#[test]
+fn registry_removal_disconnects_and_readding_reconnects() {
+    let fixture = Fixture::new(2);
+    run(|| async move {
+        let calls = Rc::new(Cell::new(0));
+        let a = fixture.start(0, test_config(), &calls);
+        let b = fixture.start(1, test_config(), &calls);
+        let (id_a, id_b) = (fixture.id(0), fixture.id(1));
+        assert!(eventually(Duration::from_secs(5), || connected(&a, id_b).is_some()).await);
+        let first = connected(&a, id_b).unwrap();
+
+        let without_b = Arc::new(fixture.registry.remove_node(id_b).unwrap());
+        let removed_at = Instant::now();
+        a.apply_registry(&without_b);
+        assert!(
+            eventually(Duration::from_secs(5), || {
+                connected(&a, id_b).is_none() && connected(&b, id_a).is_none()
+            })
+            .await
+        );
+        assert!(removed_at.elapsed() < Duration::from_secs(5));
+        // And it stays out: the removed node is refused while the registry says so.
+        sleep(Duration::from_millis(300)).await;
+        assert!(connected(&a, id_b).is_none());
+
+        let record = fixture.registry.node(id_b).unwrap().clone();
+        let subnet = fixture.registry.subnet_of(id_a).unwrap().clone();
+        let with_b = Arc::new(without_b.add_node(&subnet, record).unwrap());
+        assert_eq!(with_b.version(), 3);
+        a.apply_registry(&with_b);
+        assert!(
+            eventually(Duration::from_secs(10), || {
+                connected(&a, id_b).is_some() && connected(&b, id_a).is_some()
+            })
+            .await
+        );
+        assert!(connected(&a, id_b).unwrap() > first);
+    });
+}
+
+/// A peer that speaks TLS but writes raw frames, from a plain thread (blocking std socket).
+fn raw_peer(
+    identity: &Identity,
+    expected: NodeId,
+    addr: SocketAddr,
+) -> boring::ssl::SslStream<std::net::TcpStream> {
+    let ctx = tls::client_context_builder(identity, Arc::new(|_| true))
+        .unwrap()
+        .build();
+    let mut ssl = Ssl::new(&ctx).unwrap();
+    tls::set_expected_peer(&mut ssl, expected).unwrap();
+    // The server starts on another thread; retry until it listens (bounded).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let stream = loop {
+        match std::net::TcpStream::connect(addr) {
+            Ok(stream) => break stream,
+            Err(error) if Instant::now() > deadline => panic!("cannot reach {addr}: {error}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    ssl.connect(stream).map_err(|e| e.to_string()).unwrap()
+}
+
+/// Reads until the server ends the connection; true when it did within the read timeout.
+fn server_hung_up(stream: &mut boring::ssl::SslStream<std::net::TcpStream>) -> bool {
+    let mut buf = [0u8; 256];
+    for _ in 0..100 {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+#[test]
+fn oversized_truncated_and_misdirected_frames_drop_the_connection() {
+    let fixture = Fixture::new(3);
+    // Node 2 (largest id) serves; nodes 0 and 1 act as raw peers that may dial it.
+    let server_addr = fixture.registry.node(fixture.id(2)).unwrap().tcp_addr;
+    let server_id = fixture.id(2);
+    let raw0 = Identity::load(&fixture.dir.join(find_dir(&fixture, 0))).unwrap();
+    let raw1 = Identity::load(&fixture.dir.join(find_dir(&fixture, 1))).unwrap();
+    let client = std::thread::spawn(move || {
+        // Oversized: announce a body beyond message_bytes_max.
+        let mut stream = raw_peer(&raw0, server_id, server_addr);
+        let head = wire::encode_head(
+            wire::FrameKind::Request,
+            &wire::Envelope::request(1, ECHO, Priority::Low),
+            1 << 30,
+        );
+        stream.write_all(&head).unwrap();
+        let oversized_dropped = server_hung_up(&mut stream);
+        // Truncated: half a header, then close.
+        let mut stream = raw_peer(&raw1, server_id, server_addr);
+        stream.write_all(&head[..7]).unwrap();
+        let _ = stream.shutdown();
+        drop(stream);
+        // Garbage: a bad magic.
+        let mut stream = raw_peer(&raw1, server_id, server_addr);
+        stream.write_all(&[0xff; 64]).unwrap();
+        let garbage_dropped = server_hung_up(&mut stream);
+        (oversized_dropped, garbage_dropped)
+    });
+    run(|| async move {
+        let calls = Rc::new(Cell::new(0));
+        let config = TcpConfig {
+            message_bytes_max: 1 << 20,
+            ..test_config()
+        };
+        // Only node 2 runs; nodes 0 and 1 (smaller ids, so they are the dialers) are raw peers.
+        let server = fixture.start(2, config, &calls);
+        assert!(
+            eventually(Duration::from_secs(10), || {
+                server.stats().frames_oversized.get() == 1
+                    && server.stats().frames_malformed.get() == 1
+            })
+            .await
+        );
+        assert_eq!(calls.get(), 0);
+        drop(server);
+    });
+    let (oversized_dropped, garbage_dropped) = client.join().unwrap();
+    assert!(oversized_dropped && garbage_dropped);
+}
+
+#[test]
+fn inbound_from_a_node_we_should_dial_is_refused() {
+    let fixture = Fixture::new(2);
+    let server_addr = fixture.registry.node(fixture.id(0)).unwrap().tcp_addr;
+    let server_id = fixture.id(0);
+    // Node 1 has the larger id, so node 0 must dial it, never accept it.
+    let larger = Identity::load(&fixture.dir.join(find_dir(&fixture, 1))).unwrap();
+    let client = std::thread::spawn(move || {
+        let mut stream = raw_peer(&larger, server_id, server_addr);
+        server_hung_up(&mut stream)
+    });
+    run(|| async move {
+        let calls = Rc::new(Cell::new(0));
+        let server = fixture.start(0, test_config(), &calls);
+        assert!(
+            eventually(Duration::from_secs(5), || server
+                .stats()
+                .connections_refused
+                .get()
+                >= 1)
+            .await
+        );
+        assert!(server.peers().is_empty());
+    });
+    assert!(client.join().unwrap());
+}
+
+#[test]
+fn a_silent_peer_is_dropped_after_the_idle_timeout() {
+    let fixture = Fixture::new(2);
+    let server_addr = fixture.registry.node(fixture.id(1)).unwrap().tcp_addr;
+    let server_id = fixture.id(1);
+    let smaller = Identity::load(&fixture.dir.join(find_dir(&fixture, 0))).unwrap();
+    let client = std::thread::spawn(move || {
+        // Never answers the server's pings.
+        let mut stream = raw_peer(&smaller, server_id, server_addr);
+        let started = Instant::now();
+        (server_hung_up(&mut stream), started.elapsed())
+    });
+    run(|| async move {
+        let calls = Rc::new(Cell::new(0));
+        let config = TcpConfig {
+            keepalive_interval: Duration::from_millis(100),
+            idle_timeout: Duration::from_millis(500),
+            ..test_config()
+        };
+        let server = fixture.start(1, config, &calls);
+        assert!(
+            eventually(Duration::from_secs(5), || connected(&server, fixture.id(0))
+                .is_some())
+            .await
+        );
+        assert!(
+            eventually(Duration::from_secs(5), || connected(&server, fixture.id(0))
+                .is_none())
+            .await
+        );
+    });
+    let (hung_up, after) = client.join().unwrap();
+    assert!(hung_up);
+    assert!(
+        after >= Duration::from_millis(400),
+        "closed after {after:?}, before the idle timeout"
+    );
+}
+
+/// The `node-<i>` directory holding the identity at sorted position `sorted`.
+fn find_dir(fixture: &Fixture, sorted: usize) -> String {
+    let wanted = fixture.id(sorted);
+    (0..fixture.identities.len())
+        .map(|i| format!("node-{i}"))
+        .find(|dir| Identity::load(&fixture.dir.join(dir)).unwrap().node_id() == wanted)
+        .unwrap()
+}

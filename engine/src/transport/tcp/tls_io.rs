@@ -1,0 +1,257 @@
+//! BoringSSL driven over a glommio TCP stream.
+//!
+//! `SslStream` is synchronous, so it runs over [`MemoryIo`]: ciphertext read from the socket is
+//! appended to an input buffer, and ciphertext BoringSSL produces is collected in an output buffer
+//! that the writer flushes to the socket. An empty input buffer reads as `WouldBlock`, which
+//! BoringSSL reports as `WANT_READ`; that is the signal to read the socket. All socket calls are
+//! non-blocking and issued from the executor (glommio's stream tries the syscall, then parks on
+//! io_uring readiness), so nothing here ever blocks the shard.
+//!
+//! The reader and the writer are separate tasks sharing one [`TlsSocket`]; each borrows the
+//! `RefCell`s only inside a synchronous step, never across an `.await`.
+
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::io::{self, Read, Write};
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use boring::ssl::{ErrorCode, HandshakeError, MidHandshakeSslStream, SslStream};
+use futures_lite::{AsyncRead, AsyncWrite};
+use glommio::net::TcpStream;
+
+/// Ciphertext buffers between BoringSSL and the socket.
+pub struct MemoryIo {
+    /// Ciphertext received and not yet consumed by BoringSSL: `input[start..end]`.
+    input: Box<[u8]>,
+    start: usize,
+    end: usize,
+    /// Ciphertext BoringSSL produced and the socket has not taken yet.
+    output: Vec<u8>,
+}
+
+impl MemoryIo {
+    /// `input_bytes` bounds how much ciphertext is read ahead (at least one TLS record).
+    pub fn new(input_bytes: usize) -> MemoryIo {
+        assert!(
+            input_bytes >= MIN_INPUT_BYTES,
+            "input buffer smaller than a TLS record"
+        );
+        MemoryIo {
+            input: vec![0; input_bytes].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            output: Vec::new(),
+        }
+    }
+
+    /// Free space at the end of the input buffer, compacting first when that frees room.
+    fn input_space(&mut self) -> &mut [u8] {
+        if self.start == self.end {
+            (self.start, self.end) = (0, 0);
+        } else if self.end == self.input.len() && self.start > 0 {
+            self.input.copy_within(self.start..self.end, 0);
+            (self.start, self.end) = (0, self.end - self.start);
+        }
+        &mut self.input[self.end..]
+    }
+}
+
+/// A TLS record is at most 16 KiB of plaintext plus overhead; the input buffer must hold one.
+pub const MIN_INPUT_BYTES: usize = 17 << 10;
+
+impl Read for MemoryIo {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.start == self.end {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = buf.len().min(self.end - self.start);
+        buf[..n].copy_from_slice(&self.input[self.start..self.start + n]);
+        self.start += n;
+        Ok(n)
+    }
+}
+
+impl Write for MemoryIo {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.output.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Reads socket bytes into `io`'s input buffer; `Ok(0)` means the peer closed the stream.
+fn poll_fill(
+    stream: &RefCell<TcpStream>,
+    cx: &mut Context<'_>,
+    io: &mut MemoryIo,
+) -> Poll<io::Result<usize>> {
+    let mut stream = stream.borrow_mut();
+    let polled = Pin::new(&mut *stream).poll_read(cx, io.input_space());
+    if let Poll::Ready(Ok(n)) = polled {
+        io.end += n;
+    }
+    polled
+}
+
+/// Writes all of `bytes` to the socket.
+async fn write_all(stream: &RefCell<TcpStream>, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        let n = poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_write(cx, bytes)).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        bytes = &bytes[n..];
+    }
+    Ok(())
+}
+
+/// Runs a handshake to completion over `stream`.
+pub async fn handshake(
+    stream: &RefCell<TcpStream>,
+    mut mid: MidHandshakeSslStream<MemoryIo>,
+) -> Result<SslStream<MemoryIo>, String> {
+    loop {
+        let pending = std::mem::take(&mut mid.get_mut().output);
+        write_all(stream, &pending)
+            .await
+            .map_err(|e| format!("handshake write: {e}"))?;
+        let n = poll_fn(|cx| poll_fill(stream, cx, mid.get_mut()))
+            .await
+            .map_err(|e| format!("handshake read: {e}"))?;
+        if n == 0 {
+            return Err("peer closed the connection during the handshake".into());
+        }
+        match mid.handshake() {
+            Ok(mut done) => {
+                let pending = std::mem::take(&mut done.get_mut().output);
+                write_all(stream, &pending)
+                    .await
+                    .map_err(|e| format!("handshake write: {e}"))?;
+                return Ok(done);
+            }
+            Err(HandshakeError::WouldBlock(next)) => mid = next,
+            Err(HandshakeError::Failure(mut failed)) => {
+                // Best effort: let the peer see our alert.
+                let alert = std::mem::take(&mut failed.get_mut().output);
+                let _ = write_all(stream, &alert).await;
+                return Err(format!("handshake failed: {}", failed.error()));
+            }
+            Err(HandshakeError::SetupFailure(error)) => return Err(format!("TLS setup: {error}")),
+        }
+    }
+}
+
+/// Starts a handshake: the first `handshake()` call happens before any read, so a client's
+/// ClientHello goes out first.
+pub fn start(
+    mid: MidHandshakeSslStream<MemoryIo>,
+) -> Result<MidHandshakeSslStream<MemoryIo>, HandshakeError<MemoryIo>> {
+    match mid.handshake() {
+        Ok(_) => unreachable!("a handshake cannot finish before any byte was received"),
+        Err(HandshakeError::WouldBlock(mid)) => Ok(mid),
+        Err(other) => Err(other),
+    }
+}
+
+/// An established TLS connection shared by one reader and one writer task.
+pub struct TlsSocket {
+    stream: RefCell<TcpStream>,
+    tls: RefCell<SslStream<MemoryIo>>,
+    /// Wakes the writer when the reader made BoringSSL produce output (alerts, key updates).
+    writer_waker: Cell<Option<Waker>>,
+}
+
+impl TlsSocket {
+    pub fn new(stream: RefCell<TcpStream>, tls: SslStream<MemoryIo>) -> TlsSocket {
+        TlsSocket {
+            stream,
+            tls: RefCell::new(tls),
+            writer_waker: Cell::new(None),
+        }
+    }
+
+    /// Decrypts into `buf`; `Ok(0)` is a clean end of stream (close_notify or EOF).
+    pub async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        debug_assert!(!buf.is_empty());
+        loop {
+            let outcome = self.tls.borrow_mut().ssl_read(buf);
+            if !self.tls.borrow_mut().get_mut().output.is_empty() {
+                self.wake_writer();
+            }
+            match outcome {
+                Ok(n) => return Ok(n),
+                Err(e) if e.code() == ErrorCode::ZERO_RETURN => return Ok(0),
+                Err(e) if e.code() == ErrorCode::WANT_READ => {}
+                Err(e) => return Err(io::Error::other(format!("TLS read: {e}"))),
+            }
+            let n =
+                poll_fn(|cx| poll_fill(&self.stream, cx, self.tls.borrow_mut().get_mut())).await?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "peer closed without close_notify",
+                ));
+            }
+        }
+    }
+
+    /// Encrypts all of `plain` and sends it.
+    pub async fn write(&self, plain: &[u8]) -> io::Result<()> {
+        {
+            let mut tls = self.tls.borrow_mut();
+            let mut rest = plain;
+            while !rest.is_empty() {
+                // MemoryIo never refuses output, so BoringSSL takes every byte in one call.
+                let n = tls
+                    .ssl_write(rest)
+                    .map_err(|e| io::Error::other(format!("TLS write: {e}")))?;
+                rest = &rest[n..];
+            }
+        }
+        self.flush().await
+    }
+
+    /// Sends whatever ciphertext is pending.
+    pub async fn flush(&self) -> io::Result<()> {
+        let pending = std::mem::take(&mut self.tls.borrow_mut().get_mut().output);
+        write_all(&self.stream, &pending).await?;
+        // Hand the (now empty) allocation back so the next record reuses it.
+        let mut tls = self.tls.borrow_mut();
+        let output = &mut tls.get_mut().output;
+        if output.is_empty() && output.capacity() < pending.capacity() {
+            let mut reuse = pending;
+            reuse.clear();
+            *output = reuse;
+        }
+        Ok(())
+    }
+
+    /// Sends close_notify and shuts the socket's write side (best effort).
+    pub async fn close(&self) {
+        let _ = self.tls.borrow_mut().shutdown();
+        let _ = self.flush().await;
+        let _ = poll_fn(|cx| Pin::new(&mut *self.stream.borrow_mut()).poll_close(cx)).await;
+    }
+
+    /// Resolves when the reader asked the writer to flush TLS output.
+    pub async fn output_pending(&self) {
+        poll_fn(|cx| {
+            if !self.tls.borrow_mut().get_mut().output.is_empty() {
+                return Poll::Ready(());
+            }
+            self.writer_waker.set(Some(cx.waker().clone()));
+            Poll::Pending
+        })
+        .await
+    }
+
+    fn wake_writer(&self) {
+        if let Some(waker) = self.writer_waker.take() {
+            waker.wake();
+        }
+    }
+}
