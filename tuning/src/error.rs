@@ -62,8 +62,8 @@ pub enum TuningError {
     },
 
     /// A key that names no section or knob (a typo would otherwise be silently ignored).
-    #[error("unknown key `{key}` (known keys here: {known})")]
-    UnknownKey { key: String, known: String },
+    #[error("unknown key `{key}` ({hint})")]
+    UnknownKey { key: String, hint: String },
 
     /// Two knobs that break a rule tying them together.
     #[error("{knob} = {value} must be {relation} {other} = {other_value}: {why}")]
@@ -98,6 +98,37 @@ pub enum TuningError {
 }
 
 impl TuningError {
+    /// The knob (or section) this error is about, when it is about exactly one.
+    pub fn knob(&self) -> Option<&str> {
+        match self {
+            TuningError::OutOfRange { knob, .. }
+            | TuningError::UnknownChoice { knob, .. }
+            | TuningError::WrongType { knob, .. } => Some(knob),
+            TuningError::UnknownKey { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+
+    /// True when this error involves `knob`, or any knob of the section named `knob`.
+    pub fn mentions(&self, knob: &str) -> bool {
+        let names = |name: &str| {
+            name == knob
+                || name
+                    .strip_prefix(knob)
+                    .is_some_and(|rest| rest.starts_with('.'))
+        };
+        match self {
+            TuningError::Conflict {
+                knob: left, other, ..
+            } => names(left) || names(other),
+            TuningError::OverCap { knobs, .. } => {
+                let is_name_char = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '.';
+                knobs.split(|c: char| !is_name_char(c)).any(names)
+            }
+            _ => self.knob().is_some_and(names),
+        }
+    }
+
     /// The error for `value` of the knob `meta`, or `None` when the value is allowed.
     pub fn check(meta: &KnobMeta, value: KnobValue) -> Option<TuningError> {
         if meta.allowed.admits(&value) {

@@ -269,29 +269,34 @@ impl Tuning {
         })
     }
 
-    /// Parses a TOML profile (missing keys take their defaults) and validates it. Unknown keys,
-    /// wrong types and out-of-range values are all reported together; rules between knobs are
-    /// checked once every single knob is valid.
+    /// Parses a TOML profile (missing keys take their defaults) and validates it, reporting every
+    /// problem at once: unknown keys, wrong types and out-of-range values, then the rules between
+    /// knobs over the values that were valid (a rule involving a knob already reported is left
+    /// out, since its value was not the one written).
     pub fn from_toml_str(text: &str) -> Result<Tuning, Vec<TuningError>> {
-        let table: toml::Table = text.parse().map_err(|error: toml::de::Error| {
+        let syntax = |error: toml::de::Error| {
             vec![TuningError::Syntax {
                 message: error.to_string().trim_end().to_string(),
             }]
-        })?;
-        let errors = toml_check::check_table(&table);
-        if !errors.is_empty() {
-            return Err(errors);
+        };
+        let mut table: toml::Table = text.parse().map_err(syntax)?;
+        let mut errors = toml_check::take_invalid(&mut table);
+        let tuning: Tuning = toml::Value::Table(table).try_into().map_err(syntax)?;
+        if let Err(rule_errors) = tuning.validate() {
+            let reported: Vec<String> = errors
+                .iter()
+                .filter_map(|error| error.knob().map(str::to_string))
+                .collect();
+            let fresh = rule_errors
+                .into_iter()
+                .filter(|error| !reported.iter().any(|knob| error.mentions(knob)));
+            errors.extend(fresh);
         }
-        let tuning: Tuning =
-            toml::Value::Table(table)
-                .try_into()
-                .map_err(|error: toml::de::Error| {
-                    vec![TuningError::Syntax {
-                        message: error.to_string(),
-                    }]
-                })?;
-        tuning.validate()?;
-        Ok(tuning)
+        if errors.is_empty() {
+            Ok(tuning)
+        } else {
+            Err(errors)
+        }
     }
 
     /// Reads and validates a TOML profile; every error is reported with the file's path.

@@ -211,8 +211,11 @@ fn unknown_key_names_the_key() {
     );
     let (_, message) = single_error("[quik]\nidle_timeout_ms = 5000\n");
     assert!(message.starts_with("unknown key `quik`"), "{message}");
-    let (_, message) = single_error("shards = 4\n");
-    assert!(message.starts_with("unknown key `shards`"), "{message}");
+    let (_, message) = single_error("storage = 4\n");
+    assert!(
+        message.starts_with("unknown key `storage` (known keys here: engine, udp, quic"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -270,6 +273,32 @@ fn every_problem_is_reported_at_once() {
     tuning.tcp.keep_alive_interval_ms = 20_000;
     tuning.rpc.message_bytes_max = 0;
     assert_eq!(tuning.validate().expect_err("three problems").len(), 3);
+}
+
+#[test]
+fn rules_are_checked_beside_single_knob_errors() {
+    let text = "[quic]\ncongestion_control = \"vegas\"\nkeep_alive_interval_ms = 50000\n";
+    let errors = Tuning::from_toml_str(text).expect_err("two problems");
+    let messages = messages(&errors);
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    assert!(
+        messages[1].starts_with("quic.keep_alive_interval_ms = 50000 must be less than"),
+        "{messages:?}"
+    );
+}
+
+#[test]
+fn rules_over_a_rejected_knob_are_not_reported() {
+    // The rule would compare 2000 with the default 1000 standing in for the rejected value.
+    let text = "[quic]\nbidi_streams_max = \"many\"\n[rpc]\nrequests_in_flight_max = 2000\n";
+    let (error, _) = single_error(text);
+    assert!(matches!(
+        error,
+        TuningError::WrongType {
+            knob: "quic.bidi_streams_max",
+            ..
+        }
+    ));
 }
 
 #[test]
