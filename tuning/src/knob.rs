@@ -225,7 +225,7 @@ macro_rules! knob_range_asserts {
 ///     /// Section doc.
 ///     pub struct QuicTuning in "quic" {
 ///         /// What it bounds, worst-case memory, why this value.
-///         idle_timeout_ms: u64 in 1_000..=600_000 = QUIC_IDLE_TIMEOUT_MS_DEFAULT = 30_000;
+///         idle_timeout_ms: u64 in 1_000..=600_000 = QUIC_IDLE_TIMEOUT_MS_DEFAULT = 10_000;
 ///         /// A bool or enum knob declares no range.
 ///         gso_enabled: bool = UDP_GSO_ENABLED_DEFAULT = true;
 ///     }
