@@ -1,0 +1,275 @@
+//! Every knob of icn, one declaration each: name (ending in its unit), type, allowed range, default
+//! constant and value, and a doc line saying what it bounds, its worst-case memory and why this
+//! value. `section!` generates the rest (see `knob.rs`).
+
+use std::fmt;
+
+use crate::knob::{Allowed, KnobType, KnobValue};
+
+pub const KIB: usize = 1 << 10;
+pub const MIB: usize = 1 << 20;
+pub const GIB: usize = 1 << 30;
+
+section! {
+    /// Shard executors, the rings between them, and the buffer pool.
+    pub struct EngineTuning in "engine" {
+        /// Shard executors to start, one thread each; 0 starts one per available core (more
+        /// shards than cores only adds context switches).
+        shard_count: usize in 0..=1024 = ENGINE_SHARD_COUNT_DEFAULT = 0;
+        /// Pin each shard's thread to its own core so its caches and io_uring stay warm; turn off
+        /// when the node shares its cores with other services.
+        pin_cores: bool = ENGINE_PIN_CORES_DEFAULT = true;
+        /// Messages queued in one directed shard-to-shard ring before `try_send` hands the message
+        /// back (backpressure, never growth). Worst case: shards² rings × this × ~64-byte commands
+        /// (16 shards: 16 MiB); 1024 absorbs one broadcast to every peer of a 40-node subnet from
+        /// each shard without pushing back.
+        cross_shard_channel_messages_max: usize in 16..=65_536
+            = ENGINE_CROSS_SHARD_CHANNEL_MESSAGES_MAX_DEFAULT = 1024;
+        /// io_uring memory that glommio registers and locks per executor. Locked memory counts
+        /// against RLIMIT_MEMLOCK, often 8 MiB for the whole process: 512 KiB lets 8 executors
+        /// start with half the limit left for the rings themselves.
+        io_memory_bytes: usize in (64 * KIB)..=(8 * MIB) = ENGINE_IO_MEMORY_BYTES_DEFAULT = 512 * KIB;
+        /// Size of one pooled buffer, the unit a payload is written into once and then shared by
+        /// reference count. 64 KiB holds one GRO batch or one GSO send; larger payloads chain
+        /// buffers or use unpooled storage.
+        buffer_bytes: usize in (2 * KIB)..=(16 * MIB) = ENGINE_BUFFER_BYTES_DEFAULT = 64 * KIB;
+        /// Buffers in one pool, all allocated at start. Worst case: buffers_max × buffer_bytes
+        /// (default 64 MiB per pool, capped at 1 GiB). When all are in use `take()` fails and the
+        /// caller backs off instead of allocating.
+        buffers_max: usize in 16..=1_048_576 = ENGINE_BUFFERS_MAX_DEFAULT = 1024;
+    }
+}
+
+section! {
+    /// The io_uring UDP sockets under QUIC (one per shard, SO_REUSEPORT).
+    pub struct UdpTuning in "udp" {
+        /// SO_SNDBUF of each UDP socket (kernel memory; the kernel doubles it for bookkeeping and
+        /// caps it at net.core.wmem_max unless set with SO_SNDBUFFORCE as root). 4 MiB holds
+        /// about 3 ms of a 10 Gbit/s burst.
+        socket_send_buffer_bytes: usize in (64 * KIB)..=(256 * MIB)
+            = UDP_SOCKET_SEND_BUFFER_BYTES_DEFAULT = 4 * MIB;
+        /// SO_RCVBUF of each UDP socket (kernel memory, capped by net.core.rmem_max unless forced).
+        /// 4 MiB lets a shard stall for about 3 ms at 10 Gbit/s without the kernel dropping
+        /// datagrams.
+        socket_recv_buffer_bytes: usize in (64 * KIB)..=(256 * MIB)
+            = UDP_SOCKET_RECV_BUFFER_BYTES_DEFAULT = 4 * MIB;
+        /// Send a batch as one GSO super-datagram (UDP_SEGMENT): one syscall and one pass through
+        /// the stack per batch. Turn off for kernels or NICs that reject it.
+        gso_enabled: bool = UDP_GSO_ENABLED_DEFAULT = true;
+        /// Accept datagrams coalesced by the kernel (UDP_GRO), up to 64 KiB per receive. Turn off
+        /// for kernels that lack it.
+        gro_enabled: bool = UDP_GRO_ENABLED_DEFAULT = true;
+        /// Largest UDP payload sent (QUIC's max UDP payload). 1200 is QUIC's minimum, 1472 fills
+        /// a 1500-byte Ethernet MTU over IPv4; 1452 fits that MTU over IPv6 too (40-byte header).
+        udp_payload_bytes_max: usize in 1200..=1472 = UDP_PAYLOAD_BYTES_MAX_DEFAULT = 1452;
+        /// Datagrams handed to the kernel in one send (one GSO send). Bounds the send staging area
+        /// per shard: this × udp_payload_bytes_max (32 × 1452 = 46 KiB), which must stay under
+        /// the kernel's 64 KiB per GSO send.
+        send_batch_datagrams_max: usize in 1..=64 = UDP_SEND_BATCH_DATAGRAMS_MAX_DEFAULT = 32;
+        /// Receive slots per recvmmsg. With GRO each slot holds up to 64 KiB, so the worst case
+        /// per shard is this × 64 KiB (32 → 2 MiB); 32 drains a busy socket in few calls without
+        /// holding the executor long.
+        recv_batch_datagrams_max: usize in 1..=256 = UDP_RECV_BATCH_DATAGRAMS_MAX_DEFAULT = 32;
+    }
+}
+
+/// The congestion controller of QUIC connections (quiche's algorithms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CongestionControl {
+    /// Loss-based, the Linux TCP default: fair to other flows sharing the link.
+    Cubic,
+    /// Loss-based, the classic; for comparisons.
+    Reno,
+    /// Model-based (bottleneck bandwidth and RTT): keeps goodput on lossy long-haul links.
+    Bbr2,
+}
+
+impl CongestionControl {
+    /// Every variant, in the order of `NAMES`.
+    pub const ALL: [CongestionControl; 3] = [
+        CongestionControl::Cubic,
+        CongestionControl::Reno,
+        CongestionControl::Bbr2,
+    ];
+    /// The names written in TOML.
+    pub const NAMES: &'static [&'static str] = &["cubic", "reno", "bbr2"];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            CongestionControl::Cubic => "cubic",
+            CongestionControl::Reno => "reno",
+            CongestionControl::Bbr2 => "bbr2",
+        }
+    }
+}
+
+impl fmt::Display for CongestionControl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl KnobType for CongestionControl {
+    const ALLOWED_BY_TYPE: Allowed = Allowed::OneOf(CongestionControl::NAMES);
+    const TYPE_MAX: u64 = 0;
+    fn knob_value(self) -> KnobValue {
+        KnobValue::Choice(self.name())
+    }
+}
+
+section! {
+    /// The QUIC transport (quiche) between nodes.
+    pub struct QuicTuning in "quic" {
+        /// Time a new connection has to finish its TLS handshake before it is dropped. Bounds how
+        /// long a half-open connection holds one of connections_max; 10 s rides out a few lost
+        /// flights on a slow link.
+        handshake_timeout_ms: u64 in 100..=120_000 = QUIC_HANDSHAKE_TIMEOUT_MS_DEFAULT = 10_000;
+        /// A connection silent this long is closed and its state freed (each side uses the smaller
+        /// of both values). With keep-alives only a dead peer goes silent, so this is how fast a
+        /// dead peer is noticed: 10 s.
+        idle_timeout_ms: u64 in 1_000..=600_000 = QUIC_IDLE_TIMEOUT_MS_DEFAULT = 10_000;
+        /// A PING is sent on a connection silent this long, keeping NAT state and the peer's idle
+        /// timer alive; must be below idle_timeout_ms. Costs one small packet per interval per
+        /// quiet connection.
+        keep_alive_interval_ms: u64 in 100..=300_000 = QUIC_KEEP_ALIVE_INTERVAL_MS_DEFAULT = 1_000;
+        /// Flow-control credit per stream: bytes a peer may send on one stream before we read
+        /// them (worst-case buffering per stream). One stream's goodput is at most window / RTT:
+        /// 4 MiB at 1 ms is 32 Gbit/s, at 100 ms 335 Mbit/s (the wan profile raises it).
+        stream_window_bytes: usize in (64 * KIB)..=(256 * MIB) = QUIC_STREAM_WINDOW_BYTES_DEFAULT = 4 * MIB;
+        /// Flow-control credit for all streams of one connection together: worst-case receive
+        /// buffering per connection, connections_max × this per node (128 × 16 MiB = 2 GiB, reached
+        /// only if every peer sends at once and nothing is read). Must be at least
+        /// stream_window_bytes.
+        connection_window_bytes: usize in (64 * KIB)..=GIB
+            = QUIC_CONNECTION_WINDOW_BYTES_DEFAULT = 16 * MIB;
+        /// Concurrent bidirectional streams a peer may open on one connection (one RPC each).
+        /// quiche keeps about 1 KiB per open stream beside its data, about 1 MiB per connection
+        /// at 1000; must cover rpc.requests_in_flight_max.
+        bidi_streams_max: u64 in 1..=100_000 = QUIC_BIDI_STREAMS_MAX_DEFAULT = 1_000;
+        /// QUIC connections one node keeps (peers plus handshakes in progress); further ones are
+        /// refused. An IC subnet has at most a few dozen nodes, so 128 leaves room for churn.
+        connections_max: usize in 1..=10_000 = QUIC_CONNECTIONS_MAX_DEFAULT = 128;
+        /// First delay before reconnecting to a peer; doubles after each failed attempt.
+        reconnect_backoff_initial_ms: u64 in 1..=60_000 = QUIC_RECONNECT_BACKOFF_INITIAL_MS_DEFAULT = 100;
+        /// Largest delay between reconnect attempts, so a peer that comes back is found within
+        /// this; at least reconnect_backoff_initial_ms.
+        reconnect_backoff_max_ms: u64 in 10..=600_000 = QUIC_RECONNECT_BACKOFF_MAX_MS_DEFAULT = 5_000;
+        /// Congestion controller of every connection: cubic is fair to other flows on a shared
+        /// link; bbr2 keeps goodput on lossy long-haul links; reno is for comparisons.
+        congestion_control: CongestionControl
+            = QUIC_CONGESTION_CONTROL_DEFAULT = CongestionControl::Cubic;
+    }
+}
+
+section! {
+    /// The TCP + TLS 1.3 transport, for networks where UDP is blocked.
+    pub struct TcpTuning in "tcp" {
+        /// Time a TCP connect plus TLS handshake may take before the attempt fails and backs off.
+        connect_timeout_ms: u64 in 100..=120_000 = TCP_CONNECT_TIMEOUT_MS_DEFAULT = 5_000;
+        /// A connection with no frame received for this long is closed; keep-alive frames keep a
+        /// healthy one busy, so this is how fast a dead peer is noticed.
+        idle_timeout_ms: u64 in 1_000..=600_000 = TCP_IDLE_TIMEOUT_MS_DEFAULT = 10_000;
+        /// A keep-alive frame is sent on a connection silent this long; must be below
+        /// idle_timeout_ms.
+        keep_alive_interval_ms: u64 in 100..=300_000 = TCP_KEEP_ALIVE_INTERVAL_MS_DEFAULT = 1_000;
+        /// First delay before reconnecting to a peer; doubles after each failed attempt.
+        reconnect_backoff_initial_ms: u64 in 1..=60_000 = TCP_RECONNECT_BACKOFF_INITIAL_MS_DEFAULT = 100;
+        /// Largest delay between reconnect attempts; at least reconnect_backoff_initial_ms.
+        reconnect_backoff_max_ms: u64 in 10..=600_000 = TCP_RECONNECT_BACKOFF_MAX_MS_DEFAULT = 5_000;
+        /// Bytes queued for one connection beyond what the kernel accepted before further sends
+        /// are refused (backpressure). Worst case: connections × this (128 × 256 KiB = 32 MiB).
+        write_buffer_bytes: usize in (4 * KIB)..=(64 * MIB) = TCP_WRITE_BUFFER_BYTES_DEFAULT = 256 * KIB;
+    }
+}
+
+section! {
+    /// Requests and responses between nodes, over either transport.
+    pub struct RpcTuning in "rpc" {
+        /// Largest request or response, refused on both sides from its length prefix before it
+        /// is buffered. One assembled message holds up to this much; 128 MiB so that a 100 MB
+        /// artifact or state chunk fits with room for framing.
+        message_bytes_max: usize in KIB..=GIB = RPC_MESSAGE_BYTES_MAX_DEFAULT = 128 * MIB;
+        /// Requests sent to one peer and not yet answered; more fail fast with backpressure.
+        /// Each holds a stream and a small pending entry; 128 × 1 KiB requests keeps a 1 ms link
+        /// at 1 Gbit/s. At most quic.bidi_streams_max.
+        requests_in_flight_max: usize in 1..=65_536 = RPC_REQUESTS_IN_FLIGHT_MAX_DEFAULT = 128;
+        /// A request unanswered this long fails with a timeout and frees its slot. 30 s moves a
+        /// 100 MB message at 30 Mbit/s.
+        request_timeout_ms: u64 in 100..=600_000 = RPC_REQUEST_TIMEOUT_MS_DEFAULT = 30_000;
+        /// Responses waiting to be written back to one peer; when full, new requests from that
+        /// peer are answered busy. The queue holds buffer handles, so its bytes come from the
+        /// buffer pool; 1024 covers a full window of requests_in_flight_max from a peer.
+        response_queue_max: usize in 1..=65_536 = RPC_RESPONSE_QUEUE_MAX_DEFAULT = 1024;
+    }
+}
+
+section! {
+    /// The registry: which nodes belong to the subnet and their keys.
+    pub struct RegistryTuning in "registry" {
+        /// How often the node reads the registry for a new version. A node removed from the
+        /// subnet stays accepted for up to this long; 5 s keeps that short at negligible cost.
+        poll_interval_ms: u64 in 100..=3_600_000 = REGISTRY_POLL_INTERVAL_MS_DEFAULT = 5_000;
+    }
+}
+
+section! {
+    /// Latency histograms (hdrhistogram) behind every latency metric.
+    pub struct MetricsTuning in "metrics" {
+        /// Precision of latency histograms: 3 digits is 0.1% error. Memory grows about 10× per
+        /// digit: with the default latency_max_us one histogram is 136 KiB at 3 digits and 10 MiB
+        /// at 5, over the 4 MiB cap (5 digits fit only with latency_max_us up to about 1 s).
+        histogram_significant_digits: u8 in 1..=5 = METRICS_HISTOGRAM_SIGNIFICANT_DIGITS_DEFAULT = 3;
+        /// Largest latency recorded; longer ones are clamped to it. 60 s covers
+        /// rpc.request_timeout_ms.
+        latency_max_us: u64 in 1_000..=3_600_000_000 = METRICS_LATENCY_MAX_US_DEFAULT = 60_000_000;
+    }
+}
+
+impl EngineTuning {
+    /// Shards to start: `shard_count`, or one per available core when it is 0.
+    pub fn shard_count_effective(&self) -> usize {
+        if self.shard_count != 0 {
+            return self.shard_count;
+        }
+        std::thread::available_parallelism()
+            .map(usize::from)
+            .unwrap_or(1)
+    }
+
+    /// Worst-case bytes of one buffer pool.
+    pub fn buffer_pool_bytes(&self) -> u64 {
+        (self.buffers_max as u64).saturating_mul(self.buffer_bytes as u64)
+    }
+}
+
+impl UdpTuning {
+    /// Bytes of one full send batch (one GSO send).
+    pub fn send_batch_bytes(&self) -> u64 {
+        (self.send_batch_datagrams_max as u64).saturating_mul(self.udp_payload_bytes_max as u64)
+    }
+}
+
+impl MetricsTuning {
+    /// Bytes of one hdrhistogram with these settings (u64 counts, lowest value 1), computed the
+    /// way hdrhistogram sizes its counts array.
+    pub fn histogram_bytes(&self) -> u64 {
+        // Saturating throughout: validation calls this on values not yet range-checked.
+        let digits = u32::from(self.histogram_significant_digits);
+        let single_unit_values = 10u64
+            .checked_pow(digits)
+            .map_or(u64::MAX, |v| v.saturating_mul(2));
+        let sub_bucket_count = single_unit_values
+            .checked_next_power_of_two()
+            .unwrap_or(1 << 63);
+        let mut buckets: u64 = 1;
+        let mut untrackable = sub_bucket_count;
+        while untrackable <= self.latency_max_us && untrackable < (1 << 62) {
+            untrackable *= 2;
+            buckets += 1;
+        }
+        (buckets + 1)
+            .saturating_mul(sub_bucket_count / 2)
+            .saturating_mul(8)
+    }
+}
