@@ -23,6 +23,8 @@ use std::rc::Rc;
 
 use crate::buffer::Buf;
 
+pub mod memory;
+
 /// A node's identity: its Ed25519 public key (32 bytes), as listed in the registry.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeId(pub [u8; 32]);
