@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use icn_engine::sim::{self, test_seed, Sim};
 use icn_engine::transport::memory::{
-    Delay, LinkFaults, MemoryConfig, MemoryNetwork, MemoryTransport,
+    Delay, LinkFaults, MemoryConfig, MemoryNetwork, MemoryTransport, TraceKind,
 };
 use icn_engine::{Buf, ConnId, NodeId, Priority, Route, Router, RpcError, Transport};
 
@@ -517,4 +517,87 @@ fn loss_on_one_directed_link_is_counted_exactly() {
         .block_on(nodes[0].rpc(node(1), ECHO, Priority::Normal, Buf::empty()))
         .unwrap();
     assert!(healed.is_ok());
+}
+
+#[test]
+fn messages_in_flight_to_a_crashed_node_are_counted_as_closed() {
+    let mut sim = Sim::new(test_seed(12));
+    let (network, nodes) = subnet(&sim, 3);
+    network.set_faults(LinkFaults {
+        loss_probability: 0.0,
+        delay: Delay::fixed(10 * MS),
+    });
+    network.enable_trace_log(64);
+    let a = nodes[0].clone();
+    let call = sim.spawn(async move { a.rpc(node(1), ECHO, Priority::Normal, Buf::empty()).await });
+    sim.run_for(5 * MS).unwrap();
+    // Partitioned from node 2 while down: the restart must reconnect only to node 0.
+    network.crash(node(1));
+    network.partition(&[node(1)], &[node(2)]);
+    let b = network.restart(node(1), router());
+    assert_eq!(sim.block_on(call).unwrap().unwrap(), Err(RpcError::ConnectionClosed));
+    sim.run_until_idle().unwrap();
+    let counters = network.counters(node(0));
+    assert_eq!(
+        (counters.messages_sent, counters.messages_dropped_closed),
+        (1, 1)
+    );
+    assert_eq!(
+        b.peers().iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        vec![node(0)]
+    );
+    network.heal();
+    assert_eq!(b.peers().len(), 2);
+    let kinds: Vec<TraceKind> = network.trace_log().iter().map(|event| event.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            TraceKind::Disconnected, // crash closes 0-1
+            TraceKind::Disconnected, // and 1-2
+            TraceKind::Connected,    // restart: 0-1 only
+            TraceKind::DroppedClosed,
+            TraceKind::Connected, // heal: 1-2
+        ]
+    );
+}
+
+#[test]
+fn trace_logs_of_two_runs_from_one_seed_are_equal() {
+    let seed = test_seed(13);
+    let run = |seed: u64| {
+        let mut sim = Sim::new(seed);
+        let (network, nodes) = subnet(&sim, 3);
+        network.enable_trace_log(1000);
+        network.set_faults(LinkFaults {
+            loss_probability: 0.2,
+            delay: Delay::Uniform {
+                min: MS,
+                max: 30 * MS,
+            },
+        });
+        for from in nodes {
+            for to in 0..3 {
+                let from = from.clone();
+                sim.spawn(
+                    async move { from.rpc(node(to), ECHO, Priority::Low, Buf::empty()).await },
+                );
+            }
+        }
+        sim.run_until_idle().unwrap();
+        (
+            network.trace_log(),
+            network.trace_hash(),
+            network.trace_events(),
+        )
+    };
+    let (log, hash, events) = run(seed);
+    assert_eq!(events - log.len() as u64, 3, "the 3 connections opened before the log");
+    assert!(log
+        .iter()
+        .any(|event| event.kind == TraceKind::DroppedLoss || event.at > MS));
+    assert_eq!((log.clone(), hash), {
+        let again = run(seed);
+        (again.0, again.1)
+    });
+    assert_ne!(log, run(seed ^ 0x5555).0);
 }

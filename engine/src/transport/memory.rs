@@ -228,7 +228,6 @@ struct Connection {
 /// One RPC in flight: created by the caller, removed when its future completes or drops.
 struct Exchange {
     from: NodeIndex,
-    to: NodeIndex,
     conn: ConnId,
     result: Option<Result<Buf, RpcError>>,
     waiter: Option<Waker>,
@@ -250,14 +249,6 @@ impl Payload {
         match self {
             Payload::Request { body, .. } | Payload::Response(Ok(body)) => body.len() as u64,
             Payload::Response(Err(_)) => 0,
-        }
-    }
-
-    fn kind_code(&self) -> u64 {
-        match self {
-            Payload::Request { .. } => 1,
-            Payload::Response(Ok(_)) => 2,
-            Payload::Response(Err(_)) => 3,
         }
     }
 }
@@ -287,6 +278,10 @@ struct NetworkState {
     next_conn_id: u64,
     next_exchange_id: u64,
     trace: TraceHash,
+    /// Events kept for diffing two runs that should have been equal. Bounded by
+    /// `trace_log_events_max` (64 bytes an event); 0, the default, keeps none.
+    trace_log: Vec<TraceEvent>,
+    trace_log_events_max: usize,
 }
 
 /// A running hash of every network event (deliveries, drops, connections) with its virtual time.
@@ -311,13 +306,31 @@ impl TraceHash {
     }
 }
 
-/// Event codes folded into the trace hash.
-const TRACE_DELIVERED: u64 = 1;
-const TRACE_DROPPED_LOSS: u64 = 2;
-const TRACE_DROPPED_PARTITION: u64 = 3;
-const TRACE_DROPPED_CLOSED: u64 = 4;
-const TRACE_CONNECTED: u64 = 5;
-const TRACE_DISCONNECTED: u64 = 6;
+/// What happened in one network event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TraceKind {
+    Delivered,
+    DroppedLoss,
+    DroppedPartition,
+    DroppedClosed,
+    Connected,
+    Disconnected,
+}
+
+/// One network event, as recorded by the trace log (see [`MemoryNetwork::enable_trace_log`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TraceEvent {
+    pub at: Duration,
+    pub kind: TraceKind,
+    /// Sender of a message, or the lower-indexed end of a connection.
+    pub from: NodeId,
+    pub to: NodeId,
+    /// The RPC's exchange id for a message, the connection id for a connection event.
+    pub id: u64,
+    /// Whether the message was a response (false for requests and connection events).
+    pub response: bool,
+    pub bytes: u64,
+}
 
 /// The simulated network of one simulation. Cheap to clone (a shared handle).
 #[derive(Clone)]
@@ -361,6 +374,8 @@ impl MemoryNetwork {
                 value: 0xcbf2_9ce4_8422_2325,
                 events: 0,
             },
+            trace_log: Vec::new(),
+            trace_log_events_max: 0,
         };
         MemoryNetwork {
             sim,
@@ -536,6 +551,17 @@ impl MemoryNetwork {
         self.state.borrow().trace.events
     }
 
+    /// Keeps the first `events_max` network events from now on, for [`MemoryNetwork::trace_log`].
+    /// When two runs from one seed end with different trace hashes, diffing their logs shows
+    /// the first event where they part.
+    pub fn enable_trace_log(&self, events_max: usize) {
+        self.state.borrow_mut().trace_log_events_max = events_max;
+    }
+
+    pub fn trace_log(&self) -> Vec<TraceEvent> {
+        self.state.borrow().trace_log.clone()
+    }
+
     /// RPCs whose futures are alive (a leak check for tests).
     pub fn exchanges_in_flight(&self) -> usize {
         self.state.borrow().exchanges.len()
@@ -576,11 +602,11 @@ impl MemoryNetwork {
             counters.messages_sent += 1;
             counters.bytes_sent += envelope.payload.len_bytes();
             let drop_reason = if !state.conn_is_current(&envelope) {
-                Some(TRACE_DROPPED_CLOSED)
+                Some(TraceKind::DroppedClosed)
             } else if state.blocked.contains(&pair(envelope.from, envelope.to)) {
-                Some(TRACE_DROPPED_PARTITION)
+                Some(TraceKind::DroppedPartition)
             } else if lost {
-                Some(TRACE_DROPPED_LOSS)
+                Some(TraceKind::DroppedLoss)
             } else {
                 None
             };
@@ -601,7 +627,7 @@ impl MemoryNetwork {
         let now = self.sim.now();
         let mut state = self.state.borrow_mut();
         if !state.conn_is_current(&envelope) {
-            state.record_drop(&envelope, TRACE_DROPPED_CLOSED, now);
+            state.record_drop(&envelope, TraceKind::DroppedClosed, now);
             return;
         }
         let bytes = envelope.payload.len_bytes();
@@ -609,15 +635,7 @@ impl MemoryNetwork {
         let receiver = &mut state.nodes[envelope.to].counters;
         receiver.messages_received += 1;
         receiver.bytes_received += bytes;
-        state.trace.record(&[
-            TRACE_DELIVERED,
-            nanos(now),
-            envelope.from as u64,
-            envelope.to as u64,
-            envelope.exchange,
-            envelope.payload.kind_code(),
-            bytes,
-        ]);
+        state.record_message(&envelope, TraceKind::Delivered, now);
         match envelope.payload {
             Payload::Request {
                 route,
@@ -718,17 +736,14 @@ impl MemoryNetwork {
             let (conn, to) = admitted?;
             let exchange = state.next_exchange_id;
             state.next_exchange_id += 1;
-            state.exchanges.insert(
-                exchange,
-                Exchange {
-                    from: transport.node,
-                    to,
-                    conn,
-                    result: None,
-                    waiter: None,
-                    server_task: None,
-                },
-            );
+            let entry = Exchange {
+                from: transport.node,
+                conn,
+                result: None,
+                waiter: None,
+                server_task: None,
+            };
+            state.exchanges.insert(exchange, entry);
             *state.in_flight.entry((conn, transport.node)).or_insert(0) += 1;
             (exchange, conn, to)
         };
@@ -766,7 +781,6 @@ impl MemoryNetwork {
             if *count == 0 {
                 state.in_flight.remove(&key);
             }
-            debug_assert!(entry.to < state.nodes.len());
             entry.server_task
         };
         if let Some(task) = server_task {
@@ -798,21 +812,62 @@ impl NetworkState {
             .is_some_and(|connection| connection.id == envelope.conn)
     }
 
-    fn record_drop(&mut self, envelope: &Envelope, reason: u64, now: Duration) {
+    fn record_drop(&mut self, envelope: &Envelope, kind: TraceKind, now: Duration) {
         let counters = &mut self.nodes[envelope.from].counters;
-        match reason {
-            TRACE_DROPPED_LOSS => counters.messages_dropped_loss += 1,
-            TRACE_DROPPED_PARTITION => counters.messages_dropped_partition += 1,
+        match kind {
+            TraceKind::DroppedLoss => counters.messages_dropped_loss += 1,
+            TraceKind::DroppedPartition => counters.messages_dropped_partition += 1,
             _ => counters.messages_dropped_closed += 1,
         }
-        self.trace.record(&[
-            reason,
-            nanos(now),
-            envelope.from as u64,
-            envelope.to as u64,
+        self.record_message(envelope, kind, now);
+    }
+
+    fn record_message(&mut self, envelope: &Envelope, kind: TraceKind, now: Duration) {
+        let response = matches!(envelope.payload, Payload::Response(_));
+        let bytes = envelope.payload.len_bytes();
+        self.record(
+            (envelope.from, envelope.to),
+            kind,
             envelope.exchange,
-            envelope.payload.kind_code(),
-        ]);
+            response,
+            bytes,
+            now,
+        );
+    }
+
+    /// Folds one event into the trace hash (and the log, while it has room).
+    fn record(
+        &mut self,
+        (from, to): (NodeIndex, NodeIndex),
+        kind: TraceKind,
+        id: u64,
+        response: bool,
+        bytes: u64,
+        now: Duration,
+    ) {
+        let words = [
+            kind as u64,
+            nanos(now),
+            from as u64,
+            to as u64,
+            id,
+            u64::from(response),
+            bytes,
+        ];
+        self.trace.record(&words);
+        if self.trace_log.len() < self.trace_log_events_max {
+            let (from, to) = (self.nodes[from].id, self.nodes[to].id);
+            let event = TraceEvent {
+                at: now,
+                kind,
+                from,
+                to,
+                id,
+                response,
+                bytes,
+            };
+            self.trace_log.push(event);
+        }
     }
 
     fn block(&mut self, key: Pair, now: Duration) {
@@ -842,13 +897,7 @@ impl NetworkState {
                 );
                 self.nodes[key.0].counters.connections_opened += 1;
                 self.nodes[key.1].counters.connections_opened += 1;
-                self.trace.record(&[
-                    TRACE_CONNECTED,
-                    nanos(now),
-                    key.0 as u64,
-                    key.1 as u64,
-                    id.0,
-                ]);
+                self.record(key, TraceKind::Connected, id.0, false, 0, now);
             }
         }
     }
@@ -861,13 +910,7 @@ impl NetworkState {
         };
         self.nodes[key.0].counters.connections_closed += 1;
         self.nodes[key.1].counters.connections_closed += 1;
-        self.trace.record(&[
-            TRACE_DISCONNECTED,
-            nanos(now),
-            key.0 as u64,
-            key.1 as u64,
-            connection.id.0,
-        ]);
+        self.record(key, TraceKind::Disconnected, connection.id.0, false, 0, now);
         let mut aborted = Vec::new();
         for exchange in self
             .exchanges
