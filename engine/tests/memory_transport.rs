@@ -535,7 +535,10 @@ fn messages_in_flight_to_a_crashed_node_are_counted_as_closed() {
     network.crash(node(1));
     network.partition(&[node(1)], &[node(2)]);
     let b = network.restart(node(1), router());
-    assert_eq!(sim.block_on(call).unwrap().unwrap(), Err(RpcError::ConnectionClosed));
+    assert_eq!(
+        sim.block_on(call).unwrap().unwrap(),
+        Err(RpcError::ConnectionClosed)
+    );
     sim.run_until_idle().unwrap();
     let counters = network.counters(node(0));
     assert_eq!(
@@ -591,7 +594,11 @@ fn trace_logs_of_two_runs_from_one_seed_are_equal() {
         )
     };
     let (log, hash, events) = run(seed);
-    assert_eq!(events - log.len() as u64, 3, "the 3 connections opened before the log");
+    assert_eq!(
+        events - log.len() as u64,
+        3,
+        "the 3 connections opened before the log"
+    );
     assert!(log
         .iter()
         .any(|event| event.kind == TraceKind::DroppedLoss || event.at > MS));

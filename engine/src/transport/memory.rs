@@ -43,14 +43,19 @@ use crate::sim::{JoinHandle, Sim, SimHandle, SimRng};
 
 use super::{ConnId, NodeId, Priority, RequestContext, Route, Router, RpcError, Transport};
 
-/// Limits and timeouts of a memory network (the same for every node).
+/// Limits and timeouts of a memory network (the same for every node). The defaults are those of
+/// the real transports (icn-tuning's `rpc.message_bytes_max`, `rpc.requests_in_flight_max`,
+/// `rpc.request_timeout_ms`, `quic.idle_timeout_ms`), so that a simulated subnet refuses and times
+/// out what a real one would; simulations usually shorten the timeouts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MemoryConfig {
-    /// Largest request or response payload, in bytes. Matches the real transports' limit so that a
-    /// simulated subnet refuses what a real one would.
+    /// Largest request or response payload, in bytes; a larger one fails with
+    /// [`RpcError::MessageTooLarge`]. Payloads are shared, not copied, so this bounds what one
+    /// handler may be handed, not the network's memory.
     pub message_bytes_max: u64,
-    /// RPCs one node may have outstanding on one connection. Bounds the exchange table at
-    /// `nodes * peers * requests_in_flight_max` entries (a few hundred bytes each, plus payloads).
+    /// RPCs one node may have outstanding on one connection; one more fails with
+    /// [`RpcError::TooManyInFlight`]. Bounds the exchange table at
+    /// `nodes * (nodes - 1) * requests_in_flight_max` entries (about 100 bytes each plus payloads).
     pub requests_in_flight_max: usize,
     /// How long a caller waits for a response before [`RpcError::Timeout`].
     pub rpc_timeout: Duration,
@@ -62,10 +67,10 @@ pub struct MemoryConfig {
 impl Default for MemoryConfig {
     fn default() -> Self {
         MemoryConfig {
-            message_bytes_max: 16 << 20,
-            requests_in_flight_max: 256,
-            rpc_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(30),
+            message_bytes_max: 128 << 20,
+            requests_in_flight_max: 128,
+            rpc_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(10),
         }
     }
 }
