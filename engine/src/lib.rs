@@ -4,9 +4,10 @@
 //! with GSO/GRO, metrics, node identity and registry, and the three transports behind one trait.
 
 pub mod buffer;
-pub mod shard;
 pub mod identity;
 pub mod registry;
+pub mod shard;
+pub mod sim;
 pub mod tls;
 pub mod transport;
 pub mod udp;

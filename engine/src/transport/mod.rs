@@ -25,6 +25,7 @@ use std::rc::Rc;
 
 use crate::buffer::Buf;
 
+pub mod memory;
 pub mod quic;
 pub(crate) mod wire;
 
