@@ -4,6 +4,8 @@
 //! with GSO/GRO, metrics, node identity and registry, and the three transports behind one trait.
 
 pub mod buffer;
+pub mod http_admin;
+pub mod metrics;
 pub mod transport;
 
 pub use buffer::{Buf, BufMut, BufferPool};
