@@ -142,7 +142,16 @@ struct ServerThread {
     addr: SocketAddr,
     node_id: NodeId,
     stop: Arc<AtomicBool>,
-    handle: glommio::ExecutorJoinHandle<()>,
+    handle: glommio::ExecutorJoinHandle<StatsSeen>,
+}
+
+/// The server's own counters, read on its thread when it stops.
+#[derive(Debug, PartialEq, Eq)]
+struct StatsSeen {
+    accepted: u64,
+    refused_over_limit: u64,
+    answered: u64,
+    bad: u64,
 }
 
 const TEST_READ_TIMEOUT_MS: u64 = 400;
@@ -185,10 +194,17 @@ fn start_server(connections_max: usize) -> ServerThread {
             let server =
                 AdminServer::bind("127.0.0.1:0".parse().unwrap(), config, handlers).unwrap();
             addr_tx.send(server.local_addr().unwrap()).unwrap();
+            let stats = server.stats();
             let _task = glommio::spawn_local(server.run());
             let deadline = Instant::now() + Duration::from_secs(30);
             while !stop_flag.load(Ordering::Relaxed) && Instant::now() < deadline {
                 glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+            StatsSeen {
+                accepted: stats.connections_accepted.get(),
+                refused_over_limit: stats.connections_refused_over_limit.get(),
+                answered: stats.requests_answered.get(),
+                bad: stats.requests_bad.get(),
             }
         })
         .unwrap();
@@ -202,9 +218,9 @@ fn start_server(connections_max: usize) -> ServerThread {
 }
 
 impl ServerThread {
-    fn stop(self) {
+    fn stop(self) -> StatsSeen {
         self.stop.store(true, Ordering::Relaxed);
-        self.handle.join().unwrap();
+        self.handle.join().unwrap()
     }
 }
 
@@ -303,7 +319,9 @@ fn serves_metrics_and_health_and_refuses_everything_else() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(read_answer(stream).status, 200);
-    server.stop();
+    let stats = server.stop();
+    let expected = StatsSeen { accepted: 7, refused_over_limit: 0, answered: 7, bad: 2 };
+    assert_eq!(stats, expected, "404 and 405 count as bad requests");
 }
 
 #[test]
@@ -354,7 +372,8 @@ fn malformed_oversized_and_slow_requests_are_answered_and_closed() {
 
     // And the server is still fine.
     assert_eq!(get(addr, "/health").status, 200);
-    server.stop();
+    let stats = server.stop();
+    assert_eq!((stats.accepted, stats.answered, stats.bad), (9, 9, 8), "{stats:?}");
 }
 
 #[test]
@@ -384,5 +403,8 @@ fn connections_over_the_limit_are_closed_at_accept() {
         assert_eq!(read_answer(stream).status, 408);
     }
     assert_eq!(get_when_slot_free(addr, "/health").status, 200);
-    server.stop();
+    let stats = server.stop();
+    // Retries in get_when_slot_free may add refusals beyond the one we provoked.
+    assert!(stats.refused_over_limit >= 1, "{stats:?}");
+    assert_eq!(stats.accepted, 3, "two idle connections and the final request: {stats:?}");
 }
