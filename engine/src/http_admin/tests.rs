@@ -320,7 +320,12 @@ fn serves_metrics_and_health_and_refuses_everything_else() {
     }
     assert_eq!(read_answer(stream).status, 200);
     let stats = server.stop();
-    let expected = StatsSeen { accepted: 7, refused_over_limit: 0, answered: 7, bad: 2 };
+    let expected = StatsSeen {
+        accepted: 7,
+        refused_over_limit: 0,
+        answered: 7,
+        bad: 2,
+    };
     assert_eq!(stats, expected, "404 and 405 count as bad requests");
 }
 
@@ -373,7 +378,11 @@ fn malformed_oversized_and_slow_requests_are_answered_and_closed() {
     // And the server is still fine.
     assert_eq!(get(addr, "/health").status, 200);
     let stats = server.stop();
-    assert_eq!((stats.accepted, stats.answered, stats.bad), (9, 9, 8), "{stats:?}");
+    assert_eq!(
+        (stats.accepted, stats.answered, stats.bad),
+        (9, 9, 8),
+        "{stats:?}"
+    );
 }
 
 #[test]
@@ -406,5 +415,8 @@ fn connections_over_the_limit_are_closed_at_accept() {
     let stats = server.stop();
     // Retries in get_when_slot_free may add refusals beyond the one we provoked.
     assert!(stats.refused_over_limit >= 1, "{stats:?}");
-    assert_eq!(stats.accepted, 3, "two idle connections and the final request: {stats:?}");
+    assert_eq!(
+        stats.accepted, 3,
+        "two idle connections and the final request: {stats:?}"
+    );
 }

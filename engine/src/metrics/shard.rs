@@ -609,7 +609,9 @@ mod tests {
     #[test]
     fn publisher_task_publishes_periodically() {
         let mut b = MetricsSchemaBuilder::new(MetricsConfig::default()).unwrap();
-        let c = b.counter("icn_c_total", "c", None, Aggregation::Sum).unwrap();
+        let c = b
+            .counter("icn_c_total", "c", None, Aggregation::Sum)
+            .unwrap();
         let schema = b.build();
         let collector = Arc::new(MetricsCollector::new(schema.clone(), 1));
         let executor = glommio::LocalExecutorBuilder::default()
