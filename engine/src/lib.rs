@@ -4,7 +4,9 @@
 //! with GSO/GRO, metrics, node identity and registry, and the three transports behind one trait.
 
 pub mod buffer;
+pub mod http_admin;
 pub mod identity;
+pub mod metrics;
 pub mod registry;
 pub mod shard;
 pub mod sim;
