@@ -30,7 +30,10 @@ struct PoolInner {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PoolError {
     #[error("buffer pool exhausted: {buffers_max} buffers of {buffer_bytes} bytes in use")]
-    Exhausted { buffers_max: usize, buffer_bytes: usize },
+    Exhausted {
+        buffers_max: usize,
+        buffer_bytes: usize,
+    },
 }
 
 impl BufferPool {
@@ -63,7 +66,10 @@ impl BufferPool {
         };
         storage.clear();
         self.inner.in_use.fetch_add(1, Ordering::Relaxed);
-        Ok(BufMut { storage, pool: Some(self.inner.clone()) })
+        Ok(BufMut {
+            storage,
+            pool: Some(self.inner.clone()),
+        })
     }
 
     pub fn buffer_bytes(&self) -> usize {
@@ -100,7 +106,10 @@ pub struct BufMut {
 impl BufMut {
     /// An unpooled buffer (for payloads larger than the pool's buffers).
     pub fn with_capacity(capacity: usize) -> Self {
-        BufMut { storage: Vec::with_capacity(capacity), pool: None }
+        BufMut {
+            storage: Vec::with_capacity(capacity),
+            pool: None,
+        }
     }
 
     /// Bytes that still fit without growing a pooled buffer.
@@ -139,7 +148,11 @@ impl BufMut {
         let storage = std::mem::take(&mut self.storage);
         let pool = self.pool.take();
         let end = storage.len();
-        Buf { shared: Arc::new(Shared { storage, pool }), start: 0, end }
+        Buf {
+            shared: Arc::new(Shared { storage, pool }),
+            start: 0,
+            end,
+        }
     }
 }
 
@@ -183,7 +196,14 @@ impl Buf {
     /// Wraps owned bytes (unpooled) without copying them.
     pub fn from_vec(bytes: Vec<u8>) -> Self {
         let end = bytes.len();
-        Buf { shared: Arc::new(Shared { storage: bytes, pool: None }), start: 0, end }
+        Buf {
+            shared: Arc::new(Shared {
+                storage: bytes,
+                pool: None,
+            }),
+            start: 0,
+            end,
+        }
     }
 
     /// Copies a slice into a new unpooled buffer.
@@ -198,8 +218,15 @@ impl Buf {
     /// A sub-range of this buffer sharing the same storage. Panics if the range is out of bounds
     /// (a caller bug, never peer input: callers check lengths first).
     pub fn slice(&self, range: Range<usize>) -> Buf {
-        assert!(range.start <= range.end && range.end <= self.len(), "slice out of bounds");
-        Buf { shared: self.shared.clone(), start: self.start + range.start, end: self.start + range.end }
+        assert!(
+            range.start <= range.end && range.end <= self.len(),
+            "slice out of bounds"
+        );
+        Buf {
+            shared: self.shared.clone(),
+            start: self.start + range.start,
+            end: self.start + range.end,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -266,7 +293,9 @@ mod tests {
         let frozen = b.freeze();
         let copies: Vec<Buf> = (0..12).map(|_| frozen.clone()).collect();
         assert_eq!(frozen.ref_count(), 13);
-        assert!(copies.iter().all(|c| c.same_storage(&frozen) && &c[..] == b"artifact"));
+        assert!(copies
+            .iter()
+            .all(|c| c.same_storage(&frozen) && &c[..] == b"artifact"));
         assert_eq!(pool.in_use(), 1);
         drop(copies);
         drop(frozen);
@@ -280,7 +309,10 @@ mod tests {
         let _b = pool.take().unwrap();
         assert_eq!(
             pool.take().err(),
-            Some(PoolError::Exhausted { buffers_max: 2, buffer_bytes: 16 })
+            Some(PoolError::Exhausted {
+                buffers_max: 2,
+                buffer_bytes: 16
+            })
         );
         drop(a);
         assert!(pool.take().is_ok());

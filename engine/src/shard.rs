@@ -9,9 +9,9 @@
 //! [`SHUTDOWN_POLL_INTERVAL`]; a shard's tasks spawned through [`ShardContext::spawn`] are joined
 //! before its body returns.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::rc::Rc;
-use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,7 +37,12 @@ pub struct ShardConfig {
 
 impl Default for ShardConfig {
     fn default() -> Self {
-        ShardConfig { shards: 0, pin_cores: true, io_memory_bytes: 512 << 10, channel_capacity: 1024 }
+        ShardConfig {
+            shards: 0,
+            pin_cores: true,
+            io_memory_bytes: 512 << 10,
+            channel_capacity: 1024,
+        }
     }
 }
 
@@ -47,7 +52,9 @@ impl ShardConfig {
         if self.shards > 0 {
             self.shards
         } else {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
         }
     }
 }
@@ -139,7 +146,11 @@ pub enum ShardError {
 
 /// Runs `body` on `config.resolved_shards()` pinned executors and returns their results in shard
 /// order. `M` is the type of the cross-shard messages.
-pub fn run_shards<M, T, F, Fut>(config: &ShardConfig, shutdown: Shutdown, body: F) -> Result<Vec<T>, ShardError>
+pub fn run_shards<M, T, F, Fut>(
+    config: &ShardConfig,
+    shutdown: Shutdown,
+    body: F,
+) -> Result<Vec<T>, ShardError>
 where
     M: Send + 'static,
     T: Send + 'static,
@@ -174,7 +185,10 @@ where
                 let index = ctx.index;
                 (index, body(ctx).await)
             })
-            .map_err(|error| ShardError::Start { index, message: error.to_string() })?;
+            .map_err(|error| ShardError::Start {
+                index,
+                message: error.to_string(),
+            })?;
         handles.push(handle);
     }
     let mut results = Vec::with_capacity(count);
@@ -200,7 +214,12 @@ mod tests {
 
     #[test]
     fn shards_exchange_messages_over_the_mesh_and_stop() {
-        let config = ShardConfig { shards: 2, pin_cores: true, io_memory_bytes: 256 << 10, channel_capacity: 4 };
+        let config = ShardConfig {
+            shards: 2,
+            pin_cores: true,
+            io_memory_bytes: 256 << 10,
+            channel_capacity: 4,
+        };
         let shutdown = Shutdown::new();
         let results = run_shards::<u64, (usize, u64), _, _>(&config, shutdown, |ctx| async move {
             let me = ctx.index;
@@ -216,7 +235,12 @@ mod tests {
 
     #[test]
     fn shutdown_is_observed_quickly_and_tasks_are_joined() {
-        let config = ShardConfig { shards: 2, pin_cores: false, io_memory_bytes: 256 << 10, channel_capacity: 4 };
+        let config = ShardConfig {
+            shards: 2,
+            pin_cores: false,
+            io_memory_bytes: 256 << 10,
+            channel_capacity: 4,
+        };
         let shutdown = Shutdown::new();
         let trigger = shutdown.clone();
         let started = Instant::now();
@@ -241,6 +265,9 @@ mod tests {
         .unwrap();
         stopper.join().unwrap();
         assert_eq!(results, vec![3, 3]);
-        assert!(started.elapsed() < Duration::from_secs(1), "stopped within 1 s");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "stopped within 1 s"
+        );
     }
 }

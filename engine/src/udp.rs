@@ -134,7 +134,11 @@ impl RecvBatch {
         let addr = sockaddr_to_std(&self.addrs[i])?;
         let start = i * RECV_ENTRY_BYTES;
         let data = &self.buffers[start..start + self.lens[i]];
-        let segment = if self.segment_sizes[i] == 0 { data.len() } else { self.segment_sizes[i] };
+        let segment = if self.segment_sizes[i] == 0 {
+            data.len()
+        } else {
+            self.segment_sizes[i]
+        };
         Some((addr, data, segment.max(1)))
     }
 
@@ -146,7 +150,11 @@ impl RecvBatch {
         let addr = sockaddr_to_std(&self.addrs[i])?;
         let start = i * RECV_ENTRY_BYTES;
         let len = self.lens[i];
-        let segment = if self.segment_sizes[i] == 0 { len } else { self.segment_sizes[i] };
+        let segment = if self.segment_sizes[i] == 0 {
+            len
+        } else {
+            self.segment_sizes[i]
+        };
         Some((addr, &mut self.buffers[start..start + len], segment.max(1)))
     }
 }
@@ -173,7 +181,9 @@ impl UdpIo {
             local_addr,
             gso: Cell::new(gso),
             gro,
-            send_batch_datagrams_max: config.send_batch_datagrams_max.clamp(1, GSO_SEGMENTS_KERNEL_MAX),
+            send_batch_datagrams_max: config
+                .send_batch_datagrams_max
+                .clamp(1, GSO_SEGMENTS_KERNEL_MAX),
             stats: UdpStats::default(),
         })
     }
@@ -198,7 +208,11 @@ impl UdpIo {
     /// Waits (on io_uring) until at least one datagram is queued.
     pub async fn readable(&self) -> io::Result<()> {
         let mut probe = [0u8; 1];
-        self.waiter.peek_from(&mut probe).await.map(|_| ()).map_err(io::Error::from)
+        self.waiter
+            .peek_from(&mut probe)
+            .await
+            .map(|_| ())
+            .map_err(io::Error::from)
     }
 
     /// Drains up to a batch of queued datagrams without blocking. Returns 0 when none are queued.
@@ -211,7 +225,10 @@ impl UdpIo {
         for i in 0..entries {
             // SAFETY: entry i's slice lies within `buffers` (entries * RECV_ENTRY_BYTES long).
             let ptr = unsafe { base.add(i * RECV_ENTRY_BYTES) };
-            iovecs.push(libc::iovec { iov_base: ptr.cast(), iov_len: RECV_ENTRY_BYTES });
+            iovecs.push(libc::iovec {
+                iov_base: ptr.cast(),
+                iov_len: RECV_ENTRY_BYTES,
+            });
         }
         for i in 0..entries {
             // SAFETY: msghdr is plain old data; the fields we rely on are set below.
@@ -222,7 +239,10 @@ impl UdpIo {
             hdr.msg_iovlen = 1;
             hdr.msg_control = batch.controls[i].as_mut_ptr().cast();
             hdr.msg_controllen = batch.controls[i].len() as _;
-            headers.push(libc::mmsghdr { msg_hdr: hdr, msg_len: 0 });
+            headers.push(libc::mmsghdr {
+                msg_hdr: hdr,
+                msg_len: 0,
+            });
         }
         // SAFETY: every header points at buffers owned by `batch`/`iovecs`, alive for the call.
         let received = unsafe {
@@ -246,9 +266,21 @@ impl UdpIo {
         for (i, header) in headers.iter().take(received).enumerate() {
             let len = header.msg_len as usize;
             batch.lens[i] = len;
-            batch.segment_sizes[i] = if self.gro { gro_segment_size(&header.msg_hdr) } else { 0 };
-            let segment = if batch.segment_sizes[i] == 0 { len } else { batch.segment_sizes[i] };
-            let datagrams = if segment == 0 { 1 } else { len.div_ceil(segment) };
+            batch.segment_sizes[i] = if self.gro {
+                gro_segment_size(&header.msg_hdr)
+            } else {
+                0
+            };
+            let segment = if batch.segment_sizes[i] == 0 {
+                len
+            } else {
+                batch.segment_sizes[i]
+            };
+            let datagrams = if segment == 0 {
+                1
+            } else {
+                len.div_ceil(segment)
+            };
             bump(&self.stats.datagrams_received, datagrams as u64);
             bump(&self.stats.bytes_received, len as u64);
         }
@@ -295,7 +327,10 @@ impl UdpIo {
 
     fn send_gso(&self, dest: SocketAddr, data: &[u8], segment_size: usize) -> io::Result<()> {
         let (addr, addr_len) = std_to_sockaddr(dest);
-        let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut _, iov_len: data.len() };
+        let mut iov = libc::iovec {
+            iov_base: data.as_ptr() as *mut _,
+            iov_len: data.len(),
+        };
         let mut control = [0u8; 32];
         // SAFETY: msghdr is plain old data; name, iov and control point at live locals.
         let mut hdr: libc::msghdr = unsafe { zeroed() };
@@ -320,7 +355,10 @@ impl UdpIo {
         if sent < 0 {
             return Err(io::Error::last_os_error());
         }
-        bump(&self.stats.datagrams_sent, data.len().div_ceil(segment_size) as u64);
+        bump(
+            &self.stats.datagrams_sent,
+            data.len().div_ceil(segment_size) as u64,
+        );
         bump(&self.stats.bytes_sent, data.len() as u64);
         Ok(())
     }
@@ -331,7 +369,10 @@ impl UdpIo {
         let chunks: Vec<&[u8]> = data.chunks(segment_size).collect();
         let mut iovecs: Vec<libc::iovec> = chunks
             .iter()
-            .map(|c| libc::iovec { iov_base: c.as_ptr() as *mut _, iov_len: c.len() })
+            .map(|c| libc::iovec {
+                iov_base: c.as_ptr() as *mut _,
+                iov_len: c.len(),
+            })
             .collect();
         let mut headers: Vec<libc::mmsghdr> = Vec::with_capacity(chunks.len());
         for iov in iovecs.iter_mut() {
@@ -341,7 +382,10 @@ impl UdpIo {
             hdr.msg_namelen = addr_len;
             hdr.msg_iov = iov;
             hdr.msg_iovlen = 1;
-            headers.push(libc::mmsghdr { msg_hdr: hdr, msg_len: 0 });
+            headers.push(libc::mmsghdr {
+                msg_hdr: hdr,
+                msg_len: 0,
+            });
         }
         let mut done = 0usize;
         while done < headers.len() {
@@ -397,10 +441,18 @@ fn gro_segment_size(hdr: &libc::msghdr) -> usize {
 }
 
 fn new_socket(addr: SocketAddr, config: &UdpConfig) -> io::Result<RawFd> {
-    let domain = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    let domain = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
     // SAFETY: plain socket(2) call.
     let fd = unsafe {
-        libc::socket(domain, libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0)
+        libc::socket(
+            domain,
+            libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
     };
     if fd < 0 {
         return Err(io::Error::last_os_error());
@@ -410,8 +462,18 @@ fn new_socket(addr: SocketAddr, config: &UdpConfig) -> io::Result<RawFd> {
             set_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
         }
         // Buffer sizes are requests; a kernel cap is not an error.
-        let _ = set_int_opt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, config.send_buffer_bytes as i32);
-        let _ = set_int_opt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, config.recv_buffer_bytes as i32);
+        let _ = set_int_opt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            config.send_buffer_bytes as i32,
+        );
+        let _ = set_int_opt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            config.recv_buffer_bytes as i32,
+        );
         let (storage, len) = std_to_sockaddr(addr);
         // SAFETY: storage holds a valid sockaddr of `len` bytes.
         let rc = unsafe { libc::bind(fd, (&storage as *const libc::sockaddr_storage).cast(), len) };
@@ -453,7 +515,9 @@ fn std_to_sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t
             let sin = libc::sockaddr_in {
                 sin_family: libc::AF_INET as libc::sa_family_t,
                 sin_port: v4.port().to_be(),
-                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(v4.ip().octets()) },
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(v4.ip().octets()),
+                },
                 sin_zero: [0; 8],
             };
             // SAFETY: sockaddr_in fits in sockaddr_storage.
@@ -465,7 +529,9 @@ fn std_to_sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t
                 sin6_family: libc::AF_INET6 as libc::sa_family_t,
                 sin6_port: v6.port().to_be(),
                 sin6_flowinfo: v6.flowinfo(),
-                sin6_addr: libc::in6_addr { s6_addr: v6.ip().octets() },
+                sin6_addr: libc::in6_addr {
+                    s6_addr: v6.ip().octets(),
+                },
                 sin6_scope_id: v6.scope_id(),
             };
             // SAFETY: sockaddr_in6 fits in sockaddr_storage.
@@ -482,7 +548,10 @@ fn sockaddr_to_std(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
             let sin: libc::sockaddr_in =
                 unsafe { std::ptr::read((storage as *const libc::sockaddr_storage).cast()) };
             let ip = std::net::Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
-            Some(SocketAddr::V4(SocketAddrV4::new(ip, u16::from_be(sin.sin_port))))
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                ip,
+                u16::from_be(sin.sin_port),
+            )))
         }
         libc::AF_INET6 => {
             // SAFETY: the family says this storage holds a sockaddr_in6.
@@ -505,7 +574,10 @@ mod tests {
     use super::*;
 
     fn executor() -> glommio::LocalExecutor {
-        glommio::LocalExecutorBuilder::default().io_memory(256 << 10).make().unwrap()
+        glommio::LocalExecutorBuilder::default()
+            .io_memory(256 << 10)
+            .make()
+            .unwrap()
     }
 
     fn exchange(config: UdpConfig) -> (usize, usize, bool, bool) {
@@ -534,7 +606,10 @@ mod tests {
                 }
             }
             for (i, d) in datagrams.iter().enumerate() {
-                assert!(d.iter().all(|&x| x == i as u8), "datagram {i} intact and in order");
+                assert!(
+                    d.iter().all(|&x| x == i as u8),
+                    "datagram {i} intact and in order"
+                );
             }
             let entries = b.stats.recv_calls.get() as usize;
             (datagrams.len(), entries, a.gso_active(), b.gro_active())
@@ -551,7 +626,11 @@ mod tests {
 
     #[test]
     fn fallback_without_gso_or_gro_delivers_the_same() {
-        let config = UdpConfig { gso_enabled: false, gro_enabled: false, ..UdpConfig::default() };
+        let config = UdpConfig {
+            gso_enabled: false,
+            gro_enabled: false,
+            ..UdpConfig::default()
+        };
         let (datagrams, _, gso, gro) = exchange(config);
         assert_eq!(datagrams, 21);
         assert!(!gso && !gro);
@@ -566,4 +645,3 @@ mod tests {
         }
     }
 }
-

@@ -16,7 +16,10 @@ const ECHO: Route = Route(1);
 const LEN: Route = Route(2);
 
 fn executor() -> glommio::LocalExecutor {
-    glommio::LocalExecutorBuilder::default().io_memory(512 << 10).make().unwrap()
+    glommio::LocalExecutorBuilder::default()
+        .io_memory(512 << 10)
+        .make()
+        .unwrap()
 }
 
 /// A node's identity plus the set of peers it currently allows (its view of the registry).
@@ -27,7 +30,10 @@ struct Node {
 
 impl Node {
     fn new() -> Node {
-        Node { identity: Identity::generate().unwrap(), allowed: Arc::default() }
+        Node {
+            identity: Identity::generate().unwrap(),
+            allowed: Arc::default(),
+        }
     }
 
     fn id(&self) -> NodeId {
@@ -78,7 +84,9 @@ fn router(served: Rc<Cell<u64>>) -> Router {
             async move { Ok(request) }
         })
         .route(LEN, |_ctx, request: Buf| async move {
-            let sum = request.iter().fold(0u64, |acc, b| acc.wrapping_mul(31).wrapping_add(*b as u64));
+            let sum = request
+                .iter()
+                .fold(0u64, |acc, b| acc.wrapping_mul(31).wrapping_add(*b as u64));
             let mut out = (request.len() as u64).to_le_bytes().to_vec();
             out.extend_from_slice(&sum.to_le_bytes());
             Ok(Buf::from_vec(out))
@@ -108,9 +116,20 @@ fn handshake_and_rpc_both_ways() {
         assert!(ta.wait_connected(b.id(), Duration::from_secs(5)).await);
         assert!(tb.wait_connected(a.id(), Duration::from_secs(5)).await);
 
-        let reply = ta.rpc(b.id(), ECHO, Priority::Normal, Buf::copy_from_slice(b"ping")).await.unwrap();
+        let reply = ta
+            .rpc(
+                b.id(),
+                ECHO,
+                Priority::Normal,
+                Buf::copy_from_slice(b"ping"),
+            )
+            .await
+            .unwrap();
         assert_eq!(&reply[..], b"ping");
-        let reply = tb.rpc(a.id(), ECHO, Priority::High, Buf::copy_from_slice(b"pong")).await.unwrap();
+        let reply = tb
+            .rpc(a.id(), ECHO, Priority::High, Buf::copy_from_slice(b"pong"))
+            .await
+            .unwrap();
         assert_eq!(&reply[..], b"pong");
         assert_eq!((served_a.get(), served_b.get()), (1, 1));
 
@@ -148,13 +167,27 @@ fn hundred_megabyte_message() {
         assert!(ta.wait_connected(b.id(), Duration::from_secs(5)).await);
         let size = 100_000_000usize;
         let body: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
-        let expected = body.iter().fold(0u64, |acc, b| acc.wrapping_mul(31).wrapping_add(*b as u64));
+        let expected = body
+            .iter()
+            .fold(0u64, |acc, b| acc.wrapping_mul(31).wrapping_add(*b as u64));
         let started = Instant::now();
-        let reply = ta.rpc(b.id(), LEN, Priority::Normal, Buf::from_vec(body)).await;
-        eprintln!("100 MB over QUIC in {:?}; path (rtt, cwnd, lost) {:?}", started.elapsed(), ta.path_stats(b.id()));
+        let reply = ta
+            .rpc(b.id(), LEN, Priority::Normal, Buf::from_vec(body))
+            .await;
+        eprintln!(
+            "100 MB over QUIC in {:?}; path (rtt, cwnd, lost) {:?}",
+            started.elapsed(),
+            ta.path_stats(b.id())
+        );
         let reply = reply.unwrap();
-        assert_eq!(u64::from_le_bytes(reply[..8].try_into().unwrap()), size as u64);
-        assert_eq!(u64::from_le_bytes(reply[8..16].try_into().unwrap()), expected);
+        assert_eq!(
+            u64::from_le_bytes(reply[..8].try_into().unwrap()),
+            size as u64
+        );
+        assert_eq!(
+            u64::from_le_bytes(reply[8..16].try_into().unwrap()),
+            expected
+        );
         // Packets are full-size: the sender's datagrams average well above the 1200-byte minimum.
         let stats = ta.udp_stats();
         let average = stats.bytes_sent.get() / stats.datagrams_sent.get().max(1);
@@ -188,8 +221,19 @@ fn restart_reconnects_with_a_new_connection_id() {
             glommio::timer::sleep(Duration::from_millis(20)).await;
         }
         let second = second.expect("reconnected within 10 s");
-        assert!(second > first, "connection ids increase: {first:?} then {second:?}");
-        let reply = ta.rpc(b.id(), ECHO, Priority::Normal, Buf::copy_from_slice(b"again")).await.unwrap();
+        assert!(
+            second > first,
+            "connection ids increase: {first:?} then {second:?}"
+        );
+        let reply = ta
+            .rpc(
+                b.id(),
+                ECHO,
+                Priority::Normal,
+                Buf::copy_from_slice(b"again"),
+            )
+            .await
+            .unwrap();
         assert_eq!(&reply[..], b"again");
         ta.shutdown().await;
         tb.shutdown().await;
@@ -216,14 +260,28 @@ fn node_outside_the_registry_is_refused() {
         let ta = a.start(config_at(addr_a), router(served_a.clone()));
         let tb = b.start(config_at(addr_b), router(served_b.clone()));
         let ts = stranger.start(
-            QuicConfig { request_timeout: Duration::from_secs(2), ..config_at(addr_s) },
+            QuicConfig {
+                request_timeout: Duration::from_secs(2),
+                ..config_at(addr_s)
+            },
             router(Rc::default()),
         );
         for peer in [a.id(), b.id()] {
-            let result = ts.rpc(peer, ECHO, Priority::Normal, Buf::copy_from_slice(b"let me in")).await;
+            let result = ts
+                .rpc(
+                    peer,
+                    ECHO,
+                    Priority::Normal,
+                    Buf::copy_from_slice(b"let me in"),
+                )
+                .await;
             assert!(result.is_err(), "stranger's RPC must fail");
         }
-        assert_eq!(served_a.get() + served_b.get(), 0, "no handler ran for the stranger");
+        assert_eq!(
+            served_a.get() + served_b.get(),
+            0,
+            "no handler ran for the stranger"
+        );
         assert!(ta.peers().iter().all(|(p, _)| *p != stranger.id()));
         assert!(tb.peers().iter().all(|(p, _)| *p != stranger.id()));
         let refused = ta.stats().handshakes_refused.get() + tb.stats().handshakes_refused.get();
@@ -255,14 +313,20 @@ fn registry_removal_closes_and_readding_reconnects() {
         {
             glommio::timer::sleep(Duration::from_millis(10)).await;
         }
-        assert!(ta.conn_of(b.id()).is_none() && tb.conn_of(a.id()).is_none(), "closed within 5 s");
+        assert!(
+            ta.conn_of(b.id()).is_none() && tb.conn_of(a.id()).is_none(),
+            "closed within 5 s"
+        );
 
         a.allow(b.id(), addr_b);
         b.allow(a.id(), addr_a);
         let readded_at = Instant::now();
         tb.set_allowed_peers(b.allowed());
         ta.set_allowed_peers(a.allowed());
-        assert!(ta.wait_connected(b.id(), Duration::from_secs(10)).await, "reconnected within 10 s");
+        assert!(
+            ta.wait_connected(b.id(), Duration::from_secs(10)).await,
+            "reconnected within 10 s"
+        );
         assert!(readded_at.elapsed() < Duration::from_secs(10));
         assert!(ta.conn_of(b.id()).unwrap() > first);
         ta.shutdown().await;
@@ -299,7 +363,15 @@ fn garbage_datagrams_are_counted_not_fatal() {
         }
         glommio::timer::sleep(Duration::from_millis(200)).await;
         assert!(tb.stats().garbage_datagrams.get() > 0);
-        let reply = ta.rpc(b.id(), ECHO, Priority::Normal, Buf::copy_from_slice(b"still up")).await.unwrap();
+        let reply = ta
+            .rpc(
+                b.id(),
+                ECHO,
+                Priority::Normal,
+                Buf::copy_from_slice(b"still up"),
+            )
+            .await
+            .unwrap();
         assert_eq!(&reply[..], b"still up");
         ta.shutdown().await;
         tb.shutdown().await;
@@ -313,22 +385,39 @@ fn oversized_messages_are_refused_on_both_sides() {
         let limit = 1 << 20;
         // a believes larger messages are fine; b enforces 1 MiB.
         let ta = a.start(config_at(addr_a), router(Rc::default()));
-        let tb = b.start(QuicConfig { message_bytes_max: limit, ..config_at(addr_b) }, router(Rc::default()));
+        let tb = b.start(
+            QuicConfig {
+                message_bytes_max: limit,
+                ..config_at(addr_b)
+            },
+            router(Rc::default()),
+        );
         assert!(tb.wait_connected(a.id(), Duration::from_secs(5)).await);
 
         // Sender side: b refuses to send more than its limit.
         let too_big = Buf::from_vec(vec![1u8; limit as usize + 1]);
-        let refused = tb.rpc(a.id(), ECHO, Priority::Normal, too_big.clone()).await;
+        let refused = tb
+            .rpc(a.id(), ECHO, Priority::Normal, too_big.clone())
+            .await;
         assert_eq!(
             refused.err(),
-            Some(RpcError::MessageTooLarge { size_bytes: limit + 1, limit_bytes: limit })
+            Some(RpcError::MessageTooLarge {
+                size_bytes: limit + 1,
+                limit_bytes: limit
+            })
         );
         // Receiver side: a sends it anyway; b resets the stream without reading the body.
         let result = ta.rpc(b.id(), ECHO, Priority::Normal, too_big).await;
-        assert!(result.is_err(), "oversized request must fail, got {result:?}");
+        assert!(
+            result.is_err(),
+            "oversized request must fail, got {result:?}"
+        );
         assert_eq!(tb.stats().oversized_messages.get(), 1);
         // The connection survives.
-        let reply = ta.rpc(b.id(), ECHO, Priority::Normal, Buf::copy_from_slice(b"ok")).await.unwrap();
+        let reply = ta
+            .rpc(b.id(), ECHO, Priority::Normal, Buf::copy_from_slice(b"ok"))
+            .await
+            .unwrap();
         assert_eq!(&reply[..], b"ok");
         ta.shutdown().await;
         tb.shutdown().await;
@@ -354,15 +443,31 @@ fn dropping_an_rpc_cancels_it_on_the_server() {
         let ta = a.start(config_at(addr_a), router(Rc::default()));
         let tb = b.start(config_at(addr_b), slow);
         assert!(ta.wait_connected(b.id(), Duration::from_secs(5)).await);
-        let call = ta.rpc(b.id(), ECHO, Priority::Normal, Buf::copy_from_slice(b"slow"));
-        let outcome = glommio::timer::timeout(Duration::from_millis(300), async { Ok(call.await) }).await;
-        assert!(outcome.is_err(), "the call was still running and is dropped");
+        let call = ta.rpc(
+            b.id(),
+            ECHO,
+            Priority::Normal,
+            Buf::copy_from_slice(b"slow"),
+        );
+        let outcome =
+            glommio::timer::timeout(Duration::from_millis(300), async { Ok(call.await) }).await;
+        assert!(
+            outcome.is_err(),
+            "the call was still running and is dropped"
+        );
         let deadline = Instant::now() + Duration::from_secs(5);
-        while started.get() == 1 && Instant::now() < deadline && tb.stats().streams_reset_by_peer.get() == 0 {
+        while started.get() == 1
+            && Instant::now() < deadline
+            && tb.stats().streams_reset_by_peer.get() == 0
+        {
             glommio::timer::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(started.get(), 1);
-        assert_eq!(tb.stats().streams_reset_by_peer.get(), 1, "server saw the reset");
+        assert_eq!(
+            tb.stats().streams_reset_by_peer.get(),
+            1,
+            "server saw the reset"
+        );
         glommio::timer::sleep(Duration::from_millis(3200)).await;
         assert_eq!(finished.get(), 0, "the handler was cancelled");
         ta.shutdown().await;

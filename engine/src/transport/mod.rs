@@ -202,9 +202,15 @@ mod tests {
         };
         let ex = glommio::LocalExecutorBuilder::default().make().unwrap();
         ex.run(async {
-            let echoed = router.dispatch(ctx, Buf::copy_from_slice(b"hi")).await.unwrap();
+            let echoed = router
+                .dispatch(ctx, Buf::copy_from_slice(b"hi"))
+                .await
+                .unwrap();
             assert_eq!(&echoed[..], b"hi");
-            let missing = RequestContext { route: Route(8), ..ctx };
+            let missing = RequestContext {
+                route: Route(8),
+                ..ctx
+            };
             assert_eq!(
                 router.dispatch(missing, Buf::empty()).await.err(),
                 Some(RpcError::NoRoute(Route(8)))

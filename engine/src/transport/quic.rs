@@ -36,7 +36,9 @@ use quiche::{BufFactory, BufSplit, ConnectionId, RecvInfo, Shutdown};
 
 use crate::buffer::Buf;
 use crate::transport::wire::{self, Assembler, Message};
-use crate::transport::{ConnId, NodeId, Priority, RequestContext, Route, Router, RpcError, Transport};
+use crate::transport::{
+    ConnId, NodeId, Priority, RequestContext, Route, Router, RpcError, Transport,
+};
 use crate::udp::{RecvBatch, UdpConfig, UdpIo};
 
 /// Length of the connection ids we issue. The first byte is reserved for shard steering.
@@ -190,7 +192,11 @@ impl Notify {
 
 enum Role {
     /// Our RPC: waits for the response.
-    Outgoing { route: Route, waker: Option<Waker>, result: Option<Result<Buf, RpcError>> },
+    Outgoing {
+        route: Route,
+        waker: Option<Waker>,
+        result: Option<Result<Buf, RpcError>>,
+    },
     /// The peer's RPC: the handler task, once the request is complete.
     Incoming { handler: Option<JoinHandle<()>> },
 }
@@ -267,7 +273,10 @@ pub enum QuicStartError {
     #[error("QUIC configuration: {0}")]
     Config(quiche::Error),
     #[error("UDP socket on {addr}: {source}")]
-    Socket { addr: SocketAddr, source: std::io::Error },
+    Socket {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 impl QuicTransport {
@@ -283,10 +292,16 @@ impl QuicTransport {
         router: Router,
         allowed: HashMap<NodeId, SocketAddr>,
     ) -> Result<QuicTransport, QuicStartError> {
-        let server_config = build_quic_config(server_tls, &config).map_err(QuicStartError::Config)?;
-        let client_config = build_quic_config(client_tls, &config).map_err(QuicStartError::Config)?;
-        let udp = UdpIo::bind(config.listen_addr, &config.udp)
-            .map_err(|source| QuicStartError::Socket { addr: config.listen_addr, source })?;
+        let server_config =
+            build_quic_config(server_tls, &config).map_err(QuicStartError::Config)?;
+        let client_config =
+            build_quic_config(client_tls, &config).map_err(QuicStartError::Config)?;
+        let udp = UdpIo::bind(config.listen_addr, &config.udp).map_err(|source| {
+            QuicStartError::Socket {
+                addr: config.listen_addr,
+                source,
+            }
+        })?;
         let body_bytes_max = config.message_bytes_max;
         let inner = Rc::new(Inner {
             local_id,
@@ -304,7 +319,10 @@ impl QuicTransport {
                 dialers: HashMap::new(),
             }),
             encoder: RefCell::new(Encoder::new(CodecLimits::default())),
-            frame_limits: FrameLimits { body_bytes_max, ..FrameLimits::default() },
+            frame_limits: FrameLimits {
+                body_bytes_max,
+                ..FrameLimits::default()
+            },
             codec_limits: CodecLimits::default(),
             send_wake: Notify::default(),
             timer_wake: Notify::default(),
@@ -325,7 +343,10 @@ impl QuicTransport {
         let receiver = spawn_tracked(&self.inner, receive_loop(self.inner.clone()));
         let sender = spawn_tracked(&self.inner, send_loop(self.inner.clone()));
         let timer = spawn_tracked(&self.inner, timer_loop(self.inner.clone()));
-        self.inner.tasks.borrow_mut().extend([receiver, sender, timer]);
+        self.inner
+            .tasks
+            .borrow_mut()
+            .extend([receiver, sender, timer]);
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -356,17 +377,27 @@ impl QuicTransport {
             let removed: Vec<u64> = state
                 .conns
                 .iter()
-                .filter(|(_, c)| c.peer.or(c.expected_peer).is_some_and(|p| !state.allowed.contains_key(&p)))
+                .filter(|(_, c)| {
+                    c.peer
+                        .or(c.expected_peer)
+                        .is_some_and(|p| !state.allowed.contains_key(&p))
+                })
                 .map(|(key, _)| *key)
                 .collect();
             for key in removed {
                 if let Some(conn) = state.conns.get_mut(&key) {
-                    let _ = conn.quic.close(true, codes::CONN_NOT_ALLOWED, b"removed from registry");
+                    let _ =
+                        conn.quic
+                            .close(true, codes::CONN_NOT_ALLOWED, b"removed from registry");
                 }
                 state.dirty.push_back(key);
             }
-            let gone: Vec<NodeId> =
-                state.dialers.keys().filter(|p| !state.allowed.contains_key(p)).copied().collect();
+            let gone: Vec<NodeId> = state
+                .dialers
+                .keys()
+                .filter(|p| !state.allowed.contains_key(p))
+                .copied()
+                .collect();
             for peer in gone {
                 if let Some(task) = state.dialers.remove(&peer) {
                     task.cancel();
@@ -429,13 +460,20 @@ impl QuicTransport {
     /// The connection id of `peer`'s current connection, if any.
     pub fn conn_of(&self, peer: NodeId) -> Option<ConnId> {
         let state = self.inner.state.borrow();
-        state.by_peer.get(&peer).and_then(|key| state.conns.get(key)).map(|c| c.id)
+        state
+            .by_peer
+            .get(&peer)
+            .and_then(|key| state.conns.get(key))
+            .map(|c| c.id)
     }
 
     /// Path statistics of the connection to `peer`: (rtt, congestion window bytes, lost packets).
     pub fn path_stats(&self, peer: NodeId) -> Option<(Duration, usize, usize)> {
         let state = self.inner.state.borrow();
-        let conn = state.by_peer.get(&peer).and_then(|key| state.conns.get(key))?;
+        let conn = state
+            .by_peer
+            .get(&peer)
+            .and_then(|key| state.conns.get(key))?;
         let path = conn.quic.path_stats().next()?;
         Some((path.rtt, path.cwnd, path.lost))
     }
@@ -533,8 +571,17 @@ impl Transport for QuicTransport {
         };
         let stream_id = open_stream(inner, key, route, priority, request)?;
         bump(&inner.stats.rpcs_sent);
-        let guard = StreamGuard { inner: inner.clone(), key, stream_id, armed: true };
-        let response = ResponseFuture { inner, key, stream_id };
+        let guard = StreamGuard {
+            inner: inner.clone(),
+            key,
+            stream_id,
+            armed: true,
+        };
+        let response = ResponseFuture {
+            inner,
+            key,
+            stream_id,
+        };
         let remaining = deadline.saturating_duration_since(Instant::now());
         let result = match glommio::timer::timeout(remaining, async { Ok(response.await) }).await {
             Ok(result) => result,
@@ -574,12 +621,19 @@ fn open_stream(
 ) -> Result<u64, RpcError> {
     let head = wire::request_head(&mut inner.encoder.borrow_mut(), route, priority, body.len());
     let mut state = inner.state.borrow_mut();
-    let conn = state.conns.get_mut(&key).ok_or(RpcError::ConnectionClosed)?;
+    let conn = state
+        .conns
+        .get_mut(&key)
+        .ok_or(RpcError::ConnectionClosed)?;
     if conn.outgoing_in_flight >= inner.config.requests_in_flight_max {
-        return Err(RpcError::TooManyInFlight { limit: inner.config.requests_in_flight_max });
+        return Err(RpcError::TooManyInFlight {
+            limit: inner.config.requests_in_flight_max,
+        });
     }
     if conn.quic.peer_streams_left_bidi() == 0 {
-        return Err(RpcError::TooManyInFlight { limit: inner.config.bidi_streams_max as usize });
+        return Err(RpcError::TooManyInFlight {
+            limit: inner.config.bidi_streams_max as usize,
+        });
     }
     let stream_id = conn.next_stream_id;
     conn.next_stream_id += 4;
@@ -596,7 +650,11 @@ fn open_stream(
     conn.streams.insert(
         stream_id,
         Stream {
-            role: Role::Outgoing { route, waker: None, result: None },
+            role: Role::Outgoing {
+                route,
+                waker: None,
+                result: None,
+            },
             rx: Assembler::new(),
             tx,
             tx_fin: true,
@@ -674,11 +732,17 @@ impl Drop for StreamGuard {
         conn.pending_tx.remove(&self.stream_id);
         if unsent && !self.armed {
             // The response came before the whole request left: stop sending the rest.
-            let _ = conn.quic.stream_shutdown(self.stream_id, Shutdown::Write, codes::STREAM_CANCELLED);
+            let _ =
+                conn.quic
+                    .stream_shutdown(self.stream_id, Shutdown::Write, codes::STREAM_CANCELLED);
         }
         if self.armed {
-            let _ = conn.quic.stream_shutdown(self.stream_id, Shutdown::Write, codes::STREAM_CANCELLED);
-            let _ = conn.quic.stream_shutdown(self.stream_id, Shutdown::Read, codes::STREAM_CANCELLED);
+            let _ =
+                conn.quic
+                    .stream_shutdown(self.stream_id, Shutdown::Write, codes::STREAM_CANCELLED);
+            let _ =
+                conn.quic
+                    .stream_shutdown(self.stream_id, Shutdown::Read, codes::STREAM_CANCELLED);
         }
         state.dirty.push_back(self.key);
         drop(state);
@@ -711,7 +775,9 @@ impl Future for ResponseFuture<'_> {
                     Poll::Pending
                 }
             },
-            Role::Incoming { .. } => Poll::Ready(Err(RpcError::Local("stream role mismatch".into()))),
+            Role::Incoming { .. } => {
+                Poll::Ready(Err(RpcError::Local("stream role mismatch".into())))
+            }
         }
     }
 }
@@ -733,11 +799,19 @@ async fn wait_for_peer(inner: &Rc<Inner>, peer: NodeId, limit: Duration) -> Opti
     let wait = std::future::poll_fn(|cx| match lookup() {
         Some(key) => Poll::Ready(key),
         None => {
-            inner.state.borrow_mut().peer_waiters.entry(peer).or_default().push(cx.waker().clone());
+            inner
+                .state
+                .borrow_mut()
+                .peer_waiters
+                .entry(peer)
+                .or_default()
+                .push(cx.waker().clone());
             Poll::Pending
         }
     });
-    glommio::timer::timeout(limit, async { Ok(wait.await) }).await.ok()
+    glommio::timer::timeout(limit, async { Ok(wait.await) })
+        .await
+        .ok()
 }
 
 fn wake_peer_waiters(state: &mut State, peer: NodeId) {
@@ -932,7 +1006,9 @@ fn on_established(inner: &Rc<Inner>, state: &mut State, key: u64) {
     if !(acceptable && allowed) {
         bump(&inner.stats.handshakes_refused);
         let conn = state.conns.get_mut(&key).expect("checked above");
-        let _ = conn.quic.close(true, codes::CONN_NOT_ALLOWED, b"not allowed");
+        let _ = conn
+            .quic
+            .close(true, codes::CONN_NOT_ALLOWED, b"not allowed");
         return;
     }
     let peer = peer.expect("checked above");
@@ -970,7 +1046,15 @@ fn cancel_stopped_handlers(inner: &Rc<Inner>, conn: &mut Conn) {
     let candidates: Vec<u64> = conn
         .quic
         .writable()
-        .filter(|id| matches!(conn.streams.get(id), Some(Stream { role: Role::Incoming { handler: Some(_) }, .. })))
+        .filter(|id| {
+            matches!(
+                conn.streams.get(id),
+                Some(Stream {
+                    role: Role::Incoming { handler: Some(_) },
+                    ..
+                })
+            )
+        })
         .collect();
     for stream_id in candidates {
         if let Err(quiche::Error::StreamStopped(_)) = conn.quic.stream_capacity(stream_id) {
@@ -1031,7 +1115,9 @@ fn discard_stream(conn: &mut Conn, stream_id: u64) {
             break;
         }
     }
-    let _ = conn.quic.stream_shutdown(stream_id, Shutdown::Read, codes::STREAM_CANCELLED);
+    let _ = conn
+        .quic
+        .stream_shutdown(stream_id, Shutdown::Read, codes::STREAM_CANCELLED);
 }
 
 enum ReadOutcome {
@@ -1090,13 +1176,18 @@ fn fill_assembler(inner: &Rc<Inner>, conn: &mut Conn, stream_id: u64) -> ReadOut
 
 fn violation(error: wire::AssembleError) -> ReadOutcome {
     let code = match &error {
-        wire::AssembleError::Decode(icn_codecs::DecodeError::LimitExceeded { .. }) => codes::STREAM_TOO_LARGE,
+        wire::AssembleError::Decode(icn_codecs::DecodeError::LimitExceeded { .. }) => {
+            codes::STREAM_TOO_LARGE
+        }
         _ => codes::STREAM_PROTOCOL,
     };
     let error = match &error {
-        wire::AssembleError::Decode(icn_codecs::DecodeError::LimitExceeded { value, max, .. }) => {
-            RpcError::MessageTooLarge { size_bytes: *value, limit_bytes: *max }
-        }
+        wire::AssembleError::Decode(icn_codecs::DecodeError::LimitExceeded {
+            value, max, ..
+        }) => RpcError::MessageTooLarge {
+            size_bytes: *value,
+            limit_bytes: *max,
+        },
         other => RpcError::PeerMisbehaved(other.to_string()),
     };
     ReadOutcome::Violation(code, error)
@@ -1116,8 +1207,12 @@ fn fail_stream(conn: &mut Conn, stream_id: u64, error: RpcError) {
         }
         Role::Incoming { .. } => {
             // Dropping the handler's JoinHandle does not stop it; cancel explicitly.
-            if let Some(Stream { role: Role::Incoming { handler: Some(handler) }, .. }) =
-                conn.streams.remove(&stream_id)
+            if let Some(Stream {
+                role: Role::Incoming {
+                    handler: Some(handler),
+                },
+                ..
+            }) = conn.streams.remove(&stream_id)
             {
                 handler.cancel();
             }
@@ -1152,7 +1247,9 @@ fn complete_message(
         Ok(message) => message,
         Err(error) => {
             bump(&inner.stats.protocol_errors);
-            let _ = conn.quic.stream_shutdown(stream_id, Shutdown::Write, codes::STREAM_PROTOCOL);
+            let _ = conn
+                .quic
+                .stream_shutdown(stream_id, Shutdown::Write, codes::STREAM_PROTOCOL);
             fail_stream(conn, stream_id, RpcError::PeerMisbehaved(error.to_string()));
             return;
         }
@@ -1164,7 +1261,14 @@ fn complete_message(
                 waker.wake();
             }
         }
-        (Message::Request { route, priority, body }, Role::Incoming { .. }) => {
+        (
+            Message::Request {
+                route,
+                priority,
+                body,
+            },
+            Role::Incoming { .. },
+        ) => {
             let ctx = RequestContext {
                 peer: conn.peer.expect("streams are read only after verification"),
                 conn: conn.id,
@@ -1172,19 +1276,35 @@ fn complete_message(
                 priority,
             };
             bump(&inner.stats.rpcs_served);
-            dispatches.push(Dispatch { key, stream_id, ctx, body });
+            dispatches.push(Dispatch {
+                key,
+                stream_id,
+                ctx,
+                body,
+            });
         }
         _ => {
             bump(&inner.stats.protocol_errors);
-            let _ = conn.quic.stream_shutdown(stream_id, Shutdown::Write, codes::STREAM_PROTOCOL);
-            fail_stream(conn, stream_id, RpcError::PeerMisbehaved("message of the wrong kind".into()));
+            let _ = conn
+                .quic
+                .stream_shutdown(stream_id, Shutdown::Write, codes::STREAM_PROTOCOL);
+            fail_stream(
+                conn,
+                stream_id,
+                RpcError::PeerMisbehaved("message of the wrong kind".into()),
+            );
         }
     }
 }
 
 /// Starts the handler of a complete request; its handle is kept so a cancel can stop it.
 fn launch_handler(inner: &Rc<Inner>, dispatch: Dispatch) {
-    let Dispatch { key, stream_id, ctx, body } = dispatch;
+    let Dispatch {
+        key,
+        stream_id,
+        ctx,
+        body,
+    } = dispatch;
     let task_inner = inner.clone();
     let task = glommio::spawn_local(async move {
         let result = task_inner.router.dispatch(ctx, body).await;
@@ -1192,11 +1312,17 @@ fn launch_handler(inner: &Rc<Inner>, dispatch: Dispatch) {
     })
     .detach();
     let mut state = inner.state.borrow_mut();
-    let stream = state.conns.get_mut(&key).and_then(|c| c.streams.get_mut(&stream_id));
+    let stream = state
+        .conns
+        .get_mut(&key)
+        .and_then(|c| c.streams.get_mut(&stream_id));
     match stream {
         // Answered at once (glommio ran the task inline): nothing left to cancel.
         Some(Stream { tx_fin: true, .. }) => {}
-        Some(Stream { role: Role::Incoming { handler }, .. }) => *handler = Some(task),
+        Some(Stream {
+            role: Role::Incoming { handler },
+            ..
+        }) => *handler = Some(task),
         // The stream is gone (served, or reset meanwhile): make sure the task stops.
         _ => task.cancel(),
     }
@@ -1293,12 +1419,20 @@ async fn flush_conn(inner: &Rc<Inner>, key: u64, out: &mut [u8]) {
         let Some(batch) = batch else {
             return;
         };
-        if let Err(error) = inner.udp.send(batch.dest, &out[..batch.len], batch.segment).await {
+        if let Err(error) = inner
+            .udp
+            .send(batch.dest, &out[..batch.len], batch.segment)
+            .await
+        {
             eprintln!("icn: QUIC send to {} failed: {error}", batch.dest);
             return;
         }
         if let Some((start, len)) = batch.straggler {
-            if let Err(error) = inner.udp.send(batch.dest, &out[start..start + len], len).await {
+            if let Err(error) = inner
+                .udp
+                .send(batch.dest, &out[start..start + len], len)
+                .await
+            {
                 eprintln!("icn: QUIC send to {} failed: {error}", batch.dest);
                 return;
             }
@@ -1321,7 +1455,12 @@ struct Batch {
 }
 
 /// Fills `out` with packets for one destination; None when the connection has nothing to send.
-fn fill_batch(conn: &mut Conn, out: &mut [u8], segments_max: usize, payload_max: usize) -> Option<Batch> {
+fn fill_batch(
+    conn: &mut Conn,
+    out: &mut [u8],
+    segments_max: usize,
+    payload_max: usize,
+) -> Option<Batch> {
     let mut len = 0usize;
     let mut batch: Option<Batch> = None;
     let mut count = 0usize;
@@ -1332,7 +1471,12 @@ fn fill_batch(conn: &mut Conn, out: &mut [u8], segments_max: usize, payload_max:
         };
         conn.last_send = Instant::now();
         count += 1;
-        let current = batch.get_or_insert(Batch { dest: info.to, len: 0, segment: written, straggler: None });
+        let current = batch.get_or_insert(Batch {
+            dest: info.to,
+            len: 0,
+            segment: written,
+            straggler: None,
+        });
         if written > current.segment {
             current.straggler = Some((len, written));
             break;
@@ -1377,7 +1521,10 @@ fn remove_conn(inner: &Rc<Inner>, state: &mut State, key: u64) {
         }
     }
     let lost = conn.quic.stats().lost as u64;
-    inner.stats.packets_lost.set(inner.stats.packets_lost.get() + lost);
+    inner
+        .stats
+        .packets_lost
+        .set(inner.stats.packets_lost.get() + lost);
     bump(&inner.stats.connections_closed);
 }
 
@@ -1459,7 +1606,10 @@ async fn dial_loop(inner: Rc<Inner>, peer: NodeId) {
         let connected = {
             let state = inner.state.borrow();
             state.by_peer.contains_key(&peer)
-                || state.conns.values().any(|c| c.expected_peer == Some(peer) && !c.quic.is_closed())
+                || state
+                    .conns
+                    .values()
+                    .any(|c| c.expected_peer == Some(peer) && !c.quic.is_closed())
         };
         if !connected {
             if let Err(error) = dial(&inner, peer, addr) {
@@ -1467,7 +1617,11 @@ async fn dial_loop(inner: Rc<Inner>, peer: NodeId) {
             }
         }
         // Wait for the connection state to change (established, or closed).
-        let limit = if connected { Duration::from_secs(3600) } else { inner.config.handshake_timeout };
+        let limit = if connected {
+            Duration::from_secs(3600)
+        } else {
+            inner.config.handshake_timeout
+        };
         let changed = wait_peer_change(&inner, peer);
         let _ = glommio::timer::timeout(limit, async {
             changed.await;
@@ -1491,7 +1645,13 @@ fn wait_peer_change(inner: &Rc<Inner>, peer: NodeId) -> impl Future<Output = ()>
             return Poll::Ready(());
         }
         registered = true;
-        inner.state.borrow_mut().peer_waiters.entry(peer).or_default().push(cx.waker().clone());
+        inner
+            .state
+            .borrow_mut()
+            .peer_waiters
+            .entry(peer)
+            .or_default()
+            .push(cx.waker().clone());
         Poll::Pending
     })
 }

@@ -24,7 +24,12 @@ pub(crate) fn request_head(
         Priority::Normal => icn_codecs::Priority::Normal,
         Priority::High => icn_codecs::Priority::High,
     };
-    let envelope = RequestEnvelope { request_id: 0, route: route.0, priority, deadline_ms: 0 };
+    let envelope = RequestEnvelope {
+        request_id: 0,
+        route: route.0,
+        priority,
+        deadline_ms: 0,
+    };
     let mut out = Vec::with_capacity(FRAME_HEADER_BYTES + 64);
     encoder
         .encode_frame(&Envelope::Request(envelope), body_bytes as u64, &mut out)
@@ -33,16 +38,17 @@ pub(crate) fn request_head(
 }
 
 /// Encodes the header and envelope of a response; `result` is the handler's outcome.
-pub(crate) fn response_head(
-    encoder: &mut Encoder,
-    result: &Result<usize, RpcError>,
-) -> Buf {
+pub(crate) fn response_head(encoder: &mut Encoder, result: &Result<usize, RpcError>) -> Buf {
     let (status, message, body_bytes) = match result {
         Ok(body_bytes) => (RpcStatus::Ok, String::new(), *body_bytes),
         Err(error) => (status_of(error), error.to_string(), 0),
     };
     let message = truncate_utf8(&message, encoder.limits().error_message_bytes_max);
-    let envelope = ResponseEnvelope { request_id: 0, status, error_message: message };
+    let envelope = ResponseEnvelope {
+        request_id: 0,
+        status,
+        error_message: message,
+    };
     let mut out = Vec::with_capacity(FRAME_HEADER_BYTES + 64 + message.len());
     encoder
         .encode_frame(&Envelope::Response(envelope), body_bytes as u64, &mut out)
@@ -86,8 +92,14 @@ fn error_of(status: RpcStatus, message: &str, route: Route) -> RpcError {
 
 /// A fully received message.
 pub(crate) enum Message {
-    Request { route: Route, priority: Priority, body: Buf },
-    Response { result: Result<Buf, RpcError> },
+    Request {
+        route: Route,
+        priority: Priority,
+        body: Buf,
+    },
+    Response {
+        result: Result<Buf, RpcError>,
+    },
 }
 
 /// Where the assembler is within a message.
@@ -152,7 +164,11 @@ impl Assembler {
     }
 
     /// Records that `count` bytes were written into the last target, and advances.
-    pub(crate) fn advance(&mut self, count: usize, limits: &FrameLimits) -> Result<(), AssembleError> {
+    pub(crate) fn advance(
+        &mut self,
+        count: usize,
+        limits: &FrameLimits,
+    ) -> Result<(), AssembleError> {
         self.filled += count;
         loop {
             let target_len = match self.stage {
@@ -167,8 +183,8 @@ impl Assembler {
             self.filled = 0;
             match self.stage {
                 Stage::Header => {
-                    let header =
-                        FrameHeader::decode(&self.header_bytes, limits).map_err(AssembleError::Decode)?;
+                    let header = FrameHeader::decode(&self.header_bytes, limits)
+                        .map_err(AssembleError::Decode)?;
                     if !matches!(header.kind, FrameKind::Request | FrameKind::Response) {
                         return Err(AssembleError::UnexpectedKind(header.kind));
                     }
@@ -206,18 +222,22 @@ impl Assembler {
         let body = Buf::from_vec(std::mem::take(&mut self.body));
         match header.kind {
             FrameKind::Request => {
-                let request =
-                    envelope::decode_request(&self.envelope, limits).map_err(AssembleError::Decode)?;
+                let request = envelope::decode_request(&self.envelope, limits)
+                    .map_err(AssembleError::Decode)?;
                 let priority = match request.priority {
                     icn_codecs::Priority::Low => Priority::Low,
                     icn_codecs::Priority::Normal => Priority::Normal,
                     icn_codecs::Priority::High => Priority::High,
                 };
-                Ok(Message::Request { route: Route(request.route), priority, body })
+                Ok(Message::Request {
+                    route: Route(request.route),
+                    priority,
+                    body,
+                })
             }
             FrameKind::Response => {
-                let response =
-                    envelope::decode_response(&self.envelope, limits).map_err(AssembleError::Decode)?;
+                let response = envelope::decode_response(&self.envelope, limits)
+                    .map_err(AssembleError::Decode)?;
                 let result = match response.status {
                     RpcStatus::Ok => Ok(body),
                     status => Err(error_of(status, response.error_message, route)),
