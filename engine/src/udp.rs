@@ -92,6 +92,9 @@ pub struct UdpIo {
 /// Pre-allocated receive buffers for one `recvmmsg` call.
 pub struct RecvBatch {
     buffers: Vec<u8>,
+    /// Scatter entries and message headers for `recvmmsg`, re-pointed at the buffers each call.
+    iovecs: Vec<libc::iovec>,
+    headers: Vec<libc::mmsghdr>,
     entries: usize,
     lens: Vec<usize>,
     segment_sizes: Vec<usize>,
@@ -106,6 +109,8 @@ impl RecvBatch {
         assert!(entries > 0);
         RecvBatch {
             buffers: vec![0u8; entries * RECV_ENTRY_BYTES],
+            iovecs: Vec::with_capacity(entries),
+            headers: Vec::with_capacity(entries),
             entries,
             lens: vec![0; entries],
             segment_sizes: vec![0; entries],
@@ -113,6 +118,38 @@ impl RecvBatch {
             addrs: vec![unsafe { zeroed() }; entries],
             controls: vec![[0u8; 64]; entries],
             filled: 0,
+        }
+    }
+
+    /// Points each header at its buffer, address and control space (no allocation after the
+    /// first call: the vectors keep their capacity).
+    fn prepare_headers(&mut self) {
+        self.iovecs.clear();
+        self.headers.clear();
+        for chunk in self.buffers.chunks_exact_mut(RECV_ENTRY_BYTES) {
+            self.iovecs.push(libc::iovec {
+                iov_base: chunk.as_mut_ptr().cast(),
+                iov_len: RECV_ENTRY_BYTES,
+            });
+        }
+        let parts = self
+            .iovecs
+            .iter_mut()
+            .zip(self.addrs.iter_mut())
+            .zip(self.controls.iter_mut());
+        for ((iov, addr), control) in parts {
+            // SAFETY: msghdr is plain old data; the fields the kernel reads are set below.
+            let mut hdr: libc::msghdr = unsafe { zeroed() };
+            hdr.msg_name = (addr as *mut libc::sockaddr_storage).cast();
+            hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            hdr.msg_iov = iov;
+            hdr.msg_iovlen = 1;
+            hdr.msg_control = control.as_mut_ptr().cast();
+            hdr.msg_controllen = control.len() as _;
+            self.headers.push(libc::mmsghdr {
+                msg_hdr: hdr,
+                msg_len: 0,
+            });
         }
     }
 
@@ -219,32 +256,9 @@ impl UdpIo {
     pub fn recv_batch(&self, batch: &mut RecvBatch) -> io::Result<usize> {
         batch.filled = 0;
         let entries = batch.entries;
-        let mut iovecs: Vec<libc::iovec> = Vec::with_capacity(entries);
-        let mut headers: Vec<libc::mmsghdr> = Vec::with_capacity(entries);
-        let base = batch.buffers.as_mut_ptr();
-        for i in 0..entries {
-            // SAFETY: entry i's slice lies within `buffers` (entries * RECV_ENTRY_BYTES long).
-            let ptr = unsafe { base.add(i * RECV_ENTRY_BYTES) };
-            iovecs.push(libc::iovec {
-                iov_base: ptr.cast(),
-                iov_len: RECV_ENTRY_BYTES,
-            });
-        }
-        for i in 0..entries {
-            // SAFETY: msghdr is plain old data; the fields we rely on are set below.
-            let mut hdr: libc::msghdr = unsafe { zeroed() };
-            hdr.msg_name = (&mut batch.addrs[i] as *mut libc::sockaddr_storage).cast();
-            hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            hdr.msg_iov = &mut iovecs[i];
-            hdr.msg_iovlen = 1;
-            hdr.msg_control = batch.controls[i].as_mut_ptr().cast();
-            hdr.msg_controllen = batch.controls[i].len() as _;
-            headers.push(libc::mmsghdr {
-                msg_hdr: hdr,
-                msg_len: 0,
-            });
-        }
-        // SAFETY: every header points at buffers owned by `batch`/`iovecs`, alive for the call.
+        batch.prepare_headers();
+        let headers = &mut batch.headers;
+        // SAFETY: every header points at buffers owned by `batch`, alive and unmoved for the call.
         let received = unsafe {
             libc::recvmmsg(
                 self.fd,

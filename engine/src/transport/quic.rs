@@ -1400,7 +1400,7 @@ async fn flush_conn(inner: &Rc<Inner>, key: u64, out: &mut [u8]) {
     let mut batches = 0usize;
     loop {
         batches += 1;
-        if batches % FLUSH_BATCHES_PER_YIELD == 0 {
+        if batches.is_multiple_of(FLUSH_BATCHES_PER_YIELD) {
             // A congestion window can hold thousands of packets: let receivers (ACKs) and other
             // connections run between bursts instead of holding the executor for the whole window.
             futures_lite::future::yield_now().await;
