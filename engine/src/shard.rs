@@ -1,8 +1,9 @@
 //! Shard runtime: one glommio executor per core, pinned, joined by bounded channels.
 //!
 //! [`run_shards`] starts `count` threads, each running one `LocalExecutor` pinned to its own CPU
-//! (when pinning is on), connects them with a full mesh of bounded glommio channels (a full
-//! channel hands the message back to the sender: the caller decides, nothing grows), runs the
+//! (when pinning is on), connects them with a full mesh of bounded single-producer glommio shared
+//! channels, one per ordered pair of shards (a full channel hands the message back to the sender
+//! with `try_send_to`, or `send_to` waits: the caller decides, nothing grows), runs the
 //! given shard body on each, and joins them all. Shutdown is cooperative and quick: a
 //! [`Shutdown`] flag (set by [`Shutdown::trigger`] or by SIGINT/SIGTERM once
 //! [`install_signal_handlers`] ran) is observed by [`Shutdown::wait`] within
@@ -16,7 +17,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
+use glommio::channels::shared_channel::{
+    self, ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender,
+};
 use glommio::{LocalExecutorBuilder, Placement, Task};
 
 /// How often shutdown waiters look at the flag (bounds Ctrl-C-to-stop latency).
@@ -106,13 +109,56 @@ impl Shutdown {
 pub struct ShardContext<M: Send + 'static> {
     pub index: usize,
     pub count: usize,
-    pub senders: Senders<M>,
-    pub receivers: Receivers<M>,
+    /// `senders[j]` reaches shard j (None for this shard itself).
+    senders: Vec<Option<ConnectedSender<M>>>,
+    /// `receivers[i]` carries what shard i sent here (None for this shard itself).
+    receivers: Vec<Option<ConnectedReceiver<M>>>,
     pub shutdown: Shutdown,
     tasks: Rc<RefCell<Vec<Task<()>>>>,
 }
 
+/// Why a cross-shard send failed; the message comes back to the caller.
+#[derive(Debug)]
+pub enum SendError<M> {
+    /// The target's channel is full (only from `try_send_to`).
+    Full(M),
+    /// The target shard stopped, or the index names no other shard.
+    Closed(M),
+}
+
+/// Recovers the message from glommio's channel error.
+fn send_error<M>(error: glommio::GlommioError<M>) -> SendError<M> {
+    use glommio::{GlommioError, ResourceType};
+    match error {
+        GlommioError::WouldBlock(ResourceType::Channel(message)) => SendError::Full(message),
+        GlommioError::Closed(ResourceType::Channel(message)) => SendError::Closed(message),
+        // Channels report only the two above; anything else is a glommio contract change.
+        other => unreachable!("shared channel send failed unexpectedly: {other}"),
+    }
+}
+
 impl<M: Send + 'static> ShardContext<M> {
+    /// Sends to shard `target`, waiting while its channel is full.
+    pub async fn send_to(&self, target: usize, message: M) -> Result<(), SendError<M>> {
+        match self.senders.get(target).and_then(Option::as_ref) {
+            Some(sender) => sender.send(message).await.map_err(send_error),
+            None => Err(SendError::Closed(message)),
+        }
+    }
+
+    /// Sends to shard `target` without waiting; a full channel hands the message back.
+    pub fn try_send_to(&self, target: usize, message: M) -> Result<(), SendError<M>> {
+        match self.senders.get(target).and_then(Option::as_ref) {
+            Some(sender) => sender.try_send(message).map_err(send_error),
+            None => Err(SendError::Closed(message)),
+        }
+    }
+
+    /// Receives the next message shard `source` sent here; None once it stopped.
+    pub async fn recv_from(&self, source: usize) -> Option<M> {
+        self.receivers.get(source)?.as_ref()?.recv().await
+    }
+
     /// Spawns a task that is joined when the shard stops.
     pub fn spawn(&self, future: impl Future<Output = ()> + 'static) {
         self.tasks.borrow_mut().push(glommio::spawn_local(future));
@@ -159,31 +205,76 @@ where
 {
     let count = config.resolved_shards();
     let cpus = core_affinity::get_core_ids().unwrap_or_default();
-    let mesh: MeshBuilder<M, Full> = MeshBuilder::full(count, config.channel_capacity.max(1));
+    let capacity = config.channel_capacity.max(1);
+    // ends[i] = (senders from shard i to each j, receivers at shard i from each j).
+    let mut ends: Vec<(Vec<Option<SharedSender<M>>>, Vec<Option<SharedReceiver<M>>>)> = (0..count)
+        .map(|_| {
+            (
+                (0..count).map(|_| None).collect(),
+                (0..count).map(|_| None).collect(),
+            )
+        })
+        .collect();
+    for from in 0..count {
+        for to in 0..count {
+            if from != to {
+                let (sender, receiver) = shared_channel::new_bounded(capacity);
+                ends[from].0[to] = Some(sender);
+                ends[to].1[from] = Some(receiver);
+            }
+        }
+    }
     let mut handles = Vec::with_capacity(count);
-    for index in 0..count {
-        let mut builder = LocalExecutorBuilder::new(placement(config, &cpus, index))
+    for (index, (senders, receivers)) in ends.into_iter().enumerate() {
+        let builder = LocalExecutorBuilder::new(placement(config, &cpus, index))
             .name(&format!("icn-shard-{index}"))
-            .io_memory(config.io_memory_bytes);
-        builder = builder.preempt_timer(Duration::from_millis(10));
+            .io_memory(config.io_memory_bytes)
+            .preempt_timer(Duration::from_millis(10));
         let body = body.clone();
-        let mesh = mesh.clone();
         let shutdown = shutdown.clone();
         let handle = builder
             .spawn(move || async move {
-                let (senders, receivers) = mesh.join().await.expect("mesh join within one process");
-                // The mesh numbers its members in the order they joined; that number is the
-                // shard index everywhere (channels are addressed by it).
+                // A connect waits for the other end to connect too, so every end of this shard
+                // connects concurrently (in sequence, two shards would wait on each other).
+                let sender_tasks: Vec<_> = senders
+                    .into_iter()
+                    .map(|sender| {
+                        glommio::spawn_local(async move {
+                            match sender {
+                                Some(sender) => Some(sender.connect().await),
+                                None => None,
+                            }
+                        })
+                    })
+                    .collect();
+                let receiver_tasks: Vec<_> = receivers
+                    .into_iter()
+                    .map(|receiver| {
+                        glommio::spawn_local(async move {
+                            match receiver {
+                                Some(receiver) => Some(receiver.connect().await),
+                                None => None,
+                            }
+                        })
+                    })
+                    .collect();
+                let mut connected_senders = Vec::with_capacity(sender_tasks.len());
+                for task in sender_tasks {
+                    connected_senders.push(task.await);
+                }
+                let mut connected_receivers = Vec::with_capacity(receiver_tasks.len());
+                for task in receiver_tasks {
+                    connected_receivers.push(task.await);
+                }
                 let ctx = ShardContext {
-                    index: senders.peer_id(),
+                    index,
                     count,
-                    senders,
-                    receivers,
+                    senders: connected_senders,
+                    receivers: connected_receivers,
                     shutdown,
                     tasks: Rc::default(),
                 };
-                let index = ctx.index;
-                (index, body(ctx).await)
+                body(ctx).await
             })
             .map_err(|error| ShardError::Start {
                 index,
@@ -195,8 +286,7 @@ where
     for (index, handle) in handles.into_iter().enumerate() {
         results.push(handle.join().map_err(|_| ShardError::Panicked { index })?);
     }
-    results.sort_by_key(|(index, _)| *index);
-    Ok(results.into_iter().map(|(_, result)| result).collect())
+    Ok(results)
 }
 
 fn placement(config: &ShardConfig, cpus: &[core_affinity::CoreId], index: usize) -> Placement {
@@ -225,8 +315,12 @@ mod tests {
             let me = ctx.index;
             let peer = 1 - me;
             // Each shard sends its index * 10 to the other and receives the other's.
-            ctx.senders.send_to(peer, (me as u64) * 10).await.unwrap();
-            let got = ctx.receivers.recv_from(peer).await.unwrap().unwrap();
+            assert!(ctx.send_to(peer, (me as u64) * 10).await.is_ok());
+            let got = ctx.recv_from(peer).await.unwrap();
+            assert!(
+                matches!(ctx.try_send_to(me, 0), Err(SendError::Closed(0))),
+                "no channel to itself"
+            );
             (me, got)
         })
         .unwrap();

@@ -223,6 +223,30 @@ struct Conn {
     outgoing_in_flight: usize,
     last_send: Instant,
     opened: Instant,
+    /// When we closed it; it is dropped at the latest `CLOSE_GRACE` later even if quiche has not
+    /// finished closing (quiche sends nothing for an application close before the handshake is
+    /// confirmed, which would otherwise keep it until the idle timeout).
+    closing_since: Option<Instant>,
+}
+
+/// How long a connection we closed may linger for its CONNECTION_CLOSE and draining period.
+const CLOSE_GRACE: Duration = Duration::from_millis(500);
+
+/// Closes a connection on our initiative: it stops serving its peer at once (no new RPCs pick it),
+/// the peer learns why, and the connection is reaped within `CLOSE_GRACE`.
+fn close_conn(state: &mut State, key: u64, app: bool, code: u64, reason: &[u8]) {
+    let Some(conn) = state.conns.get_mut(&key) else {
+        return;
+    };
+    let _ = conn.quic.close(app, code, reason);
+    conn.closing_since.get_or_insert_with(Instant::now);
+    if let Some(peer) = conn.peer {
+        if state.by_peer.get(&peer) == Some(&key) {
+            state.by_peer.remove(&peer);
+        }
+        wake_peer_waiters(state, peer);
+    }
+    state.dirty.push_back(key);
 }
 
 struct State {
@@ -385,12 +409,13 @@ impl QuicTransport {
                 .map(|(key, _)| *key)
                 .collect();
             for key in removed {
-                if let Some(conn) = state.conns.get_mut(&key) {
-                    let _ =
-                        conn.quic
-                            .close(true, codes::CONN_NOT_ALLOWED, b"removed from registry");
-                }
-                state.dirty.push_back(key);
+                close_conn(
+                    &mut state,
+                    key,
+                    true,
+                    codes::CONN_NOT_ALLOWED,
+                    b"removed from registry",
+                );
             }
             let gone: Vec<NodeId> = state
                 .dialers
@@ -825,6 +850,8 @@ fn wake_peer_waiters(state: &mut State, peer: NodeId) {
 async fn receive_loop(inner: Rc<Inner>) {
     let mut batch = RecvBatch::new(inner.config.udp.recv_batch_datagrams_max.max(1));
     let local = inner.udp.local_addr();
+    let mut touched: Vec<u64> = Vec::new();
+    let mut dispatches: Vec<Dispatch> = Vec::new();
     loop {
         if inner.shutdown.get() {
             return;
@@ -845,13 +872,11 @@ async fn receive_loop(inner: Rc<Inner>) {
             if received == 0 {
                 break;
             }
-            for i in 0..received {
-                let Some((from, data, segment)) = batch.entry_mut(i) else {
-                    continue;
-                };
-                for datagram in data.chunks_mut(segment) {
-                    handle_datagram(&inner, from, local, datagram);
-                }
+            process_batch(&inner, &mut batch, local, &mut touched, &mut dispatches);
+            // glommio runs a spawned task at once, so handlers start only after the state is
+            // released.
+            for dispatch in dispatches.drain(..) {
+                launch_handler(&inner, dispatch);
             }
             if received < inner.config.udp.recv_batch_datagrams_max {
                 break;
@@ -868,55 +893,66 @@ async fn receive_loop(inner: Rc<Inner>) {
     }
 }
 
-fn handle_datagram(inner: &Rc<Inner>, from: SocketAddr, to: SocketAddr, datagram: &mut [u8]) {
-    let header = match quiche::Header::from_slice(datagram, LOCAL_CID_BYTES) {
-        Ok(header) => header,
-        Err(_) => {
-            bump(&inner.stats.garbage_datagrams);
-            return;
-        }
-    };
-    let mut dispatches = Vec::new();
-    receive_datagram(inner, &header, from, to, datagram, &mut dispatches);
-    // glommio runs a spawned task at once, so handlers start only after the state is released.
-    for dispatch in dispatches {
-        launch_handler(inner, dispatch);
-    }
-}
-
-fn receive_datagram(
+/// Feeds every datagram of a batch to its connection, then reads each touched connection's
+/// streams once (not once per packet).
+fn process_batch(
     inner: &Rc<Inner>,
-    header: &quiche::Header<'_>,
-    from: SocketAddr,
-    to: SocketAddr,
-    datagram: &mut [u8],
+    batch: &mut RecvBatch,
+    local: SocketAddr,
+    touched: &mut Vec<u64>,
     dispatches: &mut Vec<Dispatch>,
 ) {
     let mut state = inner.state.borrow_mut();
+    for i in 0..batch.len() {
+        let Some((from, data, segment)) = batch.entry_mut(i) else {
+            continue;
+        };
+        for datagram in data.chunks_mut(segment) {
+            let Some(key) = receive_datagram(inner, &mut state, from, local, datagram) else {
+                continue;
+            };
+            if touched.last() != Some(&key) && !touched.contains(&key) {
+                touched.push(key);
+            }
+        }
+    }
+    for key in touched.drain(..) {
+        let verified = state.conns.get(&key).is_some_and(|c| c.peer.is_some());
+        if verified {
+            read_streams(inner, &mut state, key, dispatches);
+        }
+        state.dirty.push_back(key);
+    }
+}
+
+/// Hands one datagram to its connection (accepting a new one for an Initial); returns the
+/// connection's key. The peer is verified as soon as the handshake completes, before any of its
+/// stream data is read.
+fn receive_datagram(
+    inner: &Rc<Inner>,
+    state: &mut State,
+    from: SocketAddr,
+    to: SocketAddr,
+    datagram: &mut [u8],
+) -> Option<u64> {
+    let Ok(header) = quiche::Header::from_slice(datagram, LOCAL_CID_BYTES) else {
+        bump(&inner.stats.garbage_datagrams);
+        return None;
+    };
     let key = match state.by_cid.get(&header.dcid[..]) {
         Some(key) => *key,
-        None => match accept(inner, &mut state, header, from, to) {
-            Some(key) => key,
-            None => return,
-        },
+        None => accept(inner, state, &header, from, to)?,
     };
-    let Some(conn) = state.conns.get_mut(&key) else {
-        return;
-    };
+    let conn = state.conns.get_mut(&key)?;
     let was_established = conn.peer.is_some();
     if conn.quic.recv(datagram, RecvInfo { from, to }).is_err() {
-        // quiche already accounted for the packet (e.g. undecryptable); nothing to do.
+        // quiche already accounted for the packet (e.g. undecryptable); count and move on.
         bump(&inner.stats.garbage_datagrams);
     }
     if !was_established && conn.quic.is_established() {
-        on_established(inner, &mut state, key);
+        on_established(inner, state, key);
     }
-    if let Some(conn) = state.conns.get(&key) {
-        if conn.peer.is_some() {
-            read_streams(inner, &mut state, key, dispatches);
-        }
-    }
-    state.dirty.push_back(key);
+    Some(key)
 }
 
 fn accept(
@@ -984,6 +1020,7 @@ fn insert_conn(
             outgoing_in_flight: 0,
             last_send: now,
             opened: now,
+            closing_since: None,
         },
     );
     bump(&inner.stats.connections_opened);
@@ -1005,22 +1042,17 @@ fn on_established(inner: &Rc<Inner>, state: &mut State, key: u64) {
     let allowed = peer.is_some_and(|p| state.allowed.contains_key(&p));
     if !(acceptable && allowed) {
         bump(&inner.stats.handshakes_refused);
-        let conn = state.conns.get_mut(&key).expect("checked above");
-        let _ = conn
-            .quic
-            .close(true, codes::CONN_NOT_ALLOWED, b"not allowed");
+        close_conn(state, key, true, codes::CONN_NOT_ALLOWED, b"not allowed");
         return;
     }
     let peer = peer.expect("checked above");
     conn.peer = Some(peer);
-    if let Some(old) = state.by_peer.insert(peer, key) {
+    if let Some(old) = state.by_peer.get(&peer).copied() {
         if old != key {
-            if let Some(old_conn) = state.conns.get_mut(&old) {
-                let _ = old_conn.quic.close(true, codes::CONN_REPLACED, b"replaced");
-                state.dirty.push_back(old);
-            }
+            close_conn(state, old, true, codes::CONN_REPLACED, b"replaced");
         }
     }
+    state.by_peer.insert(peer, key);
     wake_peer_waiters(state, peer);
 }
 
@@ -1366,6 +1398,7 @@ async fn send_loop(inner: Rc<Inner>) {
 
 /// Sends everything every dirty connection has, then reaps closed connections.
 async fn flush_all(inner: &Rc<Inner>, out: &mut [u8]) {
+    let mut sent_any = false;
     loop {
         let next = {
             let mut state = inner.state.borrow_mut();
@@ -1380,11 +1413,15 @@ async fn flush_all(inner: &Rc<Inner>, out: &mut [u8]) {
         };
         if next.is_empty() {
             // Sending arms quiche's loss and draining timers: let the timer task re-read them.
-            inner.timer_wake.notify();
+            // (Only then: the timer task wakes the sender in turn, and waking unconditionally
+            // would make the two chase each other forever.)
+            if sent_any {
+                inner.timer_wake.notify();
+            }
             return;
         }
         for key in next {
-            flush_conn(inner, key, out).await;
+            sent_any |= flush_conn(inner, key, out).await > 0;
             let mut state = inner.state.borrow_mut();
             let closed = state.conns.get(&key).is_some_and(|c| c.quic.is_closed());
             if closed {
@@ -1394,13 +1431,12 @@ async fn flush_all(inner: &Rc<Inner>, out: &mut [u8]) {
     }
 }
 
-/// Drains one connection's packets into GSO batches and sends them.
-async fn flush_conn(inner: &Rc<Inner>, key: u64, out: &mut [u8]) {
+/// Drains one connection's packets into GSO batches and sends them; returns the sends made.
+async fn flush_conn(inner: &Rc<Inner>, key: u64, out: &mut [u8]) -> usize {
     let segments_max = inner.udp.send_batch_datagrams_max();
-    let mut batches = 0usize;
+    let mut sends = 0usize;
     loop {
-        batches += 1;
-        if batches.is_multiple_of(FLUSH_BATCHES_PER_YIELD) {
+        if sends > 0 && sends.is_multiple_of(FLUSH_BATCHES_PER_YIELD) {
             // A congestion window can hold thousands of packets: let receivers (ACKs) and other
             // connections run between bursts instead of holding the executor for the whole window.
             futures_lite::future::yield_now().await;
@@ -1408,7 +1444,7 @@ async fn flush_conn(inner: &Rc<Inner>, key: u64, out: &mut [u8]) {
         let batch = {
             let mut state = inner.state.borrow_mut();
             let Some(conn) = state.conns.get_mut(&key) else {
-                return;
+                return sends;
             };
             let pending: Vec<u64> = conn.pending_tx.iter().copied().collect();
             for stream_id in pending {
@@ -1417,7 +1453,7 @@ async fn flush_conn(inner: &Rc<Inner>, key: u64, out: &mut [u8]) {
             fill_batch(conn, out, segments_max, inner.config.udp_payload_bytes_max)
         };
         let Some(batch) = batch else {
-            return;
+            return sends;
         };
         if let Err(error) = inner
             .udp
@@ -1425,8 +1461,9 @@ async fn flush_conn(inner: &Rc<Inner>, key: u64, out: &mut [u8]) {
             .await
         {
             eprintln!("icn: QUIC send to {} failed: {error}", batch.dest);
-            return;
+            return sends;
         }
+        sends += 1;
         if let Some((start, len)) = batch.straggler {
             if let Err(error) = inner
                 .udp
@@ -1434,7 +1471,7 @@ async fn flush_conn(inner: &Rc<Inner>, key: u64, out: &mut [u8]) {
                 .await
             {
                 eprintln!("icn: QUIC send to {} failed: {error}", batch.dest);
-                return;
+                return sends;
             }
         }
     }
@@ -1541,8 +1578,9 @@ async fn timer_loop(inner: Rc<Inner>) {
             }
             None => inner.timer_wake.wait().await,
         }
-        fire_timers(&inner);
-        inner.send_wake.notify();
+        if fire_timers(&inner) {
+            inner.send_wake.notify();
+        }
     }
 }
 
@@ -1554,43 +1592,66 @@ fn next_deadline(inner: &Rc<Inner>) -> Option<Instant> {
         .conns
         .values()
         .flat_map(|conn| {
-            let keep = conn.peer.map(|_| conn.last_send + keep_alive);
-            let shake = conn.peer.is_none().then_some(conn.opened + handshake);
-            [conn.quic.timeout_instant(), keep, shake]
+            let open = conn.closing_since.is_none();
+            let keep = conn
+                .peer
+                .filter(|_| open)
+                .map(|_| conn.last_send + keep_alive);
+            let shake = (open && conn.peer.is_none()).then_some(conn.opened + handshake);
+            let reap = conn.closing_since.map(|since| since + CLOSE_GRACE);
+            [conn.quic.timeout_instant(), keep, shake, reap]
         })
         .flatten()
         .min()
 }
 
-fn fire_timers(inner: &Rc<Inner>) {
+/// Runs due timers; returns whether any connection has new output.
+fn fire_timers(inner: &Rc<Inner>) -> bool {
     let now = Instant::now();
     let mut state = inner.state.borrow_mut();
     let keep_alive = inner.config.keep_alive_interval;
     let handshake = inner.config.handshake_timeout;
     let mut touched = Vec::new();
+    let mut expired = Vec::new();
     for (key, conn) in state.conns.iter_mut() {
         if conn.quic.timeout_instant().is_some_and(|t| t <= now) {
             conn.quic.on_timeout();
             touched.push(*key);
         }
-        if conn.peer.is_some() && conn.last_send + keep_alive <= now {
+        let open = conn.closing_since.is_none();
+        if open && conn.peer.is_some() && conn.last_send + keep_alive <= now {
             let _ = conn.quic.send_ack_eliciting();
             conn.last_send = now;
             touched.push(*key);
         }
-        if conn.peer.is_none() && conn.opened + handshake <= now && !conn.quic.is_closed() {
-            let _ = conn.quic.close(false, 0x0, b"handshake timeout");
+        if open && conn.peer.is_none() && conn.opened + handshake <= now {
+            expired.push(*key);
+        }
+        if conn
+            .closing_since
+            .is_some_and(|since| since + CLOSE_GRACE <= now)
+        {
             touched.push(*key);
         }
     }
+    for key in expired {
+        close_conn(&mut state, key, false, 0x0, b"handshake timeout");
+        touched.push(key);
+    }
+    let fired = !touched.is_empty();
     for key in touched {
-        let closed = state.conns.get(&key).is_some_and(|c| c.quic.is_closed());
-        if closed {
+        let reap = state.conns.get(&key).is_some_and(|c| {
+            c.quic.is_closed()
+                || c.closing_since
+                    .is_some_and(|since| since + CLOSE_GRACE <= now)
+        });
+        if reap {
             remove_conn(inner, &mut state, key);
         } else {
             state.dirty.push_back(key);
         }
     }
+    fired
 }
 
 /// Keeps a connection to `peer` open, reconnecting with exponential backoff.
