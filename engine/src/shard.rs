@@ -181,6 +181,9 @@ impl<M: Send + 'static> ShardContext<M> {
     }
 }
 
+/// One shard's channel ends before connecting: senders to each shard, receivers from each.
+type ShardEnds<M> = (Vec<Option<SharedSender<M>>>, Vec<Option<SharedReceiver<M>>>);
+
 /// Why the shards could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ShardError {
@@ -207,7 +210,7 @@ where
     let cpus = core_affinity::get_core_ids().unwrap_or_default();
     let capacity = config.channel_capacity.max(1);
     // ends[i] = (senders from shard i to each j, receivers at shard i from each j).
-    let mut ends: Vec<(Vec<Option<SharedSender<M>>>, Vec<Option<SharedReceiver<M>>>)> = (0..count)
+    let mut ends: Vec<ShardEnds<M>> = (0..count)
         .map(|_| {
             (
                 (0..count).map(|_| None).collect(),

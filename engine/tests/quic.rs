@@ -313,13 +313,6 @@ fn registry_removal_closes_and_readding_reconnects() {
         {
             glommio::timer::sleep(Duration::from_millis(10)).await;
         }
-        eprintln!(
-            "DBGA {:?} {:?}\nDBGB {:?} {:?}",
-            ta.stats(),
-            ta.udp_stats(),
-            tb.stats(),
-            tb.udp_stats()
-        );
         assert!(
             ta.conn_of(b.id()).is_none() && tb.conn_of(a.id()).is_none(),
             "closed within 5 s"
