@@ -3,9 +3,11 @@
 //!
 //! The seed inputs are generated here, from the codecs' own encoders plus hand-broken variants.
 //! Their file names say what must happen: `valid` and `valid-*` decode (and round-trip),
-//! `invalid-*` is rejected with an error; any other file (one a fuzzing run added) must merely not panic.
-//! `ICN_WRITE_CORPUS=1 cargo test -p icn-codecs --test corpus_replay` rewrites the seeds after a
-//! schema change; without it, a seed that differs from the committed file fails the test.
+//! `invalid-*` is rejected with an error; any other file (one a fuzzing run added) must merely
+//! not panic.
+//! To rewrite the seeds after a wire change:
+//! `ICN_WRITE_CORPUS=1 cargo test -p icn-codecs --test corpus_replay seed_corpus`. Without it, a
+//! seed that differs from its committed file fails the test.
 
 use std::collections::BTreeSet;
 use std::fs;
