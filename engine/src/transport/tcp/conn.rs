@@ -55,6 +55,16 @@ impl Closing {
     }
 }
 
+/// Which end of the connection we are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Side {
+    /// We dialed: in TLS 1.3 our handshake finishes before the acceptor has checked our
+    /// certificate against its registry, so only its first frame proves it accepted us.
+    Dialer,
+    /// We accepted, after checking the dialer's certificate and the dialing rule ourselves.
+    Acceptor,
+}
+
 struct Outgoing {
     envelope: Envelope,
     body: Buf,
@@ -141,6 +151,9 @@ pub(super) struct Conn {
     close_reason: RefCell<Option<Closing>>,
     closed: Cell<bool>,
     close_waker: Cell<Option<Waker>>,
+    /// Whether the peer accepted the connection: from the start for the acceptor, from the
+    /// first frame received for the dialer. Until then `peers()` omits it and RPCs are refused.
+    established: Cell<bool>,
     /// Last sign that the peer is alive: bytes received, or a chunk of a large body written
     /// (the socket only takes more when the peer reads). The idle timeout runs from here.
     last_alive: Cell<Instant>,
@@ -158,6 +171,7 @@ impl Conn {
         config: Rc<TcpConfig>,
         stats: Rc<TcpStats>,
         traffic: Rc<PeerTraffic>,
+        side: Side,
     ) -> Conn {
         let encoder = Encoder::new(config.codec_limits);
         Conn {
@@ -178,6 +192,7 @@ impl Conn {
             close_reason: RefCell::new(None),
             closed: Cell::new(false),
             close_waker: Cell::new(None),
+            established: Cell::new(side == Side::Acceptor),
             last_alive: Cell::new(Instant::now()),
             last_received: Cell::new(Instant::now()),
             ping_outstanding: Cell::new(None),
@@ -185,8 +200,9 @@ impl Conn {
         }
     }
 
-    pub fn is_closed(&self) -> bool {
-        self.closed.get()
+    /// Open, and accepted by the peer.
+    pub fn is_usable(&self) -> bool {
+        self.established.get() && !self.closed.get()
     }
 
     /// Frames queued for the writer, RPCs awaiting responses, handlers running.
@@ -200,6 +216,9 @@ impl Conn {
 
     /// Runs the connection until it ends; returns why it ended.
     pub async fn run(self: Rc<Self>, router: Rc<Router>) -> Closing {
+        // Both sides speak first: the dialer learns that it was accepted, and each side gets
+        // an RTT sample before any traffic.
+        self.send_ping();
         let watch = async {
             let ended = or(
                 or(self.read_loop(&router), self.keepalive_loop()),
@@ -378,6 +397,7 @@ impl Conn {
             match reader.advance(n) {
                 Ok(None) => {}
                 Ok(Some(frame)) => {
+                    self.established.set(true);
                     if let Err(closing) = self.on_frame(frame, router) {
                         return closing;
                     }
@@ -627,12 +647,16 @@ impl Conn {
                 );
             }
             if self.last_received.get().elapsed() >= self.config.keepalive_interval {
-                let nonce = self.next_ping_nonce.get();
-                self.next_ping_nonce.set(nonce + 1);
-                self.ping_outstanding.set(Some((nonce, Instant::now())));
-                self.enqueue_control(Envelope::Ping { nonce });
+                self.send_ping();
             }
         }
+    }
+
+    fn send_ping(&self) {
+        let nonce = self.next_ping_nonce.get();
+        self.next_ping_nonce.set(nonce + 1);
+        self.ping_outstanding.set(Some((nonce, Instant::now())));
+        self.enqueue_control(Envelope::Ping { nonce });
     }
 }
 

@@ -40,7 +40,7 @@ use glommio::timer::sleep;
 use glommio::Task;
 use icn_codecs::{CodecLimits, DecodeError, FrameLimits, GoawayReason};
 
-use self::conn::{Closing, Conn};
+use self::conn::{Closing, Conn, Side};
 use self::tls_io::{MemoryIo, TlsSocket};
 use self::wire::{decode_error_index, DECODE_ERROR_KINDS};
 use crate::identity::Identity;
@@ -99,6 +99,31 @@ impl TcpConfig {
             envelope_bytes_max: self.envelope_bytes_max,
             body_bytes_max: self.message_bytes_max,
         }
+    }
+
+    /// Refuses values the transport cannot run with (instead of panicking on first use).
+    pub fn validate(&self) -> Result<(), String> {
+        self.codec_limits.validate()?;
+        if usize::from(self.envelope_bytes_max) > self.codec_limits.message_bytes_max {
+            return Err(format!(
+                "envelope_bytes_max ({}) is above codec_limits.message_bytes_max ({})",
+                self.envelope_bytes_max, self.codec_limits.message_bytes_max
+            ));
+        }
+        if self.write_chunk_bytes == 0 || self.requests_in_flight_max == 0 {
+            return Err("write_chunk_bytes and requests_in_flight_max must be positive".into());
+        }
+        if self.read_buffer_bytes < tls_io::MIN_INPUT_BYTES {
+            return Err(format!(
+                "read_buffer_bytes ({}) is below one TLS record ({})",
+                self.read_buffer_bytes,
+                tls_io::MIN_INPUT_BYTES
+            ));
+        }
+        if self.keepalive_interval.is_zero() || self.keepalive_interval >= self.idle_timeout {
+            return Err("keepalive_interval must be positive and below idle_timeout".into());
+        }
+        Ok(())
     }
 }
 
@@ -306,6 +331,8 @@ pub enum TcpError {
     NotInRegistry(NodeId),
     #[error("TLS setup: {0}")]
     Tls(#[from] boring::error::ErrorStack),
+    #[error("invalid TCP configuration: {0}")]
+    Config(String),
     #[error("cannot listen on {addr}: {message}")]
     Listen { addr: SocketAddr, message: String },
 }
@@ -350,6 +377,7 @@ impl TcpTransport {
         router: Router,
         config: TcpConfig,
     ) -> Result<TcpTransport, TcpError> {
+        config.validate().map_err(TcpError::Config)?;
         let local_id = identity.node_id();
         let record = registry
             .node(local_id)
@@ -407,8 +435,9 @@ impl TcpTransport {
     /// by kind, refused frames by decode error kind, transport events (handshake failures,
     /// refusals, goaways, ...) and the depth of the send queues, pending-RPC and handler maps
     /// (queues `tcp_send_frames`, `tcp_rpcs_pending`, `tcp_handlers_running`). Call it from the
-    /// shard's metrics publisher, before `ShardMetrics::publish`; one transport per
-    /// `TransportMetrics`.
+    /// shard's metrics publisher, before `ShardMetrics::publish`. Counters are published as
+    /// differences, so other transports may share the handles; the `tcp_*` queue gauges assume
+    /// one TCP transport per shard.
     pub fn publish_metrics(&self, metrics: &TransportMetrics) {
         self.inner.publish_metrics(metrics);
     }
@@ -449,7 +478,7 @@ impl Transport for TcpTransport {
     ) -> Result<Buf, RpcError> {
         let conn = self.inner.conns.borrow().get(&peer).cloned();
         let result = match conn {
-            Some(conn) if !conn.is_closed() => conn.rpc(route, priority, request).await,
+            Some(conn) if conn.is_usable() => conn.rpc(route, priority, request).await,
             _ => Err(RpcError::NotConnected(peer)),
         };
         if let Err(error) = &result {
@@ -462,7 +491,7 @@ impl Transport for TcpTransport {
         let conns = self.inner.conns.borrow();
         let mut peers: Vec<_> = conns
             .values()
-            .filter(|c| !c.is_closed())
+            .filter(|c| c.is_usable())
             .map(|c| (c.peer, c.id))
             .collect();
         peers.sort();
@@ -499,9 +528,12 @@ impl Inner {
         }
         let previous = std::mem::replace(&mut *self.wanted.borrow_mut(), wanted.clone());
         for (peer, addr) in &previous {
-            if wanted.get(peer) != Some(addr) {
-                self.disconnect(*peer);
-            }
+            let closing = match wanted.get(peer) {
+                Some(new_addr) if new_addr == addr => continue,
+                Some(_) => Closing::goaway(GoawayReason::Replaced, "the registry moved the node"),
+                None => Closing::goaway(GoawayReason::NotInSubnet, "removed from the registry"),
+            };
+            self.disconnect(*peer, closing);
         }
         for peer in wanted.keys().filter(|peer| self.local_id < **peer) {
             if !self.dialers.borrow().contains_key(peer) {
@@ -512,13 +544,10 @@ impl Inner {
     }
 
     /// Closes the connection to `peer` (which left our subnet or moved) and stops dialing it.
-    fn disconnect(&self, peer: NodeId) {
+    fn disconnect(&self, peer: NodeId, closing: Closing) {
         let conn = self.conns.borrow_mut().remove(&peer);
         if let Some(conn) = conn {
-            conn.close(Closing::goaway(
-                GoawayReason::NotInSubnet,
-                "removed from the registry",
-            ));
+            conn.close(closing);
         }
         drop(self.dialers.borrow_mut().remove(&peer));
     }
@@ -558,7 +587,7 @@ impl Inner {
             socket.close().await;
             return;
         }
-        self.run_connection(peer, socket).await;
+        self.run_connection(peer, socket, Side::Acceptor).await;
     }
 
     async fn dial_loop(self: Rc<Self>, peer: NodeId) {
@@ -569,7 +598,7 @@ impl Inner {
             };
             if let Some(socket) = self.dial(peer, addr).await {
                 backoff = self.config.reconnect_backoff_min;
-                self.run_connection(peer, socket).await;
+                self.run_connection(peer, socket, Side::Dialer).await;
             }
             sleep(backoff).await;
             backoff = (backoff * 2).min(self.config.reconnect_backoff_max);
@@ -637,7 +666,7 @@ impl Inner {
     }
 
     /// Registers a new connection to `peer` (replacing an older one) and runs it to its end.
-    async fn run_connection(self: &Rc<Self>, peer: NodeId, socket: TlsSocket) {
+    async fn run_connection(self: &Rc<Self>, peer: NodeId, socket: TlsSocket, side: Side) {
         if !self.wanted.borrow().contains_key(&peer) {
             socket.close().await;
             return;
@@ -652,6 +681,7 @@ impl Inner {
             self.config.clone(),
             self.stats.clone(),
             traffic,
+            side,
         ));
         TcpStats::bump(&self.stats.connections_opened);
         let replaced = self.conns.borrow_mut().insert(peer, conn.clone());
@@ -715,7 +745,7 @@ impl Inner {
     fn publish_connections(&self, metrics: &TransportMetrics) -> i64 {
         let conns = self.conns.borrow();
         let (mut open, mut frames, mut pending, mut handlers) = (0, 0, 0, 0);
-        for conn in conns.values().filter(|conn| !conn.is_closed()) {
+        for conn in conns.values().filter(|conn| conn.is_usable()) {
             let (conn_frames, conn_pending, conn_handlers) = conn.depths();
             open += 1;
             frames += conn_frames;

@@ -831,3 +831,33 @@ fn stats_are_published_into_the_standard_metrics() {
         assert_ne!(id_a, id_b);
     });
 }
+
+#[test]
+fn inconsistent_configs_are_refused_at_start() {
+    assert_eq!(TcpConfig::default().validate(), Ok(()));
+    assert_eq!(test_config().validate(), Ok(()));
+    let bad = [
+        TcpConfig {
+            write_chunk_bytes: 0,
+            ..TcpConfig::default()
+        },
+        TcpConfig {
+            read_buffer_bytes: 1024,
+            ..TcpConfig::default()
+        },
+        TcpConfig {
+            keepalive_interval: Duration::from_secs(60),
+            ..TcpConfig::default()
+        },
+        TcpConfig {
+            codec_limits: CodecLimits {
+                message_bytes_max: 1024,
+                ..CodecLimits::default()
+            },
+            ..TcpConfig::default()
+        },
+    ];
+    for config in bad {
+        assert!(config.validate().is_err(), "{config:?} accepted");
+    }
+}
