@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use futures_lite::future::{or, zip};
 use glommio::timer::sleep;
-use icn_codecs::{DecodeError, Encoder, GoawayReason};
+use icn_codecs::{DecodeError, Encoder, GoawayReason, RpcStatus};
 
 use super::tls_io::TlsSocket;
 use super::wire::{self, Envelope, Frame, FrameReader};
@@ -26,6 +26,12 @@ use crate::Buf;
 /// Pongs queued and not yet sent. A peer that pings faster than we answer gets its extra pings
 /// ignored (and counted) instead of growing the queue. Worst-case memory: 64 small envelopes.
 const PONGS_QUEUED_MAX: usize = 64;
+
+/// Overloaded responses queued and not yet sent. A peer keeps sending requests while all its
+/// `requests_in_flight_max` slots are busy only if its limit is larger than ours; one that also
+/// does not read our refusals would grow the queue without end, so past this many the
+/// connection is closed (Goaway ProtocolError). Worst-case memory: 64 small envelopes.
+const REFUSALS_QUEUED_MAX: usize = 64;
 
 /// Bodies at most this long are sent in the same TLS record as their frame head (one small copy
 /// instead of a second record and syscall). Larger bodies are encrypted straight from their `Buf`.
@@ -78,6 +84,7 @@ struct SendQueues {
     control: VecDeque<Outgoing>,
     by_priority: [VecDeque<Outgoing>; 3],
     pongs_queued: usize,
+    refusals_queued: usize,
 }
 
 impl SendQueues {
@@ -88,10 +95,22 @@ impl SendQueues {
             }
             return Some(frame);
         }
-        self.by_priority
+        let frame = self
+            .by_priority
             .iter_mut()
             .rev()
-            .find_map(|queue| queue.pop_front())
+            .find_map(|queue| queue.pop_front())?;
+        if is_refusal(&frame.envelope) {
+            self.refusals_queued -= 1;
+        }
+        Some(frame)
+    }
+
+    fn push(&mut self, frame: Outgoing, priority: Priority) {
+        if is_refusal(&frame.envelope) {
+            self.refusals_queued += 1;
+        }
+        self.by_priority[priority as usize].push_back(frame);
     }
 
     fn withdraw_request(&mut self, request_id: u64) -> bool {
@@ -341,7 +360,7 @@ impl Conn {
             return;
         }
         let frame = Outgoing { envelope, body };
-        self.queues.borrow_mut().by_priority[priority as usize].push_back(frame);
+        self.queues.borrow_mut().push(frame, priority);
         self.wake_writer();
     }
 
@@ -496,6 +515,14 @@ impl Conn {
         let limit = self.config.requests_in_flight_max;
         if self.inbound.borrow().len() >= limit {
             TcpStats::bump(&self.stats.requests_refused_in_flight);
+            if self.queues.borrow().refusals_queued >= REFUSALS_QUEUED_MAX {
+                return Err(Closing::goaway(
+                    GoawayReason::ProtocolError,
+                    format!(
+                        "{REFUSALS_QUEUED_MAX} refusals unread and more requests over the limit"
+                    ),
+                ));
+            }
             self.respond(
                 request_id,
                 priority,
@@ -658,6 +685,17 @@ impl Conn {
         self.ping_outstanding.set(Some((nonce, Instant::now())));
         self.enqueue_control(Envelope::Ping { nonce });
     }
+}
+
+/// An Overloaded response: what a request over the in-flight limit gets.
+fn is_refusal(envelope: &Envelope) -> bool {
+    matches!(
+        envelope,
+        Envelope::Response {
+            status: RpcStatus::Overloaded,
+            ..
+        }
+    )
 }
 
 enum Next {

@@ -861,3 +861,44 @@ fn inconsistent_configs_are_refused_at_start() {
         assert!(config.validate().is_err(), "{config:?} accepted");
     }
 }
+
+#[test]
+fn requests_over_the_peers_in_flight_limit_are_answered_overloaded() {
+    let fixture = Fixture::new(2);
+    run(|| async move {
+        let calls = Rc::new(Cell::new(0));
+        let client_config = TcpConfig {
+            requests_in_flight_max: 4,
+            ..test_config()
+        };
+        let server_config = TcpConfig {
+            requests_in_flight_max: 1,
+            ..test_config()
+        };
+        let a = fixture.start(0, client_config, &calls);
+        let b = fixture.start(1, server_config, &calls);
+        let peer = fixture.id(1);
+        assert!(eventually(Duration::from_secs(5), || connected(&a, peer).is_some()).await);
+        let first = a.rpc(peer, SLOW, Priority::Normal, Buf::empty());
+        let second = async {
+            sleep(Duration::from_millis(100)).await;
+            a.rpc(peer, SLOW, Priority::Normal, Buf::empty()).await
+        };
+        let refused = or(
+            async {
+                let _ = first.await;
+                Err(RpcError::Local("the slow call finished first".into()))
+            },
+            second,
+        )
+        .await;
+        let Err(RpcError::Handler(message)) = refused else {
+            panic!("expected an overload refusal, got {refused:?}");
+        };
+        assert!(message.starts_with("peer overloaded"), "{message}");
+        assert_eq!(b.stats().requests_refused_in_flight.get(), 1);
+        assert_eq!(calls.get(), 1, "the refused request ran no handler");
+        // The connection survives a refusal.
+        assert!(connected(&a, peer).is_some());
+    });
+}
