@@ -233,3 +233,259 @@ impl Encoder {
         self.finish_size_prefixed(root)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::MESSAGE_OVERHEAD_BYTES_MAX;
+    use flatbuffers::{FlatBufferBuilder, InvalidFlatbuffer};
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    fn limits() -> CodecLimits {
+        CodecLimits::default()
+    }
+
+    /// A body as a sender lays it out: the message, then the pushed artifact (if any).
+    fn slot_update_body(update: &SlotUpdate<'_>, artifact: &[u8]) -> Vec<u8> {
+        let mut body = Encoder::default()
+            .encode_slot_update(update)
+            .unwrap()
+            .to_vec();
+        body.extend_from_slice(artifact);
+        body
+    }
+
+    fn sample_update(artifact_id: &[u8]) -> SlotUpdate<'_> {
+        SlotUpdate {
+            artifact_kind: 1,
+            slot: 2,
+            commit_id: 3,
+            artifact_id,
+            attributes: b"attr",
+            artifact_bytes: 5,
+            artifact_pushed: false,
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn slot_update_round_trips(artifact_kind: u8, slot: u64, commit_id: u64,
+                                   artifact_id in vec(any::<u8>(), 0..64), attributes in vec(any::<u8>(), 0..64),
+                                   artifact in vec(any::<u8>(), 0..256), artifact_pushed: bool,
+                                   advertised_bytes: u64) {
+            let artifact: &[u8] = if artifact_pushed { &artifact } else { &[] };
+            let artifact_bytes = if artifact_pushed { artifact.len() as u64 } else { advertised_bytes };
+            let update = SlotUpdate {
+                artifact_kind, slot, commit_id, artifact_id: &artifact_id, attributes: &attributes,
+                artifact_bytes, artifact_pushed,
+            };
+            let body = slot_update_body(&update, artifact);
+            prop_assert_eq!(decode_slot_update(&body, &limits()), Ok((update, artifact)));
+        }
+
+        #[test]
+        fn artifact_request_round_trips(artifact_kind: u8, artifact_id in vec(any::<u8>(), 0..64)) {
+            let request = ArtifactRequest { artifact_kind, artifact_id: &artifact_id };
+            let mut encoder = Encoder::default();
+            let body = encoder.encode_artifact_request(&request).unwrap();
+            prop_assert_eq!(decode_artifact_request(body, &limits()), Ok(request));
+        }
+
+        #[test]
+        fn state_sync_messages_round_trip(height: u64, root_hash: [u8; 32], piece: u32, chunk_index: u32) {
+            let mut encoder = Encoder::default();
+            let advert = StateAdvert { height, root_hash };
+            prop_assert_eq!(decode_state_advert(encoder.encode_state_advert(&advert).unwrap(), &limits()), Ok(advert));
+            let manifest = ManifestRequest { height, piece };
+            let body = encoder.encode_manifest_request(&manifest).unwrap();
+            prop_assert_eq!(decode_manifest_request(body, &limits()), Ok(manifest));
+            let chunk = ChunkRequest { height, chunk_index };
+            prop_assert_eq!(decode_chunk_request(encoder.encode_chunk_request(&chunk).unwrap(), &limits()), Ok(chunk));
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in vec(any::<u8>(), 0..128)) {
+            let _ = decode_slot_update(&bytes, &limits());
+            let _ = decode_artifact_request(&bytes, &limits());
+            let _ = decode_state_advert(&bytes, &limits());
+            let _ = decode_manifest_request(&bytes, &limits());
+            let _ = decode_chunk_request(&bytes, &limits());
+        }
+
+        #[test]
+        fn every_truncation_is_an_error(cut_fraction in 0.0f64..1.0) {
+            let advert = StateAdvert { height: 7, root_hash: [9; 32] };
+            let body = Encoder::default().encode_state_advert(&advert).unwrap().to_vec();
+            let cut = (body.len() as f64 * cut_fraction) as usize;
+            prop_assert!(decode_state_advert(&body[..cut], &limits()).is_err());
+        }
+    }
+
+    #[test]
+    fn truncated_prefix_and_message_say_how_much_is_missing() {
+        assert_eq!(
+            decode_chunk_request(&[1, 0], &limits()),
+            Err(DecodeError::Truncated { needed: 4, got: 2 })
+        );
+        let body = Encoder::default()
+            .encode_chunk_request(&ChunkRequest {
+                height: 1,
+                chunk_index: 2,
+            })
+            .unwrap()
+            .to_vec();
+        assert_eq!(
+            decode_chunk_request(&body[..body.len() - 1], &limits()),
+            Err(DecodeError::Truncated {
+                needed: body.len() as u64,
+                got: body.len() as u64 - 1
+            })
+        );
+    }
+
+    #[test]
+    fn oversized_size_prefix_is_rejected_before_reading() {
+        let body = u32::MAX.to_le_bytes();
+        assert_eq!(
+            decode_state_advert(&body, &limits()),
+            Err(DecodeError::LimitExceeded {
+                limit: "message_bytes_max",
+                value: u64::from(u32::MAX),
+                max: CodecLimits::MESSAGE_BYTES_MAX_DEFAULT as u64
+            })
+        );
+    }
+
+    #[test]
+    fn pushed_artifact_must_match_its_declared_length() {
+        let pushed = SlotUpdate {
+            artifact_pushed: true,
+            ..sample_update(b"id")
+        };
+        let body = slot_update_body(&pushed, b"four");
+        assert_eq!(
+            decode_slot_update(&body, &limits()),
+            Err(DecodeError::ArtifactLengthMismatch {
+                declared: 5,
+                got: 4
+            })
+        );
+        let advert = sample_update(b"id");
+        let body = slot_update_body(&advert, b"x");
+        assert_eq!(
+            decode_slot_update(&body, &limits()),
+            Err(DecodeError::UnexpectedBytes {
+                kind: "SlotUpdate advert",
+                bytes: 1
+            })
+        );
+    }
+
+    #[test]
+    fn only_slot_updates_may_have_trailing_bytes() {
+        let mut body = Encoder::default()
+            .encode_manifest_request(&ManifestRequest {
+                height: 1,
+                piece: 0,
+            })
+            .unwrap()
+            .to_vec();
+        body.push(0);
+        assert_eq!(
+            decode_manifest_request(&body, &limits()),
+            Err(DecodeError::UnexpectedBytes {
+                kind: "ManifestRequest",
+                bytes: 1
+            })
+        );
+    }
+
+    #[test]
+    fn long_ids_and_attributes_are_refused_on_both_sides() {
+        let small = CodecLimits {
+            id_bytes_max: 4,
+            attributes_bytes_max: 2,
+            ..limits()
+        };
+        let long_id = [7u8; 5];
+        let request = ArtifactRequest {
+            artifact_kind: 0,
+            artifact_id: &long_id,
+        };
+        let body = Encoder::default()
+            .encode_artifact_request(&request)
+            .unwrap()
+            .to_vec();
+        assert!(matches!(
+            decode_artifact_request(&body, &small),
+            Err(DecodeError::LimitExceeded {
+                limit: "id_bytes_max",
+                value: 5,
+                max: 4
+            })
+        ));
+        assert!(Encoder::new(small)
+            .encode_artifact_request(&request)
+            .is_err());
+        let body = slot_update_body(&sample_update(b"id"), &[]);
+        assert!(matches!(
+            decode_slot_update(&body, &small),
+            Err(DecodeError::LimitExceeded {
+                limit: "attributes_bytes_max",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn missing_required_fields_are_rejected() {
+        // A Cancel table (one u64 field) read as a StateAdvert: height is there, root_hash not.
+        let mut builder = FlatBufferBuilder::new();
+        let root = wire::Cancel::create(&mut builder, &wire::CancelArgs { request_id: 1 });
+        builder.finish_size_prefixed(root, None);
+        let result = decode_state_advert(builder.finished_data(), &limits());
+        assert!(
+            matches!(
+                result,
+                Err(DecodeError::InvalidFlatbuffer(
+                    InvalidFlatbuffer::MissingRequiredField { .. }
+                ))
+            ),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn largest_messages_fit_the_overhead_bound() {
+        let limits = limits();
+        let id = vec![1u8; limits.id_bytes_max];
+        let attributes = vec![2u8; limits.attributes_bytes_max];
+        let update = SlotUpdate {
+            artifact_kind: u8::MAX,
+            slot: u64::MAX,
+            commit_id: u64::MAX,
+            artifact_id: &id,
+            attributes: &attributes,
+            artifact_bytes: u64::MAX,
+            artifact_pushed: false,
+        };
+        let body = slot_update_body(&update, &[]);
+        let overhead = body.len() - id.len() - attributes.len();
+        assert!(
+            overhead <= MESSAGE_OVERHEAD_BYTES_MAX,
+            "overhead {overhead}"
+        );
+        let message = "m".repeat(limits.error_message_bytes_max);
+        let goaway = crate::envelope::GoawayEnvelope {
+            reason: crate::envelope::GoawayReason::ProtocolError,
+            last_request_id: u64::MAX,
+            message: &message,
+        };
+        let overhead = Encoder::default().encode_goaway(&goaway).unwrap().len() - message.len();
+        assert!(
+            overhead <= MESSAGE_OVERHEAD_BYTES_MAX,
+            "overhead {overhead}"
+        );
+    }
+}

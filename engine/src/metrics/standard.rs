@@ -34,6 +34,20 @@ pub const RPC_ERROR_KINDS: [&str; 10] = [
     "local",
 ];
 
+/// `event` values of `icn_transport_events_total`: things a transport counts that are neither
+/// an RPC error nor a decode error. Fixed, so remote input cannot add series.
+pub const TRANSPORT_EVENT_KINDS: [&str; 9] = [
+    "handshake_failed",
+    "connection_refused",
+    "request_refused_in_flight",
+    "request_out_of_order",
+    "response_unknown_id",
+    "goaway_sent",
+    "goaway_received",
+    "pong_dropped",
+    "frame_unencodable",
+];
+
 /// The `kind` label of an RPC error (exhaustive: a new variant must pick a name here).
 pub fn rpc_error_kind(error: &RpcError) -> &'static str {
     match error {
@@ -84,6 +98,8 @@ pub struct StandardMetrics {
     pub decode_errors: CounterId,
     /// `icn_transport_garbage_datagrams_total`.
     pub garbage_datagrams: CounterId,
+    /// `icn_transport_events_total{event}`.
+    pub transport_events: CounterId,
 }
 
 impl StandardMetrics {
@@ -181,6 +197,12 @@ impl StandardMetrics {
                 None,
                 Sum,
             )?,
+            transport_events: b.counter(
+                "icn_transport_events_total",
+                "Transport events by kind: handshake failures, refused connections and requests, goaways, ignored frames.",
+                Some(LabelSpec::fixed("event", &TRANSPORT_EVENT_KINDS)),
+                Sum,
+            )?,
         })
     }
 }
@@ -202,6 +224,12 @@ pub struct TransportMetrics {
 }
 
 impl TransportMetrics {
+    /// The `kind` values of `icn_rpc_errors_total` (reachable through the re-exported type).
+    pub const RPC_ERROR_KINDS: [&'static str; RPC_ERROR_KINDS.len()] = RPC_ERROR_KINDS;
+    /// The `event` values of `icn_transport_events_total`.
+    pub const TRANSPORT_EVENT_KINDS: [&'static str; TRANSPORT_EVENT_KINDS.len()] =
+        TRANSPORT_EVENT_KINDS;
+
     pub fn new(ids: StandardMetrics, shard: &ShardMetrics) -> TransportMetrics {
         TransportMetrics {
             ids,
@@ -242,6 +270,17 @@ impl TransportMetrics {
             .inc();
     }
 
+    /// The failed-RPC counter of one `kind` (a [`RPC_ERROR_KINDS`] value), for a transport that
+    /// counts errors itself and publishes the differences.
+    pub fn rpc_errors(&self, kind: &str) -> Counter {
+        self.shard.counter_with(self.ids.rpc_errors, kind)
+    }
+
+    /// The counter of one transport event (a [`TRANSPORT_EVENT_KINDS`] value).
+    pub fn transport_events(&self, event: &str) -> Counter {
+        self.shard.counter_with(self.ids.transport_events, event)
+    }
+
     pub fn queue_depth(&self, queue: &str) -> Gauge {
         self.shard.gauge_with(self.ids.queue_depth, queue)
     }
@@ -277,6 +316,8 @@ mod tests {
         transport.count_rpc_error(&RpcError::NotConnected(peer));
         transport.queue_depth("xnet_out").set(4);
         transport.decode_errors("bad_frame_header").inc();
+        transport.transport_events("goaway_sent").add(2);
+        transport.rpc_errors("cancelled").inc();
         let collector = MetricsCollector::new(schema, 1);
         shard.publish(&collector).unwrap();
         let text = collector.render();
@@ -293,6 +334,9 @@ mod tests {
             "icn_rpc_errors_total{kind=\"local\"} 0\n",
             "icn_queue_depth{queue=\"xnet_out\",shard=\"0\"} 4\n",
             "icn_decode_errors_total{kind=\"bad_frame_header\"} 1\n",
+            "icn_transport_events_total{event=\"goaway_sent\"} 2\n",
+            "icn_transport_events_total{event=\"handshake_failed\"} 0\n",
+            "icn_rpc_errors_total{kind=\"cancelled\"} 1\n",
             "# TYPE icn_transport_rtt_us summary\n",
             "# TYPE icn_transport_garbage_datagrams_total counter\n",
         ] {

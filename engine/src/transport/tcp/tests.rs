@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use futures_lite::future::or;
 use glommio::timer::sleep;
 use glommio::LocalExecutorBuilder;
+use icn_codecs::{encode_frame, Encoder, FrameKind};
 
+use super::wire::{Envelope, FrameReader, DECODE_ERROR_KINDS};
 use super::*;
 use crate::identity::tests::temp_dir;
 use crate::registry::{NodeRecord, Subnet};
@@ -401,6 +403,9 @@ fn registry_removal_disconnects_and_readding_reconnects() {
             .await
         );
         assert!(removed_at.elapsed() < Duration::from_secs(5));
+        // b was told why, rather than left to find out from a dead socket.
+        let told = b.stats().goaways_received_by_reason[GoawayReason::NotInSubnet as usize].get();
+        assert_eq!(told, 1);
         // And it stays out: the removed node is refused while the registry says so.
         sleep(Duration::from_millis(300)).await;
         assert!(connected(&a, id_b).is_none());
@@ -476,11 +481,13 @@ fn oversized_truncated_and_misdirected_frames_drop_the_connection() {
     let client = std::thread::spawn(move || {
         // Oversized: announce a body beyond message_bytes_max.
         let mut stream = raw_peer(&raw0, server_id, server_addr);
-        let head = wire::encode_head(
-            wire::FrameKind::Request,
-            &wire::Envelope::request(1, ECHO, Priority::Low),
-            1 << 30,
-        );
+        let mut head = Vec::new();
+        let request = wire::Envelope::Request {
+            request_id: 1,
+            route: ECHO,
+            priority: Priority::Low,
+        };
+        wire::encode_head(&mut Encoder::default(), &request, 1 << 30, &mut head).unwrap();
         stream.write_all(&head).unwrap();
         let oversized_dropped = server_hung_up(&mut stream);
         // Truncated: half a header, then close.
@@ -589,4 +596,309 @@ fn find_dir(fixture: &Fixture, sorted: usize) -> String {
         .map(|i| format!("node-{i}"))
         .find(|dir| Identity::load(&fixture.dir.join(dir)).unwrap().node_id() == wanted)
         .unwrap()
+}
+
+#[test]
+fn shutdown_sends_goaway_and_the_peer_fails_at_once() {
+    let fixture = Fixture::new(2);
+    run(|| async move {
+        let calls = Rc::new(Cell::new(0));
+        let a = fixture.start(0, test_config(), &calls);
+        let b = fixture.start(1, test_config(), &calls);
+        let id_a = fixture.id(0);
+        assert!(eventually(Duration::from_secs(5), || connected(&b, id_a).is_some()).await);
+        // b waits on a 10 s handler at a; a shuts down meanwhile.
+        let waiting = b.rpc(id_a, SLOW, Priority::Normal, Buf::empty());
+        let shutdown = async move {
+            sleep(Duration::from_millis(200)).await;
+            drop(a);
+            Instant::now()
+        };
+        let (result, shut_at) = futures_lite::future::zip(waiting, shutdown).await;
+        let waited = shut_at.elapsed();
+        assert_eq!(result, Err(RpcError::ConnectionClosed));
+        assert!(waited < Duration::from_secs(1), "failed after {waited:?}");
+        let stats = b.stats();
+        assert_eq!(stats.goaways_received.get(), 1);
+        assert_eq!(
+            stats.goaways_received_by_reason[GoawayReason::Shutdown as usize].get(),
+            1
+        );
+        assert!(eventually(Duration::from_secs(2), || b.peers().is_empty()).await);
+        assert_eq!(stats.rpc_errors[1].get(), 1, "one connection_closed error");
+    });
+}
+
+/// Reads frames until the server hangs up; returns them (pings included).
+fn frames_until_hangup(
+    stream: &mut boring::ssl::SslStream<std::net::TcpStream>,
+) -> (Vec<Envelope>, bool) {
+    let config = TcpConfig::default();
+    let mut reader = FrameReader::new(config.frame_limits(), config.codec_limits);
+    let mut frames = Vec::new();
+    for _ in 0..1000 {
+        match stream.read(reader.want()) {
+            Ok(0) => return (frames, true),
+            Ok(n) => match reader.advance(n) {
+                Ok(Some(frame)) => frames.push(frame.envelope),
+                Ok(None) => {}
+                Err(error) => panic!("server sent a bad frame: {error}"),
+            },
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                return (frames, false)
+            }
+            Err(_) => return (frames, true),
+        }
+    }
+    (frames, false)
+}
+
+/// Reads frames until a Response arrives (skipping pings); panics on anything else.
+fn next_response(
+    stream: &mut boring::ssl::SslStream<std::net::TcpStream>,
+    reader: &mut FrameReader,
+) -> (Envelope, Vec<u8>) {
+    for _ in 0..1000 {
+        let n = stream.read(reader.want()).expect("server answers");
+        assert!(n > 0, "server hung up instead of answering");
+        if let Some(frame) = reader.advance(n).unwrap() {
+            match frame.envelope {
+                Envelope::Ping { .. } => continue,
+                Envelope::Response { .. } => return (frame.envelope, frame.body),
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+    }
+    panic!("no response within 1000 reads");
+}
+
+fn frame(envelope: &Envelope, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    wire::encode_head(
+        &mut Encoder::default(),
+        envelope,
+        body.len() as u64,
+        &mut out,
+    )
+    .unwrap();
+    out.extend_from_slice(body);
+    out
+}
+
+fn goaway_reason(frames: &[Envelope]) -> Option<GoawayReason> {
+    frames.iter().find_map(|envelope| match envelope {
+        Envelope::Goaway { reason, .. } => Some(*reason),
+        _ => None,
+    })
+}
+
+#[test]
+fn unknown_response_ids_bad_envelopes_and_unknown_kinds_are_counted() {
+    let fixture = Fixture::new(3);
+    let server_addr = fixture.registry.node(fixture.id(2)).unwrap().tcp_addr;
+    let server_id = fixture.id(2);
+    let raw0 = Identity::load(&fixture.dir.join(find_dir(&fixture, 0))).unwrap();
+    let raw1 = Identity::load(&fixture.dir.join(find_dir(&fixture, 1))).unwrap();
+    let client = std::thread::spawn(move || {
+        let mut stream = raw_peer(&raw0, server_id, server_addr);
+        // A response nobody asked for is ignored: the connection keeps serving.
+        let stray = Envelope::Response {
+            request_id: 777,
+            status: icn_codecs::RpcStatus::Ok,
+            error_message: String::new(),
+        };
+        stream.write_all(&frame(&stray, b"unasked")).unwrap();
+        let request = Envelope::Request {
+            request_id: 1,
+            route: ECHO,
+            priority: Priority::Normal,
+        };
+        stream.write_all(&frame(&request, b"still here")).unwrap();
+        let config = TcpConfig::default();
+        let mut reader = FrameReader::new(config.frame_limits(), config.codec_limits);
+        let (response, body) = next_response(&mut stream, &mut reader);
+        let echoed = matches!(
+            response,
+            Envelope::Response {
+                request_id: 1,
+                status: icn_codecs::RpcStatus::Ok,
+                ..
+            }
+        ) && body == b"still here";
+        // An envelope the FlatBuffers verifier rejects: Goaway(ProtocolError), then hang up.
+        let mut bad = Vec::new();
+        encode_frame(FrameKind::Request, &[0xff; 24], 0, &mut bad).unwrap();
+        stream.write_all(&bad).unwrap();
+        let (frames, hung_up) = frames_until_hangup(&mut stream);
+        let bad_envelope_dropped =
+            hung_up && goaway_reason(&frames) == Some(GoawayReason::ProtocolError);
+        // A frame kind version 1 does not define.
+        let mut stream = raw_peer(&raw1, server_id, server_addr);
+        let mut unknown = frame(&Envelope::Ping { nonce: 1 }, b"");
+        unknown[3] = 42;
+        stream.write_all(&unknown).unwrap();
+        let (frames, hung_up) = frames_until_hangup(&mut stream);
+        let unknown_kind_dropped =
+            hung_up && goaway_reason(&frames) == Some(GoawayReason::ProtocolError);
+        (echoed, bad_envelope_dropped, unknown_kind_dropped)
+    });
+    run(|| async move {
+        let calls = Rc::new(Cell::new(0));
+        let server = fixture.start(2, test_config(), &calls);
+        let invalid = DECODE_ERROR_KINDS
+            .iter()
+            .position(|k| *k == "invalid_flatbuffer")
+            .unwrap();
+        let unknown = DECODE_ERROR_KINDS
+            .iter()
+            .position(|k| *k == "unknown_frame_kind")
+            .unwrap();
+        assert!(
+            eventually(Duration::from_secs(10), || {
+                let stats = server.stats();
+                stats.decode_errors[invalid].get() == 1 && stats.decode_errors[unknown].get() == 1
+            })
+            .await
+        );
+        let stats = server.stats();
+        assert_eq!(stats.responses_unknown_id.get(), 1);
+        assert_eq!(stats.frames_malformed.get(), 2);
+        assert_eq!(stats.goaways_sent.get(), 2);
+        assert_eq!(calls.get(), 1, "only the valid request ran");
+        drop(server);
+    });
+    let (echoed, bad_envelope_dropped, unknown_kind_dropped) = client.join().unwrap();
+    assert!(echoed, "the connection must survive a stray response");
+    assert!(bad_envelope_dropped);
+    assert!(unknown_kind_dropped);
+}
+
+#[test]
+fn stats_are_published_into_the_standard_metrics() {
+    use crate::metrics::StandardMetrics;
+    use crate::metrics::{MetricsCollector, MetricsConfig, MetricsSchemaBuilder, ShardMetrics};
+    let fixture = Fixture::new(2);
+    run(|| async move {
+        let mut builder = MetricsSchemaBuilder::new(MetricsConfig::default()).unwrap();
+        let ids = StandardMetrics::declare(&mut builder).unwrap();
+        let schema = builder.build();
+        let shard = ShardMetrics::new(schema.clone(), 0);
+        let (id_a, id_b) = (fixture.id(0), fixture.id(1));
+        shard.set_registry_peers([id_b]);
+        let metrics = TransportMetrics::new(ids, &shard);
+        let calls = Rc::new(Cell::new(0));
+        let config = TcpConfig {
+            keepalive_interval: Duration::from_millis(50),
+            ..test_config()
+        };
+        let a = fixture.start(0, config.clone(), &calls);
+        let _b = fixture.start(1, config, &calls);
+        assert!(eventually(Duration::from_secs(5), || connected(&a, id_b).is_some()).await);
+        let reply = a
+            .rpc(id_b, ECHO, Priority::Normal, Buf::from_vec(vec![7; 1000]))
+            .await;
+        assert_eq!(reply.unwrap().len(), 1000);
+        let missing = a.rpc(id_b, Route(99), Priority::Low, Buf::empty()).await;
+        assert_eq!(missing, Err(RpcError::NoRoute(Route(99))));
+        // Idle for a few keep-alive intervals: pings and pongs give round-trip samples.
+        sleep(Duration::from_millis(300)).await;
+        a.publish_metrics(&metrics);
+        // Publishing twice adds nothing new.
+        a.publish_metrics(&metrics);
+        let collector = MetricsCollector::new(schema, 1);
+        shard.publish(&collector).unwrap();
+        let text = collector.render();
+        for line in [
+            "icn_transport_connections_opened_total 1\n".to_string(),
+            "icn_transport_active_connections 1\n".to_string(),
+            format!(
+                "icn_transport_sent_bytes_total{{peer=\"{}\"}} 1000\n",
+                id_b.to_hex()
+            ),
+            format!(
+                "icn_transport_received_bytes_total{{peer=\"{}\"}} 1000\n",
+                id_b.to_hex()
+            ),
+            "icn_rpc_errors_total{kind=\"no_route\"} 1\n".to_string(),
+            "icn_queue_depth{queue=\"tcp_rpcs_pending\",shard=\"0\"} 0\n".to_string(),
+        ] {
+            assert!(text.contains(&line), "missing {line:?} in\n{text}");
+        }
+        assert!(metrics.rtt_us.count() >= 1, "no ping round trip recorded");
+        assert_ne!(id_a, id_b);
+    });
+}
+
+#[test]
+fn inconsistent_configs_are_refused_at_start() {
+    assert_eq!(TcpConfig::default().validate(), Ok(()));
+    assert_eq!(test_config().validate(), Ok(()));
+    let bad = [
+        TcpConfig {
+            write_chunk_bytes: 0,
+            ..TcpConfig::default()
+        },
+        TcpConfig {
+            read_buffer_bytes: 1024,
+            ..TcpConfig::default()
+        },
+        TcpConfig {
+            keepalive_interval: Duration::from_secs(60),
+            ..TcpConfig::default()
+        },
+        TcpConfig {
+            codec_limits: CodecLimits {
+                message_bytes_max: 1024,
+                ..CodecLimits::default()
+            },
+            ..TcpConfig::default()
+        },
+    ];
+    for config in bad {
+        assert!(config.validate().is_err(), "{config:?} accepted");
+    }
+}
+
+#[test]
+fn requests_over_the_peers_in_flight_limit_are_answered_overloaded() {
+    let fixture = Fixture::new(2);
+    run(|| async move {
+        let calls = Rc::new(Cell::new(0));
+        let client_config = TcpConfig {
+            requests_in_flight_max: 4,
+            ..test_config()
+        };
+        let server_config = TcpConfig {
+            requests_in_flight_max: 1,
+            ..test_config()
+        };
+        let a = fixture.start(0, client_config, &calls);
+        let b = fixture.start(1, server_config, &calls);
+        let peer = fixture.id(1);
+        assert!(eventually(Duration::from_secs(5), || connected(&a, peer).is_some()).await);
+        let first = a.rpc(peer, SLOW, Priority::Normal, Buf::empty());
+        let second = async {
+            sleep(Duration::from_millis(100)).await;
+            a.rpc(peer, SLOW, Priority::Normal, Buf::empty()).await
+        };
+        let refused = or(
+            async {
+                let _ = first.await;
+                Err(RpcError::Local("the slow call finished first".into()))
+            },
+            second,
+        )
+        .await;
+        let Err(RpcError::Handler(message)) = refused else {
+            panic!("expected an overload refusal, got {refused:?}");
+        };
+        assert!(message.starts_with("peer overloaded"), "{message}");
+        assert_eq!(b.stats().requests_refused_in_flight.get(), 1);
+        assert_eq!(calls.get(), 1, "the refused request ran no handler");
+        // The connection survives a refusal.
+        assert!(connected(&a, peer).is_some());
+    });
 }

@@ -1,296 +1,290 @@
-//! TCP framing: a 16-byte header, a small envelope, then the body.
+//! TCP framing on top of `icn-codecs`: the 16-byte frame header, the FlatBuffers envelope, then
+//! the raw body (docs/protocol.md, "TCP").
 //!
-//! The header has the layout of `icn_codecs::frame` (magic `0x1C4E`, version 1, kind, flags,
-//! envelope length u16, body length u64, little-endian). The envelope is a fixed 28-byte record
-//! until the FlatBuffers envelope from `icn-codecs` lands; everything that knows the envelope's
-//! encoding is in this module so that the switch touches nothing else.
+//! [`Envelope`] is the owned form of a codecs envelope: it sits in a send queue until the writer
+//! encodes it with the connection's one [`icn_codecs::Encoder`] straight into the buffer that goes
+//! to TLS, and a received envelope outlives the bytes it was decoded from.
 //!
 //! Decoding is sans-I/O: [`FrameReader::want`] hands out the slice to fill next (header, envelope,
 //! or the body `Vec` allocated once at its announced size after the limit check), so TLS decrypts
 //! a body straight into its final buffer.
 
+use icn_codecs::{
+    decode_envelope, CodecLimits, DecodeError, EncodeError, Encoder, FrameHeader, FrameLimits,
+    GoawayReason, RpcStatus, FRAME_HEADER_BYTES,
+};
+
 use crate::transport::{Priority, Route, RpcError};
+use crate::Buf;
 
-pub const FRAME_MAGIC: u16 = 0x1C4E;
-pub const FRAME_VERSION: u8 = 1;
-pub const FRAME_HEADER_BYTES: usize = 16;
-/// Length of the fixed envelope this module writes.
-pub const ENVELOPE_BYTES: usize = 28;
-/// Longest envelope accepted (longer ones may carry fields a newer version added; they are read
-/// and ignored). Bounds the per-connection envelope buffer.
-pub const ENVELOPE_BYTES_MAX: usize = 4 << 10;
+/// Bytes the writer reserves for a frame's header and envelope: the common envelopes are a few
+/// dozen bytes; a longer error message makes the buffer grow once and then stay.
+pub const HEAD_BYTES_TYPICAL: usize = FRAME_HEADER_BYTES + 64;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum FrameKind {
-    Request = 1,
-    Response = 2,
-    Cancel = 3,
-    Ping = 4,
-    Pong = 5,
-}
+/// `kind` label of each [`DecodeError`] variant, for counters and metrics.
+pub const DECODE_ERROR_KINDS: [&str; 9] = [
+    "truncated",
+    "bad_magic",
+    "unsupported_version",
+    "unknown_frame_kind",
+    "limit_exceeded",
+    "invalid_flatbuffer",
+    "unknown_enum_value",
+    "unexpected_bytes",
+    "artifact_length_mismatch",
+];
 
-impl FrameKind {
-    fn from_u8(value: u8) -> Option<FrameKind> {
-        [
-            Self::Request,
-            Self::Response,
-            Self::Cancel,
-            Self::Ping,
-            Self::Pong,
-        ]
-        .into_iter()
-        .find(|kind| *kind as u8 == value)
+/// Index of `error`'s kind in [`DECODE_ERROR_KINDS`] (exhaustive: a new variant needs a name).
+pub fn decode_error_index(error: &DecodeError) -> usize {
+    match error {
+        DecodeError::Truncated { .. } => 0,
+        DecodeError::BadMagic { .. } => 1,
+        DecodeError::UnsupportedVersion { .. } => 2,
+        DecodeError::UnknownFrameKind { .. } => 3,
+        DecodeError::LimitExceeded { .. } => 4,
+        DecodeError::InvalidFlatbuffer(_) => 5,
+        DecodeError::UnknownEnumValue { .. } => 6,
+        DecodeError::UnexpectedBytes { .. } => 7,
+        DecodeError::ArtifactLengthMismatch { .. } => 8,
     }
 }
 
-/// Outcome carried by a response envelope; the body is the payload (Ok) or a UTF-8 detail.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-enum Status {
-    Ok = 0,
-    NoRoute = 1,
-    MessageTooLarge = 2,
-    TooManyInFlight = 3,
-    Handler = 4,
-    Timeout = 5,
-    Cancelled = 6,
-}
-
-/// The per-frame metadata.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Envelope {
-    pub request_id: u64,
-    pub route: Route,
-    pub priority: Priority,
-    status: Status,
-    detail_a: u64,
-    detail_b: u64,
+/// A frame's envelope, owned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Envelope {
+    Request {
+        request_id: u64,
+        route: Route,
+        priority: Priority,
+    },
+    Response {
+        request_id: u64,
+        status: RpcStatus,
+        /// Empty for `Ok`; at most the codec's `error_message_bytes_max`.
+        error_message: String,
+    },
+    Cancel {
+        request_id: u64,
+    },
+    Ping {
+        nonce: u64,
+    },
+    Pong {
+        nonce: u64,
+    },
+    Goaway {
+        reason: GoawayReason,
+        last_request_id: u64,
+        message: String,
+    },
 }
 
 impl Envelope {
-    pub fn request(request_id: u64, route: Route, priority: Priority) -> Envelope {
-        Envelope {
-            request_id,
-            route,
-            priority,
-            status: Status::Ok,
-            detail_a: 0,
-            detail_b: 0,
-        }
-    }
-
-    /// A control frame (cancel, ping, pong) about `request_id` (0 when none).
-    pub fn control(request_id: u64) -> Envelope {
-        Envelope::request(request_id, Route(0), Priority::High)
-    }
-
-    /// A response envelope for `result`, and the body to send after it.
+    /// The response to request `request_id` carrying `result`, and the body to send after it.
+    /// An error's text is cut to `error_message_bytes_max` (on a character boundary) so that
+    /// encoding cannot fail.
     pub fn response(
-        request: &Envelope,
-        result: Result<crate::Buf, RpcError>,
-    ) -> (Envelope, crate::Buf) {
-        let mut envelope = Envelope {
-            status: Status::Ok,
-            ..*request
+        request_id: u64,
+        result: Result<Buf, RpcError>,
+        error_message_bytes_max: usize,
+    ) -> (Envelope, Buf) {
+        let (status, error_message, body) = match result {
+            Ok(body) => (RpcStatus::Ok, String::new(), body),
+            Err(error) => {
+                // A handler's own text goes as it is; the caller wraps it in `Handler` again.
+                let text = match &error {
+                    RpcError::Handler(message) => message.clone(),
+                    other => other.to_string(),
+                };
+                let message = truncate_utf8(&text, error_message_bytes_max).to_string();
+                (status_of(&error), message, Buf::empty())
+            }
         };
-        let body = match result {
-            Ok(body) => return (envelope, body),
-            Err(RpcError::NoRoute(route)) => {
-                envelope.status = Status::NoRoute;
-                envelope.detail_a = u64::from(route.0);
-                crate::Buf::empty()
-            }
-            Err(RpcError::MessageTooLarge {
-                size_bytes,
-                limit_bytes,
-            }) => {
-                envelope.status = Status::MessageTooLarge;
-                (envelope.detail_a, envelope.detail_b) = (size_bytes, limit_bytes);
-                crate::Buf::empty()
-            }
-            Err(RpcError::TooManyInFlight { limit }) => {
-                envelope.status = Status::TooManyInFlight;
-                envelope.detail_a = limit as u64;
-                crate::Buf::empty()
-            }
-            Err(RpcError::Timeout) => {
-                envelope.status = Status::Timeout;
-                crate::Buf::empty()
-            }
-            Err(RpcError::Cancelled) => {
-                envelope.status = Status::Cancelled;
-                crate::Buf::empty()
-            }
-            Err(RpcError::Handler(message)) => {
-                envelope.status = Status::Handler;
-                crate::Buf::copy_from_slice(message.as_bytes())
-            }
-            // Everything else is the serving node's own failure; the caller sees its text.
-            Err(other) => {
-                envelope.status = Status::Handler;
-                crate::Buf::copy_from_slice(other.to_string().as_bytes())
-            }
+        let envelope = Envelope::Response {
+            request_id,
+            status,
+            error_message,
         };
         (envelope, body)
     }
 
-    /// The caller's view of a response frame.
-    pub fn into_result(self, body: crate::Buf) -> Result<crate::Buf, RpcError> {
-        match self.status {
-            Status::Ok => Ok(body),
-            Status::NoRoute => Err(RpcError::NoRoute(Route(self.detail_a as u16))),
-            Status::MessageTooLarge => Err(RpcError::MessageTooLarge {
-                size_bytes: self.detail_a,
-                limit_bytes: self.detail_b,
+    /// Borrows this envelope as the codecs' type, for encoding.
+    pub fn as_codec(&self) -> icn_codecs::Envelope<'_> {
+        use icn_codecs::{
+            CancelEnvelope, GoawayEnvelope, HeartbeatEnvelope, RequestEnvelope, ResponseEnvelope,
+        };
+        match self {
+            Envelope::Request {
+                request_id,
+                route,
+                priority,
+            } => icn_codecs::Envelope::Request(RequestEnvelope {
+                request_id: *request_id,
+                route: route.0,
+                priority: priority_to_codec(*priority),
+                // The transport API has no deadlines yet; 0 means none.
+                deadline_ms: 0,
             }),
-            Status::TooManyInFlight => Err(RpcError::TooManyInFlight {
-                limit: self.detail_a as usize,
+            Envelope::Response {
+                request_id,
+                status,
+                error_message,
+            } => icn_codecs::Envelope::Response(ResponseEnvelope {
+                request_id: *request_id,
+                status: *status,
+                error_message,
             }),
-            Status::Handler => Err(RpcError::Handler(
-                String::from_utf8_lossy(&body).into_owned(),
-            )),
-            Status::Timeout => Err(RpcError::Timeout),
-            Status::Cancelled => Err(RpcError::Cancelled),
+            Envelope::Cancel { request_id } => icn_codecs::Envelope::Cancel(CancelEnvelope {
+                request_id: *request_id,
+            }),
+            Envelope::Ping { nonce } => {
+                icn_codecs::Envelope::Ping(HeartbeatEnvelope { nonce: *nonce })
+            }
+            Envelope::Pong { nonce } => {
+                icn_codecs::Envelope::Pong(HeartbeatEnvelope { nonce: *nonce })
+            }
+            Envelope::Goaway {
+                reason,
+                last_request_id,
+                message,
+            } => icn_codecs::Envelope::Goaway(GoawayEnvelope {
+                reason: *reason,
+                last_request_id: *last_request_id,
+                message,
+            }),
         }
     }
 
-    fn encode(&self) -> [u8; ENVELOPE_BYTES] {
-        let mut out = [0u8; ENVELOPE_BYTES];
-        out[0..8].copy_from_slice(&self.request_id.to_le_bytes());
-        out[8..10].copy_from_slice(&self.route.0.to_le_bytes());
-        out[10] = self.priority as u8;
-        out[11] = self.status as u8;
-        out[12..20].copy_from_slice(&self.detail_a.to_le_bytes());
-        out[20..28].copy_from_slice(&self.detail_b.to_le_bytes());
-        out
-    }
-
-    fn decode(bytes: &[u8]) -> Result<Envelope, WireError> {
-        let field = |range: std::ops::Range<usize>| -> Result<&[u8], WireError> {
-            bytes
-                .get(range)
-                .ok_or(WireError::Truncated { what: "envelope" })
-        };
-        let u64_at = |at: usize| -> Result<u64, WireError> {
-            Ok(u64::from_le_bytes(
-                field(at..at + 8)?.try_into().expect("8 bytes"),
-            ))
-        };
-        let route = Route(u16::from_le_bytes(
-            field(8..10)?.try_into().expect("2 bytes"),
-        ));
-        let priority = match field(10..11)?[0] {
-            0 => Priority::Low,
-            1 => Priority::Normal,
-            2 => Priority::High,
-            other => {
-                return Err(WireError::BadField {
-                    field: "priority",
-                    value: u64::from(other),
-                })
-            }
-        };
-        let status = match field(11..12)?[0] {
-            0 => Status::Ok,
-            1 => Status::NoRoute,
-            2 => Status::MessageTooLarge,
-            3 => Status::TooManyInFlight,
-            4 => Status::Handler,
-            5 => Status::Timeout,
-            6 => Status::Cancelled,
-            other => {
-                return Err(WireError::BadField {
-                    field: "status",
-                    value: u64::from(other),
-                })
-            }
-        };
-        Ok(Envelope {
-            request_id: u64_at(0)?,
-            route,
-            priority,
-            status,
-            detail_a: u64_at(12)?,
-            detail_b: u64_at(20)?,
-        })
+    fn from_codec(envelope: icn_codecs::Envelope<'_>) -> Envelope {
+        match envelope {
+            icn_codecs::Envelope::Request(request) => Envelope::Request {
+                request_id: request.request_id,
+                route: Route(request.route),
+                priority: priority_from_codec(request.priority),
+            },
+            icn_codecs::Envelope::Response(response) => Envelope::Response {
+                request_id: response.request_id,
+                status: response.status,
+                error_message: response.error_message.to_string(),
+            },
+            icn_codecs::Envelope::Cancel(cancel) => Envelope::Cancel {
+                request_id: cancel.request_id,
+            },
+            icn_codecs::Envelope::Ping(ping) => Envelope::Ping { nonce: ping.nonce },
+            icn_codecs::Envelope::Pong(pong) => Envelope::Pong { nonce: pong.nonce },
+            icn_codecs::Envelope::Goaway(goaway) => Envelope::Goaway {
+                reason: goaway.reason,
+                last_request_id: goaway.last_request_id,
+                message: goaway.message.to_string(),
+            },
+        }
     }
 }
 
-/// Encodes the header and envelope of a frame whose body of `body_bytes` follows.
+/// The caller's view of a response: `route` is the route of our request (a response does not
+/// repeat it). Statuses map to errors exactly as on QUIC, so both transports fail alike.
+pub fn response_result(
+    status: RpcStatus,
+    error_message: &str,
+    route: Route,
+    body: Buf,
+) -> Result<Buf, RpcError> {
+    match status {
+        RpcStatus::Ok => Ok(body),
+        RpcStatus::NoRoute => Err(RpcError::NoRoute(route)),
+        RpcStatus::MessageTooLarge => Err(RpcError::Handler(format!(
+            "peer refused size: {error_message}"
+        ))),
+        RpcStatus::Overloaded => Err(RpcError::Handler(format!(
+            "peer overloaded: {error_message}"
+        ))),
+        RpcStatus::Cancelled => Err(RpcError::Cancelled),
+        RpcStatus::BadRequest => Err(RpcError::Handler(format!(
+            "peer rejected request: {error_message}"
+        ))),
+        RpcStatus::HandlerError => Err(RpcError::Handler(error_message.to_string())),
+    }
+}
+
+fn status_of(error: &RpcError) -> RpcStatus {
+    match error {
+        RpcError::NoRoute(_) => RpcStatus::NoRoute,
+        RpcError::MessageTooLarge { .. } => RpcStatus::MessageTooLarge,
+        RpcError::TooManyInFlight { .. } => RpcStatus::Overloaded,
+        RpcError::Cancelled => RpcStatus::Cancelled,
+        RpcError::PeerMisbehaved(_) => RpcStatus::BadRequest,
+        _ => RpcStatus::HandlerError,
+    }
+}
+
+fn priority_to_codec(priority: Priority) -> icn_codecs::Priority {
+    match priority {
+        Priority::Low => icn_codecs::Priority::Low,
+        Priority::Normal => icn_codecs::Priority::Normal,
+        Priority::High => icn_codecs::Priority::High,
+    }
+}
+
+fn priority_from_codec(priority: icn_codecs::Priority) -> Priority {
+    match priority {
+        icn_codecs::Priority::Low => Priority::Low,
+        icn_codecs::Priority::Normal => Priority::Normal,
+        icn_codecs::Priority::High => Priority::High,
+    }
+}
+
+/// The longest prefix of `text` within `bytes_max` bytes that ends on a character boundary.
+pub fn truncate_utf8(text: &str, bytes_max: usize) -> &str {
+    if text.len() <= bytes_max {
+        return text;
+    }
+    let mut end = bytes_max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// Appends the header and envelope of a frame whose `body_bytes` of body follow to `out`.
 pub fn encode_head(
-    kind: FrameKind,
+    encoder: &mut Encoder,
     envelope: &Envelope,
     body_bytes: u64,
-) -> [u8; FRAME_HEADER_BYTES + ENVELOPE_BYTES] {
-    let mut out = [0u8; FRAME_HEADER_BYTES + ENVELOPE_BYTES];
-    out[0..2].copy_from_slice(&FRAME_MAGIC.to_le_bytes());
-    out[2] = FRAME_VERSION;
-    out[3] = kind as u8;
-    // out[4..6]: flags, 0 in version 1.
-    out[6..8].copy_from_slice(&(ENVELOPE_BYTES as u16).to_le_bytes());
-    out[8..16].copy_from_slice(&body_bytes.to_le_bytes());
-    out[FRAME_HEADER_BYTES..].copy_from_slice(&envelope.encode());
-    out
-}
-
-/// Why a peer's bytes were refused. Every variant is the peer's fault.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum WireError {
-    #[error("bad frame magic {0:#06x}")]
-    BadMagic(u16),
-    #[error("unsupported frame version {0}")]
-    BadVersion(u8),
-    #[error("unknown frame kind {0}")]
-    BadKind(u8),
-    #[error("bad {field} {value}")]
-    BadField { field: &'static str, value: u64 },
-    #[error("truncated {what}")]
-    Truncated { what: &'static str },
-    #[error("{what} of {value} bytes exceeds the limit of {max} bytes")]
-    TooLarge {
-        what: &'static str,
-        value: u64,
-        max: u64,
-    },
+    out: &mut Vec<u8>,
+) -> Result<FrameHeader, EncodeError> {
+    encoder.encode_frame(&envelope.as_codec(), body_bytes, out)
 }
 
 /// One received frame.
 #[derive(Debug)]
 pub struct Frame {
-    pub kind: FrameKind,
     pub envelope: Envelope,
     pub body: Vec<u8>,
 }
 
-#[derive(Clone, Copy)]
-struct Header {
-    kind: FrameKind,
-    envelope_bytes: usize,
-    body_bytes: u64,
-}
-
 enum Stage {
     Header,
-    Envelope(Header),
-    Body(FrameKind, Envelope),
+    Envelope(FrameHeader),
+    Body(Envelope),
 }
 
 /// Reassembles frames from a byte stream, checking every length before buffering anything.
 pub struct FrameReader {
-    /// Largest body accepted (the transport's `message_bytes_max`).
-    body_bytes_max: u64,
+    frame_limits: FrameLimits,
+    codec_limits: CodecLimits,
     stage: Stage,
     head: [u8; FRAME_HEADER_BYTES],
+    /// Reused for every envelope; never longer than `frame_limits.envelope_bytes_max`.
     envelope: Vec<u8>,
     body: Vec<u8>,
     filled: usize,
 }
 
 impl FrameReader {
-    pub fn new(body_bytes_max: u64) -> FrameReader {
+    pub fn new(frame_limits: FrameLimits, codec_limits: CodecLimits) -> FrameReader {
         FrameReader {
-            body_bytes_max,
+            frame_limits,
+            codec_limits,
             stage: Stage::Header,
             head: [0; FRAME_HEADER_BYTES],
             envelope: Vec::new(),
@@ -307,106 +301,95 @@ impl FrameReader {
     /// The buffer to fill next; never empty.
     pub fn want(&mut self) -> &mut [u8] {
         let filled = self.filled;
-        match self.stage {
+        let want = match self.stage {
             Stage::Header => &mut self.head[filled..],
             Stage::Envelope(_) => &mut self.envelope[filled..],
-            Stage::Body(..) => &mut self.body[filled..],
-        }
+            Stage::Body(_) => &mut self.body[filled..],
+        };
+        debug_assert!(!want.is_empty(), "advance never stops on an empty stage");
+        want
     }
 
     /// Records that `n` bytes of [`FrameReader::want`] were filled; returns a frame when one is
-    /// complete.
-    pub fn advance(&mut self, n: usize) -> Result<Option<Frame>, WireError> {
+    /// complete. An error is the peer's fault and leaves the reader unusable.
+    pub fn advance(&mut self, n: usize) -> Result<Option<Frame>, DecodeError> {
         self.filled += n;
-        let target = match self.stage {
-            Stage::Header => FRAME_HEADER_BYTES,
-            Stage::Envelope(_) => self.envelope.len(),
-            Stage::Body(..) => self.body.len(),
-        };
-        assert!(self.filled <= target, "filled past the wanted buffer");
-        if self.filled < target {
-            return Ok(None);
-        }
-        self.filled = 0;
-        match self.stage {
-            Stage::Header => {
-                let header = decode_header(&self.head, self.body_bytes_max)?;
-                self.envelope.clear();
-                self.envelope.resize(header.envelope_bytes, 0);
-                self.stage = Stage::Envelope(header);
-                Ok(None)
+        loop {
+            let target = match &self.stage {
+                Stage::Header => FRAME_HEADER_BYTES,
+                Stage::Envelope(_) => self.envelope.len(),
+                Stage::Body(_) => self.body.len(),
+            };
+            assert!(self.filled <= target, "filled past the wanted buffer");
+            if self.filled < target {
+                return Ok(None);
             }
-            Stage::Envelope(header) => {
-                let envelope = Envelope::decode(&self.envelope)?;
-                // Allocated once at the announced size, which the limit check has bounded.
-                self.body = vec![0; header.body_bytes as usize];
-                self.stage = Stage::Body(header.kind, envelope);
-                if self.body.is_empty() {
-                    return Ok(Some(self.take_frame()));
+            self.filled = 0;
+            match std::mem::replace(&mut self.stage, Stage::Header) {
+                Stage::Header => {
+                    let header = FrameHeader::decode(&self.head, &self.frame_limits)?;
+                    self.envelope.clear();
+                    self.envelope.resize(usize::from(header.envelope_bytes), 0);
+                    self.stage = Stage::Envelope(header);
                 }
-                Ok(None)
+                Stage::Envelope(header) => self.stage = Stage::Body(self.open_body(&header)?),
+                Stage::Body(envelope) => {
+                    let body = std::mem::take(&mut self.body);
+                    return Ok(Some(Frame { envelope, body }));
+                }
             }
-            Stage::Body(..) => Ok(Some(self.take_frame())),
         }
     }
 
-    fn take_frame(&mut self) -> Frame {
-        let Stage::Body(kind, envelope) = std::mem::replace(&mut self.stage, Stage::Header) else {
-            unreachable!("take_frame outside the body stage");
-        };
-        Frame {
-            kind,
-            envelope,
-            body: std::mem::take(&mut self.body),
+    /// Decodes the envelope and allocates the body it announces.
+    fn open_body(&mut self, header: &FrameHeader) -> Result<Envelope, DecodeError> {
+        let decoded = decode_envelope(header.kind, &self.envelope, &self.codec_limits)?;
+        if header.body_bytes > 0 && !decoded.allows_body() {
+            return Err(DecodeError::UnexpectedBytes {
+                kind: header.kind.name(),
+                bytes: header.body_bytes,
+            });
         }
+        let envelope = Envelope::from_codec(decoded);
+        let body_bytes =
+            usize::try_from(header.body_bytes).map_err(|_| DecodeError::LimitExceeded {
+                limit: "body_bytes (address space)",
+                value: header.body_bytes,
+                max: usize::MAX as u64,
+            })?;
+        // One allocation at the announced size, which FrameHeader::decode bounded by
+        // `body_bytes_max`; TLS then decrypts the body straight into it.
+        self.body = vec![0; body_bytes];
+        Ok(envelope)
     }
-}
-
-fn decode_header(
-    head: &[u8; FRAME_HEADER_BYTES],
-    body_bytes_max: u64,
-) -> Result<Header, WireError> {
-    let magic = u16::from_le_bytes([head[0], head[1]]);
-    if magic != FRAME_MAGIC {
-        return Err(WireError::BadMagic(magic));
-    }
-    if head[2] != FRAME_VERSION {
-        return Err(WireError::BadVersion(head[2]));
-    }
-    let kind = FrameKind::from_u8(head[3]).ok_or(WireError::BadKind(head[3]))?;
-    let envelope_bytes = u16::from_le_bytes([head[6], head[7]]) as usize;
-    if !(ENVELOPE_BYTES..=ENVELOPE_BYTES_MAX).contains(&envelope_bytes) {
-        return Err(WireError::BadField {
-            field: "envelope_bytes",
-            value: envelope_bytes as u64,
-        });
-    }
-    let body_bytes = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
-    if body_bytes > body_bytes_max {
-        return Err(WireError::TooLarge {
-            what: "body",
-            value: body_bytes,
-            max: body_bytes_max,
-        });
-    }
-    Ok(Header {
-        kind,
-        envelope_bytes,
-        body_bytes,
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Buf;
+    use icn_codecs::{encode_frame, FrameKind};
+
+    fn limits() -> (FrameLimits, CodecLimits) {
+        (
+            FrameLimits {
+                envelope_bytes_max: 4 << 10,
+                body_bytes_max: 1 << 20,
+            },
+            CodecLimits::default(),
+        )
+    }
+
+    fn reader() -> FrameReader {
+        let (frame, codec) = limits();
+        FrameReader::new(frame, codec)
+    }
 
     /// Feeds `bytes` in pieces of at most `step` bytes; returns the frames and the first error.
     fn feed(
         reader: &mut FrameReader,
         bytes: &[u8],
         step: usize,
-    ) -> (Vec<Frame>, Option<WireError>) {
+    ) -> (Vec<Frame>, Option<DecodeError>) {
         let mut frames = Vec::new();
         let mut rest = bytes;
         while !rest.is_empty() {
@@ -423,35 +406,55 @@ mod tests {
         (frames, None)
     }
 
-    fn frame_bytes(kind: FrameKind, envelope: &Envelope, body: &[u8]) -> Vec<u8> {
-        let mut out = encode_head(kind, envelope, body.len() as u64).to_vec();
+    fn frame_bytes(envelope: &Envelope, body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_head(
+            &mut Encoder::default(),
+            envelope,
+            body.len() as u64,
+            &mut out,
+        )
+        .unwrap();
         out.extend_from_slice(body);
         out
     }
 
+    fn request(request_id: u64) -> Envelope {
+        Envelope::Request {
+            request_id,
+            route: Route(3),
+            priority: Priority::Low,
+        }
+    }
+
     #[test]
     fn frames_round_trip_in_any_split() {
-        let request = Envelope::request(7, Route(3), Priority::Low);
-        let mut stream = frame_bytes(FrameKind::Request, &request, b"hello");
-        stream.extend(frame_bytes(FrameKind::Ping, &Envelope::control(0), b""));
+        let goaway = Envelope::Goaway {
+            reason: GoawayReason::Shutdown,
+            last_request_id: 7,
+            message: "bye".into(),
+        };
+        let mut stream = frame_bytes(&request(7), b"hello");
+        stream.extend(frame_bytes(&Envelope::Ping { nonce: 9 }, b""));
+        stream.extend(frame_bytes(&goaway, b""));
         for step in [1, 3, 16, 1000] {
-            let mut reader = FrameReader::new(1 << 20);
+            let mut reader = reader();
             let (frames, error) = feed(&mut reader, &stream, step);
             assert_eq!(error, None);
-            assert_eq!(frames.len(), 2);
-            assert_eq!(frames[0].kind, FrameKind::Request);
-            assert_eq!(frames[0].envelope, request);
+            assert_eq!(frames.len(), 3);
+            assert_eq!(frames[0].envelope, request(7));
             assert_eq!(frames[0].body, b"hello");
-            assert_eq!(frames[1].kind, FrameKind::Ping);
+            assert_eq!(frames[1].envelope, Envelope::Ping { nonce: 9 });
+            assert_eq!(frames[2].envelope, goaway);
             assert!(reader.is_idle());
         }
     }
 
     #[test]
     fn truncated_streams_leave_the_reader_mid_frame() {
-        let stream = frame_bytes(FrameKind::Request, &Envelope::control(1), b"abc");
+        let stream = frame_bytes(&request(1), b"abc");
         for cut in 1..stream.len() {
-            let mut reader = FrameReader::new(1 << 20);
+            let mut reader = reader();
             let (frames, error) = feed(&mut reader, &stream[..cut], 5);
             assert!(frames.is_empty() && error.is_none());
             assert!(!reader.is_idle(), "cut at {cut} must be seen as truncated");
@@ -459,90 +462,180 @@ mod tests {
     }
 
     #[test]
-    fn oversized_and_malformed_headers_are_refused() {
-        let big = encode_head(FrameKind::Request, &Envelope::control(1), 1 << 30);
-        let mut reader = FrameReader::new(1 << 20);
-        let (_, error) = feed(&mut reader, &big, 64);
+    fn oversized_and_malformed_frames_get_typed_errors() {
+        let mut big = Vec::new();
+        encode_head(&mut Encoder::default(), &request(1), 1 << 30, &mut big).unwrap();
         assert_eq!(
-            error,
-            Some(WireError::TooLarge {
-                what: "body",
+            feed(&mut reader(), &big, 64).1,
+            Some(DecodeError::LimitExceeded {
+                limit: "body_bytes_max",
                 value: 1 << 30,
                 max: 1 << 20
             })
         );
-
-        let mut bad = encode_head(FrameKind::Request, &Envelope::control(1), 0);
+        let mut bad = frame_bytes(&request(1), b"");
         bad[0] = 0;
         assert!(matches!(
-            feed(&mut FrameReader::new(64), &bad, 64).1,
-            Some(WireError::BadMagic(_))
+            feed(&mut reader(), &bad, 64).1,
+            Some(DecodeError::BadMagic { .. })
         ));
-        let mut bad = encode_head(FrameKind::Request, &Envelope::control(1), 0);
+        let mut bad = frame_bytes(&request(1), b"");
         bad[3] = 99;
         assert_eq!(
-            feed(&mut FrameReader::new(64), &bad, 64).1,
-            Some(WireError::BadKind(99))
+            feed(&mut reader(), &bad, 64).1,
+            Some(DecodeError::UnknownFrameKind { found: 99 })
         );
-        let mut bad = encode_head(FrameKind::Request, &Envelope::control(1), 0);
+        let mut bad = frame_bytes(&request(1), b"");
         bad[6..8].copy_from_slice(&u16::MAX.to_le_bytes());
         assert!(matches!(
-            feed(&mut FrameReader::new(64), &bad, 64).1,
-            Some(WireError::BadField { .. })
+            feed(&mut reader(), &bad, 64).1,
+            Some(DecodeError::LimitExceeded {
+                limit: "envelope_bytes_max",
+                ..
+            })
         ));
-        let mut bad = encode_head(FrameKind::Request, &Envelope::control(1), 0);
-        bad[FRAME_HEADER_BYTES + 10] = 9;
+        // An envelope of garbage that the verifier rejects.
+        let mut bad = Vec::new();
+        encode_frame(FrameKind::Request, &[0xff; 24], 0, &mut bad).unwrap();
         assert!(matches!(
-            feed(&mut FrameReader::new(64), &bad, 64).1,
-            Some(WireError::BadField { .. })
+            feed(&mut reader(), &bad, 64).1,
+            Some(DecodeError::InvalidFlatbuffer(_))
         ));
+        // An empty envelope is not a table either, and must not stall the reader.
+        let mut bad = Vec::new();
+        encode_frame(FrameKind::Ping, &[], 0, &mut bad).unwrap();
+        assert!(matches!(
+            feed(&mut reader(), &bad, 64).1,
+            Some(DecodeError::InvalidFlatbuffer(_))
+        ));
+    }
+
+    #[test]
+    fn control_frames_announcing_a_body_are_refused() {
+        let mut encoder = Encoder::default();
+        let envelope = encoder
+            .encode_cancel(&icn_codecs::CancelEnvelope { request_id: 1 })
+            .unwrap()
+            .to_vec();
+        let mut bad = Vec::new();
+        encode_frame(FrameKind::Cancel, &envelope, 3, &mut bad).unwrap();
+        bad.extend_from_slice(&[1, 2, 3]);
+        assert_eq!(
+            feed(&mut reader(), &bad, 64).1,
+            Some(DecodeError::UnexpectedBytes {
+                kind: "Cancel",
+                bytes: 3
+            })
+        );
     }
 
     #[test]
     fn arbitrary_bytes_never_panic() {
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let valid = frame_bytes(&request(5), b"xy");
         for _ in 0..2000 {
-            let mut bytes = vec![0u8; 64];
-            for byte in &mut bytes {
+            let mut bytes = valid.clone();
+            bytes.resize(64, 0);
+            for byte in &mut bytes[..] {
                 state ^= state << 13;
                 state ^= state >> 7;
                 state ^= state << 17;
-                *byte = state as u8;
+                // Flip a few bits only, so that the envelope and body paths are reached too.
+                if state.is_multiple_of(8) {
+                    *byte ^= state as u8;
+                }
             }
-            // Mostly valid prefixes, so that the envelope and body paths are reached too.
-            if state.is_multiple_of(2) {
-                bytes[..2].copy_from_slice(&FRAME_MAGIC.to_le_bytes());
-                bytes[2] = FRAME_VERSION;
-                bytes[3] = 1 + (state % 5) as u8;
-                bytes[6..8].copy_from_slice(&(ENVELOPE_BYTES as u16).to_le_bytes());
-            }
-            let _ = feed(&mut FrameReader::new(32), &bytes, 7);
+            let _ = feed(&mut reader(), &bytes, 7);
         }
     }
 
     #[test]
-    fn errors_survive_the_wire() {
-        let request = Envelope::request(5, Route(9), Priority::Normal);
-        let cases = [
-            RpcError::NoRoute(Route(9)),
-            RpcError::MessageTooLarge {
-                size_bytes: 10,
-                limit_bytes: 5,
+    fn every_decode_error_kind_has_a_distinct_name() {
+        let errors = [
+            DecodeError::Truncated { needed: 1, got: 0 },
+            DecodeError::BadMagic { found: 0 },
+            DecodeError::UnsupportedVersion { found: 0 },
+            DecodeError::UnknownFrameKind { found: 0 },
+            DecodeError::LimitExceeded {
+                limit: "x",
+                value: 1,
+                max: 0,
             },
-            RpcError::TooManyInFlight { limit: 4 },
-            RpcError::Handler("boom".into()),
-            RpcError::Timeout,
-            RpcError::Cancelled,
+            flatbuffers_error(),
+            DecodeError::UnknownEnumValue {
+                field: "x",
+                value: 9,
+            },
+            DecodeError::UnexpectedBytes {
+                kind: "x",
+                bytes: 1,
+            },
+            DecodeError::ArtifactLengthMismatch {
+                declared: 1,
+                got: 0,
+            },
         ];
-        for error in cases {
-            let (envelope, body) = Envelope::response(&request, Err(error.clone()));
-            let decoded = Envelope::decode(&envelope.encode()).unwrap();
-            assert_eq!(decoded.into_result(body), Err(error));
+        let indices: Vec<usize> = errors.iter().map(decode_error_index).collect();
+        assert_eq!(indices, (0..DECODE_ERROR_KINDS.len()).collect::<Vec<_>>());
+    }
+
+    fn flatbuffers_error() -> icn_codecs::DecodeError {
+        icn_codecs::decode_cancel(&[], &CodecLimits::default()).unwrap_err()
+    }
+
+    #[test]
+    fn errors_survive_the_wire() {
+        let cases = [
+            (RpcError::NoRoute(Route(9)), RpcError::NoRoute(Route(9))),
+            (RpcError::Cancelled, RpcError::Cancelled),
+            (
+                RpcError::Handler("boom".into()),
+                RpcError::Handler("boom".into()),
+            ),
+            (
+                RpcError::TooManyInFlight { limit: 4 },
+                RpcError::Handler("peer overloaded: too many requests in flight (4)".into()),
+            ),
+        ];
+        for (sent, seen) in cases {
+            let (envelope, body) = Envelope::response(5, Err(sent), 1 << 10);
+            let (frames, error) = feed(&mut reader(), &frame_bytes(&envelope, &body), 64);
+            assert_eq!(error, None);
+            let Envelope::Response {
+                request_id,
+                status,
+                error_message,
+            } = &frames[0].envelope
+            else {
+                panic!("not a response: {:?}", frames[0].envelope);
+            };
+            assert_eq!(*request_id, 5);
+            let result = response_result(*status, error_message, Route(9), Buf::empty());
+            assert_eq!(result, Err(seen));
         }
-        let (envelope, body) = Envelope::response(&request, Ok(Buf::copy_from_slice(b"ok")));
-        assert_eq!(
-            envelope.into_result(body).unwrap(),
-            Buf::copy_from_slice(b"ok")
-        );
+        let (envelope, body) = Envelope::response(5, Ok(Buf::copy_from_slice(b"ok")), 8);
+        let (frames, _) = feed(&mut reader(), &frame_bytes(&envelope, &body), 64);
+        assert_eq!(frames[0].body, b"ok");
+    }
+
+    #[test]
+    fn long_error_messages_are_cut_on_a_character_boundary() {
+        let (envelope, _) = Envelope::response(1, Err(RpcError::Handler("é".repeat(100))), 9);
+        let Envelope::Response { error_message, .. } = envelope else {
+            unreachable!()
+        };
+        assert!(error_message.len() <= 9);
+        assert_eq!(error_message, "éééé");
+        let mut out = Vec::new();
+        let mut encoder = Encoder::new(CodecLimits {
+            error_message_bytes_max: 9,
+            ..CodecLimits::default()
+        });
+        let envelope = Envelope::Response {
+            request_id: 1,
+            status: RpcStatus::HandlerError,
+            error_message,
+        };
+        assert!(encode_head(&mut encoder, &envelope, 0, &mut out).is_ok());
     }
 }

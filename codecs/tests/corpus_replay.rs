@@ -1,0 +1,567 @@
+//! Replays the fuzz corpus (codecs/fuzz/corpus/<target>/) through the same `fuzzing::*`
+//! functions the fuzz targets call, so `cargo test` runs every committed input.
+//!
+//! The seed inputs are generated here, from the codecs' own encoders plus hand-broken variants.
+//! Their file names say what must happen: `valid` and `valid-*` decode (and round-trip),
+//! `invalid-*` is rejected with an error; any other file (one a fuzzing run added) must merely
+//! not panic.
+//! To rewrite the seeds after a wire change:
+//! `ICN_WRITE_CORPUS=1 cargo test -p icn-codecs --test corpus_replay seed_corpus`. Without it, a
+//! seed that differs from its committed file fails the test.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use flatbuffers::FlatBufferBuilder;
+use icn_codecs::fuzzing;
+use icn_codecs::generated::wire;
+use icn_codecs::*;
+
+/// Upper bound on corpus files replayed per target, so a long fuzzing session that added many
+/// files cannot make `cargo test` slow.
+const CORPUS_FILES_PER_TARGET_MAX: usize = 10_000;
+
+fn corpus_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz")
+        .join("corpus")
+}
+
+struct Seed {
+    target: &'static str,
+    name: &'static str,
+    bytes: Vec<u8>,
+}
+
+fn seed(target: &'static str, name: &'static str, bytes: impl Into<Vec<u8>>) -> Seed {
+    Seed {
+        target,
+        name,
+        bytes: bytes.into(),
+    }
+}
+
+fn encoder() -> Encoder {
+    Encoder::default()
+}
+
+/// An encoder with limits far above the defaults, to build messages the default decoders reject.
+fn unlimited_encoder() -> Encoder {
+    Encoder::new(CodecLimits {
+        message_bytes_max: 1 << 20,
+        id_bytes_max: 1 << 16,
+        attributes_bytes_max: 1 << 16,
+        error_message_bytes_max: 1 << 16,
+        ..CodecLimits::default()
+    })
+}
+
+fn frame(envelope: &Envelope<'_>, body: &[u8]) -> Vec<u8> {
+    let mut wire = Vec::new();
+    encoder()
+        .encode_frame(envelope, body.len() as u64, &mut wire)
+        .unwrap();
+    wire.extend_from_slice(body);
+    wire
+}
+
+fn concat(parts: &[&[u8]]) -> Vec<u8> {
+    parts.concat()
+}
+
+const REQUEST: RequestEnvelope = RequestEnvelope {
+    request_id: 42,
+    route: 3,
+    priority: Priority::High,
+    deadline_ms: 5_000,
+};
+
+fn frame_header_seeds() -> Vec<Seed> {
+    let header = FrameHeader {
+        kind: FrameKind::Request,
+        flags: 0,
+        envelope_bytes: 24,
+        body_bytes: 1 << 20,
+    };
+    let with = |edit: &dyn Fn(&mut [u8; 16])| {
+        let mut bytes = header.encode();
+        edit(&mut bytes);
+        bytes.to_vec()
+    };
+    let t = "frame_header";
+    vec![
+        seed(t, "valid-request", header.encode()),
+        seed(
+            t,
+            "valid-unknown-flags-kept",
+            with(&|b| b[4..6].copy_from_slice(&[0xff, 0xff])),
+        ),
+        seed(
+            t,
+            "valid-goaway-empty",
+            with(&|b| {
+                b[3] = FrameKind::Goaway as u8;
+                b[6..16].fill(0);
+            }),
+        ),
+        seed(t, "invalid-empty", []),
+        seed(t, "invalid-truncated", with(&|_| ())[..15].to_vec()),
+        seed(t, "invalid-bad-magic", with(&|b| b[0] = 0)),
+        seed(t, "invalid-version-2", with(&|b| b[2] = 2)),
+        seed(t, "invalid-kind-0", with(&|b| b[3] = 0)),
+        seed(t, "invalid-kind-7", with(&|b| b[3] = 7)),
+        seed(
+            t,
+            "invalid-envelope-too-large",
+            with(&|b| b[6..8].copy_from_slice(&u16::MAX.to_le_bytes())),
+        ),
+        seed(
+            t,
+            "invalid-body-too-large",
+            with(&|b| b[8..16].copy_from_slice(&u64::MAX.to_le_bytes())),
+        ),
+    ]
+}
+
+fn frame_seeds() -> Vec<Seed> {
+    let t = "frame";
+    let ok = Envelope::Response(ResponseEnvelope {
+        request_id: 42,
+        status: RpcStatus::Ok,
+        error_message: "",
+    });
+    let failed = Envelope::Response(ResponseEnvelope {
+        request_id: 42,
+        status: RpcStatus::HandlerError,
+        error_message: "handler failed",
+    });
+    let cancel = Envelope::Cancel(CancelEnvelope { request_id: 42 });
+    let goaway = Envelope::Goaway(GoawayEnvelope {
+        reason: GoawayReason::Shutdown,
+        last_request_id: 42,
+        message: "shutting down",
+    });
+    let request_frame = frame(&Envelope::Request(REQUEST), b"request body");
+    let mut cancel_with_body = Vec::new();
+    let cancel_envelope = encoder()
+        .encode_cancel(&CancelEnvelope { request_id: 42 })
+        .unwrap()
+        .to_vec();
+    encode_frame(
+        FrameKind::Cancel,
+        &cancel_envelope,
+        2,
+        &mut cancel_with_body,
+    )
+    .unwrap();
+    cancel_with_body.extend_from_slice(b"xx");
+    let mut garbage_envelope = Vec::new();
+    encode_frame(FrameKind::Request, &[0xff; 12], 0, &mut garbage_envelope).unwrap();
+    vec![
+        seed(t, "valid-request", request_frame.clone()),
+        seed(
+            t,
+            "valid-request-empty-body",
+            frame(&Envelope::Request(REQUEST), b""),
+        ),
+        seed(t, "valid-response-ok", frame(&ok, b"response body")),
+        seed(t, "valid-response-error", frame(&failed, b"")),
+        seed(t, "valid-cancel", frame(&cancel, b"")),
+        seed(
+            t,
+            "valid-ping",
+            frame(&Envelope::Ping(HeartbeatEnvelope { nonce: 7 }), b""),
+        ),
+        seed(
+            t,
+            "valid-pong",
+            frame(&Envelope::Pong(HeartbeatEnvelope { nonce: 7 }), b""),
+        ),
+        seed(t, "valid-goaway", frame(&goaway, b"")),
+        seed(
+            t,
+            "valid-followed-by-next-frame",
+            concat(&[&request_frame, &frame(&cancel, b"")]),
+        ),
+        seed(
+            t,
+            "invalid-truncated-body",
+            request_frame[..request_frame.len() - 1].to_vec(),
+        ),
+        seed(t, "invalid-header-only", request_frame[..16].to_vec()),
+        seed(t, "invalid-cancel-with-body", cancel_with_body),
+        seed(t, "invalid-garbage-envelope", garbage_envelope),
+    ]
+}
+
+/// Builds a raw table whose fields are given as (vtable slot index, u64 value): for tables of
+/// shapes our encoders never produce (unknown fields from a newer peer, wrong enum values).
+fn raw_table(fields: &[(u16, u64)], size_prefixed: bool) -> Vec<u8> {
+    let mut builder = FlatBufferBuilder::new();
+    let start = builder.start_table();
+    for &(slot, value) in fields {
+        builder.push_slot_always::<u64>(4 + 2 * slot, value);
+    }
+    let root = builder.end_table(start);
+    if size_prefixed {
+        builder.finish_size_prefixed(root, None);
+    } else {
+        builder.finish_minimal(root);
+    }
+    builder.finished_data().to_vec()
+}
+
+fn request_seeds() -> Vec<Seed> {
+    let t = "request";
+    let max = RequestEnvelope {
+        request_id: u64::MAX,
+        route: u16::MAX,
+        priority: Priority::Low,
+        deadline_ms: u32::MAX,
+    };
+    let mut bad_priority = FlatBufferBuilder::new();
+    let args = wire::RpcRequestArgs {
+        priority: wire::Priority(3),
+        ..Default::default()
+    };
+    let root = wire::RpcRequest::create(&mut bad_priority, &args);
+    bad_priority.finish_minimal(root);
+    let valid = encoder().encode_request(&REQUEST).unwrap().to_vec();
+    vec![
+        seed(t, "valid", valid.clone()),
+        seed(t, "valid-max", encoder().encode_request(&max).unwrap()),
+        seed(t, "valid-all-defaults", raw_table(&[], false)),
+        seed(
+            t,
+            "valid-unknown-field",
+            raw_table(&[(0, 1), (9, 99)], false),
+        ),
+        seed(t, "invalid-priority-3", bad_priority.finished_data()),
+        seed(t, "invalid-empty", []),
+        seed(t, "invalid-truncated", valid[..valid.len() - 2].to_vec()),
+        seed(t, "invalid-garbage", [0xa5; 32]),
+    ]
+}
+
+fn response_seeds() -> Vec<Seed> {
+    let t = "response";
+    let failed = ResponseEnvelope {
+        request_id: 1,
+        status: RpcStatus::Overloaded,
+        error_message: "queue full",
+    };
+    let mut bad_utf8 = encoder().encode_response(&failed).unwrap().to_vec();
+    let at = bad_utf8.windows(4).position(|w| w == b"queu").unwrap();
+    bad_utf8[at..at + 2].copy_from_slice(&[0xff, 0xfe]);
+    let long = "x".repeat(CodecLimits::ERROR_MESSAGE_BYTES_MAX_DEFAULT + 1);
+    let too_long = ResponseEnvelope {
+        error_message: &long,
+        ..failed
+    };
+    let mut bad_status = FlatBufferBuilder::new();
+    let args = wire::RpcResponseArgs {
+        status: wire::RpcStatus(7),
+        ..Default::default()
+    };
+    let root = wire::RpcResponse::create(&mut bad_status, &args);
+    bad_status.finish_minimal(root);
+    vec![
+        seed(
+            t,
+            "valid-ok",
+            encoder()
+                .encode_response(&ResponseEnvelope {
+                    status: RpcStatus::Ok,
+                    error_message: "",
+                    ..failed
+                })
+                .unwrap(),
+        ),
+        seed(
+            t,
+            "valid-error-message",
+            encoder().encode_response(&failed).unwrap(),
+        ),
+        seed(t, "invalid-status-7", bad_status.finished_data()),
+        seed(t, "invalid-bad-utf8", bad_utf8),
+        seed(
+            t,
+            "invalid-message-too-long",
+            unlimited_encoder().encode_response(&too_long).unwrap(),
+        ),
+    ]
+}
+
+fn cancel_heartbeat_goaway_seeds() -> Vec<Seed> {
+    let cancel = encoder()
+        .encode_cancel(&CancelEnvelope { request_id: 42 })
+        .unwrap()
+        .to_vec();
+    let goaway = GoawayEnvelope {
+        reason: GoawayReason::NotInSubnet,
+        last_request_id: 10,
+        message: "not in the subnet at registry version 7",
+    };
+    vec![
+        seed("cancel", "valid", cancel.clone()),
+        seed(
+            "cancel",
+            "valid-unknown-field",
+            raw_table(&[(0, 42), (20, 1)], false),
+        ),
+        seed(
+            "cancel",
+            "invalid-truncated",
+            cancel[..cancel.len() - 4].to_vec(),
+        ),
+        seed(
+            "cancel",
+            "invalid-root-offset-out-of-bounds",
+            [0xf0, 0xff, 0xff, 0x7f, 0, 0, 0, 0],
+        ),
+        seed(
+            "heartbeat",
+            "valid",
+            encoder()
+                .encode_heartbeat(&HeartbeatEnvelope { nonce: u64::MAX })
+                .unwrap(),
+        ),
+        seed(
+            "heartbeat",
+            "valid-zero",
+            encoder()
+                .encode_heartbeat(&HeartbeatEnvelope { nonce: 0 })
+                .unwrap(),
+        ),
+        seed("heartbeat", "invalid-empty", []),
+        seed("goaway", "valid", encoder().encode_goaway(&goaway).unwrap()),
+        seed(
+            "goaway",
+            "valid-no-message",
+            encoder()
+                .encode_goaway(&GoawayEnvelope {
+                    message: "",
+                    ..goaway
+                })
+                .unwrap(),
+        ),
+        seed("goaway", "invalid-reason-9", raw_table(&[(0, 9)], false)),
+    ]
+}
+
+fn slot_update_seeds() -> Vec<Seed> {
+    let t = "slot_update";
+    let advert = SlotUpdate {
+        artifact_kind: 2,
+        slot: 17,
+        commit_id: 1_000,
+        artifact_id: b"block-proposal-hash-0123456789abcdef",
+        attributes: b"height=12",
+        artifact_bytes: 1 << 20,
+        artifact_pushed: false,
+    };
+    let pushed = SlotUpdate {
+        artifact_bytes: 11,
+        artifact_pushed: true,
+        ..advert
+    };
+    let advert_body = encoder().encode_slot_update(&advert).unwrap().to_vec();
+    let pushed_message = encoder().encode_slot_update(&pushed).unwrap().to_vec();
+    let empty_id = SlotUpdate {
+        artifact_id: b"",
+        attributes: b"",
+        ..advert
+    };
+    vec![
+        seed(t, "valid-advert", advert_body.clone()),
+        seed(
+            t,
+            "valid-pushed",
+            concat(&[&pushed_message, b"hello world"]),
+        ),
+        seed(
+            t,
+            "valid-empty-id",
+            encoder().encode_slot_update(&empty_id).unwrap(),
+        ),
+        seed(
+            t,
+            "invalid-pushed-short",
+            concat(&[&pushed_message, b"hello"]),
+        ),
+        seed(t, "invalid-advert-trailing", concat(&[&advert_body, b"!"])),
+        seed(t, "invalid-missing-id", raw_table(&[(1, 17)], true)),
+        seed(t, "invalid-prefix-too-large", u32::MAX.to_le_bytes()),
+        seed(
+            t,
+            "invalid-truncated",
+            advert_body[..advert_body.len() / 2].to_vec(),
+        ),
+    ]
+}
+
+fn artifact_request_seeds() -> Vec<Seed> {
+    let t = "artifact_request";
+    let request = ArtifactRequest {
+        artifact_kind: 2,
+        artifact_id: b"block-proposal-hash-0123456789abcdef",
+    };
+    let body = encoder()
+        .encode_artifact_request(&request)
+        .unwrap()
+        .to_vec();
+    let long_id = vec![7u8; CodecLimits::ID_BYTES_MAX_DEFAULT + 1];
+    let too_long = ArtifactRequest {
+        artifact_id: &long_id,
+        ..request
+    };
+    vec![
+        seed(t, "valid", body.clone()),
+        seed(
+            t,
+            "invalid-id-too-long",
+            unlimited_encoder()
+                .encode_artifact_request(&too_long)
+                .unwrap(),
+        ),
+        seed(t, "invalid-trailing", concat(&[&body, b"\0"])),
+        seed(t, "invalid-missing-id", raw_table(&[(0, 2)], true)),
+    ]
+}
+
+fn state_sync_seeds() -> Vec<Seed> {
+    let advert = encoder()
+        .encode_state_advert(&StateAdvert {
+            height: 1_200,
+            root_hash: [0xab; HASH_BYTES],
+        })
+        .unwrap()
+        .to_vec();
+    let manifest = encoder()
+        .encode_manifest_request(&ManifestRequest {
+            height: 1_200,
+            piece: 3,
+        })
+        .unwrap()
+        .to_vec();
+    let chunk = ChunkRequest {
+        height: 1_200,
+        chunk_index: 77,
+    };
+    let chunk_body = encoder().encode_chunk_request(&chunk).unwrap().to_vec();
+    let chunk_max = ChunkRequest {
+        height: u64::MAX,
+        chunk_index: u32::MAX,
+    };
+    vec![
+        seed("state_advert", "valid", advert.clone()),
+        seed(
+            "state_advert",
+            "invalid-missing-hash",
+            raw_table(&[(0, 1_200)], true),
+        ),
+        seed(
+            "state_advert",
+            "invalid-truncated",
+            advert[..advert.len() - 8].to_vec(),
+        ),
+        seed("manifest_request", "valid", manifest.clone()),
+        seed(
+            "manifest_request",
+            "valid-all-defaults",
+            raw_table(&[], true),
+        ),
+        seed(
+            "manifest_request",
+            "invalid-trailing",
+            concat(&[&manifest, b"\0\0\0\0"]),
+        ),
+        seed("manifest_request", "invalid-empty", []),
+        seed("chunk_request", "valid", chunk_body.clone()),
+        seed(
+            "chunk_request",
+            "valid-max",
+            encoder().encode_chunk_request(&chunk_max).unwrap(),
+        ),
+        seed(
+            "chunk_request",
+            "invalid-not-size-prefixed",
+            raw_table(&[(0, 1)], false),
+        ),
+        seed(
+            "chunk_request",
+            "invalid-truncated-prefix",
+            chunk_body[..3].to_vec(),
+        ),
+    ]
+}
+
+fn seeds() -> Vec<Seed> {
+    let mut seeds = frame_header_seeds();
+    seeds.extend(frame_seeds());
+    seeds.extend(request_seeds());
+    seeds.extend(response_seeds());
+    seeds.extend(cancel_heartbeat_goaway_seeds());
+    seeds.extend(slot_update_seeds());
+    seeds.extend(artifact_request_seeds());
+    seeds.extend(state_sync_seeds());
+    seeds
+}
+
+#[test]
+fn seed_corpus_is_committed() {
+    let write = std::env::var_os("ICN_WRITE_CORPUS").is_some();
+    for seed in seeds() {
+        let dir = corpus_dir().join(seed.target);
+        let path = dir.join(seed.name);
+        if write {
+            fs::create_dir_all(&dir).unwrap();
+            fs::write(&path, &seed.bytes).unwrap();
+            continue;
+        }
+        let committed = fs::read(&path).unwrap_or_else(|error| {
+            panic!(
+                "{}: {error} (run with ICN_WRITE_CORPUS=1 to write the seeds)",
+                path.display()
+            )
+        });
+        assert_eq!(
+            committed,
+            seed.bytes,
+            "{} differs from its generator (run with ICN_WRITE_CORPUS=1 after a wire change)",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn every_target_has_a_corpus_and_every_seed_a_target() {
+    let targets: BTreeSet<&str> = fuzzing::TARGETS.iter().copied().collect();
+    let seeded: BTreeSet<&str> = seeds().iter().map(|seed| seed.target).collect();
+    assert_eq!(seeded, targets);
+}
+
+#[test]
+fn corpus_replays_with_the_expected_outcomes() {
+    for target in fuzzing::TARGETS {
+        let dir = corpus_dir().join(target);
+        let mut valid_files = 0;
+        let entries =
+            fs::read_dir(&dir).unwrap_or_else(|error| panic!("{}: {error}", dir.display()));
+        for entry in entries.take(CORPUS_FILES_PER_TARGET_MAX) {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let data = fs::read(&path).unwrap();
+            let outcome = fuzzing::run(target, &data).expect("a known target");
+            let expectation = name.split('-').next().unwrap_or_default();
+            if expectation == "valid" {
+                assert_eq!(outcome, Ok(()), "{target}/{name}");
+                valid_files += 1;
+            } else if expectation == "invalid" {
+                assert!(outcome.is_err(), "{target}/{name} decoded but should not");
+            }
+        }
+        assert!(valid_files > 0, "{target} has no valid seed");
+    }
+}
