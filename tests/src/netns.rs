@@ -183,9 +183,33 @@ impl NetnsPair {
         .map(drop)
     }
 
-    /// Drops one in `one_in` packets that `side` sends, at random (nft `numgen random`), with a
-    /// counter read by [`NetnsPair::dropped_packets`].
-    pub fn add_loss(&mut self, side: &Side, one_in: u32) -> Result<(), String> {
+    /// Makes `side` segment its GSO batches into single packets before they leave its veth
+    /// (`gso_max_segs 1`), so the other side sees, and can drop, packets one by one. The
+    /// application still sends with UDP GSO; only the device refuses super-packets.
+    pub fn segment_before_sending(&self, side: &Side) -> Result<(), String> {
+        run(
+            "ip",
+            &[
+                "-n",
+                &side.netns,
+                "link",
+                "set",
+                "dev",
+                &side.veth,
+                "gso_max_segs",
+                "1",
+            ],
+        )
+        .map(drop)
+    }
+
+    /// Drops one in `one_in` packets arriving at `side` on its veth, at random (nft `numgen
+    /// random` in the prerouting hook), with a counter read by [`NetnsPair::dropped_packets`].
+    ///
+    /// The drop is on arrival rather than in the sender's output hook: a packet dropped in the
+    /// output hook fails the sender's `sendmsg` with EPERM (a local firewall, not a lossy link),
+    /// and it would drop a whole GSO batch at once.
+    pub fn add_ingress_loss(&mut self, side: &Side, one_in: u32) -> Result<(), String> {
         let table = format!("icn_loss_{}", random_u64() as u16);
         side.exec("nft", &["add", "table", "inet", &table])?;
         self.nft_tables.push((side.clone(), table.clone()));
@@ -196,16 +220,16 @@ impl NetnsPair {
                 "chain",
                 "inet",
                 &table,
-                "out",
-                "{ type filter hook output priority 0; policy accept; }",
+                "in",
+                "{ type filter hook prerouting priority 0; policy accept; }",
             ],
         )?;
         let modulus = one_in.to_string();
         side.exec(
             "nft",
             &[
-                "add", "rule", "inet", &table, "out", "numgen", "random", "mod", &modulus, "0",
-                "counter", "drop",
+                "add", "rule", "inet", &table, "in", "iifname", &side.veth, "numgen", "random",
+                "mod", &modulus, "0", "counter", "drop",
             ],
         )
         .map(drop)

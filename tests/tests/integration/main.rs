@@ -4,3 +4,4 @@
 //! - `netns`: QUIC between two network namespaces over a rate-capped, lossy veth pair (root).
 
 mod conformance;
+mod netns;
