@@ -1,0 +1,7 @@
+//! icn's integration tests, one binary:
+//! - `conformance`: one scenario list run against every transport (QUIC and TCP+TLS on
+//!   loopback, memory under the simulator);
+//! - `netns`: QUIC between two network namespaces over a rate-capped, lossy veth pair (root).
+
+mod conformance;
+mod netns;
