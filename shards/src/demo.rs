@@ -52,6 +52,11 @@ pub const WORKER_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 /// Time the workers get to finish their last RPC when the demo stops.
 pub const WORKER_STOP_GRACE: Duration = Duration::from_millis(500);
 
+/// glommio preemption interval of the load generator's executor, the same as the shard runtime's
+/// (engine::shard). It also bounds how long the executor can sit parked before noticing input: a
+/// QUIC RPC currently takes about one such interval (glommio's default is 100 ms).
+pub const LOAD_PREEMPT_INTERVAL: Duration = Duration::from_millis(10);
+
 /// Bounds of the demo's own options.
 pub const DEMO_NODES_MAX: usize = 16;
 pub const DEMO_CONCURRENCY_MAX: usize = 1024;
@@ -242,6 +247,7 @@ pub fn run_demo(options: &DemoOptions, exe: &Path, shutdown: Shutdown) -> Result
     };
     let executor = LocalExecutorBuilder::new(Placement::Unbound)
         .name("icn-demo-load")
+        .preempt_timer(LOAD_PREEMPT_INTERVAL)
         .io_memory(load.tuning.engine.io_memory_bytes)
         .make()
         .map_err(setup("starting the load generator's executor"))?;
