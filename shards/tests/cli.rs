@@ -236,7 +236,7 @@ fn demo_moves_data_and_ends_by_itself() {
 }
 
 #[test]
-fn node_stops_within_a_second_of_sigterm() {
+fn node_adopts_registry_versions_and_stops_within_a_second_of_sigterm() {
     let dir = TempDir::new("node");
     let create = icn(&[
         "registry",
@@ -244,13 +244,28 @@ fn node_stops_within_a_second_of_sigterm() {
         "--dir",
         path_arg(&dir.0),
         "--nodes",
-        "1",
+        "2",
     ]);
     assert_eq!(create.status.code(), Some(0), "{}", text(&create.stderr));
+    let registry = dir.0.join("registry.toml");
+    let other_id = std::fs::read_to_string(dir.0.join("registry.toml"))
+        .unwrap()
+        .lines()
+        .filter_map(|line| line.strip_prefix("node_id = \""))
+        .nth(1)
+        .unwrap()
+        .trim_end_matches('"')
+        .to_string();
+    std::fs::write(
+        dir.0.join("fast.toml"),
+        "[registry]\npoll_interval_ms = 100\n",
+    )
+    .unwrap();
     let config = dir.0.join("node.toml");
     std::fs::write(
         &config,
-        "identity_dir = \"node-0\"\nregistry_path = \"registry.toml\"\nsubnet_id = \"local\"\ntransport = \"quic\"\n",
+        "identity_dir = \"node-0\"\nregistry_path = \"registry.toml\"\nsubnet_id = \"local\"\n\
+         transport = \"quic\"\ntuning_profile = \"fast.toml\"\n",
     )
     .unwrap();
     let mut node = Command::new(ICN)
@@ -260,20 +275,41 @@ fn node_stops_within_a_second_of_sigterm() {
         .spawn()
         .unwrap();
     let stdout = node.stdout.take().unwrap();
-    let (ready_tx, ready_rx) = mpsc::channel();
+    let (line_tx, line_rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.contains(" ready: ") {
-                let _ = ready_tx.send(line);
-            }
+            let _ = line_tx.send(line);
         }
     });
-    let ready = ready_rx.recv_timeout(Duration::from_secs(30));
-    if ready.is_err() {
+    let wait_for = |needle: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match line_rx.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+        false
+    };
+    let ready = wait_for(" ready: ");
+    let removed = ready && {
+        let remove = icn(&[
+            "registry",
+            "remove",
+            "--registry",
+            path_arg(&registry),
+            "--node",
+            &other_id,
+        ]);
+        remove.status.success() && wait_for("registry version 2 adopted")
+    };
+    if !removed {
         let _ = node.kill();
+        let output = node.wait_with_output().unwrap();
         panic!(
-            "node never became ready: {}",
-            text(&node.wait_with_output().unwrap().stderr)
+            "ready {ready}, removal adopted {removed}: {}",
+            text(&output.stderr)
         );
     }
 
