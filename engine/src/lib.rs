@@ -4,6 +4,7 @@
 //! with GSO/GRO, metrics, node identity and registry, and the three transports behind one trait.
 
 pub mod buffer;
+pub mod config;
 pub mod http_admin;
 pub mod identity;
 pub mod metrics;

@@ -1,4 +1,400 @@
+//! `icn`: run a node, a local demo subnet, and the tools around them (keys, registry, config).
+//!
+//! Exit codes: 0 success; 1 the command failed (invalid file, refused change, runtime error);
+//! 2 usage error (unknown flag, missing argument: clap's own code).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use icn_engine::identity::{Identity, CERT_FILE_NAME, KEY_FILE_NAME};
+use icn_engine::registry::{NodeRecord, Registry, SubnetId};
+use icn_engine::shard::{install_signal_handlers, Shutdown};
+use icn_engine::NodeId;
+use icn_shards::demo::{self, DemoError, DemoOptions, LOCAL_SUBNET};
+use icn_shards::node::run_node;
+use icn_shards::node_config::{NodeConfig, TransportKind};
 use mimalloc::MiMalloc;
+
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
-fn main() {}
+
+/// The command failed (clap uses 2 for usage errors).
+const EXIT_FAILED: u8 = 1;
+/// Usage errors found after parsing (values clap cannot check alone).
+const EXIT_USAGE: u8 = 2;
+
+/// Shortest node id prefix `registry remove` accepts, so a typo cannot match by accident.
+const NODE_ID_PREFIX_CHARS_MIN: usize = 8;
+
+#[derive(Parser)]
+#[command(
+    name = "icn",
+    version,
+    about = "icn: io_uring thread-per-core networking for replica nodes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a node identity (Ed25519 key, mode 0600, and self-signed certificate).
+    Keygen {
+        /// Folder to write node_key.pem and node_cert.pem into (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Create, change and show registry files.
+    #[command(subcommand)]
+    Registry(RegistryCommand),
+    /// Check tuning profiles.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Run a node until SIGINT/SIGTERM.
+    Node {
+        /// Node config TOML (identity_dir, registry_path, subnet_id, transport, tuning_profile).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run a local subnet on loopback and show data moving between its nodes.
+    Demo(DemoArgs),
+}
+
+#[derive(Subcommand)]
+enum RegistryCommand {
+    /// Generate N identities and a version-1 registry of one subnet on 127.0.0.1.
+    Create {
+        /// Folder for node-<i>/ identities and registry.toml.
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        nodes: u16,
+        /// First port: node i takes base+4i (QUIC), +1 (TCP), +2 (HTTP), +3 (metrics).
+        /// A free range is found when omitted.
+        #[arg(long)]
+        base_port: Option<u16>,
+        #[arg(long, default_value = LOCAL_SUBNET)]
+        subnet: String,
+    },
+    /// Add a node (its identity folder and addresses) as a new registry version.
+    Add {
+        #[arg(long)]
+        registry: PathBuf,
+        /// Identity folder written by `icn keygen`.
+        #[arg(long)]
+        node_dir: PathBuf,
+        #[arg(long)]
+        quic: SocketAddr,
+        #[arg(long)]
+        tcp: SocketAddr,
+        #[arg(long)]
+        http: Option<SocketAddr>,
+        #[arg(long)]
+        metrics: Option<SocketAddr>,
+        /// Subnet to join; may be left out when the registry has exactly one.
+        #[arg(long)]
+        subnet: Option<String>,
+    },
+    /// Remove a node as a new registry version.
+    Remove {
+        #[arg(long)]
+        registry: PathBuf,
+        /// Node id in hex, or a unique prefix of at least 8 characters.
+        #[arg(long)]
+        node: String,
+    },
+    /// Print a registry.
+    Show {
+        #[arg(long)]
+        registry: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a tuning profile; exit 0 when valid, 1 when not.
+    Check { file: PathBuf },
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Node processes to start (the load generator is one more registry member).
+    #[arg(long, default_value_t = 2)]
+    nodes: usize,
+    /// Stop after this many seconds of load; runs until Ctrl-C when omitted.
+    #[arg(long)]
+    seconds: Option<u64>,
+    #[arg(long, default_value = "quic")]
+    transport: TransportKind,
+    /// Bytes per request.
+    #[arg(long, default_value_t = 64 * 1024)]
+    message_bytes: usize,
+    /// Requests kept in flight to each node.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// First port of the demo registry; a free range is found when omitted.
+    #[arg(long)]
+    base_port: Option<u16>,
+    /// Tuning profile for the nodes and the load generator.
+    #[arg(long)]
+    tuning: Option<PathBuf>,
+}
+
+/// A failed command: what to print and the exit code.
+struct Failure {
+    message: String,
+    code: u8,
+}
+
+impl Failure {
+    fn failed(message: impl std::fmt::Display) -> Failure {
+        Failure {
+            message: message.to_string(),
+            code: EXIT_FAILED,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("icn: error: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+fn run(command: Command) -> Result<(), Failure> {
+    match command {
+        Command::Keygen { out } => keygen(&out),
+        Command::Registry(command) => registry(command),
+        Command::Config(ConfigCommand::Check { file }) => config_check(&file),
+        Command::Node { config } => node(&config),
+        Command::Demo(args) => demo(args),
+    }
+}
+
+fn keygen(out: &Path) -> Result<(), Failure> {
+    for name in [KEY_FILE_NAME, CERT_FILE_NAME] {
+        let path = out.join(name);
+        if path.exists() {
+            return Err(Failure::failed(format!(
+                "{} exists; refusing to overwrite an identity",
+                path.display()
+            )));
+        }
+    }
+    let identity = Identity::generate().map_err(Failure::failed)?;
+    identity.write(out).map_err(Failure::failed)?;
+    println!("{}", identity.node_id().to_hex());
+    Ok(())
+}
+
+fn registry(command: RegistryCommand) -> Result<(), Failure> {
+    match command {
+        RegistryCommand::Create {
+            dir,
+            nodes,
+            base_port,
+            subnet,
+        } => registry_create(&dir, usize::from(nodes), base_port, subnet),
+        RegistryCommand::Add {
+            registry,
+            node_dir,
+            quic,
+            tcp,
+            http,
+            metrics,
+            subnet,
+        } => {
+            let current = Registry::load(&registry).map_err(Failure::failed)?;
+            let subnet = pick_subnet(&current, subnet)?;
+            let identity = Identity::load(&node_dir).map_err(Failure::failed)?;
+            let record = NodeRecord {
+                node_id: identity.node_id(),
+                cert_pem: Some(identity.cert_pem().map_err(Failure::failed)?),
+                quic_addr: quic,
+                tcp_addr: tcp,
+                http_addr: http,
+                metrics_addr: metrics,
+            };
+            let next = current.add_node(&subnet, record).map_err(Failure::failed)?;
+            save_and_print(
+                &next,
+                &registry,
+                &format!("added {}", identity.node_id().to_hex()),
+            )
+        }
+        RegistryCommand::Remove { registry, node } => {
+            let current = Registry::load(&registry).map_err(Failure::failed)?;
+            let node_id = find_node(&current, &node)?;
+            let next = current.remove_node(node_id).map_err(Failure::failed)?;
+            save_and_print(&next, &registry, &format!("removed {}", node_id.to_hex()))
+        }
+        RegistryCommand::Show { registry } => {
+            let current = Registry::load(&registry).map_err(Failure::failed)?;
+            print!("{}", describe(&current));
+            Ok(())
+        }
+    }
+}
+
+fn registry_create(
+    dir: &Path,
+    nodes: usize,
+    base_port: Option<u16>,
+    subnet: String,
+) -> Result<(), Failure> {
+    if subnet.trim().is_empty() {
+        return Err(Failure {
+            message: "--subnet must not be empty".into(),
+            code: EXIT_USAGE,
+        });
+    }
+    let path = dir.join("registry.toml");
+    if path.exists() {
+        return Err(Failure::failed(format!(
+            "{} exists; refusing to overwrite a registry",
+            path.display()
+        )));
+    }
+    let base_port = match base_port {
+        Some(port) => port,
+        None => demo::free_base_port(nodes)
+            .ok_or_else(|| Failure::failed("no free range of loopback ports found"))?,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| Failure::failed(format!("{}: {e}", dir.display())))?;
+    let mut registry =
+        Registry::create_local_subnet(dir, nodes, base_port).map_err(Failure::failed)?;
+    if subnet != LOCAL_SUBNET {
+        let mut subnets = registry.subnets().to_vec();
+        subnets[0].id = SubnetId(subnet);
+        registry = Registry::new(registry.version(), subnets).map_err(Failure::failed)?;
+        registry.save(&path).map_err(Failure::failed)?;
+    }
+    print!("{}", describe(&registry));
+    println!("written to {}", path.display());
+    Ok(())
+}
+
+fn pick_subnet(registry: &Registry, subnet: Option<String>) -> Result<SubnetId, Failure> {
+    match (subnet, registry.subnets()) {
+        (Some(name), _) => Ok(SubnetId(name)),
+        (None, [only]) => Ok(only.id.clone()),
+        (None, subnets) => Err(Failure {
+            message: format!(
+                "the registry has {} subnets; name one with --subnet",
+                subnets.len()
+            ),
+            code: EXIT_USAGE,
+        }),
+    }
+}
+
+/// The node whose hex id is `text` or starts with it (a unique prefix).
+fn find_node(registry: &Registry, text: &str) -> Result<NodeId, Failure> {
+    let text = text.trim().to_ascii_lowercase();
+    if let Some(id) = NodeId::from_hex(&text) {
+        return Ok(id);
+    }
+    if text.len() < NODE_ID_PREFIX_CHARS_MIN {
+        return Err(Failure {
+            message: format!(
+                "--node {text:?}: give the node id in hex (64 characters) or a prefix of at least {NODE_ID_PREFIX_CHARS_MIN}"
+            ),
+            code: EXIT_USAGE,
+        });
+    }
+    let matches: Vec<NodeId> = registry
+        .subnets()
+        .iter()
+        .flat_map(|subnet| subnet.nodes.iter().map(|node| node.node_id))
+        .filter(|id| id.to_hex().starts_with(&text))
+        .collect();
+    match matches[..] {
+        [id] => Ok(id),
+        [] => Err(Failure::failed(format!("no node id starts with {text}"))),
+        _ => Err(Failure::failed(format!(
+            "{} node ids start with {text}; give more characters",
+            matches.len()
+        ))),
+    }
+}
+
+fn save_and_print(registry: &Registry, path: &Path, change: &str) -> Result<(), Failure> {
+    registry.save(path).map_err(Failure::failed)?;
+    println!(
+        "registry version {}: {change} ({})",
+        registry.version(),
+        path.display()
+    );
+    Ok(())
+}
+
+fn describe(registry: &Registry) -> String {
+    let mut out = format!("registry version {}\n", registry.version());
+    for subnet in registry.subnets() {
+        out.push_str(&format!(
+            "subnet {} ({} nodes)\n",
+            subnet.id,
+            subnet.nodes.len()
+        ));
+        for node in &subnet.nodes {
+            let optional = |addr: Option<SocketAddr>| {
+                addr.map(|a| a.to_string()).unwrap_or_else(|| "-".into())
+            };
+            out.push_str(&format!(
+                "  {}  quic {}  tcp {}  http {}  metrics {}\n",
+                node.node_id.to_hex(),
+                node.quic_addr,
+                node.tcp_addr,
+                optional(node.http_addr),
+                optional(node.metrics_addr),
+            ));
+        }
+    }
+    out
+}
+
+fn config_check(file: &Path) -> Result<(), Failure> {
+    match icn_tuning::check_file(file) {
+        Ok(summary) => {
+            print!("{summary}");
+            Ok(())
+        }
+        Err(errors) => Err(Failure::failed(errors)),
+    }
+}
+
+fn node(config: &Path) -> Result<(), Failure> {
+    let config = NodeConfig::load(config).map_err(Failure::failed)?;
+    install_signal_handlers();
+    run_node(&config, Shutdown::new()).map_err(Failure::failed)
+}
+
+fn demo(args: DemoArgs) -> Result<(), Failure> {
+    let options = DemoOptions {
+        nodes: args.nodes,
+        seconds: args.seconds,
+        transport: args.transport,
+        message_bytes: args.message_bytes,
+        concurrency: args.concurrency,
+        base_port: args.base_port,
+        tuning_profile: args.tuning,
+    };
+    let exe = std::env::current_exe()
+        .map_err(|e| Failure::failed(format!("cannot find the icn executable: {e}")))?;
+    install_signal_handlers();
+    demo::run_demo(&options, &exe, Shutdown::new()).map_err(|error| match error {
+        DemoError::Usage(message) => Failure {
+            message,
+            code: EXIT_USAGE,
+        },
+        other => Failure::failed(other),
+    })
+}

@@ -177,6 +177,9 @@ const _: () = {
     assert!(RPC_REQUEST_TIMEOUT_MS_DEFAULT * 1000 <= METRICS_LATENCY_MAX_US_DEFAULT);
     // Responses to a full window of requests never find the response queue full.
     assert!(RPC_RESPONSE_QUEUE_MAX_DEFAULT >= RPC_REQUESTS_IN_FLIGHT_MAX_DEFAULT);
+    // hdrhistogram needs highest >= 2 × lowest; the knobs' ranges (lowest at most 100 µs,
+    // latency_max_us at least 1 ms) make that hold for every valid profile, so it is no rule.
+    assert!(2 * METRICS_HISTOGRAM_LOWEST_US_DEFAULT <= METRICS_LATENCY_MAX_US_DEFAULT);
 };
 
 impl Tuning {

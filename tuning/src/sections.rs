@@ -177,9 +177,18 @@ section! {
         reconnect_backoff_initial_ms: u64 in 1..=60_000 = TCP_RECONNECT_BACKOFF_INITIAL_MS_DEFAULT = 100;
         /// Largest delay between reconnect attempts; at least reconnect_backoff_initial_ms.
         reconnect_backoff_max_ms: u64 in 10..=600_000 = TCP_RECONNECT_BACKOFF_MAX_MS_DEFAULT = 5_000;
-        /// Bytes queued for one connection beyond what the kernel accepted before further sends
-        /// are refused (backpressure). Worst case: connections × this (128 × 256 KiB = 32 MiB).
+        /// Plaintext encrypted per step when a large body is sent: the most ciphertext buffered
+        /// for one connection before it is written to the socket. Worst case: connections × this
+        /// (128 × 256 KiB = 32 MiB); larger steps mean fewer syscalls per large message.
         write_buffer_bytes: usize in (4 * KIB)..=(64 * MIB) = TCP_WRITE_BUFFER_BYTES_DEFAULT = 256 * KIB;
+        /// Ciphertext read ahead from the socket per connection; at least one TLS record (17 KiB).
+        /// Worst case: connections × this (128 × 256 KiB = 32 MiB); 256 KiB drains a busy
+        /// socket in few reads.
+        read_buffer_bytes: usize in (17 * KIB)..=(64 * MIB) = TCP_READ_BUFFER_BYTES_DEFAULT = 256 * KIB;
+        /// Inbound connections still in their TLS handshake; more are closed at accept. Bounds
+        /// what unauthenticated peers can hold: this many TLS states and read buffers
+        /// (64 × 256 KiB = 16 MiB); a subnet reconnecting at once needs a few dozen.
+        handshakes_in_flight_max: usize in 1..=4096 = TCP_HANDSHAKES_IN_FLIGHT_MAX_DEFAULT = 64;
     }
 }
 
@@ -223,6 +232,18 @@ section! {
         /// Largest latency recorded; longer ones are clamped to it. 60 s covers
         /// rpc.request_timeout_ms.
         latency_max_us: u64 in 1_000..=3_600_000_000 = METRICS_LATENCY_MAX_US_DEFAULT = 60_000_000;
+        /// Smallest latency histograms tell apart from zero. 1 µs resolves the fastest loopback
+        /// RPCs; a larger value shrinks each histogram (halved per doubling) at coarser low-end
+        /// resolution. Must stay below half of latency_max_us.
+        histogram_lowest_us: u64 in 1..=100 = METRICS_HISTOGRAM_LOWEST_US_DEFAULT = 1;
+        /// Peers with a series of their own in each peer-labelled metric; others are summed into
+        /// peer="other". Bounds series per metric (one histogram or 8-byte cell each) when the
+        /// registry is large or churns; 64 is more than an IC subnet's 13..40 nodes.
+        peer_series_max: usize in 1..=4096 = METRICS_PEER_SERIES_MAX_DEFAULT = 64;
+        /// How often a node copies its transport counters into the metrics registry and publishes
+        /// them for scraping: the staleness of a scrape. 1 s matches common scrape resolution at
+        /// the cost of one snapshot per shard per interval.
+        publish_interval_ms: u64 in 100..=60_000 = METRICS_PUBLISH_INTERVAL_MS_DEFAULT = 1_000;
     }
 }
 
@@ -251,8 +272,8 @@ impl UdpTuning {
 }
 
 impl MetricsTuning {
-    /// Bytes of one hdrhistogram with these settings (u64 counts, lowest value 1), computed the
-    /// way hdrhistogram sizes its counts array.
+    /// Bytes of one hdrhistogram with these settings (u64 counts), computed the way hdrhistogram
+    /// sizes its counts array.
     pub fn histogram_bytes(&self) -> u64 {
         // Saturating throughout: validation calls this on values not yet range-checked.
         let digits = u32::from(self.histogram_significant_digits);
@@ -263,7 +284,10 @@ impl MetricsTuning {
             .checked_next_power_of_two()
             .unwrap_or(1 << 63);
         let mut buckets: u64 = 1;
-        let mut untrackable = sub_bucket_count;
+        // hdrhistogram scales the first bucket by the largest power of two not above the lowest
+        // discernible value (its "unit magnitude").
+        let unit_magnitude = self.histogram_lowest_us.max(1).ilog2();
+        let mut untrackable = sub_bucket_count.saturating_mul(1 << unit_magnitude);
         while untrackable <= self.latency_max_us && untrackable < (1 << 62) {
             untrackable *= 2;
             buckets += 1;

@@ -178,6 +178,17 @@ fn gso_send_over_64k_is_refused_only_with_gso() {
 fn histogram_size_follows_hdrhistogram_layout() {
     let mut metrics = MetricsTuning::default();
     assert_eq!(metrics.histogram_bytes(), 17 * 1024 * 8);
+    // A coarser low end (8 µs = 2^3) needs three buckets fewer: 14 instead of 17.
+    metrics.histogram_lowest_us = 8;
+    assert_eq!(metrics.histogram_bytes(), 14 * 1024 * 8);
+    assert_eq!(
+        metrics.histogram_bytes() as usize,
+        hdrhistogram::Histogram::<u64>::new_with_bounds(8, metrics.latency_max_us, 3)
+            .unwrap()
+            .distinct_values()
+            * 8
+    );
+    metrics.histogram_lowest_us = 1;
     metrics.histogram_significant_digits = 5;
     assert_eq!(metrics.histogram_bytes(), 10 << 20);
     let tuning = Tuning {

@@ -1,0 +1,292 @@
+//! `icn node`: one node on a glommio shard: its transport serving the built-in routes, the admin
+//! HTTP server (/metrics, /health) on its registry `metrics_addr`, a registry watcher applying new
+//! versions, and a metrics publisher.
+//!
+//! One shard for now. Several shards need connection steering first (QUIC connection ids whose
+//! first byte names the shard, one SO_REUSEPORT socket per shard, TCP connections owned by
+//! `hash(peer) % shards`); until that lands the node runs [`NODE_SHARDS`] shard.
+
+use std::future::Future;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_lite::future::or;
+use icn_engine::http_admin::{AdminConfig, AdminHandlers, AdminServer, Health};
+use icn_engine::identity::{Identity, IdentityError};
+use icn_engine::metrics::{
+    MetricsCollector, MetricsConfig, MetricsError, MetricsSchemaBuilder, ShardMetrics,
+};
+use icn_engine::registry::{Registry, RegistryError, RegistryWatcher, SubnetId};
+use icn_engine::shard::{run_shards, ShardConfig, ShardContext, Shutdown};
+use icn_engine::{Buf, NodeId, RequestContext, Route, Router, RpcError};
+use icn_tuning::{LoadError, Tuning};
+
+use crate::node_config::{NodeConfig, TransportKind};
+use crate::node_metrics::{NodeMetricIds, ServiceMetrics, StatsSampler};
+use crate::node_transport::{own_record, NodeTransport, StartError};
+
+/// Shards a node runs until multi-shard connection steering lands (see the module docs).
+pub const NODE_SHARDS: usize = 1;
+
+/// Route 1: answers with the request itself.
+pub const ROUTE_ECHO: Route = Route(1);
+/// Route 2: consumes the request and answers with its length (8 bytes, little endian): load
+/// that moves data one way.
+pub const ROUTE_SINK: Route = Route(2);
+/// Length of a [`ROUTE_SINK`] answer.
+pub const SINK_RESPONSE_BYTES: usize = 8;
+
+/// Time the node's own tasks get to finish after the transport closed, before they are
+/// cancelled. Part of the 1 s stop budget: the shutdown poll (50 ms) plus QUIC's goodbye flush.
+const TASK_JOIN_GRACE: Duration = Duration::from_millis(200);
+
+/// Why a node could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("{0}")]
+    Tuning(#[from] LoadError),
+    #[error("identity in {dir}: {source}")]
+    Identity { dir: PathBuf, source: IdentityError },
+    #[error("registry: {0}")]
+    Registry(#[from] RegistryError),
+    #[error("{0}")]
+    Start(#[from] StartError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] MetricsError),
+    #[error("admin server on {addr}: {source}")]
+    Admin {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("shard runtime: {0}")]
+    Shards(#[from] icn_engine::shard::ShardError),
+}
+
+/// The tuning profile a config names, or the compiled defaults.
+pub fn load_tuning(profile: Option<&std::path::Path>) -> Result<Tuning, LoadError> {
+    match profile {
+        Some(path) => Tuning::load(path),
+        None => Ok(Tuning::default()),
+    }
+}
+
+/// Everything a node loads before its shard starts (errors surface before any thread exists).
+struct NodeParts {
+    config: NodeConfig,
+    tuning: Tuning,
+    identity: Identity,
+    watcher: RegistryWatcher,
+}
+
+/// Runs the node described by `config` until `shutdown` triggers (or SIGINT/SIGTERM, once
+/// `install_signal_handlers` ran).
+pub fn run_node(config: &NodeConfig, shutdown: Shutdown) -> Result<(), NodeError> {
+    let tuning = load_tuning(config.tuning_profile.as_deref())?;
+    let identity = Identity::load(&config.identity_dir).map_err(|source| NodeError::Identity {
+        dir: config.identity_dir.clone(),
+        source,
+    })?;
+    let poll_interval = Duration::from_millis(tuning.registry.poll_interval_ms);
+    let watcher = RegistryWatcher::new(&config.registry_path, poll_interval)?;
+    own_record(&watcher.current(), &config.subnet_id, identity.node_id())?;
+    let shard_config = ShardConfig {
+        shards: NODE_SHARDS,
+        ..ShardConfig::from_tuning(&tuning.engine)
+    };
+    let parts = Arc::new(Mutex::new(Some(NodeParts {
+        config: config.clone(),
+        tuning,
+        identity,
+        watcher,
+    })));
+    let results = run_shards::<(), Result<(), NodeError>, _, _>(&shard_config, shutdown, {
+        move |ctx| {
+            let parts = parts.lock().map(|mut p| p.take()).unwrap_or(None);
+            async move {
+                match parts {
+                    Some(parts) => run_shard(ctx, parts).await,
+                    // Only one shard exists; a second would have nothing to serve yet.
+                    None => Ok(()),
+                }
+            }
+        }
+    })?;
+    results.into_iter().collect()
+}
+
+/// The node's routes; `metrics` counts every answered request.
+pub fn service_router(metrics: Option<ServiceMetrics>) -> Router {
+    let echo_metrics = metrics.clone();
+    Router::new()
+        .route(ROUTE_ECHO, move |ctx: RequestContext, request: Buf| {
+            if let Some(m) = &echo_metrics {
+                m.served(&ctx.peer, ctx.route, request.len(), request.len());
+            }
+            async move { Ok::<Buf, RpcError>(request) }
+        })
+        .route(ROUTE_SINK, move |ctx: RequestContext, request: Buf| {
+            let answer = (request.len() as u64).to_le_bytes();
+            if let Some(m) = &metrics {
+                m.served(&ctx.peer, ctx.route, request.len(), answer.len());
+            }
+            async move { Ok::<Buf, RpcError>(Buf::copy_from_slice(&answer)) }
+        })
+}
+
+/// What the shard's tasks share.
+struct NodeShard {
+    transport: Rc<NodeTransport>,
+    sampler: StatsSampler,
+    shard_metrics: ShardMetrics,
+    collector: Arc<MetricsCollector>,
+}
+
+impl NodeShard {
+    fn publish(&self) {
+        self.sampler.sample();
+        // A mismatch would be a wiring bug in this file; the scrape then shows the last good data.
+        let _ = self.shard_metrics.publish(&self.collector);
+    }
+}
+
+async fn run_shard(ctx: ShardContext<()>, parts: NodeParts) -> Result<(), NodeError> {
+    let NodeParts {
+        config,
+        tuning,
+        identity,
+        watcher,
+    } = parts;
+    let registry = watcher.current();
+    let local_id = identity.node_id();
+    let record = own_record(&registry, &config.subnet_id, local_id)?.clone();
+
+    let mut builder = MetricsSchemaBuilder::new(MetricsConfig::from_tuning(&tuning.metrics))?;
+    let ids = NodeMetricIds::declare(&mut builder, config.transport)?;
+    let schema = builder.build();
+    let shard_metrics = ShardMetrics::new(schema.clone(), ctx.index);
+    shard_metrics.set_registry_peers(member_ids(&registry, &config.subnet_id));
+    let collector = Arc::new(MetricsCollector::new(schema, ctx.count));
+
+    let router = service_router(Some(ServiceMetrics::new(&ids, &shard_metrics)));
+    let transport = Rc::new(NodeTransport::start(
+        config.transport,
+        &identity,
+        registry.clone(),
+        &config.subnet_id,
+        &tuning,
+        router,
+    )?);
+    let sampler = StatsSampler::new(transport.clone(), &ids, &shard_metrics);
+    sampler.set_registry_version(registry.version());
+    let node = Rc::new(NodeShard {
+        transport,
+        sampler,
+        shard_metrics,
+        collector,
+    });
+
+    let started = Instant::now();
+    if let Some(addr) = record.metrics_addr {
+        let admin = start_admin(addr, node.clone(), local_id, started)?;
+        spawn_until_shutdown(&ctx, admin.run());
+    }
+    let publish_interval = Duration::from_millis(tuning.metrics.publish_interval_ms);
+    spawn_until_shutdown(&ctx, publish_loop(node.clone(), publish_interval));
+    spawn_until_shutdown(
+        &ctx,
+        registry_loop(node.clone(), watcher, config.subnet_id.clone()),
+    );
+    announce(local_id, &config, &record, registry.version());
+
+    ctx.shutdown.wait().await;
+    node.transport.shutdown().await;
+    ctx.join_tasks(TASK_JOIN_GRACE).await;
+    Ok(())
+}
+
+/// Runs `task` on the shard until it ends or the node stops.
+fn spawn_until_shutdown(ctx: &ShardContext<()>, task: impl Future<Output = ()> + 'static) {
+    let shutdown = ctx.shutdown.clone();
+    ctx.spawn(async move { or(task, shutdown.wait()).await });
+}
+
+fn member_ids(registry: &Registry, subnet: &SubnetId) -> Vec<NodeId> {
+    registry.nodes(subnet).iter().map(|r| r.node_id).collect()
+}
+
+fn start_admin(
+    addr: std::net::SocketAddr,
+    node: Rc<NodeShard>,
+    node_id: NodeId,
+    started: Instant,
+) -> Result<AdminServer, NodeError> {
+    let handlers = AdminHandlers {
+        metrics: Rc::new(move || {
+            node.publish();
+            node.collector.render()
+        }),
+        health: Rc::new(move || Health {
+            node_id,
+            uptime: started.elapsed(),
+        }),
+    };
+    AdminServer::bind(addr, AdminConfig::default(), handlers)
+        .map_err(|source| NodeError::Admin { addr, source })
+}
+
+async fn publish_loop(node: Rc<NodeShard>, interval: Duration) {
+    loop {
+        node.publish();
+        glommio::timer::sleep(interval).await;
+    }
+}
+
+/// Polls the registry file and applies each newer version to the transport and the metrics.
+async fn registry_loop(node: Rc<NodeShard>, mut watcher: RegistryWatcher, subnet: SubnetId) {
+    let mut reported_error: Option<String> = None;
+    loop {
+        glommio::timer::sleep(watcher.poll_interval()).await;
+        if let Some(next) = watcher.poll_changed() {
+            node.transport.apply_registry(&next);
+            node.shard_metrics
+                .set_registry_peers(member_ids(&next, &subnet));
+            node.sampler.set_registry_version(next.version());
+            println!("registry version {} adopted", next.version());
+        }
+        let error = watcher.last_error().map(str::to_string);
+        if error.is_some() && error != reported_error {
+            eprintln!(
+                "registry change ignored: {}",
+                error.as_deref().unwrap_or("")
+            );
+        }
+        reported_error = error;
+    }
+}
+
+/// One line saying the node is up and where (tools and tests wait for it).
+fn announce(
+    node_id: NodeId,
+    config: &NodeConfig,
+    record: &icn_engine::registry::NodeRecord,
+    version: u64,
+) {
+    let listen = match config.transport {
+        TransportKind::Quic => record.quic_addr,
+        TransportKind::Tcp => record.tcp_addr,
+    };
+    let metrics = record
+        .metrics_addr
+        .map(|addr| format!("http://{addr}/metrics"))
+        .unwrap_or_else(|| "none (no metrics_addr in the registry)".into());
+    println!(
+        "icn node {} ready: subnet {} transport {} on {listen}, metrics {metrics}, registry version {version}, {NODE_SHARDS} shard",
+        node_id.to_hex(),
+        config.subnet_id,
+        config.transport.name(),
+    );
+    let _ = std::io::stdout().flush();
+}

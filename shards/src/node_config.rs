@@ -1,0 +1,188 @@
+//! The node config file of `icn node`: who this node is, where its registry lives, which
+//! transport it speaks, and (optionally) which tuning profile it runs with.
+//!
+//! ```toml
+//! identity_dir = "node-0"            # holds node_key.pem and node_cert.pem (icn keygen)
+//! registry_path = "registry.toml"    # followed for new versions
+//! subnet_id = "local"
+//! transport = "quic"                 # or "tcp"
+//! tuning_profile = "lan.toml"        # optional; the compiled defaults otherwise
+//! ```
+//!
+//! Relative paths are taken relative to the config file's folder, so a node directory can move.
+//! Listen addresses are not here: they come from this node's entry in the registry, so the
+//! registry stays the one place that says where a node is. Unknown keys are errors.
+
+use std::path::{Path, PathBuf};
+
+use icn_engine::registry::SubnetId;
+use serde::Deserialize;
+
+/// Which transport a node runs between peers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    Quic,
+    Tcp,
+}
+
+impl TransportKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            TransportKind::Quic => "quic",
+            TransportKind::Tcp => "tcp",
+        }
+    }
+}
+
+impl std::str::FromStr for TransportKind {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "quic" => Ok(TransportKind::Quic),
+            "tcp" => Ok(TransportKind::Tcp),
+            other => Err(format!(
+                "unknown transport {other:?} (expected quic or tcp)"
+            )),
+        }
+    }
+}
+
+/// A loaded node config, paths resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeConfig {
+    pub identity_dir: PathBuf,
+    pub registry_path: PathBuf,
+    pub subnet_id: SubnetId,
+    pub transport: TransportKind,
+    pub tuning_profile: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeConfigFile {
+    identity_dir: PathBuf,
+    registry_path: PathBuf,
+    subnet_id: String,
+    transport: TransportKind,
+    #[serde(default)]
+    tuning_profile: Option<PathBuf>,
+}
+
+/// Why a node config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeConfigError {
+    #[error("cannot read node config {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("node config {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl NodeConfig {
+    /// Reads `path`; relative paths inside are resolved against its folder.
+    pub fn load(path: &Path) -> Result<NodeConfig, NodeConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| NodeConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        NodeConfig::from_toml(&text, base).map_err(|message| NodeConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    /// Parses config text; relative paths are resolved against `base`.
+    pub fn from_toml(text: &str, base: &Path) -> Result<NodeConfig, String> {
+        let file: NodeConfigFile =
+            toml::from_str(text).map_err(|error| error.message().to_string())?;
+        if file.subnet_id.trim().is_empty() {
+            return Err("subnet_id is empty".into());
+        }
+        let resolve = |path: PathBuf| {
+            if path.is_absolute() {
+                path
+            } else {
+                base.join(path)
+            }
+        };
+        Ok(NodeConfig {
+            identity_dir: resolve(file.identity_dir),
+            registry_path: resolve(file.registry_path),
+            subnet_id: SubnetId(file.subnet_id),
+            transport: file.transport,
+            tuning_profile: file.tuning_profile.map(resolve),
+        })
+    }
+
+    /// The config as TOML text (absolute paths stay absolute, relative ones relative).
+    pub fn to_toml(&self) -> String {
+        let quote = |path: &Path| toml::Value::String(path.display().to_string()).to_string();
+        let mut text = format!(
+            "identity_dir = {}\nregistry_path = {}\nsubnet_id = {}\ntransport = \"{}\"\n",
+            quote(&self.identity_dir),
+            quote(&self.registry_path),
+            toml::Value::String(self.subnet_id.0.clone()),
+            self.transport.name(),
+        );
+        if let Some(profile) = &self.tuning_profile {
+            text.push_str(&format!("tuning_profile = {}\n", quote(profile)));
+        }
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "/srv/icn";
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_folder() {
+        let text = r#"
+            identity_dir = "node-0"
+            registry_path = "/etc/icn/registry.toml"
+            subnet_id = "local"
+            transport = "tcp"
+            tuning_profile = "profiles/lan.toml"
+        "#;
+        let config = NodeConfig::from_toml(text, Path::new(BASE)).unwrap();
+        assert_eq!(config.identity_dir, Path::new("/srv/icn/node-0"));
+        assert_eq!(config.registry_path, Path::new("/etc/icn/registry.toml"));
+        assert_eq!(config.subnet_id, SubnetId("local".into()));
+        assert_eq!(config.transport, TransportKind::Tcp);
+        assert_eq!(
+            config.tuning_profile.as_deref(),
+            Some(Path::new("/srv/icn/profiles/lan.toml"))
+        );
+        let again = NodeConfig::from_toml(&config.to_toml(), Path::new("/elsewhere")).unwrap();
+        assert_eq!(again, config);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let base = "identity_dir = \"a\"\nregistry_path = \"r\"\nsubnet_id = \"s\"\n";
+        let unknown = format!("{base}transport = \"quic\"\nlisten = \"x\"\n");
+        let error = NodeConfig::from_toml(&unknown, Path::new(BASE)).unwrap_err();
+        assert!(error.contains("listen"), "{error}");
+        let bad = format!("{base}transport = \"udp\"\n");
+        let error = NodeConfig::from_toml(&bad, Path::new(BASE)).unwrap_err();
+        assert!(error.contains("udp"), "{error}");
+        let error = NodeConfig::from_toml(base, Path::new(BASE)).unwrap_err();
+        assert!(error.contains("transport"), "{error}");
+        let empty =
+            "identity_dir = \"a\"\nregistry_path = \"r\"\nsubnet_id = \" \"\ntransport = \"quic\"";
+        assert!(NodeConfig::from_toml(empty, Path::new(BASE)).is_err());
+    }
+
+    #[test]
+    fn load_names_the_file() {
+        let error = NodeConfig::load(Path::new("/nonexistent/icn-node.toml")).unwrap_err();
+        assert!(error.to_string().contains("/nonexistent/icn-node.toml"));
+    }
+}

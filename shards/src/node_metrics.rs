@@ -1,0 +1,358 @@
+//! What a node exports on /metrics: the standard transport set (engine::metrics::StandardMetrics)
+//! filled from the transport's own counters, plus counters only one transport has, the registry
+//! version, and requests served per route.
+//!
+//! The transports keep plain `Cell` counters on their hot paths; [`StatsSampler::sample`] copies
+//! them into the metrics registry (as deltas for counters) once per publish and once per scrape,
+//! so the data path never touches the metrics layer.
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use icn_engine::metrics::{
+    Aggregation, Counter, CounterId, Gauge, GaugeId, LabelSpec, MetricsError, MetricsSchemaBuilder,
+    ShardMetrics, StandardMetrics, TransportMetrics,
+};
+use icn_engine::transport::quic::QuicTransport;
+use icn_engine::transport::tcp::TcpTransport;
+use icn_engine::{NodeId, Route, Transport};
+
+use crate::node_config::TransportKind;
+use crate::node_transport::NodeTransport;
+
+/// Routes with a series of their own in `icn_node_requests_served_total`. Routes come from peers'
+/// requests, but only routes with a handler are counted, so this bounds a future service adding
+/// many; the same bound as the engine's per-route RPC histograms.
+pub const SERVED_ROUTE_SERIES_MAX: usize = 32;
+
+type QuicReading = fn(&QuicTransport) -> u64;
+type TcpReading = fn(&TcpTransport) -> u64;
+
+/// Counters only the QUIC transport keeps: (name, help, reading).
+const QUIC_COUNTERS: [(&str, &str, QuicReading); 11] = [
+    (
+        "icn_quic_handshakes_refused_total",
+        "QUIC handshakes refused (peer not in the registry, wrong peer, or bad certificate).",
+        |t| t.stats().handshakes_refused.get(),
+    ),
+    (
+        "icn_quic_initials_dropped_total",
+        "QUIC Initial packets dropped because connections_max connections were open.",
+        |t| t.stats().initials_dropped_full.get(),
+    ),
+    (
+        "icn_quic_rpcs_sent_total",
+        "RPCs this node sent over QUIC.",
+        |t| t.stats().rpcs_sent.get(),
+    ),
+    (
+        "icn_quic_rpcs_served_total",
+        "RPCs this node served over QUIC.",
+        |t| t.stats().rpcs_served.get(),
+    ),
+    (
+        "icn_quic_rpcs_failed_total",
+        "RPCs this node sent over QUIC that failed.",
+        |t| t.stats().rpcs_failed.get(),
+    ),
+    (
+        "icn_quic_streams_reset_by_peer_total",
+        "QUIC streams the peer reset (cancelled RPCs).",
+        |t| t.stats().streams_reset_by_peer.get(),
+    ),
+    (
+        "icn_quic_protocol_errors_total",
+        "QUIC streams closed because the peer broke the framing rules.",
+        |t| t.stats().protocol_errors.get(),
+    ),
+    (
+        "icn_quic_oversized_messages_total",
+        "RPC messages over rpc.message_bytes_max refused on QUIC.",
+        |t| t.stats().oversized_messages.get(),
+    ),
+    (
+        "icn_udp_sent_bytes_total",
+        "UDP payload bytes sent by the QUIC socket.",
+        |t| t.udp_stats().bytes_sent.get(),
+    ),
+    (
+        "icn_udp_received_bytes_total",
+        "UDP payload bytes received by the QUIC socket.",
+        |t| t.udp_stats().bytes_received.get(),
+    ),
+    (
+        "icn_udp_send_would_block_total",
+        "UDP sends that found the socket buffer full and backed off.",
+        |t| t.udp_stats().send_would_block.get(),
+    ),
+];
+
+/// Counters only the TCP transport keeps: (name, help, reading).
+const TCP_COUNTERS: [(&str, &str, TcpReading); 5] = [
+    (
+        "icn_tcp_frames_oversized_total",
+        "TCP frames refused for announcing a body over rpc.message_bytes_max.",
+        |t| t.stats().frames_oversized.get(),
+    ),
+    (
+        "icn_tcp_frames_malformed_total",
+        "TCP frames refused as malformed.",
+        |t| t.stats().frames_malformed.get(),
+    ),
+    (
+        "icn_tcp_connections_refused_total",
+        "Inbound TCP connections refused (dial rule, left the registry, or too many handshakes).",
+        |t| t.stats().connections_refused.get(),
+    ),
+    (
+        "icn_tcp_handshakes_failed_total",
+        "TCP+TLS handshakes that failed or timed out.",
+        |t| t.stats().handshakes_failed.get(),
+    ),
+    (
+        "icn_tcp_requests_refused_in_flight_total",
+        "Requests answered TooManyInFlight without running a handler.",
+        |t| t.stats().requests_refused_in_flight.get(),
+    ),
+];
+
+/// Ids of everything a node exports.
+#[derive(Clone, Debug)]
+pub struct NodeMetricIds {
+    pub standard: StandardMetrics,
+    pub registry_version: GaugeId,
+    pub requests_served: CounterId,
+    /// The transport-specific counters, in the order of their table.
+    pub transport_counters: Vec<CounterId>,
+}
+
+impl NodeMetricIds {
+    pub fn declare(
+        builder: &mut MetricsSchemaBuilder,
+        kind: TransportKind,
+    ) -> Result<NodeMetricIds, MetricsError> {
+        let standard = StandardMetrics::declare(builder)?;
+        let registry_version = builder.gauge(
+            "icn_registry_version",
+            "Registry version each shard holds.",
+            None,
+            Aggregation::PerShard,
+        )?;
+        let requests_served = builder.counter(
+            "icn_node_requests_served_total",
+            "Requests this node's handlers answered, per route (1 echo, 2 sink).",
+            Some(LabelSpec::bounded("route", SERVED_ROUTE_SERIES_MAX)),
+            Aggregation::Sum,
+        )?;
+        let table: Vec<(&str, &str)> = match kind {
+            TransportKind::Quic => QUIC_COUNTERS.iter().map(|(n, h, _)| (*n, *h)).collect(),
+            TransportKind::Tcp => TCP_COUNTERS.iter().map(|(n, h, _)| (*n, *h)).collect(),
+        };
+        let transport_counters = table
+            .into_iter()
+            .map(|(name, help)| builder.counter(name, help, None, Aggregation::Sum))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(NodeMetricIds {
+            standard,
+            registry_version,
+            requests_served,
+            transport_counters,
+        })
+    }
+}
+
+/// A metrics counter that follows a monotonic counter kept elsewhere.
+struct Mirror {
+    counter: Counter,
+    last: Cell<u64>,
+}
+
+impl Mirror {
+    fn new(counter: Counter) -> Mirror {
+        Mirror {
+            counter,
+            last: Cell::new(0),
+        }
+    }
+
+    fn follow(&self, now: u64) {
+        self.counter.add(now.saturating_sub(self.last.get()));
+        self.last.set(now.max(self.last.get()));
+    }
+}
+
+/// Per-handler counters: bytes per peer and requests per route.
+#[derive(Clone)]
+pub struct ServiceMetrics {
+    transport: TransportMetrics,
+    shard: ShardMetrics,
+    requests_served: CounterId,
+}
+
+impl ServiceMetrics {
+    pub fn new(ids: &NodeMetricIds, shard: &ShardMetrics) -> ServiceMetrics {
+        ServiceMetrics {
+            transport: TransportMetrics::new(ids.standard, shard),
+            shard: shard.clone(),
+            requests_served: ids.requests_served,
+        }
+    }
+
+    /// Counts one served request of `request_bytes` answered with `response_bytes`.
+    pub fn served(&self, peer: &NodeId, route: Route, request_bytes: usize, response_bytes: usize) {
+        self.transport
+            .received_bytes_for(peer)
+            .add(request_bytes as u64);
+        self.transport
+            .sent_bytes_for(peer)
+            .add(response_bytes as u64);
+        self.shard
+            .counter_with(self.requests_served, &route.0.to_string())
+            .inc();
+    }
+}
+
+/// Copies a transport's counters into the metrics registry.
+pub struct StatsSampler {
+    transport: Rc<NodeTransport>,
+    metrics: TransportMetrics,
+    registry_version: Gauge,
+    opened: Mirror,
+    closed: Mirror,
+    packets_sent: Mirror,
+    packets_received: Mirror,
+    packets_lost: Mirror,
+    garbage: Mirror,
+    transport_counters: Vec<Mirror>,
+    /// TCP only: the largest connection id seen, which is the number of connections opened
+    /// (ids start at 1 and grow by one per connection).
+    tcp_conn_id_max: Cell<u64>,
+}
+
+impl StatsSampler {
+    pub fn new(transport: Rc<NodeTransport>, ids: &NodeMetricIds, shard: &ShardMetrics) -> Self {
+        let metrics = TransportMetrics::new(ids.standard, shard);
+        let mirror = |counter: &Counter| Mirror::new(counter.clone());
+        StatsSampler {
+            opened: mirror(&metrics.connections_opened),
+            closed: mirror(&metrics.connections_closed),
+            packets_sent: mirror(&metrics.packets_sent),
+            packets_received: mirror(&metrics.packets_received),
+            packets_lost: mirror(&metrics.packets_lost),
+            garbage: mirror(&metrics.garbage_datagrams),
+            transport_counters: ids
+                .transport_counters
+                .iter()
+                .map(|id| Mirror::new(shard.counter(*id)))
+                .collect(),
+            registry_version: shard.gauge(ids.registry_version),
+            tcp_conn_id_max: Cell::new(0),
+            metrics,
+            transport,
+        }
+    }
+
+    pub fn set_registry_version(&self, version: u64) {
+        self.registry_version
+            .set(i64::try_from(version).unwrap_or(i64::MAX));
+    }
+
+    /// Reads every counter of the transport now.
+    pub fn sample(&self) {
+        let peers = self.transport.peers();
+        self.metrics.active_connections.set(peers.len() as i64);
+        match &*self.transport {
+            NodeTransport::Quic { transport, .. } => self.sample_quic(transport, &peers),
+            NodeTransport::Tcp(transport) => self.sample_tcp(transport, &peers),
+        }
+    }
+
+    fn sample_quic(&self, transport: &QuicTransport, peers: &[(NodeId, icn_engine::ConnId)]) {
+        let stats = transport.stats();
+        let udp = transport.udp_stats();
+        self.opened.follow(stats.connections_opened.get());
+        self.closed.follow(stats.connections_closed.get());
+        self.packets_sent.follow(udp.datagrams_sent.get());
+        self.packets_received.follow(udp.datagrams_received.get());
+        self.packets_lost.follow(stats.packets_lost.get());
+        self.garbage.follow(stats.garbage_datagrams.get());
+        for (mirror, (_, _, read)) in self.transport_counters.iter().zip(QUIC_COUNTERS.iter()) {
+            mirror.follow(read(transport));
+        }
+        for (peer, _) in peers {
+            if let Some((rtt, cwnd, _lost)) = transport.path_stats(*peer) {
+                self.metrics.rtt_us.record(rtt.as_micros() as u64);
+                self.metrics
+                    .congestion_window_bytes_for(peer)
+                    .set(i64::try_from(cwnd).unwrap_or(i64::MAX));
+            }
+        }
+    }
+
+    fn sample_tcp(&self, transport: &TcpTransport, peers: &[(NodeId, icn_engine::ConnId)]) {
+        let newest = peers.iter().map(|(_, conn)| conn.0).max().unwrap_or(0);
+        let opened = self.tcp_conn_id_max.get().max(newest);
+        self.tcp_conn_id_max.set(opened);
+        self.opened.follow(opened);
+        // Every connection opened is either still open or closed.
+        self.closed
+            .follow(opened.saturating_sub(peers.len() as u64));
+        for (mirror, (_, _, read)) in self.transport_counters.iter().zip(TCP_COUNTERS.iter()) {
+            mirror.follow(read(transport));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use icn_engine::metrics::{MetricsCollector, MetricsConfig};
+
+    #[test]
+    fn node_metrics_declare_for_both_transports() {
+        for kind in [TransportKind::Quic, TransportKind::Tcp] {
+            let mut builder = MetricsSchemaBuilder::new(MetricsConfig::default()).unwrap();
+            let ids = NodeMetricIds::declare(&mut builder, kind).unwrap();
+            let expected = match kind {
+                TransportKind::Quic => QUIC_COUNTERS.len(),
+                TransportKind::Tcp => TCP_COUNTERS.len(),
+            };
+            assert_eq!(ids.transport_counters.len(), expected);
+            let schema = builder.build();
+            let shard = ShardMetrics::new(schema.clone(), 0);
+            let collector = MetricsCollector::new(schema, 1);
+            let service = ServiceMetrics::new(&ids, &shard);
+            let peer = NodeId([7; 32]);
+            shard.set_registry_peers([peer]);
+            service.served(&peer, Route(2), 1000, 8);
+            shard.publish(&collector).unwrap();
+            let text = collector.render();
+            assert!(
+                text.contains("icn_node_requests_served_total{route=\"2\"} 1"),
+                "{text}"
+            );
+            assert!(
+                text.contains(&format!(
+                    "icn_transport_received_bytes_total{{peer=\"{}\"}} 1000",
+                    peer.to_hex()
+                )),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn mirror_adds_only_the_increase() {
+        let mut builder = MetricsSchemaBuilder::new(MetricsConfig::default()).unwrap();
+        let id = builder
+            .counter("icn_test_total", "test counter", None, Aggregation::Sum)
+            .unwrap();
+        let shard = ShardMetrics::new(builder.build(), 0);
+        let mirror = Mirror::new(shard.counter(id));
+        mirror.follow(5);
+        mirror.follow(5);
+        mirror.follow(12);
+        mirror.follow(3); // a counter never goes back; a smaller reading adds nothing
+        assert_eq!(shard.counter(id).get(), 12);
+    }
+}

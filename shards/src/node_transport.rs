@@ -1,0 +1,185 @@
+//! The transport a node runs, QUIC or TCP, started from its identity, registry and tuning, with
+//! one way to apply a new registry version to either.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use icn_engine::identity::Identity;
+use icn_engine::registry::{NodeRecord, Registry, SubnetId};
+use icn_engine::tls::{self, SharedRegistry};
+use icn_engine::transport::quic::{QuicConfig, QuicTransport};
+use icn_engine::transport::tcp::{TcpConfig, TcpTransport};
+use icn_engine::{Buf, ConnId, NodeId, Priority, Route, Router, RpcError, Transport};
+use icn_tuning::Tuning;
+
+use crate::node_config::TransportKind;
+
+/// Why a node's transport could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("node {node} is not a member of subnet {subnet} in registry version {version}")]
+    NotMember {
+        node: String,
+        subnet: SubnetId,
+        version: u64,
+    },
+    #[error("TLS setup: {0}")]
+    Tls(#[from] boring::error::ErrorStack),
+    #[error("QUIC: {0}")]
+    Quic(#[from] icn_engine::transport::quic::QuicStartError),
+    #[error("TCP: {0}")]
+    Tcp(#[from] icn_engine::transport::tcp::TcpError),
+}
+
+/// A started transport of either kind.
+pub enum NodeTransport {
+    Quic {
+        transport: QuicTransport,
+        /// The registry version the TLS verifier checks peers against.
+        registry: SharedRegistry,
+        subnet: SubnetId,
+    },
+    Tcp(TcpTransport),
+}
+
+/// This node's entry in `registry`, if it is a member of `subnet`.
+pub fn own_record<'r>(
+    registry: &'r Registry,
+    subnet: &SubnetId,
+    node: NodeId,
+) -> Result<&'r NodeRecord, StartError> {
+    registry
+        .nodes(subnet)
+        .iter()
+        .find(|record| record.node_id == node)
+        .ok_or_else(|| StartError::NotMember {
+            node: node.to_hex(),
+            subnet: subnet.clone(),
+            version: registry.version(),
+        })
+}
+
+/// The QUIC peers of `local` in `registry`: the other members of its subnet (none when it is no
+/// longer a member itself).
+fn quic_peers(
+    registry: &Registry,
+    subnet: &SubnetId,
+    local: NodeId,
+) -> HashMap<NodeId, SocketAddr> {
+    if !registry.is_member(subnet, local) {
+        return HashMap::new();
+    }
+    registry
+        .nodes(subnet)
+        .iter()
+        .filter(|record| record.node_id != local)
+        .map(|record| (record.node_id, record.quic_addr))
+        .collect()
+}
+
+impl NodeTransport {
+    /// Starts `kind` on the current glommio executor, listening on this node's registry address.
+    pub fn start(
+        kind: TransportKind,
+        identity: &Identity,
+        registry: Arc<Registry>,
+        subnet: &SubnetId,
+        tuning: &Tuning,
+        router: Router,
+    ) -> Result<NodeTransport, StartError> {
+        let record = own_record(&registry, subnet, identity.node_id())?;
+        match kind {
+            TransportKind::Quic => {
+                let config = QuicConfig::from_tuning(tuning, record.quic_addr);
+                let peers = quic_peers(&registry, subnet, identity.node_id());
+                let shared: SharedRegistry = Arc::new(RwLock::new(registry));
+                let verifier = tls::registry_verifier(shared.clone(), subnet.clone());
+                let server = tls::server_context_builder(identity, verifier.clone())?;
+                let client = tls::client_context_builder(identity, verifier)?;
+                let transport = QuicTransport::start(
+                    identity.node_id(),
+                    server,
+                    client,
+                    config,
+                    router,
+                    peers,
+                )?;
+                Ok(NodeTransport::Quic {
+                    transport,
+                    registry: shared,
+                    subnet: subnet.clone(),
+                })
+            }
+            TransportKind::Tcp => {
+                let config = TcpConfig::from_tuning(tuning);
+                Ok(NodeTransport::Tcp(TcpTransport::start(
+                    identity, registry, router, config,
+                )?))
+            }
+        }
+    }
+
+    pub fn kind(&self) -> TransportKind {
+        match self {
+            NodeTransport::Quic { .. } => TransportKind::Quic,
+            NodeTransport::Tcp(_) => TransportKind::Tcp,
+        }
+    }
+
+    /// Adopts a new registry version: handshakes are checked against it from now on, peers that
+    /// left are disconnected and new ones dialed.
+    pub fn apply_registry(&self, next: &Arc<Registry>) {
+        match self {
+            NodeTransport::Quic {
+                transport,
+                registry,
+                subnet,
+            } => {
+                // A poisoned lock means a verifier panicked mid-read; the value is still whole.
+                *registry.write().unwrap_or_else(|p| p.into_inner()) = next.clone();
+                transport.set_allowed_peers(quic_peers(next, subnet, transport.local_id()));
+            }
+            NodeTransport::Tcp(transport) => transport.apply_registry(next),
+        }
+    }
+
+    /// QUIC closes every connection with a goodbye and stops its tasks; TCP connections close
+    /// when the transport is dropped (TcpTransport has no explicit close yet).
+    pub async fn shutdown(&self) {
+        if let NodeTransport::Quic { transport, .. } = self {
+            transport.shutdown().await;
+        }
+    }
+}
+
+impl Transport for NodeTransport {
+    fn local_id(&self) -> NodeId {
+        match self {
+            NodeTransport::Quic { transport, .. } => transport.local_id(),
+            NodeTransport::Tcp(transport) => transport.local_id(),
+        }
+    }
+
+    async fn rpc(
+        &self,
+        peer: NodeId,
+        route: Route,
+        priority: Priority,
+        request: Buf,
+    ) -> Result<Buf, RpcError> {
+        match self {
+            NodeTransport::Quic { transport, .. } => {
+                transport.rpc(peer, route, priority, request).await
+            }
+            NodeTransport::Tcp(transport) => transport.rpc(peer, route, priority, request).await,
+        }
+    }
+
+    fn peers(&self) -> Vec<(NodeId, ConnId)> {
+        match self {
+            NodeTransport::Quic { transport, .. } => transport.peers(),
+            NodeTransport::Tcp(transport) => transport.peers(),
+        }
+    }
+}

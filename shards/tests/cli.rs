@@ -1,0 +1,339 @@
+//! The `icn` binary, driven as an operator would: exit codes, files written, output printed.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const ICN: &str = env!("CARGO_BIN_EXE_icn");
+
+/// The longest any one command in these tests may run before it counts as hung.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A fresh folder under the system temp dir, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("icn-cli-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs `icn args...` to completion, killing it if it outlives [`COMMAND_TIMEOUT`].
+fn icn(args: &[&str]) -> Output {
+    let child = Command::new(ICN)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_bounded(child, COMMAND_TIMEOUT)
+}
+
+fn wait_bounded(mut child: Child, limit: Duration) -> Output {
+    let deadline = Instant::now() + limit;
+    while matches!(child.try_wait(), Ok(None)) {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("icn ran longer than {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn path_arg(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+#[test]
+fn keygen_writes_a_private_key_and_refuses_to_overwrite() {
+    let dir = TempDir::new("keygen");
+    let out = dir.0.join("id");
+    let first = icn(&["keygen", "--out", path_arg(&out)]);
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first.stderr));
+    let node_id = text(&first.stdout).trim().to_string();
+    assert_eq!(node_id.len(), 64, "prints the node id in hex: {node_id}");
+    let mode = std::fs::metadata(out.join("node_key.pem"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let key_before = std::fs::read(out.join("node_key.pem")).unwrap();
+
+    let second = icn(&["keygen", "--out", path_arg(&out)]);
+    assert_eq!(second.status.code(), Some(1));
+    assert!(text(&second.stderr).contains("refusing to overwrite"));
+    assert_eq!(std::fs::read(out.join("node_key.pem")).unwrap(), key_before);
+
+    let usage = icn(&["keygen"]);
+    assert_eq!(
+        usage.status.code(),
+        Some(2),
+        "missing --out is a usage error"
+    );
+}
+
+#[test]
+fn registry_changes_produce_versions_one_two_three() {
+    let dir = TempDir::new("registry");
+    let registry = dir.0.join("registry.toml");
+    let create = icn(&[
+        "registry",
+        "create",
+        "--dir",
+        path_arg(&dir.0),
+        "--nodes",
+        "2",
+    ]);
+    assert_eq!(create.status.code(), Some(0), "{}", text(&create.stderr));
+    assert!(text(&create.stdout).contains("registry version 1"));
+    assert!(text(&create.stdout).contains("subnet local (2 nodes)"));
+
+    let extra = dir.0.join("extra");
+    let keygen = icn(&["keygen", "--out", path_arg(&extra)]);
+    let extra_id = text(&keygen.stdout).trim().to_string();
+    let add = icn(&[
+        "registry",
+        "add",
+        "--registry",
+        path_arg(&registry),
+        "--node-dir",
+        path_arg(&extra),
+        "--quic",
+        "127.0.0.1:5100",
+        "--tcp",
+        "127.0.0.1:5101",
+    ]);
+    assert_eq!(add.status.code(), Some(0), "{}", text(&add.stderr));
+    assert!(text(&add.stdout).contains("registry version 2: added"));
+
+    let again = icn(&[
+        "registry",
+        "add",
+        "--registry",
+        path_arg(&registry),
+        "--node-dir",
+        path_arg(&extra),
+        "--quic",
+        "127.0.0.1:5100",
+        "--tcp",
+        "127.0.0.1:5101",
+    ]);
+    assert_eq!(again.status.code(), Some(1), "a duplicate node is refused");
+    assert!(
+        text(&again.stderr).contains("duplicate"),
+        "{}",
+        text(&again.stderr)
+    );
+
+    let remove = icn(&[
+        "registry",
+        "remove",
+        "--registry",
+        path_arg(&registry),
+        "--node",
+        &extra_id[..12],
+    ]);
+    assert_eq!(remove.status.code(), Some(0), "{}", text(&remove.stderr));
+    assert!(text(&remove.stdout).contains("registry version 3: removed"));
+
+    let show = icn(&["registry", "show", "--registry", path_arg(&registry)]);
+    let shown = text(&show.stdout);
+    assert!(shown.starts_with("registry version 3"), "{shown}");
+    assert!(shown.contains("subnet local (2 nodes)"), "{shown}");
+    assert!(!shown.contains(&extra_id), "{shown}");
+
+    let missing = icn(&[
+        "registry",
+        "remove",
+        "--registry",
+        path_arg(&registry),
+        "--node",
+        &extra_id,
+    ]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(text(&missing.stderr).contains("is not in the registry"));
+}
+
+#[test]
+fn config_check_accepts_the_shipped_profiles_and_names_a_bad_knob() {
+    let profiles = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tuning/profiles");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&profiles).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|ext| ext == "toml") {
+            let check = icn(&["config", "check", path_arg(&path)]);
+            assert_eq!(check.status.code(), Some(0), "{}", text(&check.stderr));
+            assert!(text(&check.stdout).contains("valid"));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3, "default, lan and wan at least");
+
+    let dir = TempDir::new("config");
+    let bad = dir.0.join("bad.toml");
+    std::fs::write(&bad, "[quic]\nidle_timeout_ms = 5\n").unwrap();
+    let check = icn(&["config", "check", path_arg(&bad)]);
+    assert_eq!(check.status.code(), Some(1));
+    assert!(
+        text(&check.stderr).contains("quic.idle_timeout_ms"),
+        "{}",
+        text(&check.stderr)
+    );
+    assert_eq!(icn(&["config", "check"]).status.code(), Some(2));
+}
+
+/// MB/s of each status line (`[   1s]   12.3 MB/s ...`).
+fn status_rates(stdout: &str) -> Vec<f64> {
+    stdout
+        .lines()
+        .filter(|line| line.starts_with('[') && line.contains("MB/s"))
+        .filter_map(|line| {
+            let before = line.split("MB/s").next()?;
+            before.split_whitespace().last()?.parse().ok()
+        })
+        .collect()
+}
+
+#[test]
+fn demo_moves_data_and_ends_by_itself() {
+    let started = Instant::now();
+    let demo = icn(&["demo", "--seconds", "3", "--message-bytes", "16384"]);
+    let stdout = text(&demo.stdout);
+    assert_eq!(
+        demo.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        text(&demo.stderr)
+    );
+    let rates = status_rates(&stdout);
+    assert!(rates.len() >= 2, "status lines: {stdout}");
+    assert!(
+        rates.iter().filter(|rate| **rate > 0.0).count() >= 2,
+        "{stdout}"
+    );
+    assert!(stdout.contains("peers 2/2"), "{stdout}");
+    assert!(started.elapsed() < COMMAND_TIMEOUT);
+}
+
+#[test]
+fn node_adopts_registry_versions_and_stops_within_a_second_of_sigterm() {
+    let dir = TempDir::new("node");
+    let create = icn(&[
+        "registry",
+        "create",
+        "--dir",
+        path_arg(&dir.0),
+        "--nodes",
+        "2",
+    ]);
+    assert_eq!(create.status.code(), Some(0), "{}", text(&create.stderr));
+    let registry = dir.0.join("registry.toml");
+    let other_id = std::fs::read_to_string(dir.0.join("registry.toml"))
+        .unwrap()
+        .lines()
+        .filter_map(|line| line.strip_prefix("node_id = \""))
+        .nth(1)
+        .unwrap()
+        .trim_end_matches('"')
+        .to_string();
+    std::fs::write(
+        dir.0.join("fast.toml"),
+        "[registry]\npoll_interval_ms = 100\n",
+    )
+    .unwrap();
+    let config = dir.0.join("node.toml");
+    std::fs::write(
+        &config,
+        "identity_dir = \"node-0\"\nregistry_path = \"registry.toml\"\nsubnet_id = \"local\"\n\
+         transport = \"quic\"\ntuning_profile = \"fast.toml\"\n",
+    )
+    .unwrap();
+    let mut node = Command::new(ICN)
+        .args(["node", "--config", path_arg(&config)])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = node.stdout.take().unwrap();
+    let (line_tx, line_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = line_tx.send(line);
+        }
+    });
+    let wait_for = |needle: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match line_rx.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+        false
+    };
+    let ready = wait_for(" ready: ");
+    let removed = ready && {
+        let remove = icn(&[
+            "registry",
+            "remove",
+            "--registry",
+            path_arg(&registry),
+            "--node",
+            &other_id,
+        ]);
+        remove.status.success() && wait_for("registry version 2 adopted")
+    };
+    if !removed {
+        let _ = node.kill();
+        let output = node.wait_with_output().unwrap();
+        panic!(
+            "ready {ready}, removal adopted {removed}: {}",
+            text(&output.stderr)
+        );
+    }
+
+    // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+    unsafe {
+        libc::kill(node.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let signalled = Instant::now();
+    let output = wait_bounded(node, Duration::from_secs(10));
+    let took = signalled.elapsed();
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    assert!(took < Duration::from_secs(1), "stopped after {took:?}");
+}
+
+#[test]
+fn node_config_errors_name_the_problem() {
+    let dir = TempDir::new("node-config");
+    let config = dir.0.join("node.toml");
+    std::fs::write(&config, "identity_dir = \"x\"\nlisten = 1\n").unwrap();
+    let run = icn(&["node", "--config", path_arg(&config)]);
+    assert_eq!(run.status.code(), Some(1));
+    assert!(
+        text(&run.stderr).contains("listen"),
+        "{}",
+        text(&run.stderr)
+    );
+}
