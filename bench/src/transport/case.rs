@@ -78,6 +78,9 @@ pub mod quic {
     pub const CONNECTION_WINDOW_BYTES: u32 = 64 << 20;
     /// Concurrent bidirectional streams a peer may open: above the 64 in-flight RPCs.
     pub const BIDI_STREAMS_MAX: u32 = 128;
+    /// SO_SNDBUF / SO_RCVBUF of each UDP socket (quinn's perf tool uses the same 2 MiB): bursts
+    /// of a 64 MiB window at 1452 bytes a packet overflow the kernel's 208 KiB default.
+    pub const UDP_SOCKET_BUFFER_BYTES: usize = 2 << 20;
 
     const _: () =
         assert!(BIDI_STREAMS_MAX as usize >= 64 && STREAM_WINDOW_BYTES <= CONNECTION_WINDOW_BYTES);

@@ -279,7 +279,10 @@ mod tests {
             request: Buf,
         ) -> Result<Buf, RpcError> {
             self.calls.set(self.calls.get() + 1);
-            if self.fail_every.is_some_and(|n| self.calls.get().is_multiple_of(n)) {
+            if self
+                .fail_every
+                .is_some_and(|n| self.calls.get().is_multiple_of(n))
+            {
                 return Err(RpcError::Timeout);
             }
             glommio::yield_if_needed().await;
@@ -337,6 +340,71 @@ mod tests {
         assert_eq!(measurement.ops + measurement.errors, 100);
         assert_eq!(measurement.errors, 10);
         assert_eq!(measurement.first_error.as_deref(), Some("timed out"));
+    }
+
+    /// A pair whose client answers itself (no network between the executors): exercises
+    /// `run_pair`'s executors, rendezvous, stop and error paths.
+    struct LoopbackPair {
+        refuse_to_serve: bool,
+    }
+
+    impl IcnPair for LoopbackPair {
+        type Rendezvous = usize;
+        type Server = Router;
+        type Client = DirectTransport;
+
+        async fn start_server(&self, router: Router) -> Result<(Router, usize), String> {
+            if self.refuse_to_serve {
+                return Err("no port for you".into());
+            }
+            let probe = RequestContext {
+                peer: NodeId([1; 32]),
+                conn: ConnId(1),
+                route: BENCH_ROUTE,
+                priority: Priority::Normal,
+            };
+            let response_bytes = router
+                .dispatch(probe, Buf::empty())
+                .await
+                .map_err(|e| e.to_string())?
+                .len();
+            Ok((router, response_bytes))
+        }
+
+        async fn start_client(
+            &self,
+            response_bytes: usize,
+        ) -> Result<(DirectTransport, NodeId), String> {
+            let client = DirectTransport {
+                router: bench_router(response_bytes),
+                fail_every: None,
+                calls: Default::default(),
+            };
+            Ok((client, NodeId([2; 32])))
+        }
+    }
+
+    #[test]
+    fn pair_runs_on_two_executors_and_reports_setup_errors() {
+        let spec = CaseSpec::tiny(CaseKind::Rpc1KiBx64, 256);
+        let system = IcnSystem::new(
+            "icn-loopback",
+            LoopbackPair {
+                refuse_to_serve: false,
+            },
+        );
+        let measurement = system.run(&spec, Placement::detect()).unwrap();
+        assert_eq!((measurement.ops, measurement.errors), (256, 0));
+        let refused = IcnSystem::new(
+            "icn-loopback",
+            LoopbackPair {
+                refuse_to_serve: true,
+            },
+        );
+        assert_eq!(
+            refused.run(&spec, Placement::detect()).unwrap_err(),
+            "no port for you"
+        );
     }
 
     #[test]

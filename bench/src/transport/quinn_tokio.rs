@@ -4,7 +4,9 @@
 //!
 //! Tuned to icn's knobs where quinn has one ([`super::case::quic`]): 1452-byte packets (MTU
 //! discovery off, so loopback's 64 KiB MTU is never used), the same stream and connection
-//! windows, enough concurrent streams for every in-flight request. Each end runs on its own
+//! windows, enough concurrent streams for every in-flight request, and 2 MiB UDP socket buffers
+//! as quinn's own perf tool sets them (the kernel's 208 KiB default drops packets in bursts,
+//! and Cubic then halves the window: a baseline slowed down by a default, not by quinn). Each end runs on its own
 //! current-thread tokio runtime on its own pinned thread (server core 0, client core 1).
 
 use std::collections::BTreeMap;
@@ -15,7 +17,8 @@ use std::thread;
 use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use quinn::{Connection, ConnectionStats, Endpoint, VarInt};
+use quinn::udp::UdpSocketState;
+use quinn::{Connection, ConnectionStats, Endpoint, EndpointConfig, TokioRuntime, VarInt};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::{json, Value};
 
@@ -109,6 +112,10 @@ impl System for QuinnTokio {
             ),
             ("bidi_streams_max".into(), json!(quic::BIDI_STREAMS_MAX)),
             (
+                "udp_socket_buffer_bytes".into(),
+                json!(quic::UDP_SOCKET_BUFFER_BYTES),
+            ),
+            (
                 "runtime".into(),
                 json!("one tokio current-thread runtime per end"),
             ),
@@ -128,6 +135,28 @@ pub fn transport_config() -> quinn::TransportConfig {
         .initial_mtu(quic::PACKET_BYTES)
         .mtu_discovery_config(None);
     config
+}
+
+/// A loopback UDP socket with [`quic::UDP_SOCKET_BUFFER_BYTES`] send and receive buffers, in
+/// a quinn endpoint on the current tokio runtime.
+fn endpoint(server: Option<quinn::ServerConfig>) -> Result<Endpoint, String> {
+    let socket = std::net::UdpSocket::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .map_err(|e| format!("bind: {e}"))?;
+    let state = UdpSocketState::new((&socket).into()).map_err(|e| format!("UDP socket: {e}"))?;
+    let buffer_bytes = quic::UDP_SOCKET_BUFFER_BYTES;
+    state
+        .set_send_buffer_size((&socket).into(), buffer_bytes)
+        .map_err(|e| format!("SO_SNDBUF: {e}"))?;
+    state
+        .set_recv_buffer_size((&socket).into(), buffer_bytes)
+        .map_err(|e| format!("SO_RCVBUF: {e}"))?;
+    Endpoint::new(
+        EndpointConfig::default(),
+        server,
+        socket,
+        Arc::new(TokioRuntime),
+    )
+    .map_err(|e| format!("endpoint: {e}"))
 }
 
 fn current_thread_runtime() -> Result<tokio::runtime::Runtime, String> {
@@ -196,8 +225,7 @@ async fn serve(
     response: Arc<Vec<u8>>,
     address: mpsc::Sender<Result<SocketAddr, String>>,
 ) -> Result<(), String> {
-    let bound = Endpoint::server(config, SocketAddr::from(([127, 0, 0, 1], 0)))
-        .map_err(|e| format!("server endpoint: {e}"))
+    let bound = endpoint(Some(config))
         .and_then(|endpoint| Ok((endpoint.local_addr().map_err(|e| e.to_string())?, endpoint)));
     let endpoint = match bound {
         Ok((local, endpoint)) => {
@@ -240,8 +268,7 @@ async fn run_client(
     address: SocketAddr,
     spec: CaseSpec,
 ) -> Result<Measurement, String> {
-    let mut endpoint = Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .map_err(|e| format!("client endpoint: {e}"))?;
+    let mut endpoint = endpoint(None)?;
     endpoint.set_default_client_config(config);
     let connecting = endpoint
         .connect(address, "localhost")
