@@ -84,6 +84,30 @@ pub fn process_cpu_time() -> Duration {
     timeval(usage.ru_utime) + timeval(usage.ru_stime)
 }
 
+/// CPU time the whole machine spent busy (user, nice, system, irq, softirq, steal over all
+/// cores, from /proc/stat), or `None` where /proc/stat is unreadable. The difference between its
+/// growth and [`process_cpu_time`]'s over a run is what other processes took meanwhile: on a
+/// shared machine that is the figure that says whether a run was disturbed.
+pub fn machine_busy_cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    parse_busy_ticks(&stat)
+        .map(|ticks| Duration::from_secs_f64(ticks as f64 / ticks_per_second.max(1) as f64))
+}
+
+fn parse_busy_ticks(stat: &str) -> Option<u64> {
+    let line = stat.lines().find(|line| line.starts_with("cpu "))?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map_while(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal: everything but idle and iowait.
+    let busy = [0usize, 1, 2, 5, 6, 7];
+    (fields.len() >= 8).then(|| busy.iter().map(|&i| fields[i]).sum())
+}
+
 /// Peak resident set size of the process so far (Linux reports ru_maxrss in KiB). It never goes
 /// down, so a run's figure is the peak of the process up to the end of that run.
 pub fn peak_rss_bytes() -> u64 {
@@ -136,6 +160,14 @@ mod tests {
         let text = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9R14\n";
         assert_eq!(parse_cpu_model(text).as_deref(), Some("AMD EPYC 9R14"));
         assert_eq!(parse_cpu_model("processor: 0\n"), None);
+    }
+
+    #[test]
+    fn busy_ticks_skip_idle_and_iowait() {
+        let stat = "cpu  10 1 5 1000 7 2 3 4 0 0\ncpu0 5 0 2 500 3 1 1 2 0 0\n";
+        assert_eq!(parse_busy_ticks(stat), Some(10 + 1 + 5 + 2 + 3 + 4));
+        assert_eq!(parse_busy_ticks("cpu  1 2\n"), None);
+        assert!(machine_busy_cpu_time().is_some());
     }
 
     #[test]

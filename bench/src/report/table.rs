@@ -3,6 +3,7 @@
 use std::fmt::Write;
 
 use super::SuiteReport;
+use crate::transport::load::OTHER_PROCESSES_CORES;
 
 /// The per-point table followed by the ratios.
 pub fn render(report: &SuiteReport) -> String {
@@ -17,7 +18,7 @@ pub fn render(report: &SuiteReport) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<15} {:<13} {:>9} {:>11} {:>9} {:>9} {:>9} {:>9} {:>10} {:>6}",
+        "{:<15} {:<13} {:>9} {:>11} {:>9} {:>9} {:>9} {:>9} {:>10} {:>6} {:>7}",
         "system",
         "case",
         "Gbit/s",
@@ -27,7 +28,8 @@ pub fn render(report: &SuiteReport) -> String {
         "p99 us",
         "p99.9 us",
         "CPU-s/GiB",
-        "errors"
+        "errors",
+        "others"
     );
     for point in &report.runs {
         let run = &point.median;
@@ -38,7 +40,7 @@ pub fn render(report: &SuiteReport) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<15} {:<13} {:>9} {:>11} {:>9} {:>9} {:>9} {:>9} {:>10} {:>6}",
+            "{:<15} {:<13} {:>9} {:>11} {:>9} {:>9} {:>9} {:>9} {:>10} {:>6} {:>7}",
             point.system,
             point.case,
             optional(run.goodput_bytes_per_s.map(|b| b * 8e-9), 2),
@@ -48,9 +50,14 @@ pub fn render(report: &SuiteReport) -> String {
             latency(|l| l.p99),
             latency(|l| l.p999),
             optional(run.cpu_s_per_gib, 2),
-            run.errors
+            run.errors,
+            optional(run.extra.get(OTHER_PROCESSES_CORES).copied(), 2)
         );
     }
+    let _ = writeln!(
+        out,
+        "(others: cores' worth of CPU other processes used during the run; high means disturbed)"
+    );
     if !report.ratios.is_empty() {
         let _ = writeln!(out, "\nratios (median against median, same invocation):");
         for ratio in &report.ratios {

@@ -106,6 +106,7 @@ where
 pub struct PhaseStart {
     at: Instant,
     cpu: Duration,
+    machine_busy: Option<Duration>,
 }
 
 impl PhaseStart {
@@ -113,6 +114,7 @@ impl PhaseStart {
         PhaseStart {
             at: Instant::now(),
             cpu: host::process_cpu_time(),
+            machine_busy: host::machine_busy_cpu_time(),
         }
     }
 
@@ -124,18 +126,33 @@ impl PhaseStart {
     pub fn finish(self, outcome: WorkerOutcome) -> Measurement {
         let cpu = host::process_cpu_time().saturating_sub(self.cpu);
         let end = outcome.finished.unwrap_or_else(Instant::now);
+        let elapsed = end.saturating_duration_since(self.at);
+        let mut extra = BTreeMap::new();
+        if let (Some(before), Some(after)) = (self.machine_busy, host::machine_busy_cpu_time()) {
+            let others = after.saturating_sub(before).saturating_sub(cpu);
+            if elapsed > Duration::ZERO {
+                extra.insert(
+                    OTHER_PROCESSES_CORES.to_string(),
+                    others.as_secs_f64() / elapsed.as_secs_f64(),
+                );
+            }
+        }
         Measurement {
-            elapsed: end.saturating_duration_since(self.at),
+            elapsed,
             bytes: outcome.bytes,
             ops: outcome.ops,
             latency: (outcome.latency.count() > 0).then_some(outcome.latency),
             cpu: Some(cpu),
             errors: outcome.errors,
             first_error: outcome.first_error,
-            extra: BTreeMap::new(),
+            extra,
         }
     }
 }
+
+/// Extra field of every run: cores' worth of CPU that other processes on the machine used during
+/// the measured phase (0 on a quiet machine; near the core count means the run was starved).
+pub const OTHER_PROCESSES_CORES: &str = "other_processes_cores";
 
 /// Merges the outcomes of a phase's workers.
 pub fn merge_workers(outcomes: &[WorkerOutcome]) -> WorkerOutcome {

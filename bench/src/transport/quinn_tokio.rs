@@ -306,7 +306,9 @@ async fn measure(connection: &Connection, spec: &CaseSpec) -> Measurement {
     let start = PhaseStart::now();
     let outcome = phase(connection, spec, spec.measure, &request).await;
     let mut measurement = start.finish(outcome);
-    measurement.extra = packet_figures(&before, &connection.stats());
+    measurement
+        .extra
+        .extend(packet_figures(&before, &connection.stats()));
     if warmup.errors > 0 {
         measurement.first_error.get_or_insert(format!(
             "warm-up: {} errors, first: {}",
