@@ -1,4 +1,8 @@
 use mimalloc::MiMalloc;
+
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
-fn main() {}
+
+fn main() {
+    std::process::exit(icn_bench::cli::main());
+}

@@ -1,0 +1,201 @@
+//! The `icn-bench` command line.
+
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::host::{HostInfo, Placement};
+use crate::report::{self, SuiteReport};
+use crate::transport::{self, case, CaseKind, CaseSpec, System};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "icn-bench",
+    about = "icn load generators, baselines and reports"
+)]
+struct Cli {
+    #[command(subcommand)]
+    suite: Suite,
+}
+
+#[derive(Subcommand, Debug)]
+enum Suite {
+    /// Transport goodput, RPC rate and latency: icn transports against plain TCP, quinn + tokio
+    /// and the AES-GCM ceiling.
+    Transport(TransportArgs),
+}
+
+#[derive(Args, Debug)]
+struct TransportArgs {
+    /// Smoke run: same cases, smaller sizes, one repetition (under a minute).
+    #[arg(long)]
+    quick: bool,
+    /// Print the report's JSON object as the last line of stdout.
+    #[arg(long)]
+    json: bool,
+    /// Systems to run (comma-separated); default: every system built in.
+    #[arg(long, value_delimiter = ',')]
+    systems: Vec<String>,
+    /// Cases to run (comma-separated); default: all.
+    #[arg(long, value_delimiter = ',')]
+    cases: Vec<String>,
+    /// Where the JSON and SVG files go.
+    #[arg(long, default_value = "bench/results")]
+    out_dir: PathBuf,
+}
+
+/// Runs the command line; returns the process exit code (1 when a run had errors or the
+/// arguments were wrong, 0 otherwise).
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let result = match cli.suite {
+        Suite::Transport(args) => run_transport(args),
+    };
+    match result {
+        Ok(errors) if errors > 0 => {
+            eprintln!("icn-bench: {errors} failed operations (see the report's errors fields)");
+            1
+        }
+        Ok(_) => 0,
+        Err(error) => {
+            eprintln!("icn-bench: {error}");
+            1
+        }
+    }
+}
+
+/// Runs the transport suite and writes its report; returns the total error count.
+fn run_transport(args: TransportArgs) -> Result<u64, String> {
+    let systems = select_systems(transport::registered_systems(), &args.systems)?;
+    let kinds = select_cases(&args.cases)?;
+    let cases: Vec<CaseSpec> = kinds
+        .iter()
+        .map(|&kind| CaseSpec::standard(kind, args.quick))
+        .collect();
+    let repetitions = if args.quick {
+        case::REPETITIONS_QUICK
+    } else {
+        case::REPETITIONS_FULL
+    };
+    let placement = Placement::detect();
+    let started_utc = report::utc_stamp(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs()),
+    );
+    let config = transport::suite_config(&cases, repetitions, placement, &systems);
+    let mut runs = transport::run_points(&systems, &cases, repetitions, placement, &mut |line| {
+        eprintln!("{line}")
+    });
+    runs.sort_by_key(|point| {
+        let case_index = kinds.iter().position(|kind| kind.name() == point.case);
+        (case_index, transport::report_order(&point.system))
+    });
+    let ratios = report::ratios(&runs, &transport::RATIO_PAIRS);
+    let report = SuiteReport {
+        suite: "transport".into(),
+        quick: args.quick,
+        started_utc,
+        host: HostInfo::detect(),
+        config,
+        runs,
+        ratios,
+    };
+    print!("{}", report::table::render(&report));
+    let (json_path, svg_path) = report
+        .write_files(&args.out_dir)
+        .map_err(|e| format!("writing the report: {e}"))?;
+    println!("\nwrote {} and {}", json_path.display(), svg_path.display());
+    if args.json {
+        println!("{}", report.to_json_line());
+    }
+    Ok(report.runs.iter().map(|point| point.median.errors).sum())
+}
+
+/// The requested systems in report order; a known name that is not built in is an error (so a
+/// comparison never silently loses its subject).
+fn select_systems(
+    registered: Vec<Box<dyn System>>,
+    names: &[String],
+) -> Result<Vec<Box<dyn System>>, String> {
+    for name in names {
+        if !registered.iter().any(|system| system.name() == name) {
+            return Err(if transport::SYSTEM_NAMES.contains(&name.as_str()) {
+                format!("system {name} is not built into this icn-bench yet")
+            } else {
+                format!(
+                    "unknown system {name}; known: {}",
+                    transport::SYSTEM_NAMES.join(", ")
+                )
+            });
+        }
+    }
+    let mut chosen: Vec<Box<dyn System>> = registered
+        .into_iter()
+        .filter(|system| names.is_empty() || names.iter().any(|name| name == system.name()))
+        .collect();
+    chosen.sort_by_key(|system| transport::report_order(system.name()));
+    Ok(chosen)
+}
+
+fn select_cases(names: &[String]) -> Result<Vec<CaseKind>, String> {
+    if names.is_empty() {
+        return Ok(CaseKind::ALL.to_vec());
+    }
+    let mut kinds = names
+        .iter()
+        .map(|name| {
+            CaseKind::parse(name).ok_or_else(|| {
+                let known: Vec<&str> = CaseKind::ALL.iter().map(|kind| kind.name()).collect();
+                format!("unknown case {name}; known: {}", known.join(", "))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    kinds.sort();
+    kinds.dedup();
+    Ok(kinds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_parse() {
+        let cli = Cli::try_parse_from([
+            "icn-bench",
+            "transport",
+            "--quick",
+            "--json",
+            "--systems",
+            "plain-tcp,quinn-tokio",
+            "--cases",
+            "bulk-1MiB",
+            "--out-dir",
+            "/tmp/x",
+        ])
+        .unwrap();
+        let Suite::Transport(args) = cli.suite;
+        assert!(args.quick && args.json);
+        assert_eq!(args.systems, ["plain-tcp", "quinn-tokio"]);
+        assert_eq!(args.out_dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn selection_refuses_unknown_and_missing_systems() {
+        let chosen = select_systems(
+            transport::registered_systems(),
+            &["crypto-ceiling".into(), "plain-tcp".into()],
+        )
+        .unwrap();
+        let names: Vec<&str> = chosen.iter().map(|s| s.name()).collect();
+        assert_eq!(names, ["plain-tcp", "crypto-ceiling"]);
+        assert!(select_systems(transport::registered_systems(), &["nope".into()]).is_err());
+        assert!(
+            select_cases(&["rpc-1KiB-x64".into(), "bulk-1MiB".into()]).unwrap()
+                == [CaseKind::Bulk1MiB, CaseKind::Rpc1KiBx64]
+        );
+        assert!(select_cases(&["bulk".into()]).is_err());
+    }
+}
