@@ -95,6 +95,9 @@ impl TcpConfig {
             reconnect_backoff_max: millis(tcp.reconnect_backoff_max_ms),
             read_buffer_bytes: tcp.read_buffer_bytes,
             write_chunk_bytes: tcp.write_buffer_bytes,
+            // Wire-format limits belong to the protocol version (icn-codecs), not to tuning.
+            envelope_bytes_max: icn_codecs::FrameLimits::ENVELOPE_BYTES_MAX_DEFAULT,
+            codec_limits: icn_codecs::CodecLimits::default(),
         }
     }
 }
