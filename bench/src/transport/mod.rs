@@ -8,6 +8,7 @@
 pub mod case;
 pub mod crypto_ceiling;
 pub mod icn;
+pub mod icn_systems;
 pub mod load;
 pub mod plain_tcp;
 pub mod quinn_tokio;
@@ -67,11 +68,19 @@ pub trait System {
 /// Registration point for the icn transports: each is one `IcnPair` impl wrapped in
 /// [`icn::IcnSystem`], e.g. `Box::new(icn::IcnSystem::new("icn-quic", QuicPair::new(true)))`.
 pub fn registered_systems() -> Vec<Box<dyn System>> {
-    vec![
-        Box::new(plain_tcp::PlainTcp),
+    let mut systems: Vec<Box<dyn System>> = Vec::new();
+    // Identities are generated here; failing to make one is a broken BoringSSL, worth a loud stop.
+    let quic = |gso| icn_systems::QuicPair::new(gso).expect("generate node identities");
+    systems.push(Box::new(icn::IcnSystem::new("icn-quic", quic(true))));
+    systems.push(Box::new(icn::IcnSystem::new("icn-quic-nogso", quic(false))));
+    let tcp = icn_systems::TcpPair::new().expect("generate node identities and registry");
+    systems.push(Box::new(icn::IcnSystem::new("icn-tcp-tls", tcp)));
+    systems.extend([
+        Box::new(plain_tcp::PlainTcp) as Box<dyn System>,
         Box::new(quinn_tokio::QuinnTokio),
         Box::new(crypto_ceiling::CryptoCeiling),
-    ]
+    ]);
+    systems
 }
 
 /// Orders systems by [`SYSTEM_NAMES`] so reports always list them the same way.
