@@ -16,10 +16,11 @@ all: build
 
 deps: sysdeps flatc
 
-# BoringSSL (boring-sys) needs cmake, a C++ compiler, clang and libclang for bindgen.
+# BoringSSL (boring-sys) needs cmake, a C++ compiler, clang and libclang for bindgen; the
+# network-namespace tests need iproute2 (ip, tc) and nftables.
 sysdeps:
 	@missing=""; \
-	for p in cmake clang libclang-dev g++ python3-venv; do \
+	for p in cmake clang libclang-dev g++ python3-venv iproute2 nftables; do \
 	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \

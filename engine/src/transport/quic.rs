@@ -1061,8 +1061,8 @@ fn read_streams(inner: &Rc<Inner>, state: &mut State, key: u64, dispatches: &mut
     let Some(conn) = state.conns.get_mut(&key) else {
         return;
     };
-    let readable: Vec<u64> = conn.quic.readable().collect();
-    for stream_id in readable {
+    // quiche's iterator owns its list of ids, so the connection stays free to borrow.
+    for stream_id in conn.quic.readable() {
         read_stream(inner, conn, key, stream_id, dispatches);
     }
     let writable: Vec<u64> = conn.pending_tx.iter().copied().collect();
@@ -1399,18 +1399,15 @@ async fn send_loop(inner: Rc<Inner>) {
 /// Sends everything every dirty connection has, then reaps closed connections.
 async fn flush_all(inner: &Rc<Inner>, out: &mut [u8]) {
     let mut sent_any = false;
+    let mut next: Vec<u64> = Vec::new();
     loop {
-        let next = {
+        {
             let mut state = inner.state.borrow_mut();
-            let mut seen = HashSet::new();
-            let mut keys = Vec::new();
-            while let Some(key) = state.dirty.pop_front() {
-                if seen.insert(key) {
-                    keys.push(key);
-                }
-            }
-            keys
-        };
+            next.clear();
+            next.extend(state.dirty.drain(..));
+            next.sort_unstable();
+            next.dedup();
+        }
         if next.is_empty() {
             // Sending arms quiche's loss and draining timers: let the timer task re-read them.
             // (Only then: the timer task wakes the sender in turn, and waking unconditionally
@@ -1420,7 +1417,7 @@ async fn flush_all(inner: &Rc<Inner>, out: &mut [u8]) {
             }
             return;
         }
-        for key in next {
+        for &key in &next {
             sent_any |= flush_conn(inner, key, out).await > 0;
             let mut state = inner.state.borrow_mut();
             let closed = state.conns.get(&key).is_some_and(|c| c.quic.is_closed());
