@@ -287,7 +287,16 @@ where
     }
     let mut results = Vec::with_capacity(count);
     for (index, handle) in handles.into_iter().enumerate() {
-        results.push(handle.join().map_err(|_| ShardError::Panicked { index })?);
+        results.push(handle.join().map_err(|error| match error {
+            glommio::GlommioError::BuilderError(glommio::BuilderErrorKind::ThreadPanic(_)) => {
+                ShardError::Panicked { index }
+            }
+            // Anything else failed while making the executor (io_uring setup, locked memory).
+            other => ShardError::Start {
+                index,
+                message: other.to_string(),
+            },
+        })?);
     }
     Ok(results)
 }

@@ -29,11 +29,16 @@ type QuicReading = fn(&QuicTransport) -> u64;
 type TcpReading = fn(&TcpTransport) -> u64;
 
 /// Counters only the QUIC transport keeps: (name, help, reading).
-const QUIC_COUNTERS: [(&str, &str, QuicReading); 11] = [
+const QUIC_COUNTERS: [(&str, &str, QuicReading); 12] = [
     (
         "icn_quic_handshakes_refused_total",
-        "QUIC handshakes refused (peer not in the registry, wrong peer, or bad certificate).",
+        "QUIC handshakes that completed but whose peer was refused (wrong node or dialer).",
         |t| t.stats().handshakes_refused.get(),
+    ),
+    (
+        "icn_quic_handshakes_failed_total",
+        "QUIC connection attempts that ended before admission (TLS refusal of a node outside the registry, timeout, refusals).",
+        |t| t.stats().handshakes_failed.get(),
     ),
     (
         "icn_quic_initials_dropped_total",

@@ -118,9 +118,15 @@ impl Default for QuicConfig {
 /// Counters of one endpoint (merged into the metrics registry by the node).
 #[derive(Default, Debug)]
 pub struct QuicStats {
+    /// Connections whose handshake completed and whose peer was admitted.
     pub connections_opened: Cell<u64>,
+    /// Admitted connections that ended.
     pub connections_closed: Cell<u64>,
+    /// Handshakes that completed but whose peer we refused (wrong node, not allowed, wrong dialer).
     pub handshakes_refused: Cell<u64>,
+    /// Connection attempts that ended before being admitted (TLS refusal, timeout, peer gone,
+    /// and the refusals counted in `handshakes_refused`).
+    pub handshakes_failed: Cell<u64>,
     pub garbage_datagrams: Cell<u64>,
     pub initials_dropped_full: Cell<u64>,
     pub rpcs_sent: Cell<u64>,
@@ -1023,7 +1029,6 @@ fn insert_conn(
             closing_since: None,
         },
     );
-    bump(&inner.stats.connections_opened);
     key
 }
 
@@ -1053,6 +1058,7 @@ fn on_established(inner: &Rc<Inner>, state: &mut State, key: u64) {
         }
     }
     state.by_peer.insert(peer, key);
+    bump(&inner.stats.connections_opened);
     wake_peer_waiters(state, peer);
 }
 
