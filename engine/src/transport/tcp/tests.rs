@@ -4,6 +4,7 @@ use std::cell::Cell;
 use std::future::Future;
 use std::io::{Read, Write};
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -900,5 +901,66 @@ fn requests_over_the_peers_in_flight_limit_are_answered_overloaded() {
         assert_eq!(calls.get(), 1, "the refused request ran no handler");
         // The connection survives a refusal.
         assert!(connected(&a, peer).is_some());
+    });
+}
+
+/// RPCs pending and handlers running on every connection of `transport`.
+fn in_flight(transport: &TcpTransport) -> (usize, usize) {
+    let conns = transport.inner.conns.borrow();
+    conns.values().fold((0, 0), |(pending, handlers), conn| {
+        let (_, conn_pending, conn_handlers) = conn.depths();
+        (pending + conn_pending, handlers + conn_handlers)
+    })
+}
+
+/// Many more RPCs than `requests_in_flight_max` on one connection, sequential and concurrent:
+/// each finished handler must give its slot back, on both sides.
+#[test]
+fn far_more_rpcs_than_the_in_flight_limit_all_succeed() {
+    const SEQUENTIAL: usize = 1_000;
+    const CONCURRENT: usize = 64;
+    const PER_WORKER: usize = 1_000 / CONCURRENT + 1;
+    let fixture = Fixture::new(2);
+    run(|| async move {
+        let calls = Rc::new(Cell::new(0));
+        let config = TcpConfig {
+            requests_in_flight_max: 128,
+            ..test_config()
+        };
+        let a = fixture.start(0, config.clone(), &calls);
+        let b = fixture.start(1, config, &calls);
+        let peer = fixture.id(1);
+        assert!(eventually(Duration::from_secs(5), || connected(&a, peer).is_some()).await);
+        for i in 0..SEQUENTIAL {
+            let body = Buf::copy_from_slice(&(i as u64).to_le_bytes());
+            let reply = a.rpc(peer, ECHO, Priority::Normal, body.clone()).await;
+            assert_eq!(reply, Ok(body), "sequential rpc {i}");
+        }
+        let a = &a;
+        let workers = (0..CONCURRENT).map(|worker| async move {
+            for i in 0..PER_WORKER {
+                let body = Buf::copy_from_slice(&((worker * PER_WORKER + i) as u64).to_le_bytes());
+                let reply = a.rpc(peer, ECHO, Priority::Normal, body.clone()).await;
+                assert_eq!(reply, Ok(body), "worker {worker} rpc {i}");
+            }
+        });
+        let mut all: Pin<Box<dyn Future<Output = ()>>> = Box::pin(async {});
+        for worker in workers {
+            let before = all;
+            all = Box::pin(async move {
+                futures_lite::future::zip(before, worker).await;
+            });
+        }
+        all.await;
+        assert_eq!(calls.get() as usize, SEQUENTIAL + CONCURRENT * PER_WORKER);
+        assert_eq!(b.stats().requests_refused_in_flight.get(), 0);
+        assert!(
+            eventually(Duration::from_secs(2), || in_flight(a) == (0, 0)
+                && in_flight(&b) == (0, 0))
+            .await,
+            "still in flight: a {:?}, b {:?}",
+            in_flight(a),
+            in_flight(&b)
+        );
     });
 }
