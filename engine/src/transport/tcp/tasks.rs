@@ -102,6 +102,11 @@ impl Waiters {
         }
     }
 
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.wakers.borrow().len()
+    }
+
     /// Resolves once `ready` returns a value, checking it now and after every `wake_all`.
     pub async fn until<T>(&self, mut ready: impl FnMut() -> Option<T>) -> T {
         let id = self.next_id.get();
