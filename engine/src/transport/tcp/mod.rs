@@ -375,7 +375,8 @@ impl Drop for Owner {
     fn drop(&mut self) {
         self.inner.stop();
         // Cancelled; glommio drops its future (and the listener) when it next visits it.
-        drop(self.inner.acceptor.borrow_mut().take());
+        let acceptor = self.inner.acceptor.borrow_mut().take();
+        drop(acceptor);
     }
 }
 
@@ -410,8 +411,10 @@ struct Inner {
     /// peer (a newer one replaces an older one, whose task then ends).
     accepted: Rc<TaskSet<u64>>,
     next_accepted: Cell<u64>,
-    /// Connection tasks still running (each ends within two close flush timeouts of `close`).
-    conn_tasks_live: Rc<Cell<usize>>,
+    /// Dial loops, accepted-socket and connection tasks whose futures are not dropped yet.
+    /// After `stop` a connection task ends within two close flush timeouts; the others are
+    /// cancelled and dropped the next time glommio visits them.
+    tasks_live: Rc<Cell<usize>>,
     /// RPCs and `wait_connected` calls waiting for a connection; woken when one is established
     /// and when the wanted peers change.
     conn_waiters: Rc<Waiters>,
@@ -462,7 +465,7 @@ impl TcpTransport {
             listening: RefCell::new(Some(listening)),
             accepted: TaskSet::new(),
             next_accepted: Cell::new(0),
-            conn_tasks_live: Rc::default(),
+            tasks_live: Rc::default(),
             conn_waiters: Rc::default(),
             handshakes_in_flight: Cell::new(0),
             next_conn_id: Cell::new(1),
@@ -493,9 +496,7 @@ impl TcpTransport {
             acceptor.cancel().await;
         }
         let deadline = Instant::now() + SHUTDOWN_WAIT;
-        while (inner.conn_tasks_live.get() > 0 || inner.accepted.len() > 0)
-            && Instant::now() < deadline
-        {
+        while inner.tasks_live.get() > 0 && Instant::now() < deadline {
             sleep(Duration::from_millis(1)).await;
         }
     }
@@ -758,7 +759,12 @@ impl Inner {
         }
         for peer in wanted.keys().filter(|peer| self.local_id < **peer) {
             if !self.dialers.borrow().contains_key(peer) {
-                let task = glommio::spawn_local(self.clone().dial_loop(*peer));
+                let live = LiveTask::count(&self.tasks_live);
+                let dial = self.clone().dial_loop(*peer);
+                let task = glommio::spawn_local(async move {
+                    let _live = live;
+                    dial.await;
+                });
                 self.dialers.borrow_mut().insert(*peer, task);
             }
         }
@@ -797,8 +803,12 @@ impl Inner {
             let slot = HandshakeSlot::take(&self);
             let key = self.next_accepted.get();
             self.next_accepted.set(key + 1);
-            self.accepted
-                .spawn(key, self.clone().serve_inbound(stream, slot));
+            let live = LiveTask::count(&self.tasks_live);
+            let serve = self.clone().serve_inbound(stream, slot);
+            self.accepted.spawn(key, async move {
+                let _live = live;
+                serve.await;
+            });
         }
     }
 
@@ -921,7 +931,7 @@ impl Inner {
         self.conn_waiters.wake_all();
         // Its own task, so that cancelling the dial loop (transport dropped, peer removed)
         // still lets the connection send its Goaway; `close` bounds how long that takes.
-        let live = LiveTask::count(&self.conn_tasks_live);
+        let live = LiveTask::count(&self.tasks_live);
         let run = conn.clone().run(self.router.clone());
         let running = glommio::spawn_local(async move {
             let _live = live;

@@ -1193,12 +1193,30 @@ fn shutdown_stops_every_task_and_releases_the_address() {
         assert!(b.wait_connected(id_a, Duration::from_secs(5)).await);
         assert!(a.wait_connected(id_b, Duration::from_secs(5)).await);
         let first = a.conn_of(id_b).unwrap();
-        // b is the acceptor: its side of the connection lives in an accepted task.
+        // b is the acceptor: its side of the connection lives in an accepted task. A silent
+        // client holds one more accepted task in its handshake.
+        let b_addr = fixture.registry.node(id_b).unwrap().tcp_addr;
+        let _silent = std::net::TcpStream::connect(b_addr).unwrap();
+        assert!(
+            eventually(Duration::from_secs(2), || b
+                .inner
+                .handshakes_in_flight
+                .get()
+                == 1)
+            .await
+        );
         let clone = b.clone();
         let waiting = a.rpc(id_b, SLOW, Priority::Normal, Buf::empty());
         let shutdown = async {
             sleep(Duration::from_millis(100)).await;
+            let started = Instant::now();
             clone.shutdown().await;
+            // Well below the handshake timeout: the silent client's task was cancelled.
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "{:?}",
+                started.elapsed()
+            );
             Instant::now()
         };
         let (result, shut_at) = futures_lite::future::zip(waiting, shutdown).await;
@@ -1210,7 +1228,7 @@ fn shutdown_stops_every_task_and_releases_the_address() {
         );
         // Every task ended, every slot and waiter is free, and both handles see it.
         let inner = &b.inner;
-        assert_eq!(inner.conn_tasks_live.get(), 0);
+        assert_eq!(inner.tasks_live.get(), 0);
         assert_eq!(inner.accepted.len(), 0);
         assert_eq!(inner.handshakes_in_flight.get(), 0);
         assert!(inner.dialers.borrow().is_empty() && inner.acceptor.borrow().is_none());
