@@ -95,6 +95,7 @@ impl TcpConfig {
             reconnect_backoff_max: millis(tcp.reconnect_backoff_max_ms),
             read_buffer_bytes: tcp.read_buffer_bytes,
             write_chunk_bytes: tcp.write_buffer_bytes,
+            request_timeout: millis(tuning.rpc.request_timeout_ms),
             // Wire-format limits belong to the protocol version (icn-codecs), not to tuning.
             envelope_bytes_max: icn_codecs::FrameLimits::ENVELOPE_BYTES_MAX_DEFAULT,
             codec_limits: icn_codecs::CodecLimits::default(),

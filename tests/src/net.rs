@@ -9,11 +9,8 @@
 //! Where the transports legitimately differ:
 //! - memory has no handshake and no sockets: nodes are connected the instant they join, node ids
 //!   are drawn from the seed (so a run replays exactly), and time is virtual;
-//! - QUIC waits for a connection inside `rpc` (up to its request timeout) while TCP answers
-//!   `NotConnected` at once, so the drivers wait for the full mesh before a scenario starts;
-//! - a restart is `shutdown` + start on the same address for QUIC, drop + start for TCP (the
-//!   listener is released when glommio next polls the cancelled accept task, hence a retry), and
-//!   crash + restart for memory.
+//! - a restart is `shutdown` + start on the same address for QUIC and TCP, and crash + restart
+//!   for memory.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -127,6 +124,7 @@ pub fn tcp_config(message_bytes_max: u64) -> TcpConfig {
         message_bytes_max,
         reconnect_backoff_min: Duration::from_millis(20),
         reconnect_backoff_max: Duration::from_millis(200),
+        request_timeout: Duration::from_secs(20),
         ..TcpConfig::default()
     }
 }
@@ -343,9 +341,12 @@ impl TcpNet {
         &self.subnet
     }
 
-    /// Drops every transport (which closes its connections).
-    pub fn shutdown(&self) {
-        self.nodes.borrow_mut().clear();
+    /// Closes every transport.
+    pub async fn shutdown(&self) {
+        let nodes: Vec<_> = self.nodes.borrow_mut().drain(..).flatten().collect();
+        for node in nodes {
+            node.shutdown().await;
+        }
     }
 }
 
@@ -386,13 +387,17 @@ impl TestNet for TcpNet {
         let old = self.nodes.borrow_mut()[node]
             .take()
             .unwrap_or_else(|| panic!("node {node} is not running"));
+        old.shutdown().await;
         assert_eq!(
             Rc::strong_count(&old),
             1,
             "the scenario still holds a handle to node {node} across its restart"
         );
         drop(old);
-        let started = retry_start(&self.runtime, || self.start_node(node)).await;
+        // `shutdown` released the address: the new node binds it at once, no retry.
+        let started = self
+            .start_node(node)
+            .unwrap_or_else(|e| panic!("restarting node {node}: {e}"));
         self.nodes.borrow_mut()[node] = Some(Rc::new(started));
     }
 }
@@ -569,7 +574,7 @@ where
     executor().run(async move {
         let net = Rc::new(TcpNet::start(Runtime::glommio(), subnet, spec));
         run_scenario(net.clone(), scenario).await;
-        net.shutdown();
+        net.shutdown().await;
     });
 }
 

@@ -17,6 +17,7 @@ use futures_lite::future::{or, zip};
 use glommio::timer::sleep;
 use icn_codecs::{DecodeError, Encoder, GoawayReason, RpcStatus};
 
+use super::tasks::{TaskSet, Waiters};
 use super::tls_io::TlsSocket;
 use super::wire::{self, Envelope, Frame, FrameReader};
 use super::{PeerTraffic, TcpConfig, TcpStats};
@@ -147,6 +148,14 @@ impl PendingRpc {
     }
 }
 
+/// What every connection of a transport shares with it.
+pub(super) struct ConnShared {
+    pub config: Rc<TcpConfig>,
+    pub stats: Rc<TcpStats>,
+    pub traffic: Rc<PeerTraffic>,
+    pub conn_waiters: Rc<Waiters>,
+}
+
 pub(super) struct Conn {
     pub id: ConnId,
     pub peer: NodeId,
@@ -161,8 +170,10 @@ pub(super) struct Conn {
     /// Our requests awaiting a response; at most `requests_in_flight_max`.
     pending: RefCell<HashMap<u64, Rc<PendingRpc>>>,
     next_request_id: Cell<u64>,
-    /// Handlers running for the peer's requests; at most `requests_in_flight_max`.
-    inbound: RefCell<HashMap<u64, glommio::Task<()>>>,
+    /// Handlers running for the peer's requests, by request id; at most
+    /// `requests_in_flight_max`. A handler leaves when it has answered (or failed), when the
+    /// peer cancels it, or when the connection closes.
+    inbound: Rc<TaskSet<u64>>,
     /// Highest request id the peer sent; ids must grow, and Goaway reports this one.
     last_peer_request_id: Cell<u64>,
     /// Set by `close`; the writer sends it as the connection's last frame.
@@ -171,8 +182,10 @@ pub(super) struct Conn {
     closed: Cell<bool>,
     close_waker: Cell<Option<Waker>>,
     /// Whether the peer accepted the connection: from the start for the acceptor, from the
-    /// first frame received for the dialer. Until then `peers()` omits it and RPCs are refused.
+    /// first frame received for the dialer. Until then `peers()` omits it and RPCs wait.
     established: Cell<bool>,
+    /// Woken when the connection becomes established (RPCs waiting for a connection).
+    conn_waiters: Rc<Waiters>,
     /// Last sign that the peer is alive: bytes received, or a chunk of a large body written
     /// (the socket only takes more when the peer reads). The idle timeout runs from here.
     last_alive: Cell<Instant>,
@@ -187,11 +200,15 @@ impl Conn {
         id: ConnId,
         peer: NodeId,
         socket: TlsSocket,
-        config: Rc<TcpConfig>,
-        stats: Rc<TcpStats>,
-        traffic: Rc<PeerTraffic>,
+        shared: ConnShared,
         side: Side,
     ) -> Conn {
+        let ConnShared {
+            config,
+            stats,
+            traffic,
+            conn_waiters,
+        } = shared;
         let encoder = Encoder::new(config.codec_limits);
         Conn {
             id,
@@ -205,13 +222,14 @@ impl Conn {
             writer_waker: Cell::new(None),
             pending: RefCell::default(),
             next_request_id: Cell::new(1),
-            inbound: RefCell::default(),
+            inbound: TaskSet::new(),
             last_peer_request_id: Cell::new(0),
             goaway: RefCell::new(None),
             close_reason: RefCell::new(None),
             closed: Cell::new(false),
             close_waker: Cell::new(None),
             established: Cell::new(side == Side::Acceptor),
+            conn_waiters,
             last_alive: Cell::new(Instant::now()),
             last_received: Cell::new(Instant::now()),
             ping_outstanding: Cell::new(None),
@@ -229,7 +247,7 @@ impl Conn {
         (
             self.queues.borrow().len(),
             self.pending.borrow().len(),
-            self.inbound.borrow().len(),
+            self.inbound.len(),
         )
     }
 
@@ -290,7 +308,7 @@ impl Conn {
         for slot in pending.into_values() {
             slot.complete(Err(RpcError::ConnectionClosed));
         }
-        drop(std::mem::take(&mut *self.inbound.borrow_mut()));
+        self.inbound.cancel_all();
         *self.queues.borrow_mut() = SendQueues::default();
         self.wake_writer();
         if let Some(waker) = self.close_waker.take() {
@@ -416,7 +434,9 @@ impl Conn {
             match reader.advance(n) {
                 Ok(None) => {}
                 Ok(Some(frame)) => {
-                    self.established.set(true);
+                    if !self.established.replace(true) {
+                        self.conn_waiters.wake_all();
+                    }
                     if let Err(closing) = self.on_frame(frame, router) {
                         return closing;
                     }
@@ -467,8 +487,8 @@ impl Conn {
                 }
             }
             Envelope::Cancel { request_id } => {
-                // Dropping the task cancels the handler; an unknown id was already answered.
-                drop(self.inbound.borrow_mut().remove(&request_id));
+                // An unknown id was already answered.
+                self.inbound.cancel(request_id);
             }
             Envelope::Ping { nonce } => self.enqueue_control(Envelope::Pong { nonce }),
             Envelope::Pong { nonce } => self.on_pong(nonce),
@@ -512,8 +532,12 @@ impl Conn {
             ));
         }
         self.last_peer_request_id.set(request_id);
+        if self.closed.get() {
+            // Closed by an earlier frame's handler: nobody would answer or cancel this one.
+            return Ok(());
+        }
         let limit = self.config.requests_in_flight_max;
-        if self.inbound.borrow().len() >= limit {
+        if self.inbound.len() >= limit {
             TcpStats::bump(&self.stats.requests_refused_in_flight);
             if self.queues.borrow().refusals_queued >= REFUSALS_QUEUED_MAX {
                 return Err(Closing::goaway(
@@ -538,7 +562,9 @@ impl Conn {
         };
         let conn = self.clone();
         let router = router.clone();
-        let task = glommio::spawn_local(async move {
+        // The handler may finish inside `spawn` (glommio polls a new task at once); the set
+        // frees its slot either way.
+        self.inbound.spawn(request_id, async move {
             let mut result = router.dispatch(ctx, Buf::from_vec(body)).await;
             if let Ok(response) = &result {
                 if let Err(error) = conn.check_body(response.len()) {
@@ -546,12 +572,7 @@ impl Conn {
                 }
             }
             conn.respond(request_id, priority, result);
-            // Detach rather than drop our own handle: dropping it would cancel this task.
-            if let Some(task) = conn.inbound.borrow_mut().remove(&request_id) {
-                task.detach();
-            }
         });
-        self.inbound.borrow_mut().insert(request_id, task);
         Ok(())
     }
 
@@ -717,8 +738,10 @@ impl Drop for CancelOnDrop<'_> {
             return;
         }
         let conn = self.conn;
-        conn.pending.borrow_mut().remove(&self.request_id);
-        if conn.closed.get() {
+        let pending = conn.pending.borrow_mut().remove(&self.request_id);
+        // Not pending any more: answered (the result just was not taken) or failed locally;
+        // either way the peer holds nothing for it.
+        if pending.is_none() || conn.closed.get() {
             return;
         }
         // Still queued: the peer never saw it, so nothing needs cancelling there.

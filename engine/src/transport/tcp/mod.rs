@@ -16,10 +16,16 @@
 //!   and dials nodes it added.
 //! - [`TcpTransport::stats`] counts events; [`TcpTransport::publish_metrics`] adds what changed
 //!   since the last call to the engine's standard transport metrics.
+//! - Like QUIC: an RPC to a registry peer whose connection is being (re)established waits for it
+//!   (within [`TcpConfig::request_timeout`], which bounds the whole RPC);
+//!   [`TcpTransport::shutdown`] says Goaway on every connection, stops every task and releases
+//!   the listening socket; the transport is a cheap `Clone` handle, and dropping the last
+//!   handle without `shutdown` closes the connections too (without waiting).
 //!
 //! Everything runs on the glommio executor that created the transport.
 
 mod conn;
+mod tasks;
 mod tls_io;
 mod wire;
 
@@ -29,9 +35,10 @@ mod tests;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use std::rc::Rc;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use boring::ssl::{Ssl, SslContext, SslStreamBuilder};
 use futures_lite::future::or;
@@ -40,7 +47,8 @@ use glommio::timer::sleep;
 use glommio::Task;
 use icn_codecs::{CodecLimits, DecodeError, FrameLimits, GoawayReason};
 
-use self::conn::{Closing, Conn, Side};
+use self::conn::{Closing, Conn, ConnShared, Side};
+use self::tasks::{TaskSet, Waiters};
 use self::tls_io::{MemoryIo, TlsSocket};
 use self::wire::{decode_error_index, DECODE_ERROR_KINDS};
 use crate::identity::Identity;
@@ -90,6 +98,10 @@ pub struct TcpConfig {
     /// buffered per connection before it is written to the socket. Frames are not interleaved
     /// (the version 1 frame has no continuation), so chunks of one body go back to back.
     pub write_chunk_bytes: usize,
+    /// The longest an RPC may take, waiting for a connection to the peer included; then it
+    /// fails (`NotConnected` while still waiting for the connection, `Timeout` after the
+    /// request went out, which cancels it at the peer).
+    pub request_timeout: Duration,
 }
 
 impl TcpConfig {
@@ -123,6 +135,9 @@ impl TcpConfig {
         if self.keepalive_interval.is_zero() || self.keepalive_interval >= self.idle_timeout {
             return Err("keepalive_interval must be positive and below idle_timeout".into());
         }
+        if self.request_timeout.is_zero() {
+            return Err("request_timeout must be positive".into());
+        }
         Ok(())
     }
 }
@@ -142,6 +157,7 @@ impl Default for TcpConfig {
             reconnect_backoff_max: Duration::from_secs(5),
             read_buffer_bytes: 256 << 10,
             write_chunk_bytes: 256 << 10,
+            request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -337,10 +353,31 @@ pub enum TcpError {
     Listen { addr: SocketAddr, message: String },
 }
 
-/// The TCP+TLS transport of one shard. Dropping it closes every connection.
+/// How long [`TcpTransport::shutdown`] waits for connection tasks to send their Goaway and
+/// close_notify: each is bounded by the close flush timeout twice (Goaway, then TLS close).
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(3);
+
+/// The TCP+TLS transport of one shard: a cheap handle, clones share one transport. Dropping the
+/// last handle closes every connection (see [`TcpTransport::shutdown`] to also wait for that).
+#[derive(Clone)]
 pub struct TcpTransport {
     inner: Rc<Inner>,
-    _acceptor: Task<()>,
+    /// Shared by the clones: the last one dropped stops the transport.
+    _owner: Rc<Owner>,
+}
+
+/// Stops the transport when the last [`TcpTransport`] handle goes (the tasks hold `Inner`).
+struct Owner {
+    inner: Rc<Inner>,
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.inner.stop();
+        // Cancelled; glommio drops its future (and the listener) when it next visits it.
+        let acceptor = self.inner.acceptor.borrow_mut().take();
+        drop(acceptor);
+    }
 }
 
 struct Inner {
@@ -364,8 +401,26 @@ struct Inner {
     published: RefCell<Published>,
     /// Dial loops, one per peer with a larger id than ours.
     dialers: RefCell<HashMap<NodeId, Task<()>>>,
+    /// The accept loop; owns the listening socket.
+    acceptor: RefCell<Option<Task<()>>>,
+    /// A second descriptor of the listening socket, to stop it listening at once on shutdown
+    /// (the accept loop's io_uring accept holds the socket open until that request ends).
+    listening: RefCell<Option<std::net::TcpListener>>,
+    /// One task per accepted socket: its handshake, then its connection's lifetime. At most
+    /// `handshakes_in_flight_max` handshaking plus one established connection per registry
+    /// peer (a newer one replaces an older one, whose task then ends).
+    accepted: Rc<TaskSet<u64>>,
+    next_accepted: Cell<u64>,
+    /// Dial loops, accepted-socket and connection tasks whose futures are not dropped yet.
+    /// After `stop` a connection task ends within two close flush timeouts; the others are
+    /// cancelled and dropped the next time glommio visits them.
+    tasks_live: Rc<Cell<usize>>,
+    /// RPCs and `wait_connected` calls waiting for a connection; woken when one is established
+    /// and when the wanted peers change.
+    conn_waiters: Rc<Waiters>,
     handshakes_in_flight: Cell<usize>,
     next_conn_id: Cell<u64>,
+    stopped: Cell<bool>,
 }
 
 impl TcpTransport {
@@ -391,10 +446,7 @@ impl TcpTransport {
         let verifier = tls::registry_verifier(shared.clone(), subnet.clone());
         let server_ctx = tls::server_context_builder(identity, verifier.clone())?.build();
         let client_ctx = tls::client_context_builder(identity, verifier)?.build();
-        let listener = TcpListener::bind(listen_addr).map_err(|e| TcpError::Listen {
-            addr: listen_addr,
-            message: e.to_string(),
-        })?;
+        let (listener, listening) = listen(listen_addr)?;
         let inner = Rc::new(Inner {
             local_id,
             subnet,
@@ -409,15 +461,60 @@ impl TcpTransport {
             traffic: RefCell::default(),
             published: RefCell::default(),
             dialers: RefCell::default(),
+            acceptor: RefCell::default(),
+            listening: RefCell::new(Some(listening)),
+            accepted: TaskSet::new(),
+            next_accepted: Cell::new(0),
+            tasks_live: Rc::default(),
+            conn_waiters: Rc::default(),
             handshakes_in_flight: Cell::new(0),
             next_conn_id: Cell::new(1),
+            stopped: Cell::new(false),
         });
         let acceptor = glommio::spawn_local(inner.clone().accept_loop(listener));
+        *inner.acceptor.borrow_mut() = Some(acceptor);
         inner.apply_registry(&registry);
         Ok(TcpTransport {
+            _owner: Rc::new(Owner {
+                inner: inner.clone(),
+            }),
             inner,
-            _acceptor: acceptor,
         })
+    }
+
+    /// Sends Goaway(Shutdown) on every connection, stops dialing and accepting, and returns once
+    /// the listening socket is closed and the connection tasks ended (or [`SHUTDOWN_WAIT`]
+    /// passed). A new transport can bind the same address right after. RPCs still waiting fail
+    /// with `ConnectionClosed` (on a connection) or `NotConnected` (waiting for one); later ones
+    /// fail with `NotConnected`. The other handles stay valid but see a stopped transport.
+    pub async fn shutdown(&self) {
+        let inner = &self.inner;
+        inner.stop();
+        let acceptor = inner.acceptor.borrow_mut().take();
+        if let Some(acceptor) = acceptor {
+            // Returns once the accept loop's future, and with it the listener, is dropped.
+            acceptor.cancel().await;
+        }
+        let deadline = Instant::now() + SHUTDOWN_WAIT;
+        while inner.tasks_live.get() > 0 && Instant::now() < deadline {
+            sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Waits until `peer` is connected, or `limit` passes. Returns whether it is connected;
+    /// false at once for a node that is not a peer in our registry version.
+    pub async fn wait_connected(&self, peer: NodeId, limit: Duration) -> bool {
+        let connected = async { self.inner.wait_for_conn(peer).await.is_some() };
+        let timeout = async {
+            sleep(limit).await;
+            false
+        };
+        or(connected, timeout).await
+    }
+
+    /// The id of `peer`'s current usable connection, if any (as listed by `peers()`).
+    pub fn conn_of(&self, peer: NodeId) -> Option<ConnId> {
+        self.inner.usable_conn(peer).map(|conn| conn.id)
     }
 
     /// Adopts a new registry version: closes connections to nodes no longer in our subnet,
@@ -447,21 +544,22 @@ impl TcpTransport {
     }
 }
 
-impl Drop for TcpTransport {
-    fn drop(&mut self) {
-        self.inner.wanted.borrow_mut().clear();
-        let conns = std::mem::take(&mut *self.inner.conns.borrow_mut());
-        for conn in conns.values() {
-            // Each connection runs in its own task, which outlives this drop long enough to
-            // send the Goaway and close_notify (bounded by the close flush timeout).
-            conn.close(Closing::goaway(
-                GoawayReason::Shutdown,
-                "transport shut down",
-            ));
-        }
-        // Cancels the dial loops; the accept loop is cancelled with `_acceptor`.
-        drop(std::mem::take(&mut *self.inner.dialers.borrow_mut()));
-    }
+/// Binds `addr`; returns the listener for the accept loop and a second descriptor of the same
+/// socket to stop it listening with.
+fn listen(addr: SocketAddr) -> Result<(TcpListener, std::net::TcpListener), TcpError> {
+    let failed = |e: std::io::Error| TcpError::Listen {
+        addr,
+        message: e.to_string(),
+    };
+    // std sets SO_REUSEADDR (a restart binds despite TIME_WAIT remnants of the last run) and,
+    // unlike glommio's `bind`, not SO_REUSEPORT: a second transport on a live address fails
+    // instead of silently sharing its connections.
+    let socket = std::net::TcpListener::bind(addr).map_err(failed)?;
+    let control = socket.try_clone().map_err(failed)?;
+    // SAFETY: `into_raw_fd` gives up sole ownership of an open, bound, listening socket, which
+    // the glommio listener takes over (and closes when dropped); nothing else uses that fd.
+    let listener = unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) };
+    Ok((listener, control))
 }
 
 impl Transport for TcpTransport {
@@ -476,11 +574,7 @@ impl Transport for TcpTransport {
         priority: Priority,
         request: Buf,
     ) -> Result<Buf, RpcError> {
-        let conn = self.inner.conns.borrow().get(&peer).cloned();
-        let result = match conn {
-            Some(conn) if conn.is_usable() => conn.rpc(route, priority, request).await,
-            _ => Err(RpcError::NotConnected(peer)),
-        };
+        let result = self.inner.rpc(peer, route, priority, request).await;
         if let Err(error) = &result {
             self.inner.stats.count_rpc_error(error);
         }
@@ -499,6 +593,45 @@ impl Transport for TcpTransport {
     }
 }
 
+/// One of the `handshakes_in_flight_max` inbound handshake slots, given back when dropped
+/// (handshake done, failed, or its task cancelled).
+struct HandshakeSlot {
+    inner: Rc<Inner>,
+}
+
+impl HandshakeSlot {
+    fn take(inner: &Rc<Inner>) -> HandshakeSlot {
+        let count = &inner.handshakes_in_flight;
+        count.set(count.get() + 1);
+        HandshakeSlot {
+            inner: inner.clone(),
+        }
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let count = &self.inner.handshakes_in_flight;
+        count.set(count.get() - 1);
+    }
+}
+
+/// Counts a task as running until its future is dropped (finished or cancelled).
+struct LiveTask(Rc<Cell<usize>>);
+
+impl LiveTask {
+    fn count(live: &Rc<Cell<usize>>) -> LiveTask {
+        live.set(live.get() + 1);
+        LiveTask(live.clone())
+    }
+}
+
+impl Drop for LiveTask {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
 /// What [`TcpTransport::publish_metrics`] published last.
 #[derive(Default)]
 struct Published {
@@ -514,7 +647,96 @@ fn add_if_changed(series: impl FnOnce() -> Counter, now: u64, before: u64) {
 }
 
 impl Inner {
+    /// Sends the request on `peer`'s connection, waiting for one while it is being set up;
+    /// all of it within `request_timeout`.
+    async fn rpc(
+        &self,
+        peer: NodeId,
+        route: Route,
+        priority: Priority,
+        request: Buf,
+    ) -> Result<Buf, RpcError> {
+        let limit_bytes = self.config.message_bytes_max;
+        if request.len() as u64 > limit_bytes {
+            // Before waiting for a connection: the size does not depend on it.
+            return Err(RpcError::MessageTooLarge {
+                size_bytes: request.len() as u64,
+                limit_bytes,
+            });
+        }
+        let deadline = Instant::now() + self.config.request_timeout;
+        let waited = or(self.wait_for_conn(peer), async {
+            sleep(self.config.request_timeout).await;
+            None
+        })
+        .await;
+        let conn = waited.ok_or(RpcError::NotConnected(peer))?;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        // Dropping the RPC future at the timeout withdraws or cancels the request.
+        or(conn.rpc(route, priority, request), async {
+            sleep(remaining).await;
+            Err(RpcError::Timeout)
+        })
+        .await
+    }
+
+    /// `peer`'s usable connection, waiting for one while `peer` is wanted (in our registry
+    /// version, transport running); None at once, or as soon as that stops being true.
+    async fn wait_for_conn(&self, peer: NodeId) -> Option<Rc<Conn>> {
+        self.conn_waiters
+            .until(|| match self.usable_conn(peer) {
+                Some(conn) => Some(Some(conn)),
+                None if !self.wanted.borrow().contains_key(&peer) => Some(None),
+                None => None,
+            })
+            .await
+    }
+
+    fn usable_conn(&self, peer: NodeId) -> Option<Rc<Conn>> {
+        let conns = self.conns.borrow();
+        conns.get(&peer).filter(|conn| conn.is_usable()).cloned()
+    }
+
+    /// Stops listening, dialing and accepting, and closes every connection with a Goaway. The
+    /// connection tasks end on their own; the accept loop is cancelled by the caller.
+    fn stop(&self) {
+        if self.stopped.replace(true) {
+            return;
+        }
+        self.stop_listening();
+        self.wanted.borrow_mut().clear();
+        // Taken out of the cells first: cancelling must not run with them borrowed.
+        let dialers = std::mem::take(&mut *self.dialers.borrow_mut());
+        drop(dialers);
+        self.accepted.cancel_all();
+        let conns = std::mem::take(&mut *self.conns.borrow_mut());
+        for conn in conns.values() {
+            // Each connection runs in its own task, which outlives this long enough to send
+            // the Goaway and close_notify (bounded by the close flush timeout).
+            conn.close(Closing::goaway(
+                GoawayReason::Shutdown,
+                "transport shut down",
+            ));
+        }
+        // RPCs waiting for a connection fail now instead of at their timeout.
+        self.conn_waiters.wake_all();
+    }
+
+    /// Takes the socket out of the listening state at once: new connections are refused and
+    /// the pending accept ends, though the accept loop may hold its descriptor a little longer.
+    fn stop_listening(&self) {
+        let listening = self.listening.borrow_mut().take();
+        if let Some(listening) = listening {
+            // SAFETY: `listening` owns its descriptor, so it is open for the duration of the
+            // call; shutdown(2) takes no pointers. Its result is irrelevant (best effort).
+            unsafe { libc::shutdown(listening.as_raw_fd(), libc::SHUT_RDWR) };
+        }
+    }
+
     fn apply_registry(self: &Rc<Self>, registry: &Arc<Registry>) {
+        if self.stopped.get() {
+            return;
+        }
         if let Ok(mut current) = self.registry.write() {
             *current = registry.clone();
         }
@@ -537,10 +759,17 @@ impl Inner {
         }
         for peer in wanted.keys().filter(|peer| self.local_id < **peer) {
             if !self.dialers.borrow().contains_key(peer) {
-                let task = glommio::spawn_local(self.clone().dial_loop(*peer));
+                let live = LiveTask::count(&self.tasks_live);
+                let dial = self.clone().dial_loop(*peer);
+                let task = glommio::spawn_local(async move {
+                    let _live = live;
+                    dial.await;
+                });
                 self.dialers.borrow_mut().insert(*peer, task);
             }
         }
+        // Waiting RPCs to peers that left fail now; those to peers that joined keep waiting.
+        self.conn_waiters.wake_all();
     }
 
     /// Closes the connection to `peer` (which left our subnet or moved) and stops dialing it.
@@ -554,6 +783,10 @@ impl Inner {
 
     async fn accept_loop(self: Rc<Self>, listener: TcpListener) {
         loop {
+            if self.stopped.get() {
+                // Shut down and the listener no longer listens: wait to be cancelled.
+                std::future::pending::<()>().await;
+            }
             let stream = match listener.accept().await {
                 Ok(stream) => stream,
                 Err(_) => {
@@ -566,18 +799,23 @@ impl Inner {
                 TcpStats::bump(&self.stats.connections_refused);
                 continue;
             }
-            // Counted here, before the task runs, so a burst of accepts cannot overshoot.
-            self.handshakes_in_flight
-                .set(self.handshakes_in_flight.get() + 1);
-            glommio::spawn_local(self.clone().serve_inbound(stream)).detach();
+            // Taken here, before the task runs, so a burst of accepts cannot overshoot.
+            let slot = HandshakeSlot::take(&self);
+            let key = self.next_accepted.get();
+            self.next_accepted.set(key + 1);
+            let live = LiveTask::count(&self.tasks_live);
+            let serve = self.clone().serve_inbound(stream, slot);
+            self.accepted.spawn(key, async move {
+                let _live = live;
+                serve.await;
+            });
         }
     }
 
-    async fn serve_inbound(self: Rc<Self>, stream: TcpStream) {
+    async fn serve_inbound(self: Rc<Self>, stream: TcpStream, slot: HandshakeSlot) {
         let _ = stream.set_nodelay(true);
         let accepted = self.handshake(stream, None).await;
-        self.handshakes_in_flight
-            .set(self.handshakes_in_flight.get() - 1);
+        drop(slot);
         let Some((peer, socket)) = accepted else {
             return;
         };
@@ -674,15 +912,13 @@ impl Inner {
         let id = ConnId(self.next_conn_id.get());
         self.next_conn_id.set(id.0 + 1);
         let traffic = self.traffic.borrow_mut().entry(peer).or_default().clone();
-        let conn = Rc::new(Conn::new(
-            id,
-            peer,
-            socket,
-            self.config.clone(),
-            self.stats.clone(),
+        let shared = ConnShared {
+            config: self.config.clone(),
+            stats: self.stats.clone(),
             traffic,
-            side,
-        ));
+            conn_waiters: self.conn_waiters.clone(),
+        };
+        let conn = Rc::new(Conn::new(id, peer, socket, shared, side));
         TcpStats::bump(&self.stats.connections_opened);
         let replaced = self.conns.borrow_mut().insert(peer, conn.clone());
         if let Some(old) = replaced {
@@ -691,9 +927,17 @@ impl Inner {
                 "a newer connection replaced it",
             ));
         }
+        // An acceptor's connection is usable at once.
+        self.conn_waiters.wake_all();
         // Its own task, so that cancelling the dial loop (transport dropped, peer removed)
         // still lets the connection send its Goaway; `close` bounds how long that takes.
-        let running = glommio::spawn_local(conn.clone().run(self.router.clone())).detach();
+        let live = LiveTask::count(&self.tasks_live);
+        let run = conn.clone().run(self.router.clone());
+        let running = glommio::spawn_local(async move {
+            let _live = live;
+            run.await
+        })
+        .detach();
         let _reason = running.await;
         let mut conns = self.conns.borrow_mut();
         if conns.get(&peer).is_some_and(|current| current.id == id) {

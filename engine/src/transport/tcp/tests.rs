@@ -4,6 +4,7 @@ use std::cell::Cell;
 use std::future::Future;
 use std::io::{Read, Write};
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -89,6 +90,7 @@ fn test_config() -> TcpConfig {
         handshake_timeout: Duration::from_secs(2),
         reconnect_backoff_min: Duration::from_millis(20),
         reconnect_backoff_max: Duration::from_millis(400),
+        request_timeout: Duration::from_secs(10),
         ..TcpConfig::default()
     }
 }
@@ -355,11 +357,17 @@ fn a_node_outside_the_registry_is_refused() {
         let member_calls = Rc::new(Cell::new(0));
         let member = fixture.start(0, test_config(), &member_calls);
         let outsider_calls = Rc::new(Cell::new(0));
+        // Its registry view lists the member, so its RPC waits for a connection that never
+        // comes: keep that wait short.
+        let intruder_config = TcpConfig {
+            request_timeout: Duration::from_millis(300),
+            ..test_config()
+        };
         let intruder = TcpTransport::start(
             &outsider,
             outsider_view,
             router(&outsider_calls),
-            test_config(),
+            intruder_config,
         )
         .unwrap();
         assert!(
@@ -900,5 +908,372 @@ fn requests_over_the_peers_in_flight_limit_are_answered_overloaded() {
         assert_eq!(calls.get(), 1, "the refused request ran no handler");
         // The connection survives a refusal.
         assert!(connected(&a, peer).is_some());
+    });
+}
+
+/// RPCs pending and handlers running on every connection of `transport`.
+fn in_flight(transport: &TcpTransport) -> (usize, usize) {
+    let conns = transport.inner.conns.borrow();
+    conns.values().fold((0, 0), |(pending, handlers), conn| {
+        let (_, conn_pending, conn_handlers) = conn.depths();
+        (pending + conn_pending, handlers + conn_handlers)
+    })
+}
+
+/// The `tcp_rpcs_pending` and `tcp_handlers_running` gauges `publish_metrics` sets.
+fn published_in_flight(transport: &TcpTransport) -> (i64, i64) {
+    use crate::metrics::{MetricsConfig, MetricsSchemaBuilder, ShardMetrics, StandardMetrics};
+    let mut builder = MetricsSchemaBuilder::new(MetricsConfig::default()).unwrap();
+    let ids = StandardMetrics::declare(&mut builder).unwrap();
+    let shard = ShardMetrics::new(builder.build(), 0);
+    let metrics = TransportMetrics::new(ids, &shard);
+    transport.publish_metrics(&metrics);
+    (
+        metrics.queue_depth("tcp_rpcs_pending").get(),
+        metrics.queue_depth("tcp_handlers_running").get(),
+    )
+}
+
+/// Waits (bounded) until neither side has an RPC pending or a handler running, on the
+/// connections and in the published gauges.
+async fn assert_nothing_in_flight(a: &TcpTransport, b: &TcpTransport) {
+    assert!(
+        eventually(Duration::from_secs(2), || in_flight(a) == (0, 0)
+            && in_flight(b) == (0, 0))
+        .await,
+        "still in flight: a {:?}, b {:?}",
+        in_flight(a),
+        in_flight(b)
+    );
+    assert_eq!(published_in_flight(a), (0, 0));
+    assert_eq!(published_in_flight(b), (0, 0));
+}
+
+/// Runs `futures` concurrently to completion.
+async fn join_all(futures: impl IntoIterator<Item = impl Future<Output = ()>>) {
+    let mut all: Pin<Box<dyn Future<Output = ()> + '_>> = Box::pin(async {});
+    for future in futures {
+        let before = all;
+        all = Box::pin(async move {
+            futures_lite::future::zip(before, future).await;
+        });
+    }
+    all.await;
+}
+
+/// Many more RPCs than `requests_in_flight_max` on one connection, sequential and concurrent:
+/// each finished handler must give its slot back, on both sides.
+#[test]
+fn far_more_rpcs_than_the_in_flight_limit_all_succeed() {
+    const SEQUENTIAL: usize = 1_000;
+    const CONCURRENT: usize = 64;
+    const PER_WORKER: usize = 1_000 / CONCURRENT + 1;
+    let fixture = Fixture::new(2);
+    run(|| async move {
+        let calls = Rc::new(Cell::new(0));
+        let config = TcpConfig {
+            requests_in_flight_max: 128,
+            ..test_config()
+        };
+        let a = fixture.start(0, config.clone(), &calls);
+        let b = fixture.start(1, config, &calls);
+        let peer = fixture.id(1);
+        assert!(eventually(Duration::from_secs(5), || connected(&a, peer).is_some()).await);
+        for i in 0..SEQUENTIAL {
+            let body = Buf::copy_from_slice(&(i as u64).to_le_bytes());
+            let reply = a.rpc(peer, ECHO, Priority::Normal, body.clone()).await;
+            assert_eq!(reply, Ok(body), "sequential rpc {i}");
+        }
+        let a = &a;
+        let workers = (0..CONCURRENT).map(|worker| async move {
+            for i in 0..PER_WORKER {
+                let body = Buf::copy_from_slice(&((worker * PER_WORKER + i) as u64).to_le_bytes());
+                let reply = a.rpc(peer, ECHO, Priority::Normal, body.clone()).await;
+                assert_eq!(reply, Ok(body), "worker {worker} rpc {i}");
+            }
+        });
+        join_all(workers).await;
+        assert_eq!(calls.get() as usize, SEQUENTIAL + CONCURRENT * PER_WORKER);
+        assert_eq!(b.stats().requests_refused_in_flight.get(), 0);
+        assert_nothing_in_flight(a, &b).await;
+    });
+}
+
+/// Handlers that fail, RPCs that are dropped, and RPCs that time out all give their slots back
+/// on both sides: after many times `requests_in_flight_max` of each, a full window still works.
+#[test]
+fn failed_cancelled_and_timed_out_rpcs_leave_no_bookkeeping() {
+    const WINDOW: usize = 8;
+    const ROUNDS: usize = 3;
+    const FAILING: Route = Route(3);
+    let fixture = Fixture::new(2);
+    run(|| async move {
+        let calls = Rc::new(Cell::new(0));
+        let config = TcpConfig {
+            requests_in_flight_max: WINDOW,
+            request_timeout: Duration::from_millis(300),
+            ..test_config()
+        };
+        let a = fixture.start(0, config.clone(), &calls);
+        let failing_router = router(&calls).route(FAILING, |_ctx, _request: Buf| async {
+            sleep(Duration::from_millis(1)).await;
+            Err(RpcError::Handler("refused on purpose".into()))
+        });
+        let b = TcpTransport::start(
+            &fixture.identities[1],
+            fixture.registry.clone(),
+            failing_router,
+            config,
+        )
+        .unwrap();
+        let peer = fixture.id(1);
+        assert!(a.wait_connected(peer, Duration::from_secs(5)).await);
+        let (a, b) = (&a, &b);
+        for _ in 0..ROUNDS {
+            // Handlers that fail, at once (no route) or later.
+            join_all((0..WINDOW).map(|i| async move {
+                let route = if i % 2 == 0 { FAILING } else { Route(99) };
+                let result = a.rpc(peer, route, Priority::Normal, Buf::empty()).await;
+                assert!(
+                    matches!(result, Err(RpcError::Handler(_) | RpcError::NoRoute(_))),
+                    "{result:?}"
+                );
+            }))
+            .await;
+            // RPCs dropped while their handlers run (the peer gets a Cancel).
+            join_all((0..WINDOW).map(|_| async move {
+                let dropped = or(
+                    async { Some(a.rpc(peer, SLOW, Priority::Normal, Buf::empty()).await) },
+                    async {
+                        sleep(Duration::from_millis(50)).await;
+                        None
+                    },
+                )
+                .await;
+                assert_eq!(dropped, None);
+            }))
+            .await;
+            // RPCs that run into the request timeout (cancelled at the peer too).
+            join_all((0..WINDOW).map(|_| async move {
+                let result = a.rpc(peer, SLOW, Priority::Normal, Buf::empty()).await;
+                assert_eq!(result, Err(RpcError::Timeout));
+            }))
+            .await;
+        }
+        assert_nothing_in_flight(a, b).await;
+        join_all((0..WINDOW).map(|i| async move {
+            let body = Buf::copy_from_slice(&[i as u8]);
+            assert_eq!(
+                a.rpc(peer, ECHO, Priority::Normal, body.clone()).await,
+                Ok(body)
+            );
+        }))
+        .await;
+        assert_eq!(b.stats().requests_refused_in_flight.get(), 0);
+        let timeouts = a.stats().rpc_errors[RPC_ERROR_KINDS
+            .iter()
+            .position(|k| *k == "timeout")
+            .unwrap()]
+        .get();
+        assert_eq!(timeouts, (ROUNDS * WINDOW) as u64);
+    });
+}
+
+/// RPCs in flight when the connection is lost fail at once and leave nothing pending.
+#[test]
+fn rpcs_pending_when_the_connection_is_lost_fail_and_leave() {
+    const WINDOW: usize = 8;
+    let fixture = Fixture::new(2);
+    run(|| async move {
+        let calls = Rc::new(Cell::new(0));
+        let a = fixture.start(0, test_config(), &calls);
+        let b = fixture.start(1, test_config(), &calls);
+        let peer = fixture.id(1);
+        assert!(a.wait_connected(peer, Duration::from_secs(5)).await);
+        let conn = a.inner.usable_conn(peer).unwrap();
+        let a = &a;
+        let calls_in_flight = join_all((0..WINDOW).map(|_| async move {
+            let result = a.rpc(peer, SLOW, Priority::Normal, Buf::empty()).await;
+            assert_eq!(result, Err(RpcError::ConnectionClosed));
+        }));
+        let lost_at = async {
+            assert!(eventually(Duration::from_secs(2), || calls.get() == WINDOW as u32).await);
+            assert_eq!(conn.depths().1, WINDOW);
+            b.shutdown().await;
+            Instant::now()
+        };
+        let ((), lost_at) = futures_lite::future::zip(calls_in_flight, lost_at).await;
+        assert!(lost_at.elapsed() < Duration::from_millis(500));
+        assert_eq!(conn.depths(), (0, 0, 0));
+        assert_eq!(in_flight(a), (0, 0));
+    });
+}
+
+/// Like QUIC, an RPC to a registry peer waits (within the request timeout) for a connection
+/// that is being set up, in both directions; one to a stranger fails at once.
+#[test]
+fn rpcs_wait_for_a_connection_being_established() {
+    let fixture = Fixture::new(2);
+    run(|| async move {
+        let calls = Rc::new(Cell::new(0));
+        let (id_a, id_b) = (fixture.id(0), fixture.id(1));
+        let config = TcpConfig {
+            request_timeout: Duration::from_secs(3),
+            ..test_config()
+        };
+        // a dials b, which is not up yet.
+        let a = fixture.start(0, config.clone(), &calls);
+        assert!(!a.wait_connected(id_b, Duration::from_millis(50)).await);
+        assert_eq!(a.conn_of(id_b), None);
+        let stranger = NodeId([7; 32]);
+        let started = Instant::now();
+        assert_eq!(
+            a.rpc(stranger, ECHO, Priority::Normal, Buf::empty()).await,
+            Err(RpcError::NotConnected(stranger))
+        );
+        assert!(!a.wait_connected(stranger, Duration::from_secs(5)).await);
+        assert!(started.elapsed() < Duration::from_millis(100));
+        let waiting = a.rpc(id_b, ECHO, Priority::Normal, Buf::copy_from_slice(b"early"));
+        let late_start = async {
+            sleep(Duration::from_millis(200)).await;
+            fixture.start(1, config.clone(), &calls)
+        };
+        let (reply, b) = futures_lite::future::zip(waiting, late_start).await;
+        assert_eq!(reply, Ok(Buf::copy_from_slice(b"early")));
+        assert_eq!(a.conn_of(id_b), connected(&a, id_b));
+        assert!(a.conn_of(id_b).is_some());
+        // The acceptor waits for the dialer to come back after a restart.
+        a.shutdown().await;
+        drop(a);
+        // Once b has read the Goaway, its RPC waits for the next connection.
+        assert!(eventually(Duration::from_secs(2), || b.conn_of(id_a).is_none()).await);
+        let waiting = b.rpc(id_a, ECHO, Priority::Normal, Buf::copy_from_slice(b"back"));
+        let restart = async {
+            sleep(Duration::from_millis(100)).await;
+            fixture.start(0, config.clone(), &calls)
+        };
+        let (reply, _a) = futures_lite::future::zip(waiting, restart).await;
+        assert_eq!(reply, Ok(Buf::copy_from_slice(b"back")));
+        assert!(b.wait_connected(id_a, Duration::ZERO).await);
+    });
+}
+
+/// A peer in the registry that never comes up: the RPC fails NotConnected at its timeout.
+#[test]
+fn an_rpc_waiting_for_a_connection_gives_up_at_the_request_timeout() {
+    let fixture = Fixture::new(2);
+    run(|| async move {
+        let calls = Rc::new(Cell::new(0));
+        let config = TcpConfig {
+            request_timeout: Duration::from_millis(200),
+            ..test_config()
+        };
+        let a = fixture.start(0, config, &calls);
+        let started = Instant::now();
+        let peer = fixture.id(1);
+        let result = a.rpc(peer, ECHO, Priority::Normal, Buf::empty()).await;
+        let waited = started.elapsed();
+        assert_eq!(result, Err(RpcError::NotConnected(peer)));
+        assert!(waited >= Duration::from_millis(200), "{waited:?}");
+        assert!(waited < Duration::from_secs(1), "{waited:?}");
+        assert_eq!(a.inner.conn_waiters.len(), 0, "the waiter left");
+    });
+}
+
+/// `shutdown` says Goaway, fails what waits, stops every task and frees the address at once;
+/// clones share the transport.
+#[test]
+fn shutdown_stops_every_task_and_releases_the_address() {
+    let fixture = Fixture::new(2);
+    run(|| async move {
+        let calls = Rc::new(Cell::new(0));
+        let (id_a, id_b) = (fixture.id(0), fixture.id(1));
+        let a = fixture.start(0, test_config(), &calls);
+        let b = fixture.start(1, test_config(), &calls);
+        assert!(b.wait_connected(id_a, Duration::from_secs(5)).await);
+        assert!(a.wait_connected(id_b, Duration::from_secs(5)).await);
+        let first = a.conn_of(id_b).unwrap();
+        // b is the acceptor: its side of the connection lives in an accepted task. A silent
+        // client holds one more accepted task in its handshake.
+        let b_addr = fixture.registry.node(id_b).unwrap().tcp_addr;
+        let _silent = std::net::TcpStream::connect(b_addr).unwrap();
+        assert!(
+            eventually(Duration::from_secs(2), || b
+                .inner
+                .handshakes_in_flight
+                .get()
+                == 1)
+            .await
+        );
+        let clone = b.clone();
+        let waiting = a.rpc(id_b, SLOW, Priority::Normal, Buf::empty());
+        let shutdown = async {
+            sleep(Duration::from_millis(100)).await;
+            let started = Instant::now();
+            clone.shutdown().await;
+            // Well below the handshake timeout: the silent client's task was cancelled.
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "{:?}",
+                started.elapsed()
+            );
+            Instant::now()
+        };
+        let (result, shut_at) = futures_lite::future::zip(waiting, shutdown).await;
+        assert_eq!(result, Err(RpcError::ConnectionClosed));
+        assert!(shut_at.elapsed() < Duration::from_millis(100));
+        assert_eq!(
+            a.stats().goaways_received_by_reason[GoawayReason::Shutdown as usize].get(),
+            1
+        );
+        // Every task ended, every slot and waiter is free, and both handles see it.
+        let inner = &b.inner;
+        assert_eq!(inner.tasks_live.get(), 0);
+        assert_eq!(inner.accepted.len(), 0);
+        assert_eq!(inner.handshakes_in_flight.get(), 0);
+        assert!(inner.dialers.borrow().is_empty() && inner.acceptor.borrow().is_none());
+        assert!(b.peers().is_empty() && clone.peers().is_empty());
+        assert_eq!(
+            b.rpc(id_a, ECHO, Priority::Normal, Buf::empty()).await,
+            Err(RpcError::NotConnected(id_a))
+        );
+        b.shutdown().await;
+        // The address is free at once (no retry), and the peer reconnects to the new node.
+        let b = fixture.start(1, test_config(), &calls);
+        assert!(b.wait_connected(id_a, Duration::from_secs(5)).await);
+        assert!(a.wait_connected(id_b, Duration::from_secs(5)).await);
+        assert!(a.conn_of(id_b).unwrap() > first);
+        let reply = a
+            .rpc(id_b, ECHO, Priority::Normal, Buf::copy_from_slice(b"new"))
+            .await;
+        assert_eq!(reply, Ok(Buf::copy_from_slice(b"new")));
+        drop(clone);
+    });
+}
+
+/// Clones are handles to one transport: dropping one keeps it running, dropping the last one
+/// closes its connections with a Goaway.
+#[test]
+fn the_last_clone_dropped_closes_the_transport() {
+    let fixture = Fixture::new(2);
+    run(|| async move {
+        let calls = Rc::new(Cell::new(0));
+        let (id_a, id_b) = (fixture.id(0), fixture.id(1));
+        let a = fixture.start(0, test_config(), &calls);
+        let b = fixture.start(1, test_config(), &calls);
+        assert!(a.wait_connected(id_b, Duration::from_secs(5)).await);
+        let a2 = a.clone();
+        drop(a);
+        sleep(Duration::from_millis(50)).await;
+        let reply = a2
+            .rpc(id_b, ECHO, Priority::Normal, Buf::copy_from_slice(b"x"))
+            .await;
+        assert_eq!(reply, Ok(Buf::copy_from_slice(b"x")));
+        drop(a2);
+        assert!(eventually(Duration::from_secs(2), || b.conn_of(id_a).is_none()).await);
+        assert_eq!(
+            b.stats().goaways_received_by_reason[GoawayReason::Shutdown as usize].get(),
+            1
+        );
     });
 }
