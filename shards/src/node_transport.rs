@@ -144,11 +144,12 @@ impl NodeTransport {
         }
     }
 
-    /// QUIC closes every connection with a goodbye and stops its tasks; TCP connections close
-    /// when the transport is dropped (TcpTransport has no explicit close yet).
+    /// Closes every connection with a goodbye (QUIC CONNECTION_CLOSE, TCP Goaway) and stops the
+    /// transport's tasks.
     pub async fn shutdown(&self) {
-        if let NodeTransport::Quic { transport, .. } = self {
-            transport.shutdown().await;
+        match self {
+            NodeTransport::Quic { transport, .. } => transport.shutdown().await,
+            NodeTransport::Tcp(transport) => transport.shutdown().await,
         }
     }
 }
