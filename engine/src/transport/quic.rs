@@ -1565,7 +1565,11 @@ fn remove_conn(inner: &Rc<Inner>, state: &mut State, key: u64) {
         .stats
         .packets_lost
         .set(inner.stats.packets_lost.get() + lost);
-    bump(&inner.stats.connections_closed);
+    if conn.peer.is_some() {
+        bump(&inner.stats.connections_closed);
+    } else {
+        bump(&inner.stats.handshakes_failed);
+    }
 }
 
 async fn timer_loop(inner: Rc<Inner>) {

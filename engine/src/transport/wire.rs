@@ -57,7 +57,7 @@ pub(crate) fn response_head(encoder: &mut Encoder, result: &Result<usize, RpcErr
 }
 
 /// The longest prefix of `text` within `bytes_max` bytes that ends on a character boundary.
-fn truncate_utf8(text: &str, bytes_max: usize) -> &str {
+pub(crate) fn truncate_utf8(text: &str, bytes_max: usize) -> &str {
     if text.len() <= bytes_max {
         return text;
     }
@@ -68,7 +68,8 @@ fn truncate_utf8(text: &str, bytes_max: usize) -> &str {
     &text[..end]
 }
 
-fn status_of(error: &RpcError) -> RpcStatus {
+/// The wire status for a handler's error (shared by the QUIC and TCP transports).
+pub(crate) fn status_of(error: &RpcError) -> RpcStatus {
     match error {
         RpcError::NoRoute(_) => RpcStatus::NoRoute,
         RpcError::MessageTooLarge { .. } => RpcStatus::MessageTooLarge,
@@ -79,14 +80,42 @@ fn status_of(error: &RpcError) -> RpcStatus {
     }
 }
 
-fn error_of(status: RpcStatus, message: &str, route: Route) -> RpcError {
+/// The caller's view of a response: `route` is the route of our request (a response does not
+/// repeat it). Both transports map statuses to errors here, so they fail alike.
+pub(crate) fn response_result(
+    status: RpcStatus,
+    message: &str,
+    route: Route,
+    body: Buf,
+) -> Result<Buf, RpcError> {
     match status {
-        RpcStatus::NoRoute => RpcError::NoRoute(route),
-        RpcStatus::MessageTooLarge => RpcError::Handler(format!("peer refused size: {message}")),
-        RpcStatus::Overloaded => RpcError::Handler(format!("peer overloaded: {message}")),
-        RpcStatus::Cancelled => RpcError::Cancelled,
-        RpcStatus::BadRequest => RpcError::Handler(format!("peer rejected request: {message}")),
-        _ => RpcError::Handler(message.to_string()),
+        RpcStatus::Ok => Ok(body),
+        RpcStatus::NoRoute => Err(RpcError::NoRoute(route)),
+        RpcStatus::MessageTooLarge => {
+            Err(RpcError::Handler(format!("peer refused size: {message}")))
+        }
+        RpcStatus::Overloaded => Err(RpcError::Handler(format!("peer overloaded: {message}"))),
+        RpcStatus::Cancelled => Err(RpcError::Cancelled),
+        RpcStatus::BadRequest => Err(RpcError::Handler(format!(
+            "peer rejected request: {message}"
+        ))),
+        RpcStatus::HandlerError => Err(RpcError::Handler(message.to_string())),
+    }
+}
+
+pub(crate) fn priority_to_codec(priority: Priority) -> icn_codecs::Priority {
+    match priority {
+        Priority::Low => icn_codecs::Priority::Low,
+        Priority::Normal => icn_codecs::Priority::Normal,
+        Priority::High => icn_codecs::Priority::High,
+    }
+}
+
+pub(crate) fn priority_from_codec(priority: icn_codecs::Priority) -> Priority {
+    match priority {
+        icn_codecs::Priority::Low => Priority::Low,
+        icn_codecs::Priority::Normal => Priority::Normal,
+        icn_codecs::Priority::High => Priority::High,
     }
 }
 
@@ -224,11 +253,7 @@ impl Assembler {
             FrameKind::Request => {
                 let request = envelope::decode_request(&self.envelope, limits)
                     .map_err(AssembleError::Decode)?;
-                let priority = match request.priority {
-                    icn_codecs::Priority::Low => Priority::Low,
-                    icn_codecs::Priority::Normal => Priority::Normal,
-                    icn_codecs::Priority::High => Priority::High,
-                };
+                let priority = priority_from_codec(request.priority);
                 Ok(Message::Request {
                     route: Route(request.route),
                     priority,
@@ -238,10 +263,7 @@ impl Assembler {
             FrameKind::Response => {
                 let response = envelope::decode_response(&self.envelope, limits)
                     .map_err(AssembleError::Decode)?;
-                let result = match response.status {
-                    RpcStatus::Ok => Ok(body),
-                    status => Err(error_of(status, response.error_message, route)),
-                };
+                let result = response_result(response.status, response.error_message, route, body);
                 Ok(Message::Response { result })
             }
             other => Err(AssembleError::UnexpectedKind(other)),

@@ -14,6 +14,9 @@ use icn_codecs::{
     GoawayReason, RpcStatus, FRAME_HEADER_BYTES,
 };
 
+pub(crate) use crate::transport::wire::{
+    priority_from_codec, priority_to_codec, response_result, status_of, truncate_utf8,
+};
 use crate::transport::{Priority, Route, RpcError};
 use crate::Buf;
 
@@ -179,70 +182,6 @@ impl Envelope {
             },
         }
     }
-}
-
-/// The caller's view of a response: `route` is the route of our request (a response does not
-/// repeat it). Statuses map to errors exactly as on QUIC, so both transports fail alike.
-pub fn response_result(
-    status: RpcStatus,
-    error_message: &str,
-    route: Route,
-    body: Buf,
-) -> Result<Buf, RpcError> {
-    match status {
-        RpcStatus::Ok => Ok(body),
-        RpcStatus::NoRoute => Err(RpcError::NoRoute(route)),
-        RpcStatus::MessageTooLarge => Err(RpcError::Handler(format!(
-            "peer refused size: {error_message}"
-        ))),
-        RpcStatus::Overloaded => Err(RpcError::Handler(format!(
-            "peer overloaded: {error_message}"
-        ))),
-        RpcStatus::Cancelled => Err(RpcError::Cancelled),
-        RpcStatus::BadRequest => Err(RpcError::Handler(format!(
-            "peer rejected request: {error_message}"
-        ))),
-        RpcStatus::HandlerError => Err(RpcError::Handler(error_message.to_string())),
-    }
-}
-
-fn status_of(error: &RpcError) -> RpcStatus {
-    match error {
-        RpcError::NoRoute(_) => RpcStatus::NoRoute,
-        RpcError::MessageTooLarge { .. } => RpcStatus::MessageTooLarge,
-        RpcError::TooManyInFlight { .. } => RpcStatus::Overloaded,
-        RpcError::Cancelled => RpcStatus::Cancelled,
-        RpcError::PeerMisbehaved(_) => RpcStatus::BadRequest,
-        _ => RpcStatus::HandlerError,
-    }
-}
-
-fn priority_to_codec(priority: Priority) -> icn_codecs::Priority {
-    match priority {
-        Priority::Low => icn_codecs::Priority::Low,
-        Priority::Normal => icn_codecs::Priority::Normal,
-        Priority::High => icn_codecs::Priority::High,
-    }
-}
-
-fn priority_from_codec(priority: icn_codecs::Priority) -> Priority {
-    match priority {
-        icn_codecs::Priority::Low => Priority::Low,
-        icn_codecs::Priority::Normal => Priority::Normal,
-        icn_codecs::Priority::High => Priority::High,
-    }
-}
-
-/// The longest prefix of `text` within `bytes_max` bytes that ends on a character boundary.
-pub fn truncate_utf8(text: &str, bytes_max: usize) -> &str {
-    if text.len() <= bytes_max {
-        return text;
-    }
-    let mut end = bytes_max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 /// Appends the header and envelope of a frame whose `body_bytes` of body follow to `out`.
