@@ -127,14 +127,6 @@ impl BufMut {
         true
     }
 
-    pub fn as_mut_vec_unpooled(&mut self) -> Option<&mut Vec<u8>> {
-        if self.pool.is_none() {
-            Some(&mut self.storage)
-        } else {
-            None
-        }
-    }
-
     pub fn len(&self) -> usize {
         self.storage.len()
     }

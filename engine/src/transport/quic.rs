@@ -1081,6 +1081,13 @@ fn read_streams(inner: &Rc<Inner>, state: &mut State, key: u64, dispatches: &mut
 /// A peer that drops an RPC sends STOP_SENDING; quiche then lists the stream as writable and
 /// reports `StreamStopped` for it. The handler's work is no longer wanted: cancel it.
 fn cancel_stopped_handlers(inner: &Rc<Inner>, conn: &mut Conn) {
+    let handlers_running = conn
+        .streams
+        .values()
+        .any(|stream| matches!(stream.role, Role::Incoming { handler: Some(_) }));
+    if !handlers_running {
+        return; // quiche's writable() builds a list; skip it when nothing could be cancelled
+    }
     let candidates: Vec<u64> = conn
         .quic
         .writable()
@@ -1509,7 +1516,6 @@ fn fill_batch(
             Ok(sent) => sent,
             Err(_) => break, // Done, or a closed connection: nothing more now.
         };
-        conn.last_send = Instant::now();
         count += 1;
         let current = batch.get_or_insert(Batch {
             dest: info.to,
@@ -1526,6 +1532,10 @@ fn fill_batch(
         if written < current.segment {
             break; // a short packet ends a GSO batch
         }
+    }
+    if batch.is_some() {
+        // Once per batch, not per packet: only the keep-alive reads it, at millisecond scale.
+        conn.last_send = Instant::now();
     }
     batch
 }
