@@ -37,6 +37,12 @@ pub enum DecodeError {
     /// A pushed artifact's length differs from the length its SlotUpdate declares.
     #[error("artifact declared as {declared} bytes, body carries {got}")]
     ArtifactLengthMismatch { declared: u64, got: u64 },
+    /// Fields that each decode but contradict each other.
+    #[error("invalid {kind}: {detail}")]
+    Invalid {
+        kind: &'static str,
+        detail: &'static str,
+    },
 }
 
 /// Why a local value could not be encoded. Never the peer's fault.

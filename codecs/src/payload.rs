@@ -30,13 +30,18 @@ pub struct SlotUpdate<'a> {
     /// Size of the artifact, for adverts too (the receiver budgets downloads with it).
     pub artifact_bytes: u64,
     pub artifact_pushed: bool,
+    /// The slot is now empty (the sender dropped `artifact_id`); never with `artifact_pushed`.
+    pub slot_cleared: bool,
 }
 
-/// Asks for an advertised artifact; the response body is the artifact.
+/// Asks for an advertised artifact; the response body is the artifact, or only bytes
+/// `offset .. offset + length` of it when `length` is not 0 (a chunk).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ArtifactRequest<'a> {
     pub artifact_kind: u8,
     pub artifact_id: &'a [u8],
+    pub offset: u64,
+    pub length: u64,
 }
 
 /// The sender holds a certified state at `height` with root hash `root_hash`.
@@ -86,12 +91,19 @@ pub fn decode_slot_update<'a>(
         attributes,
         artifact_bytes: table.artifact_bytes(),
         artifact_pushed: table.artifact_pushed(),
+        slot_cleared: table.slot_cleared(),
     };
     check_pushed_artifact(&update, artifact)?;
     Ok((update, artifact))
 }
 
 fn check_pushed_artifact(update: &SlotUpdate<'_>, artifact: &[u8]) -> Result<(), DecodeError> {
+    if update.artifact_pushed && update.slot_cleared {
+        return Err(DecodeError::Invalid {
+            kind: "SlotUpdate",
+            detail: "a cleared slot cannot push an artifact",
+        });
+    }
     if !update.artifact_pushed {
         return verify::expect_end("SlotUpdate advert", artifact);
     }
@@ -112,9 +124,18 @@ pub fn decode_artifact_request<'a>(
     verify::expect_end("ArtifactRequest", rest)?;
     let artifact_id = table.artifact_id().bytes();
     check_decode_limit("id_bytes_max", artifact_id.len(), limits.id_bytes_max)?;
+    let (offset, length) = (table.offset(), table.length());
+    if offset.checked_add(length).is_none() {
+        return Err(DecodeError::Invalid {
+            kind: "ArtifactRequest",
+            detail: "offset + length overflows",
+        });
+    }
     Ok(ArtifactRequest {
         artifact_kind: table.artifact_kind(),
         artifact_id,
+        offset,
+        length,
     })
 }
 
@@ -178,6 +199,7 @@ impl Encoder {
             attributes,
             artifact_bytes: update.artifact_bytes,
             artifact_pushed: update.artifact_pushed,
+            slot_cleared: update.slot_cleared,
         };
         let root = wire::SlotUpdate::create(builder, &args);
         self.finish_size_prefixed(root)
@@ -194,6 +216,8 @@ impl Encoder {
         let args = wire::ArtifactRequestArgs {
             artifact_kind: request.artifact_kind,
             artifact_id,
+            offset: request.offset,
+            length: request.length,
         };
         let root = wire::ArtifactRequest::create(builder, &args);
         self.finish_size_prefixed(root)
@@ -265,6 +289,7 @@ mod tests {
             attributes: b"attr",
             artifact_bytes: 5,
             artifact_pushed: false,
+            slot_cleared: false,
         }
     }
 
@@ -278,15 +303,16 @@ mod tests {
             let artifact_bytes = if artifact_pushed { artifact.len() as u64 } else { advertised_bytes };
             let update = SlotUpdate {
                 artifact_kind, slot, commit_id, artifact_id: &artifact_id, attributes: &attributes,
-                artifact_bytes, artifact_pushed,
+                artifact_bytes, artifact_pushed, slot_cleared: false,
             };
             let body = slot_update_body(&update, artifact);
             prop_assert_eq!(decode_slot_update(&body, &limits()), Ok((update, artifact)));
         }
 
         #[test]
-        fn artifact_request_round_trips(artifact_kind: u8, artifact_id in vec(any::<u8>(), 0..64)) {
-            let request = ArtifactRequest { artifact_kind, artifact_id: &artifact_id };
+        fn artifact_request_round_trips(artifact_kind: u8, artifact_id in vec(any::<u8>(), 0..64),
+                                        offset in 0..u64::MAX / 2, length in 0..u64::MAX / 2) {
+            let request = ArtifactRequest { artifact_kind, artifact_id: &artifact_id, offset, length };
             let mut encoder = Encoder::default();
             let body = encoder.encode_artifact_request(&request).unwrap();
             prop_assert_eq!(decode_artifact_request(body, &limits()), Ok(request));
@@ -412,6 +438,8 @@ mod tests {
         let request = ArtifactRequest {
             artifact_kind: 0,
             artifact_id: &long_id,
+            offset: 0,
+            length: 0,
         };
         let body = Encoder::default()
             .encode_artifact_request(&request)
@@ -469,6 +497,7 @@ mod tests {
             attributes: &attributes,
             artifact_bytes: u64::MAX,
             artifact_pushed: false,
+            slot_cleared: false,
         };
         let body = slot_update_body(&update, &[]);
         let overhead = body.len() - id.len() - attributes.len();

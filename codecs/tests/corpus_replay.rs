@@ -360,6 +360,7 @@ fn slot_update_seeds() -> Vec<Seed> {
         attributes: b"height=12",
         artifact_bytes: 1 << 20,
         artifact_pushed: false,
+        slot_cleared: false,
     };
     let pushed = SlotUpdate {
         artifact_bytes: 11,
@@ -373,8 +374,27 @@ fn slot_update_seeds() -> Vec<Seed> {
         attributes: b"",
         ..advert
     };
+    let cleared = SlotUpdate {
+        slot_cleared: true,
+        ..advert
+    };
+    let cleared_pushed = SlotUpdate {
+        artifact_pushed: true,
+        artifact_bytes: 0,
+        ..cleared
+    };
     vec![
         seed(t, "valid-advert", advert_body.clone()),
+        seed(
+            t,
+            "valid-cleared",
+            encoder().encode_slot_update(&cleared).unwrap(),
+        ),
+        seed(
+            t,
+            "invalid-cleared-pushed",
+            encoder().encode_slot_update(&cleared_pushed).unwrap(),
+        ),
         seed(
             t,
             "valid-pushed",
@@ -406,6 +426,8 @@ fn artifact_request_seeds() -> Vec<Seed> {
     let request = ArtifactRequest {
         artifact_kind: 2,
         artifact_id: b"block-proposal-hash-0123456789abcdef",
+        offset: 0,
+        length: 0,
     };
     let body = encoder()
         .encode_artifact_request(&request)
@@ -416,8 +438,28 @@ fn artifact_request_seeds() -> Vec<Seed> {
         artifact_id: &long_id,
         ..request
     };
+    let chunk = ArtifactRequest {
+        offset: 1 << 20,
+        length: 1 << 20,
+        ..request
+    };
+    let overflowing = ArtifactRequest {
+        offset: u64::MAX,
+        length: 1,
+        ..request
+    };
     vec![
         seed(t, "valid", body.clone()),
+        seed(
+            t,
+            "valid-chunk",
+            encoder().encode_artifact_request(&chunk).unwrap(),
+        ),
+        seed(
+            t,
+            "invalid-range-overflow",
+            encoder().encode_artifact_request(&overflowing).unwrap(),
+        ),
         seed(
             t,
             "invalid-id-too-long",

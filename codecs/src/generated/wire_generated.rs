@@ -1180,6 +1180,7 @@ pub mod icn {
             pub const VT_ATTRIBUTES: ::flatbuffers::VOffsetT = 12;
             pub const VT_ARTIFACT_BYTES: ::flatbuffers::VOffsetT = 14;
             pub const VT_ARTIFACT_PUSHED: ::flatbuffers::VOffsetT = 16;
+            pub const VT_SLOT_CLEARED: ::flatbuffers::VOffsetT = 18;
 
             #[inline]
             pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1205,6 +1206,7 @@ pub mod icn {
                 if let Some(x) = args.artifact_id {
                     builder.add_artifact_id(x);
                 }
+                builder.add_slot_cleared(args.slot_cleared);
                 builder.add_artifact_pushed(args.artifact_pushed);
                 builder.add_artifact_kind(args.artifact_kind);
                 builder.finish()
@@ -1293,6 +1295,20 @@ pub mod icn {
                         .unwrap()
                 }
             }
+            /// The slot is now empty: the sender's pool dropped `artifact_id` (an abort). The receiver
+            /// forgets this peer's advert of it; nothing follows the table. Never set together with
+            /// `artifact_pushed`.
+            #[inline]
+            pub fn slot_cleared(&self) -> bool {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<bool>(SlotUpdate::VT_SLOT_CLEARED, Some(false))
+                        .unwrap()
+                }
+            }
         }
 
         impl ::flatbuffers::Verifiable for SlotUpdate<'_> {
@@ -1317,6 +1333,7 @@ pub mod icn {
                     )?
                     .visit_field::<u64>("artifact_bytes", Self::VT_ARTIFACT_BYTES, false)?
                     .visit_field::<bool>("artifact_pushed", Self::VT_ARTIFACT_PUSHED, false)?
+                    .visit_field::<bool>("slot_cleared", Self::VT_SLOT_CLEARED, false)?
                     .finish();
                 Ok(())
             }
@@ -1329,6 +1346,7 @@ pub mod icn {
             pub attributes: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
             pub artifact_bytes: u64,
             pub artifact_pushed: bool,
+            pub slot_cleared: bool,
         }
         impl<'a> Default for SlotUpdateArgs<'a> {
             #[inline]
@@ -1341,6 +1359,7 @@ pub mod icn {
                     attributes: None,
                     artifact_bytes: 0,
                     artifact_pushed: false,
+                    slot_cleared: false,
                 }
             }
         }
@@ -1395,6 +1414,11 @@ pub mod icn {
                     .push_slot::<bool>(SlotUpdate::VT_ARTIFACT_PUSHED, artifact_pushed, false);
             }
             #[inline]
+            pub fn add_slot_cleared(&mut self, slot_cleared: bool) {
+                self.fbb_
+                    .push_slot::<bool>(SlotUpdate::VT_SLOT_CLEARED, slot_cleared, false);
+            }
+            #[inline]
             pub fn new(
                 _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
             ) -> SlotUpdateBuilder<'a, 'b, A> {
@@ -1423,13 +1447,17 @@ pub mod icn {
                 ds.field("attributes", &self.attributes());
                 ds.field("artifact_bytes", &self.artifact_bytes());
                 ds.field("artifact_pushed", &self.artifact_pushed());
+                ds.field("slot_cleared", &self.slot_cleared());
                 ds.finish()
             }
         }
         pub enum ArtifactRequestOffset {}
         #[derive(Copy, Clone, PartialEq)]
 
-        /// Asks a peer for an artifact it advertised. The response body is the artifact's raw bytes.
+        /// Asks a peer for an artifact it advertised. The response body is the artifact's raw bytes:
+        /// all of it when `length` is 0, otherwise exactly bytes `offset .. offset + length` (a chunk of
+        /// a large artifact, fetched from several peers at once). A range past the artifact's end is
+        /// answered with an error status.
         pub struct ArtifactRequest<'a> {
             pub _tab: ::flatbuffers::Table<'a>,
         }
@@ -1447,6 +1475,8 @@ pub mod icn {
         impl<'a> ArtifactRequest<'a> {
             pub const VT_ARTIFACT_KIND: ::flatbuffers::VOffsetT = 4;
             pub const VT_ARTIFACT_ID: ::flatbuffers::VOffsetT = 6;
+            pub const VT_OFFSET: ::flatbuffers::VOffsetT = 8;
+            pub const VT_LENGTH: ::flatbuffers::VOffsetT = 10;
 
             #[inline]
             pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1463,6 +1493,8 @@ pub mod icn {
                 args: &'args ArtifactRequestArgs<'args>,
             ) -> ::flatbuffers::WIPOffset<ArtifactRequest<'bldr>> {
                 let mut builder = ArtifactRequestBuilder::new(_fbb);
+                builder.add_length(args.length);
+                builder.add_offset(args.offset);
                 if let Some(x) = args.artifact_id {
                     builder.add_artifact_id(x);
                 }
@@ -1495,6 +1527,28 @@ pub mod icn {
                         .unwrap()
                 }
             }
+            #[inline]
+            pub fn offset(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(ArtifactRequest::VT_OFFSET, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn length(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(ArtifactRequest::VT_LENGTH, Some(0))
+                        .unwrap()
+                }
+            }
         }
 
         impl ::flatbuffers::Verifiable for ArtifactRequest<'_> {
@@ -1510,6 +1564,8 @@ pub mod icn {
                         Self::VT_ARTIFACT_ID,
                         true,
                     )?
+                    .visit_field::<u64>("offset", Self::VT_OFFSET, false)?
+                    .visit_field::<u64>("length", Self::VT_LENGTH, false)?
                     .finish();
                 Ok(())
             }
@@ -1517,6 +1573,8 @@ pub mod icn {
         pub struct ArtifactRequestArgs<'a> {
             pub artifact_kind: u8,
             pub artifact_id: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+            pub offset: u64,
+            pub length: u64,
         }
         impl<'a> Default for ArtifactRequestArgs<'a> {
             #[inline]
@@ -1524,6 +1582,8 @@ pub mod icn {
                 ArtifactRequestArgs {
                     artifact_kind: 0,
                     artifact_id: None, // required field
+                    offset: 0,
+                    length: 0,
                 }
             }
         }
@@ -1549,6 +1609,16 @@ pub mod icn {
                 );
             }
             #[inline]
+            pub fn add_offset(&mut self, offset: u64) {
+                self.fbb_
+                    .push_slot::<u64>(ArtifactRequest::VT_OFFSET, offset, 0);
+            }
+            #[inline]
+            pub fn add_length(&mut self, length: u64) {
+                self.fbb_
+                    .push_slot::<u64>(ArtifactRequest::VT_LENGTH, length, 0);
+            }
+            #[inline]
             pub fn new(
                 _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
             ) -> ArtifactRequestBuilder<'a, 'b, A> {
@@ -1572,6 +1642,8 @@ pub mod icn {
                 let mut ds = f.debug_struct("ArtifactRequest");
                 ds.field("artifact_kind", &self.artifact_kind());
                 ds.field("artifact_id", &self.artifact_id());
+                ds.field("offset", &self.offset());
+                ds.field("length", &self.length());
                 ds.finish()
             }
         }

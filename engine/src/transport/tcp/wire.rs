@@ -35,6 +35,7 @@ pub const DECODE_ERROR_KINDS: [&str; 9] = [
     "unknown_enum_value",
     "unexpected_bytes",
     "artifact_length_mismatch",
+    "invalid",
 ];
 
 /// Index of `error`'s kind in [`DECODE_ERROR_KINDS`] (exhaustive: a new variant needs a name).
@@ -49,6 +50,7 @@ pub fn decode_error_index(error: &DecodeError) -> usize {
         DecodeError::UnknownEnumValue { .. } => 6,
         DecodeError::UnexpectedBytes { .. } => 7,
         DecodeError::ArtifactLengthMismatch { .. } => 8,
+        DecodeError::Invalid { .. } => 9,
     }
 }
 
@@ -512,6 +514,10 @@ mod tests {
             DecodeError::ArtifactLengthMismatch {
                 declared: 1,
                 got: 0,
+            },
+            DecodeError::Invalid {
+                kind: "x",
+                detail: "y",
             },
         ];
         let indices: Vec<usize> = errors.iter().map(decode_error_index).collect();
