@@ -25,7 +25,7 @@ use crate::Buf;
 pub const HEAD_BYTES_TYPICAL: usize = FRAME_HEADER_BYTES + 64;
 
 /// `kind` label of each [`DecodeError`] variant, for counters and metrics.
-pub const DECODE_ERROR_KINDS: [&str; 9] = [
+pub const DECODE_ERROR_KINDS: [&str; 10] = [
     "truncated",
     "bad_magic",
     "unsupported_version",
