@@ -33,6 +33,8 @@ pub struct Tuning {
     pub rpc: RpcTuning,
     pub registry: RegistryTuning,
     pub metrics: MetricsTuning,
+    pub peers: PeersTuning,
+    pub gossip: GossipTuning,
 }
 
 /// Every section, in the order of [`Tuning`]'s fields.
@@ -44,6 +46,8 @@ pub const SECTIONS: &[SectionMeta] = &[
     RpcTuning::SECTION,
     RegistryTuning::SECTION,
     MetricsTuning::SECTION,
+    PeersTuning::SECTION,
+    GossipTuning::SECTION,
 ];
 
 /// A rule between two integer knobs: `knob` must stand in `relation` to `other`.
@@ -74,6 +78,30 @@ pub const CROSS_RULES: &[CrossRule] = &[
         relation: Relation::AtLeast,
         other: "quic.reconnect_backoff_initial_ms",
         why: "the backoff would start above its own cap",
+    },
+    CrossRule {
+        knob: "peers.ban_max_ms",
+        relation: Relation::AtLeast,
+        other: "peers.ban_initial_ms",
+        why: "the ban would start above its own cap",
+    },
+    CrossRule {
+        knob: "gossip.download_timeout_max_ms",
+        relation: Relation::AtLeast,
+        other: "gossip.download_timeout_initial_ms",
+        why: "the deadline would start above its own cap",
+    },
+    CrossRule {
+        knob: "gossip.retry_backoff_max_ms",
+        relation: Relation::AtLeast,
+        other: "gossip.retry_backoff_initial_ms",
+        why: "the backoff would start above its own cap",
+    },
+    CrossRule {
+        knob: "gossip.chunking_threshold_bytes",
+        relation: Relation::AtLeast,
+        other: "gossip.download_chunk_bytes",
+        why: "an artifact below one chunk cannot be split into chunks",
     },
     CrossRule {
         knob: "tcp.keep_alive_interval_ms",
@@ -192,6 +220,8 @@ impl Tuning {
         values.extend(self.rpc.knob_values());
         values.extend(self.registry.knob_values());
         values.extend(self.metrics.knob_values());
+        values.extend(self.peers.knob_values());
+        values.extend(self.gossip.knob_values());
         values
     }
 
@@ -218,6 +248,8 @@ impl Tuning {
         self.rpc.validate_ranges(&mut errors);
         self.registry.validate_ranges(&mut errors);
         self.metrics.validate_ranges(&mut errors);
+        self.peers.validate_ranges(&mut errors);
+        self.gossip.validate_ranges(&mut errors);
         errors.extend(
             CROSS_RULES
                 .iter()

@@ -247,6 +247,109 @@ section! {
     }
 }
 
+section! {
+    /// The peer manager: which peers a node keeps connections to, and how it punishes bad ones.
+    pub struct PeersTuning in "peers" {
+        /// Peers a node keeps connections to; registry members beyond this are left out (the
+        /// lowest ids win, so every node picks the same set). Each connection holds transport
+        /// state (QUIC: windows up to quic.connection_window_bytes); 64 covers the largest IC
+        /// subnets (40 nodes) with room.
+        connections_max: usize in 1..=1024 = PEERS_CONNECTIONS_MAX_DEFAULT = 64;
+        /// How often the peer manager re-derives the peer set from the registry (it also does on
+        /// every new registry version). 5 s bounds how long a removed peer is kept.
+        refresh_interval_ms: u64 in 100..=3_600_000 = PEERS_REFRESH_INTERVAL_MS_DEFAULT = 5_000;
+        /// Penalty points at which a peer is disconnected and banned for a while. An invalid
+        /// artifact costs peers.penalty_invalid_points, a protocol violation
+        /// peers.penalty_protocol_points; 100 tolerates a few honest mistakes (a race on a
+        /// purged artifact), not a stream of bad data.
+        penalty_ban_points: u64 in 1..=1_000_000 = PEERS_PENALTY_BAN_POINTS_DEFAULT = 100;
+        /// Points for content that does not match its advert (wrong hash, wrong length).
+        penalty_invalid_points: u64 in 1..=1_000_000 = PEERS_PENALTY_INVALID_POINTS_DEFAULT = 25;
+        /// Points for a protocol violation (undecodable message, a slot table over its bound).
+        penalty_protocol_points: u64 in 1..=1_000_000 = PEERS_PENALTY_PROTOCOL_POINTS_DEFAULT = 10;
+        /// Points forgiven per second, so occasional faults never add up to a ban. 1 point/s
+        /// forgives one invalid artifact in 25 s.
+        penalty_decay_points_per_s: u64 in 0..=1_000_000 = PEERS_PENALTY_DECAY_POINTS_PER_S_DEFAULT = 1;
+        /// First ban of a peer; each further ban doubles it up to peers.ban_max_ms. 10 s lets
+        /// a peer that restarted with a bug come back soon; a persistent offender backs off.
+        ban_initial_ms: u64 in 100..=86_400_000 = PEERS_BAN_INITIAL_MS_DEFAULT = 10_000;
+        /// Longest ban. 10 min keeps a malicious peer mostly away while a fixed one returns.
+        ban_max_ms: u64 in 100..=86_400_000 = PEERS_BAN_MAX_MS_DEFAULT = 600_000;
+    }
+}
+
+section! {
+    /// The consensus manager: slot tables, adverts and artifact downloads, per artifact kind.
+    pub struct GossipTuning in "gossip" {
+        /// Artifacts smaller than this are pushed inside their slot update; larger ones are
+        /// advertised and fetched by each peer. 1 KiB, as the IC: pushing saves a round trip
+        /// where the artifact costs about as much as its advert.
+        push_threshold_bytes: usize in 0..=(1 << 20) = GOSSIP_PUSH_THRESHOLD_BYTES_DEFAULT = 1 << 10;
+        /// Slots in a node's own slot table per artifact kind: artifacts it offers at once. A
+        /// full table refuses new artifacts until the pool purges. Each slot holds an id and
+        /// attributes (at most codec id + attributes limits) and a buffer handle.
+        slots_max: usize in 16..=1_048_576 = GOSSIP_SLOTS_MAX_DEFAULT = 16_384;
+        /// Slots kept per peer per artifact kind on the receiving side; an update for a slot
+        /// number at or above this is refused and penalized (an advert flood). Worst case per
+        /// peer and kind: this × (id + attributes + ~80 bytes), also capped by
+        /// gossip.peer_advert_bytes_max.
+        peer_slots_max: usize in 16..=1_048_576 = GOSSIP_PEER_SLOTS_MAX_DEFAULT = 16_384;
+        /// Bytes of adverts (ids + attributes) kept per peer per artifact kind; an update that
+        /// would exceed it is refused and penalized. 4 MiB × 40 peers × 3 kinds = 480 MiB worst
+        /// case, reached only by peers that all misbehave.
+        peer_advert_bytes_max: usize in (64 << 10)..=(1 << 30) = GOSSIP_PEER_ADVERT_BYTES_MAX_DEFAULT = 4 << 20;
+        /// Slot updates in flight to one peer; more wait in that peer's queue (which holds slot
+        /// numbers, at most gossip.slots_max). 64 keeps a 1 ms link busy with small updates.
+        updates_in_flight_per_peer_max: usize in 1..=4096 = GOSSIP_UPDATES_IN_FLIGHT_PER_PEER_MAX_DEFAULT = 64;
+        /// Artifact fetches in flight to one peer. 8 spreads a burst of adverts over the peers
+        /// that advertised them while keeping each link busy.
+        downloads_in_flight_per_peer_max: usize in 1..=4096 = GOSSIP_DOWNLOADS_IN_FLIGHT_PER_PEER_MAX_DEFAULT = 8;
+        /// Artifact fetches in flight per artifact kind, over all peers. Each holds up to
+        /// gossip.download_chunk_bytes (or a whole artifact below the chunking threshold) of
+        /// response: 64 × 1 MiB = 64 MiB worst case per kind.
+        downloads_in_flight_max: usize in 1..=65_536 = GOSSIP_DOWNLOADS_IN_FLIGHT_MAX_DEFAULT = 64;
+        /// Artifacts larger than this are fetched in chunks of gossip.download_chunk_bytes, each
+        /// from a different advertiser where several exist.
+        chunking_threshold_bytes: usize in (64 << 10)..=(1 << 30) = GOSSIP_CHUNKING_THRESHOLD_BYTES_DEFAULT = 2 << 20;
+        /// Size of one chunk of a chunked download. 1 MiB amortizes the request while letting a
+        /// 4 MiB block come from 4 peers at once.
+        download_chunk_bytes: usize in (16 << 10)..=(64 << 20) = GOSSIP_DOWNLOAD_CHUNK_BYTES_DEFAULT = 1 << 20;
+        /// Deadline of a first fetch attempt; it doubles with every retry of the same artifact
+        /// up to gossip.download_timeout_max_ms, so a slow but honest link still finishes.
+        download_timeout_initial_ms: u64 in 10..=600_000 = GOSSIP_DOWNLOAD_TIMEOUT_INITIAL_MS_DEFAULT = 5_000;
+        /// Longest fetch deadline: 60 s moves a 100 MB artifact at about 13 Mbit/s.
+        download_timeout_max_ms: u64 in 10..=600_000 = GOSSIP_DOWNLOAD_TIMEOUT_MAX_MS_DEFAULT = 60_000;
+        /// Wait before retrying a failed fetch or slot update; doubles per failure up to
+        /// gossip.retry_backoff_max_ms.
+        retry_backoff_initial_ms: u64 in 1..=60_000 = GOSSIP_RETRY_BACKOFF_INITIAL_MS_DEFAULT = 50;
+        /// Longest retry wait: 5 s keeps retries to a dead peer cheap while a healed one is
+        /// used again soon.
+        retry_backoff_max_ms: u64 in 1..=600_000 = GOSSIP_RETRY_BACKOFF_MAX_MS_DEFAULT = 5_000;
+        /// Download bandwidth budget per peer, bytes per second; 0 is unlimited. Keeps one fast
+        /// peer from being asked for everything while others idle.
+        peer_download_bytes_per_s_max: u64 in 0..=1_099_511_627_776 = GOSSIP_PEER_DOWNLOAD_BYTES_PER_S_MAX_DEFAULT = 0;
+        /// Download bandwidth budget of the whole node per artifact kind, bytes per second; 0 is
+        /// unlimited. Leaves room for state sync and the HTTP API on a shared link.
+        download_bytes_per_s_max: u64 in 0..=1_099_511_627_776 = GOSSIP_DOWNLOAD_BYTES_PER_S_MAX_DEFAULT = 0;
+        /// Artifact ids the receiver tracks per kind (advertised by any peer and not yet
+        /// delivered or dropped); adverts of new ids beyond it are ignored until some leave.
+        /// Bounds the advert map at this × (id + attributes + ~120 bytes).
+        tracked_artifacts_max: usize in 16..=4_194_304 = GOSSIP_TRACKED_ARTIFACTS_MAX_DEFAULT = 65_536;
+        /// Received artifacts queued for the pool per kind; when full, downloads pause (the
+        /// adverts stay, so nothing is lost). Each holds a buffer handle.
+        inbound_queue_artifacts_max: usize in 1..=1_048_576 = GOSSIP_INBOUND_QUEUE_ARTIFACTS_MAX_DEFAULT = 4_096;
+        /// Artifacts handed to the pool in one batch by the artifact manager. Larger batches
+        /// amortize the pool's work; 256 keeps one batch under a millisecond.
+        inbound_batch_artifacts_max: usize in 1..=65_536 = GOSSIP_INBOUND_BATCH_ARTIFACTS_MAX_DEFAULT = 256;
+        /// How often the consensus manager looks for new, closed and replaced connections
+        /// (a reconnected peer gets the whole slot table). 100 ms bounds how stale a new peer's
+        /// view is after a reconnect.
+        peer_poll_interval_ms: u64 in 1..=60_000 = GOSSIP_PEER_POLL_INTERVAL_MS_DEFAULT = 100;
+        /// How long an advert the pool answered "maybe later" waits before it is asked again.
+        maybe_later_recheck_ms: u64 in 1..=60_000 = GOSSIP_MAYBE_LATER_RECHECK_MS_DEFAULT = 500;
+    }
+}
+
 impl EngineTuning {
     /// Shards to start: `shard_count`, or one per available core when it is 0.
     pub fn shard_count_effective(&self) -> usize {
