@@ -1,7 +1,13 @@
 //! Services, and the node runtime behind the `icn` binary.
 
+pub mod artifact;
+pub mod artifact_manager;
+pub mod consensus_manager;
 pub mod demo;
 pub mod node;
 pub mod node_config;
 pub mod node_metrics;
 pub mod node_transport;
+pub mod pool;
+pub mod runtime;
+pub mod signal;

@@ -1,0 +1,910 @@
+//! The receiving half of the consensus manager for one artifact kind: every peer's slot table,
+//! the artifacts they advertise, and the artifact downloader. No I/O: the driver feeds it slot
+//! updates, fetch outcomes, connection changes and `now`, and polls it for fetches to start and
+//! events (deliver, remove, penalize, cancel).
+//!
+//! Invariants:
+//! - Per peer: at most `peer_slots_max` slots and `peer_advert_bytes_max` bytes of ids and
+//!   attributes; an update beyond either is refused and the peer penalized.
+//! - At most `tracked_artifacts_max` artifact ids are tracked; an advert of a new id beyond that
+//!   is refused as busy (the sender retries later), never dropped silently.
+//! - A slot's state only moves forward: an update with an older connection id, or an older or
+//!   equal commit id for the same slot, is ignored.
+//! - One download per artifact id at a time, however many peers advertise it and however often
+//!   their connections flap; once delivered, an id is not downloaded again while any peer still
+//!   advertises it. When no peer advertises an id any more its download stops and, if it was
+//!   delivered, it leaves the unvalidated pool.
+//! - Fetches in flight: at most `downloads_in_flight_max` in all and
+//!   `downloads_in_flight_per_peer_max` per peer.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::time::Duration;
+
+use icn_engine::{Buf, ConnId, NodeId};
+use smallvec::SmallVec;
+
+use super::sender::{SlotNumber, UpdateMessage};
+use super::{Backoff, TokenBucket};
+use crate::artifact::{Advert, Artifact, ArtifactId, Want};
+
+/// Identifies one fetch (one RPC) started by the downloader.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct FetchId(pub u64);
+
+/// A fetch the driver must start: ask `peer` for `length` bytes at `offset` of `artifact`
+/// (`length` 0: all of it) and give up after `timeout`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fetch {
+    pub id: FetchId,
+    pub peer: NodeId,
+    pub artifact: ArtifactId,
+    pub offset: u64,
+    pub length: u64,
+    pub timeout: Duration,
+}
+
+/// Why a peer is penalized.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Offence {
+    /// Bytes that do not match the advert (hash or length).
+    InvalidArtifact,
+    /// A slot number at or above `peer_slots_max`, or adverts over `peer_advert_bytes_max`.
+    SlotTableOverflow,
+    /// An advert larger than the largest message.
+    ArtifactTooLarge,
+    /// A slot update or fetch request that does not decode, or a fetch for a range outside
+    /// the artifact.
+    BadMessage,
+}
+
+/// What the driver must do after feeding the receiver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReceiverEvent {
+    /// A complete, content-checked artifact for the pool's unvalidated section.
+    Deliver {
+        artifact: Artifact,
+        from: NodeId,
+    },
+    /// No peer advertises this delivered artifact any more.
+    RemoveUnvalidated(ArtifactId),
+    Penalize {
+        peer: NodeId,
+        offence: Offence,
+    },
+    /// Stop this fetch (its artifact is no longer wanted or no longer advertised).
+    CancelFetch(FetchId),
+}
+
+/// An update refused; the driver answers the RPC with an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum UpdateRefused {
+    /// The peer broke a bound (it was penalized).
+    #[error("slot update breaks a bound: {0:?}")]
+    Offence(Offence),
+    /// We cannot take it now (tracked-artifact bound); the sender should retry later.
+    #[error("too many artifacts tracked; retry later")]
+    Busy,
+}
+
+/// A decoded slot update from a peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InboundUpdate {
+    pub slot: SlotNumber,
+    pub commit_id: u64,
+    pub message: UpdateMessage,
+}
+
+/// Settings of one receiver (from icn-tuning's gossip section and rpc.message_bytes_max).
+#[derive(Clone, Copy, Debug)]
+pub struct ReceiverConfig {
+    pub peer_slots_max: usize,
+    pub peer_advert_bytes_max: usize,
+    pub tracked_artifacts_max: usize,
+    pub downloads_in_flight_per_peer_max: usize,
+    pub downloads_in_flight_max: usize,
+    pub chunking_threshold_bytes: u64,
+    pub download_chunk_bytes: u64,
+    pub download_timeout_initial: Duration,
+    pub download_timeout_max: Duration,
+    pub backoff: Backoff,
+    pub peer_download_bytes_per_s_max: u64,
+    pub download_bytes_per_s_max: u64,
+    pub maybe_later_recheck: Duration,
+    pub artifact_bytes_max: u64,
+}
+
+/// Counters of the receiving side.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReceiverStats {
+    pub updates_received: u64,
+    pub updates_stale: u64,
+    pub updates_refused_busy: u64,
+    pub pushes_received: u64,
+    pub adverts_received: u64,
+    pub clears_received: u64,
+    pub fetches_started: u64,
+    pub fetches_succeeded: u64,
+    pub fetches_failed: u64,
+    pub fetches_cancelled: u64,
+    pub bytes_fetched: u64,
+    pub artifacts_delivered: u64,
+    /// Deliveries by content pushed in a slot update (subset of artifacts_delivered).
+    pub artifacts_delivered_pushed: u64,
+    pub invalid_artifacts: u64,
+    pub protocol_offences: u64,
+    /// Pushed copies of an artifact already delivered or being delivered (not re-delivered).
+    pub duplicate_pushes: u64,
+    pub removed_unvalidated: u64,
+}
+
+const PEERS_INLINE: usize = 8;
+
+struct PeerState {
+    conn: ConnId,
+    slots: HashMap<SlotNumber, (u64, ArtifactId, usize)>,
+    advert_bytes: usize,
+    fetches_in_flight: usize,
+    bucket: TokenBucket,
+}
+
+#[derive(Debug)]
+enum Chunk {
+    Missing { not_before: Duration },
+    InFlight { fetch: FetchId, peer: NodeId },
+    Done { bytes: Buf, from: NodeId },
+}
+
+#[derive(Debug)]
+struct Download {
+    chunks: Vec<Chunk>,
+    /// Failed attempts so far; the fetch deadline doubles with each.
+    failures: u32,
+    /// After a chunked artifact failed its content check with chunks from several peers: every
+    /// chunk from this one peer, so that the next failure names the culprit.
+    single_source: Option<NodeId>,
+    /// Peers that failed this download; tried last.
+    avoided: SmallVec<[NodeId; 4]>,
+    /// Order among downloads (smaller first).
+    order: u64,
+}
+
+#[derive(Debug)]
+enum Track {
+    Unwanted,
+    MaybeLater { recheck_at: Duration },
+    Downloading(Download),
+    Delivered,
+}
+
+struct Tracked {
+    advert: Advert,
+    advertisers: SmallVec<[NodeId; PEERS_INLINE]>,
+    track: Track,
+}
+
+/// Downloads scanned per poll before giving up (bounds the cost of a poll when every
+/// advertiser is busy).
+const DOWNLOADS_SCANNED_PER_POLL_MAX: usize = 1024;
+
+/// Every peer's adverts for one artifact kind and the downloads they lead to.
+pub struct Receiver {
+    config: ReceiverConfig,
+    peers: HashMap<NodeId, PeerState>,
+    tracked: HashMap<ArtifactId, Tracked>,
+    /// Downloads with work to do, in order: order -> id.
+    downloads: BTreeMap<u64, ArtifactId>,
+    next_order: u64,
+    maybe_later: BTreeSet<(Duration, ArtifactId)>,
+    fetches: HashMap<FetchId, (ArtifactId, usize, NodeId)>,
+    next_fetch: u64,
+    bucket: TokenBucket,
+    events: VecDeque<ReceiverEvent>,
+    /// Earliest time a chunk waiting for its retry becomes due, found by the last poll.
+    next_retry_at: Option<Duration>,
+    stats: ReceiverStats,
+}
+
+impl Receiver {
+    pub fn new(config: ReceiverConfig) -> Receiver {
+        assert!(config.download_chunk_bytes > 0);
+        assert!(config.chunking_threshold_bytes >= config.download_chunk_bytes);
+        Receiver {
+            config,
+            peers: HashMap::new(),
+            tracked: HashMap::new(),
+            downloads: BTreeMap::new(),
+            next_order: 0,
+            maybe_later: BTreeSet::new(),
+            fetches: HashMap::new(),
+            next_fetch: 0,
+            bucket: TokenBucket::new(config.download_bytes_per_s_max),
+            events: VecDeque::new(),
+            next_retry_at: None,
+            stats: ReceiverStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> ReceiverStats {
+        self.stats
+    }
+
+    /// Artifact ids tracked (advertised and not yet dropped).
+    pub fn tracked(&self) -> usize {
+        self.tracked.len()
+    }
+
+    pub fn fetches_in_flight(&self) -> usize {
+        self.fetches.len()
+    }
+
+    /// Downloads not finished (queued or in progress).
+    pub fn downloads_pending(&self) -> usize {
+        self.downloads.len()
+    }
+
+    /// Slots held for `peer` (0 if unknown).
+    pub fn peer_slots(&self, peer: NodeId) -> usize {
+        self.peers.get(&peer).map_or(0, |state| state.slots.len())
+    }
+
+    /// Peers that advertise `id`.
+    pub fn advertisers(&self, id: &ArtifactId) -> Vec<NodeId> {
+        self.tracked
+            .get(id)
+            .map(|tracked| tracked.advertisers.to_vec())
+            .unwrap_or_default()
+    }
+
+    pub fn poll_event(&mut self) -> Option<ReceiverEvent> {
+        self.events.pop_front()
+    }
+
+    /// A slot update from `peer` on connection `conn`. `want` is the pool's bouncer and
+    /// `matches` its content check (for pushed artifacts).
+    pub fn handle_update(
+        &mut self,
+        peer: NodeId,
+        conn: ConnId,
+        update: InboundUpdate,
+        now: Duration,
+        want: &dyn Fn(&Advert) -> Want,
+        matches: &dyn Fn(&Advert, &[u8]) -> bool,
+    ) -> Result<(), UpdateRefused> {
+        self.stats.updates_received += 1;
+        if !self.admit_connection(peer, conn, now) {
+            self.stats.updates_stale += 1;
+            return Ok(());
+        }
+        if update.slot >= self.config.peer_slots_max as u64 {
+            return Err(self.offence(peer, Offence::SlotTableOverflow));
+        }
+        let state = &self.peers[&peer];
+        if let Some((commit, _, _)) = state.slots.get(&update.slot) {
+            if *commit >= update.commit_id {
+                self.stats.updates_stale += 1;
+                return Ok(());
+            }
+        }
+        match update.message {
+            UpdateMessage::Cleared(_) => {
+                self.stats.clears_received += 1;
+                self.clear_slot(peer, update.slot);
+                Ok(())
+            }
+            UpdateMessage::Advert(advert) => {
+                self.stats.adverts_received += 1;
+                self.occupy_slot(
+                    peer,
+                    update.slot,
+                    update.commit_id,
+                    advert,
+                    None,
+                    now,
+                    want,
+                    matches,
+                )
+            }
+            UpdateMessage::Push(artifact) => {
+                self.stats.pushes_received += 1;
+                let Artifact { advert, payload } = artifact;
+                self.occupy_slot(
+                    peer,
+                    update.slot,
+                    update.commit_id,
+                    advert,
+                    Some(payload),
+                    now,
+                    want,
+                    matches,
+                )
+            }
+        }
+    }
+
+    /// Registers `conn` for `peer`; false if it is older than the one known (a stale update).
+    /// A newer connection starts the peer's slot table afresh.
+    fn admit_connection(&mut self, peer: NodeId, conn: ConnId, now: Duration) -> bool {
+        match self.peers.get(&peer).map(|state| state.conn) {
+            Some(known) if known > conn => return false,
+            Some(known) if known == conn => return true,
+            Some(_) => self.peer_disconnected(peer),
+            None => {}
+        }
+        let mut bucket = TokenBucket::new(self.config.peer_download_bytes_per_s_max);
+        bucket.refill(now);
+        self.peers.insert(
+            peer,
+            PeerState {
+                conn,
+                slots: HashMap::new(),
+                advert_bytes: 0,
+                fetches_in_flight: 0,
+                bucket,
+            },
+        );
+        true
+    }
+
+    /// The connection to `peer` is gone: everything it advertised is withdrawn. Its fetches in
+    /// flight finish (or fail) on their own.
+    pub fn peer_disconnected(&mut self, peer: NodeId) {
+        let Some(state) = self.peers.remove(&peer) else {
+            return;
+        };
+        for (_, (_, id, _)) in state.slots {
+            self.drop_advertiser(&id, peer);
+        }
+        // Keep counting its fetches until they end: a fresh state would undercount them.
+        let in_flight = self
+            .fetches
+            .values()
+            .filter(|(_, _, fetch_peer)| *fetch_peer == peer)
+            .count();
+        if in_flight > 0 {
+            self.peers.insert(
+                peer,
+                PeerState {
+                    conn: state.conn,
+                    slots: HashMap::new(),
+                    advert_bytes: 0,
+                    fetches_in_flight: in_flight,
+                    bucket: state.bucket,
+                },
+            );
+        }
+    }
+
+    fn offence(&mut self, peer: NodeId, offence: Offence) -> UpdateRefused {
+        self.stats.protocol_offences += 1;
+        self.events
+            .push_back(ReceiverEvent::Penalize { peer, offence });
+        UpdateRefused::Offence(offence)
+    }
+
+    fn clear_slot(&mut self, peer: NodeId, slot: SlotNumber) {
+        let state = self.peers.get_mut(&peer).expect("admitted peer");
+        if let Some((_, id, bytes)) = state.slots.remove(&slot) {
+            state.advert_bytes -= bytes;
+            self.drop_advertiser(&id, peer);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn occupy_slot(
+        &mut self,
+        peer: NodeId,
+        slot: SlotNumber,
+        commit_id: u64,
+        advert: Advert,
+        pushed: Option<Buf>,
+        now: Duration,
+        want: &dyn Fn(&Advert) -> Want,
+        matches: &dyn Fn(&Advert, &[u8]) -> bool,
+    ) -> Result<(), UpdateRefused> {
+        if advert.size_bytes > self.config.artifact_bytes_max {
+            return Err(self.offence(peer, Offence::ArtifactTooLarge));
+        }
+        let entry_bytes = advert.id.len() + advert.attributes.len();
+        let state = &self.peers[&peer];
+        let old_bytes = state.slots.get(&slot).map_or(0, |(_, _, bytes)| *bytes);
+        if state.advert_bytes - old_bytes + entry_bytes > self.config.peer_advert_bytes_max {
+            return Err(self.offence(peer, Offence::SlotTableOverflow));
+        }
+        let is_new_id = !self.tracked.contains_key(&advert.id);
+        if is_new_id && self.tracked.len() >= self.config.tracked_artifacts_max {
+            self.stats.updates_refused_busy += 1;
+            return Err(UpdateRefused::Busy);
+        }
+        self.clear_slot(peer, slot);
+        let state = self.peers.get_mut(&peer).expect("admitted peer");
+        state.advert_bytes += entry_bytes;
+        state
+            .slots
+            .insert(slot, (commit_id, advert.id.clone(), entry_bytes));
+        self.add_advertiser(peer, advert, pushed, now, want, matches);
+        Ok(())
+    }
+
+    fn add_advertiser(
+        &mut self,
+        peer: NodeId,
+        advert: Advert,
+        pushed: Option<Buf>,
+        now: Duration,
+        want: &dyn Fn(&Advert) -> Want,
+        matches: &dyn Fn(&Advert, &[u8]) -> bool,
+    ) {
+        let id = advert.id.clone();
+        if let Some(tracked) = self.tracked.get_mut(&id) {
+            if !tracked.advertisers.contains(&peer) {
+                tracked.advertisers.push(peer);
+            }
+            if let Some(payload) = pushed {
+                self.take_pushed(peer, &id, payload, matches);
+            }
+            return;
+        }
+        let track = match want(&advert) {
+            Want::Wanted => Track::Downloading(self.new_download(advert.size_bytes, now)),
+            Want::MaybeLater => {
+                let recheck_at = now + self.config.maybe_later_recheck;
+                self.maybe_later.insert((recheck_at, id.clone()));
+                Track::MaybeLater { recheck_at }
+            }
+            Want::Unwanted => Track::Unwanted,
+        };
+        if let Track::Downloading(download) = &track {
+            self.downloads.insert(download.order, id.clone());
+        }
+        let mut advertisers = SmallVec::new();
+        advertisers.push(peer);
+        self.tracked.insert(
+            id.clone(),
+            Tracked {
+                advert,
+                advertisers,
+                track,
+            },
+        );
+        if let Some(payload) = pushed {
+            self.take_pushed(peer, &id, payload, matches);
+        }
+    }
+
+    /// Pushed bytes for a tracked id: delivered if the id is being downloaded (the download
+    /// stops), ignored if delivered already or unwanted.
+    fn take_pushed(
+        &mut self,
+        peer: NodeId,
+        id: &ArtifactId,
+        payload: Buf,
+        matches: &dyn Fn(&Advert, &[u8]) -> bool,
+    ) {
+        let tracked = self.tracked.get(id).expect("tracked id");
+        if !matches!(tracked.track, Track::Downloading(_)) {
+            if matches!(tracked.track, Track::Delivered) {
+                self.stats.duplicate_pushes += 1;
+            }
+            return;
+        }
+        if payload.len() as u64 != tracked.advert.size_bytes || !matches(&tracked.advert, &payload)
+        {
+            self.invalid(peer);
+            return;
+        }
+        self.stats.artifacts_delivered_pushed += 1;
+        self.deliver(id, payload, peer);
+    }
+
+    fn invalid(&mut self, peer: NodeId) {
+        self.stats.invalid_artifacts += 1;
+        self.events.push_back(ReceiverEvent::Penalize {
+            peer,
+            offence: Offence::InvalidArtifact,
+        });
+    }
+
+    fn new_download(&mut self, size_bytes: u64, now: Duration) -> Download {
+        let chunk_count = if size_bytes > self.config.chunking_threshold_bytes {
+            size_bytes.div_ceil(self.config.download_chunk_bytes) as usize
+        } else {
+            1
+        };
+        self.next_order += 1;
+        Download {
+            chunks: (0..chunk_count)
+                .map(|_| Chunk::Missing { not_before: now })
+                .collect(),
+            failures: 0,
+            single_source: None,
+            avoided: SmallVec::new(),
+            order: self.next_order,
+        }
+    }
+
+    /// `peer` no longer advertises `id`; the last advertiser leaving drops the id.
+    fn drop_advertiser(&mut self, id: &ArtifactId, peer: NodeId) {
+        let Some(tracked) = self.tracked.get_mut(id) else {
+            return;
+        };
+        tracked.advertisers.retain(|advertiser| *advertiser != peer);
+        if !tracked.advertisers.is_empty() {
+            return;
+        }
+        let tracked = self.tracked.remove(id).expect("tracked id");
+        match tracked.track {
+            Track::Downloading(download) => {
+                self.downloads.remove(&download.order);
+                self.cancel_chunks(download);
+            }
+            Track::Delivered => {
+                self.stats.removed_unvalidated += 1;
+                self.events
+                    .push_back(ReceiverEvent::RemoveUnvalidated(id.clone()));
+            }
+            Track::MaybeLater { recheck_at } => {
+                self.maybe_later.remove(&(recheck_at, id.clone()));
+            }
+            Track::Unwanted => {}
+        }
+    }
+
+    fn cancel_chunks(&mut self, download: Download) {
+        for chunk in download.chunks {
+            if let Chunk::InFlight { fetch, peer } = chunk {
+                self.fetches.remove(&fetch);
+                if let Some(state) = self.peers.get_mut(&peer) {
+                    state.fetches_in_flight -= 1;
+                }
+                self.stats.fetches_cancelled += 1;
+                self.events.push_back(ReceiverEvent::CancelFetch(fetch));
+            }
+        }
+    }
+
+    fn deliver(&mut self, id: &ArtifactId, payload: Buf, from: NodeId) {
+        let tracked = self.tracked.get_mut(id).expect("tracked id");
+        let previous = std::mem::replace(&mut tracked.track, Track::Delivered);
+        let artifact = Artifact {
+            advert: tracked.advert.clone(),
+            payload,
+        };
+        if let Track::Downloading(download) = previous {
+            self.downloads.remove(&download.order);
+            self.cancel_chunks(download);
+        }
+        self.stats.artifacts_delivered += 1;
+        self.events
+            .push_back(ReceiverEvent::Deliver { artifact, from });
+    }
+
+    /// Asks the bouncer again about adverts it answered "maybe later" whose recheck is due.
+    pub fn recheck(&mut self, now: Duration, want: &dyn Fn(&Advert) -> Want) {
+        while let Some((when, id)) = self.maybe_later.first().cloned() {
+            if when > now {
+                break;
+            }
+            self.maybe_later.remove(&(when, id.clone()));
+            let Some(tracked) = self.tracked.get(&id) else {
+                continue;
+            };
+            let answer = want(&tracked.advert);
+            let size_bytes = tracked.advert.size_bytes;
+            let track = match answer {
+                Want::Wanted => {
+                    let download = self.new_download(size_bytes, now);
+                    self.downloads.insert(download.order, id.clone());
+                    Track::Downloading(download)
+                }
+                Want::MaybeLater => {
+                    let recheck_at = now + self.config.maybe_later_recheck;
+                    self.maybe_later.insert((recheck_at, id.clone()));
+                    Track::MaybeLater { recheck_at }
+                }
+                Want::Unwanted => Track::Unwanted,
+            };
+            self.tracked.get_mut(&id).expect("tracked id").track = track;
+        }
+    }
+
+    /// When the receiver next has timed work (a chunk retry or a bouncer recheck).
+    pub fn next_wakeup(&self) -> Option<Duration> {
+        let recheck = self.maybe_later.first().map(|(when, _)| *when);
+        match (recheck, self.next_retry_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The next fetch to start, if a download has a chunk due and an advertiser with room.
+    pub fn poll_fetch(&mut self, now: Duration) -> Option<Fetch> {
+        self.next_retry_at = None;
+        if self.fetches.len() >= self.config.downloads_in_flight_max {
+            return None;
+        }
+        self.bucket.refill(now);
+        if !self.bucket.has_tokens() {
+            self.next_retry_at = Some(self.bucket.ready_at(now));
+            return None;
+        }
+        let orders: Vec<(u64, ArtifactId)> = self
+            .downloads
+            .iter()
+            .take(DOWNLOADS_SCANNED_PER_POLL_MAX)
+            .map(|(order, id)| (*order, id.clone()))
+            .collect();
+        for (_, id) in orders {
+            if let Some(fetch) = self.try_start(&id, now) {
+                return Some(fetch);
+            }
+        }
+        None
+    }
+
+    fn try_start(&mut self, id: &ArtifactId, now: Duration) -> Option<Fetch> {
+        let tracked = self.tracked.get(id)?;
+        let Track::Downloading(download) = &tracked.track else {
+            return None;
+        };
+        let mut due = None;
+        for (index, chunk) in download.chunks.iter().enumerate() {
+            if let Chunk::Missing { not_before } = chunk {
+                if *not_before <= now {
+                    due = Some(index);
+                    break;
+                }
+                self.next_retry_at = Some(
+                    self.next_retry_at
+                        .map_or(*not_before, |at| at.min(*not_before)),
+                );
+            }
+        }
+        let index = due?;
+        let peer = self.choose_peer(tracked, download, index, now)?;
+        Some(self.start_fetch(id, index, peer))
+    }
+
+    /// The advertiser with the fewest fetches in flight (and room and budget), preferring
+    /// peers that have not failed this download; ties broken by chunk index so the chunks of
+    /// one artifact spread over its advertisers.
+    fn choose_peer(
+        &self,
+        tracked: &Tracked,
+        download: &Download,
+        chunk: usize,
+        now: Duration,
+    ) -> Option<NodeId> {
+        let per_peer_max = self.config.downloads_in_flight_per_peer_max;
+        let eligible = |peer: &NodeId| {
+            self.peers.get(peer).is_some_and(|state| {
+                state.fetches_in_flight < per_peer_max && state.bucket.has_tokens_at(now)
+            })
+        };
+        if let Some(source) = download.single_source {
+            if tracked.advertisers.contains(&source) {
+                return eligible(&source).then_some(source);
+            }
+        }
+        let mut candidates: SmallVec<[(bool, usize, NodeId); PEERS_INLINE]> = tracked
+            .advertisers
+            .iter()
+            .filter(|peer| eligible(peer))
+            .map(|peer| {
+                (
+                    download.avoided.contains(peer),
+                    self.peers[peer].fetches_in_flight,
+                    *peer,
+                )
+            })
+            .collect();
+        if candidates.is_empty() {
+            return None;
+        }
+        candidates.sort_unstable();
+        let (best_avoided, best_load, _) = candidates[0];
+        let best: SmallVec<[NodeId; PEERS_INLINE]> = candidates
+            .iter()
+            .filter(|(avoided, load, _)| *avoided == best_avoided && *load == best_load)
+            .map(|(_, _, peer)| *peer)
+            .collect();
+        Some(best[(chunk + download.order as usize) % best.len()])
+    }
+
+    fn start_fetch(&mut self, id: &ArtifactId, index: usize, peer: NodeId) -> Fetch {
+        self.next_fetch += 1;
+        let fetch_id = FetchId(self.next_fetch);
+        let tracked = self.tracked.get_mut(id).expect("tracked id");
+        let size_bytes = tracked.advert.size_bytes;
+        let Track::Downloading(download) = &mut tracked.track else {
+            unreachable!("try_start checked the state");
+        };
+        let (offset, length) = if download.chunks.len() == 1 {
+            (0, 0)
+        } else {
+            let offset = index as u64 * self.config.download_chunk_bytes;
+            (
+                offset,
+                self.config.download_chunk_bytes.min(size_bytes - offset),
+            )
+        };
+        download.chunks[index] = Chunk::InFlight {
+            fetch: fetch_id,
+            peer,
+        };
+        let timeout = self.config.backoff_timeout(download.failures);
+        let expected = if length == 0 { size_bytes } else { length };
+        let state = self.peers.get_mut(&peer).expect("eligible peer");
+        state.fetches_in_flight += 1;
+        state.bucket.take(expected);
+        self.bucket.take(expected);
+        self.fetches.insert(fetch_id, (id.clone(), index, peer));
+        self.stats.fetches_started += 1;
+        Fetch {
+            id: fetch_id,
+            peer,
+            artifact: id.clone(),
+            offset,
+            length,
+            timeout,
+        }
+    }
+
+    /// The outcome of a fetch from [`Receiver::poll_fetch`]: the bytes, or `None` when the RPC
+    /// failed (timeout, closed connection, error status).
+    pub fn fetch_done(
+        &mut self,
+        fetch: FetchId,
+        outcome: Option<Buf>,
+        now: Duration,
+        matches: &dyn Fn(&Advert, &[u8]) -> bool,
+    ) {
+        let Some((id, index, peer)) = self.fetches.remove(&fetch) else {
+            return; // cancelled
+        };
+        if let Some(state) = self.peers.get_mut(&peer) {
+            state.fetches_in_flight -= 1;
+            if state.fetches_in_flight == 0 && state.slots.is_empty() && !self.is_connected(peer) {
+                self.peers.remove(&peer);
+            }
+        }
+        let Some(bytes) = outcome else {
+            self.stats.fetches_failed += 1;
+            self.chunk_failed(&id, index, peer, now);
+            return;
+        };
+        self.stats.fetches_succeeded += 1;
+        self.stats.bytes_fetched += bytes.len() as u64;
+        let expected = self.expected_chunk_bytes(&id, index);
+        if expected != Some(bytes.len() as u64) {
+            if expected.is_some() {
+                self.invalid(peer);
+                self.chunk_failed(&id, index, peer, now);
+            }
+            return;
+        }
+        let download = self
+            .download_mut(&id)
+            .expect("expected_chunk_bytes found it");
+        download.chunks[index] = Chunk::Done { bytes, from: peer };
+        if download
+            .chunks
+            .iter()
+            .all(|chunk| matches!(chunk, Chunk::Done { .. }))
+        {
+            self.complete(&id, now, matches);
+        }
+    }
+
+    /// A peer state kept only to count a closed connection's fetches is not "connected".
+    fn is_connected(&self, peer: NodeId) -> bool {
+        self.peers
+            .get(&peer)
+            .is_some_and(|state| !state.slots.is_empty())
+    }
+
+    fn download_mut(&mut self, id: &ArtifactId) -> Option<&mut Download> {
+        match &mut self.tracked.get_mut(id)?.track {
+            Track::Downloading(download) => Some(download),
+            _ => None,
+        }
+    }
+
+    fn expected_chunk_bytes(&mut self, id: &ArtifactId, index: usize) -> Option<u64> {
+        let chunk_bytes = self.config.download_chunk_bytes;
+        let tracked = self.tracked.get(id)?;
+        let Track::Downloading(download) = &tracked.track else {
+            return None;
+        };
+        let size_bytes = tracked.advert.size_bytes;
+        if download.chunks.len() == 1 {
+            return Some(size_bytes);
+        }
+        let offset = index as u64 * chunk_bytes;
+        Some(chunk_bytes.min(size_bytes - offset))
+    }
+
+    fn chunk_failed(&mut self, id: &ArtifactId, index: usize, peer: NodeId, now: Duration) {
+        let backoff = self.config.backoff;
+        let Some(download) = self.download_mut(id) else {
+            return;
+        };
+        download.failures = download.failures.saturating_add(1);
+        if !download.avoided.contains(&peer) && download.avoided.len() < 4 {
+            download.avoided.push(peer);
+        }
+        let not_before = now + backoff.delay(download.failures);
+        download.chunks[index] = Chunk::Missing { not_before };
+    }
+
+    fn complete(
+        &mut self,
+        id: &ArtifactId,
+        now: Duration,
+        matches: &dyn Fn(&Advert, &[u8]) -> bool,
+    ) {
+        let tracked = self.tracked.get_mut(id).expect("tracked id");
+        let Track::Downloading(download) = &mut tracked.track else {
+            unreachable!("complete() on a finished download");
+        };
+        let mut sources: SmallVec<[NodeId; PEERS_INLINE]> = SmallVec::new();
+        let mut parts: SmallVec<[Buf; 4]> = SmallVec::new();
+        for chunk in &download.chunks {
+            if let Chunk::Done { bytes, from } = chunk {
+                if !sources.contains(from) {
+                    sources.push(*from);
+                }
+                parts.push(bytes.clone());
+            }
+        }
+        let payload = if parts.len() == 1 {
+            parts.pop().expect("one part")
+        } else {
+            let mut joined = Vec::with_capacity(tracked.advert.size_bytes as usize);
+            for part in &parts {
+                joined.extend_from_slice(part);
+            }
+            Buf::from_vec(joined)
+        };
+        if matches(&tracked.advert, &payload) {
+            let from = sources[0];
+            self.deliver(id, payload, from);
+            return;
+        }
+        // Wrong content. With one source, it is the culprit; with several, fetch everything
+        // again from one peer so the next failure names one.
+        let single = sources.len() == 1;
+        download.failures = download.failures.saturating_add(1);
+        let not_before = now + self.config.backoff.delay(download.failures);
+        for chunk in download.chunks.iter_mut() {
+            *chunk = Chunk::Missing { not_before };
+        }
+        if single {
+            let culprit = sources[0];
+            if !download.avoided.contains(&culprit) {
+                download.avoided.push(culprit);
+            }
+            download.single_source = None;
+            self.invalid(culprit);
+        } else {
+            download.single_source = tracked
+                .advertisers
+                .iter()
+                .copied()
+                .find(|peer| !download.avoided.contains(peer))
+                .or_else(|| tracked.advertisers.first().copied());
+        }
+    }
+}
+
+impl ReceiverConfig {
+    /// The fetch deadline after `failures` failed attempts: doubling, capped.
+    fn backoff_timeout(&self, failures: u32) -> Duration {
+        let factor = 1u32 << failures.min(16);
+        self.download_timeout_initial
+            .saturating_mul(factor)
+            .min(self.download_timeout_max)
+    }
+}
+
+#[cfg(test)]
+mod tests;

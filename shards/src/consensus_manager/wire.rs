@@ -1,0 +1,235 @@
+//! The consensus manager's RPC bodies: slot updates and artifact fetches, encoded with the
+//! codecs (`SlotUpdate`, `ArtifactRequest`; see docs/protocol.md) and decoded into the cores'
+//! types. Decoding never panics: remote bytes give a [`WireError`].
+
+use icn_codecs::{CodecLimits, DecodeError, EncodeError, Encoder};
+use icn_engine::{Buf, Route};
+use smallvec::SmallVec;
+
+use super::receiver::InboundUpdate;
+use super::sender::{OutboundUpdate, UpdateMessage};
+use crate::artifact::{Advert, Artifact, ArtifactId, ArtifactKind};
+
+/// Routes of the consensus manager: slot updates on `SLOT_UPDATE_ROUTE_BASE + kind`, fetches on
+/// `FETCH_ROUTE_BASE + kind` (256 each, one per possible kind).
+pub const SLOT_UPDATE_ROUTE_BASE: u16 = 0x100;
+pub const FETCH_ROUTE_BASE: u16 = 0x200;
+
+pub fn slot_update_route(kind: ArtifactKind) -> Route {
+    Route(SLOT_UPDATE_ROUTE_BASE + u16::from(kind.0))
+}
+
+pub fn fetch_route(kind: ArtifactKind) -> Route {
+    Route(FETCH_ROUTE_BASE + u16::from(kind.0))
+}
+
+/// A body that does not decode, or decodes to something this route cannot take.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("{0}")]
+    Decode(#[from] DecodeError),
+    #[error("message for artifact kind {got} on the route of kind {expected}")]
+    WrongKind { expected: u8, got: u8 },
+}
+
+/// Encodes one slot update as an RPC body: the message, then (for a push) the artifact.
+pub fn encode_update(
+    encoder: &mut Encoder,
+    kind: ArtifactKind,
+    update: &OutboundUpdate,
+) -> Result<Buf, EncodeError> {
+    let (advert, pushed, cleared) = match &update.message {
+        UpdateMessage::Push(artifact) => (Some(&artifact.advert), Some(&artifact.payload), None),
+        UpdateMessage::Advert(advert) => (Some(advert), None, None),
+        UpdateMessage::Cleared(id) => (None, None, Some(id)),
+    };
+    let id = advert.map_or_else(
+        || cleared.expect("one of them").as_bytes(),
+        |a| a.id.as_bytes(),
+    );
+    let message = icn_codecs::SlotUpdate {
+        artifact_kind: kind.0,
+        slot: update.slot,
+        commit_id: update.commit_id,
+        artifact_id: id,
+        attributes: advert.map_or(&[][..], |a| &a.attributes),
+        artifact_bytes: advert.map_or(0, |a| a.size_bytes),
+        artifact_pushed: pushed.is_some(),
+        slot_cleared: cleared.is_some(),
+    };
+    let head = encoder.encode_slot_update(&message)?;
+    let payload: &[u8] = pushed.map_or(&[][..], |p| p);
+    let mut body = Vec::with_capacity(head.len() + payload.len());
+    body.extend_from_slice(head);
+    body.extend_from_slice(payload);
+    Ok(Buf::from_vec(body))
+}
+
+/// Decodes a slot-update body for `kind`. A pushed artifact is a slice of `body`, not a copy.
+pub fn decode_update(
+    body: &Buf,
+    kind: ArtifactKind,
+    limits: &CodecLimits,
+) -> Result<InboundUpdate, WireError> {
+    let (message, pushed) = icn_codecs::decode_slot_update(body, limits)?;
+    if message.artifact_kind != kind.0 {
+        return Err(WireError::WrongKind {
+            expected: kind.0,
+            got: message.artifact_kind,
+        });
+    }
+    let id = ArtifactId::from_slice(message.artifact_id);
+    let update_message = if message.slot_cleared {
+        UpdateMessage::Cleared(id)
+    } else {
+        let advert = Advert {
+            id,
+            attributes: SmallVec::from_slice(message.attributes),
+            size_bytes: message.artifact_bytes,
+        };
+        if message.artifact_pushed {
+            let start = body.len() - pushed.len();
+            UpdateMessage::Push(Artifact {
+                advert,
+                payload: body.slice(start..body.len()),
+            })
+        } else {
+            UpdateMessage::Advert(advert)
+        }
+    };
+    Ok(InboundUpdate {
+        slot: message.slot,
+        commit_id: message.commit_id,
+        message: update_message,
+    })
+}
+
+/// Encodes a fetch request for `length` bytes at `offset` of `id` (`length` 0: all of it).
+pub fn encode_fetch(
+    encoder: &mut Encoder,
+    kind: ArtifactKind,
+    id: &ArtifactId,
+    offset: u64,
+    length: u64,
+) -> Result<Buf, EncodeError> {
+    let request = icn_codecs::ArtifactRequest {
+        artifact_kind: kind.0,
+        artifact_id: id.as_bytes(),
+        offset,
+        length,
+    };
+    Ok(Buf::copy_from_slice(
+        encoder.encode_artifact_request(&request)?,
+    ))
+}
+
+/// A decoded fetch request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FetchRequest {
+    pub id: ArtifactId,
+    pub offset: u64,
+    pub length: u64,
+}
+
+pub fn decode_fetch(
+    body: &[u8],
+    kind: ArtifactKind,
+    limits: &CodecLimits,
+) -> Result<FetchRequest, WireError> {
+    let request = icn_codecs::decode_artifact_request(body, limits)?;
+    if request.artifact_kind != kind.0 {
+        return Err(WireError::WrongKind {
+            expected: kind.0,
+            got: request.artifact_kind,
+        });
+    }
+    Ok(FetchRequest {
+        id: ArtifactId::from_slice(request.artifact_id),
+        offset: request.offset,
+        length: request.length,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use icn_engine::{ConnId, NodeId};
+
+    fn update(message: UpdateMessage) -> OutboundUpdate {
+        OutboundUpdate {
+            peer: NodeId([1; 32]),
+            conn: ConnId(1),
+            slot: 9,
+            commit_id: 77,
+            message,
+        }
+    }
+
+    fn advert(size_bytes: u64) -> Advert {
+        Advert {
+            id: ArtifactId::from_slice(b"some-id"),
+            attributes: SmallVec::from_slice(b"h=3"),
+            size_bytes,
+        }
+    }
+
+    #[test]
+    fn every_update_kind_round_trips() {
+        let kind = ArtifactKind(3);
+        let limits = CodecLimits::default();
+        let mut encoder = Encoder::default();
+        let pushed = Artifact {
+            advert: advert(5),
+            payload: Buf::copy_from_slice(b"hello"),
+        };
+        for message in [
+            UpdateMessage::Push(pushed),
+            UpdateMessage::Advert(advert(1 << 20)),
+            UpdateMessage::Cleared(ArtifactId::from_slice(b"gone")),
+        ] {
+            let out = update(message.clone());
+            let body = encode_update(&mut encoder, kind, &out).unwrap();
+            let back = decode_update(&body, kind, &limits).unwrap();
+            assert_eq!(back.slot, 9);
+            assert_eq!(back.commit_id, 77);
+            assert_eq!(back.message, message);
+        }
+    }
+
+    #[test]
+    fn wrong_kind_and_garbage_are_errors() {
+        let limits = CodecLimits::default();
+        let mut encoder = Encoder::default();
+        let body = encode_update(
+            &mut encoder,
+            ArtifactKind(1),
+            &update(UpdateMessage::Advert(advert(9))),
+        )
+        .unwrap();
+        assert_eq!(
+            decode_update(&body, ArtifactKind(2), &limits),
+            Err(WireError::WrongKind {
+                expected: 2,
+                got: 1
+            })
+        );
+        assert!(decode_update(
+            &Buf::copy_from_slice(b"\x05\0\0\0junk"),
+            ArtifactKind(1),
+            &limits
+        )
+        .is_err());
+        let fetch = encode_fetch(
+            &mut encoder,
+            ArtifactKind(1),
+            &ArtifactId::from_slice(b"x"),
+            10,
+            20,
+        )
+        .unwrap();
+        let request = decode_fetch(&fetch, ArtifactKind(1), &limits).unwrap();
+        assert_eq!((request.offset, request.length), (10, 20));
+        assert!(decode_fetch(&fetch, ArtifactKind(0), &limits).is_err());
+        assert!(decode_fetch(&fetch[..fetch.len() - 1], ArtifactKind(1), &limits).is_err());
+    }
+}
