@@ -144,7 +144,7 @@ struct Outcome {
 fn run_seed(seed: u64) -> Result<Outcome, String> {
     let mut sim = Sim::new(seed);
     let handle = sim.handle();
-    let mut rng = SimRng::new(seed ^ 0x6055_1b);
+    let mut rng = SimRng::new(seed ^ 0x0060_551b);
     let ids: Vec<NodeId> = (0..NODES)
         .map(|_| {
             let mut bytes = [0u8; 32];
