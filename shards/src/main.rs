@@ -225,6 +225,7 @@ fn subnet(args: SubnetArgs) -> Result<(), Failure> {
             block_bytes: args.block_bytes,
             ingress_per_s: args.ingress_per_s,
             ingress_bytes: args.ingress_bytes,
+            ..WorkloadConfig::default()
         },
         base_port: args.base_port,
         tuning_profile: args.tuning,

@@ -30,7 +30,7 @@ use crate::consensus_manager::Offence;
 use crate::node_config::{NodeConfig, TransportKind};
 use crate::node_metrics::{NodeMetricIds, ServiceMetrics, StatsSampler};
 use crate::node_transport::{own_record, NodeTransport, StartError};
-use crate::p2p::P2p;
+use crate::p2p::{P2p, HEIGHTS_KEPT_DEFAULT};
 use crate::p2p_metrics::{P2pMetricIds, P2pSampler};
 use crate::runtime::{GlommioRuntime, Runtime};
 
@@ -191,7 +191,10 @@ async fn run_shard(ctx: ShardContext<()>, parts: NodeParts) -> Result<(), NodeEr
     let collector = Arc::new(MetricsCollector::new(schema, ctx.count));
 
     let runtime: Rc<dyn Runtime> = GlommioRuntime::new();
-    let p2p = P2p::new(&tuning, runtime, penalty_log());
+    let heights_kept = config
+        .workload
+        .map_or(HEIGHTS_KEPT_DEFAULT, |workload| workload.heights_kept);
+    let p2p = P2p::new(&tuning, runtime, penalty_log(), heights_kept);
     let router = p2p.routes(service_router(Some(ServiceMetrics::new(
         &ids,
         &shard_metrics,

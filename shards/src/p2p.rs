@@ -40,9 +40,13 @@ pub const KINDS: [(ArtifactKind, &str); 3] = [
     (INGRESS, "ingress"),
 ];
 
-/// Heights each pool keeps before purging (and withdrawing) older artifacts. Bounds every pool
-/// and slot table: about this × (one block + one share per node + ingress per height).
-pub const HEIGHTS_KEPT: u64 = 16;
+/// Heights each pool keeps by default before purging (and withdrawing) older artifacts. Bounds
+/// every pool and slot table: about this × (one block + one share per node + ingress per
+/// height). A node cut off for longer than heights_kept × block_interval_ms misses what was
+/// purged meanwhile.
+pub const HEIGHTS_KEPT_DEFAULT: u64 = 16;
+/// Most heights a pool may keep (bounds pool memory whatever the config says).
+pub const HEIGHTS_KEPT_MAX: u64 = 10_000;
 /// How often an artifact manager runs its pool's `apply` without being poked.
 pub const APPLY_INTERVAL: Duration = Duration::from_millis(50);
 /// Bytes at the start of every workload payload: producer timestamp (µs) and height.
@@ -54,7 +58,7 @@ const LATENCY_MAX_US: u64 = 60_000_000;
 
 /// The reference workload's knobs (the `[workload]` table of a node config).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct WorkloadConfig {
     /// One height per interval; the height's block maker makes one block.
     pub block_interval_ms: u64,
@@ -62,6 +66,12 @@ pub struct WorkloadConfig {
     /// Ingress artifacts each node makes per second (0: none).
     pub ingress_per_s: u32,
     pub ingress_bytes: usize,
+    /// Heights every pool keeps (see [`HEIGHTS_KEPT_DEFAULT`]).
+    pub heights_kept: u64,
+    /// Stop making blocks and ingress this long after the node started (0: never), so a test
+    /// can compare what was made with what arrived once everything settled. Shares for blocks
+    /// validated later are still made.
+    pub stop_after_ms: u64,
 }
 
 impl Default for WorkloadConfig {
@@ -71,6 +81,8 @@ impl Default for WorkloadConfig {
             block_bytes: 256 << 10,
             ingress_per_s: 200,
             ingress_bytes: 512,
+            heights_kept: HEIGHTS_KEPT_DEFAULT,
+            stop_after_ms: 0,
         }
     }
 }
@@ -94,6 +106,12 @@ impl WorkloadConfig {
                     "workload.{name} must be {PAYLOAD_HEADER_BYTES}..={message_max} (rpc.message_bytes_max), not {bytes}"
                 ));
             }
+        }
+        if !(1..=HEIGHTS_KEPT_MAX).contains(&self.heights_kept) {
+            return Err(format!(
+                "workload.heights_kept must be 1..={HEIGHTS_KEPT_MAX}, not {}",
+                self.heights_kept
+            ));
         }
         if self.ingress_per_s > 100_000 {
             return Err(format!(
@@ -185,7 +203,12 @@ pub struct P2p {
 impl P2p {
     /// Builds the pools and consensus managers of every kind (nothing runs until
     /// [`P2p::start`]).
-    pub fn new(tuning: &Tuning, runtime: Rc<dyn Runtime>, penalties: PenaltySink) -> Rc<P2p> {
+    pub fn new(
+        tuning: &Tuning,
+        runtime: Rc<dyn Runtime>,
+        penalties: PenaltySink,
+        heights_kept: u64,
+    ) -> Rc<P2p> {
         let kinds = KINDS
             .iter()
             .map(|(kind, label)| {
@@ -198,7 +221,7 @@ impl P2p {
                     kind: *kind,
                     relay,
                     latency_sensitive,
-                    heights_kept: HEIGHTS_KEPT,
+                    heights_kept,
                 })));
                 let deliveries = Rc::new(RefCell::new(DeliveryStats::new()));
                 let observed = deliveries.clone();
@@ -418,7 +441,12 @@ async fn run_workload(
     let interval_ms = config.block_interval_ms;
     let mut last_height = None;
     let mut ingress_credit = 0.0f64;
+    let started = p2p.runtime.now();
+    let stop_after = Duration::from_millis(config.stop_after_ms);
     loop {
+        if config.stop_after_ms > 0 && p2p.runtime.now() - started >= stop_after {
+            return;
+        }
         let now_ms = unix_us() / 1_000;
         let height = now_ms / interval_ms;
         if last_height != Some(height) {
