@@ -268,8 +268,8 @@ mod tests {
             .map(|case| GossipSpec::standard(case, true))
             .collect();
         let config = suite_config(&specs, 1, &registered_systems());
-        assert_eq!(config["n4-1KiB"]["window_artifacts_per_producer"], 256);
-        assert_eq!(config["n7-4MiB"]["window_artifacts_per_producer"], 4);
+        assert_eq!(config["n4-1KiB"]["window_artifacts_per_producer"], 128);
+        assert_eq!(config["n7-4MiB"]["window_artifacts_per_producer"], 1);
         assert_eq!(config["push_threshold_bytes"], 1024);
         assert!(config["quinn-tokio"].is_object());
     }

@@ -9,13 +9,13 @@ use super::wire::WireError;
 use crate::gossip::ArtifactId;
 
 /// Highest slot number + 1 a peer may use. Bounds each peer's slot table (about 48 bytes an
-/// entry: 200 KiB per peer at worst). An honest producer uses at most its window of slots (256
+/// entry: 200 KiB per peer at worst). An honest producer uses at most its window of slots (128
 /// at most in this suite), since a slot is reused once its artifact is purged.
 pub const SLOTS_PER_PEER_MAX: u64 = 4096;
 
 /// Fetches one node may have running. Bounds the artifacts being downloaded (at most one
 /// stream each), so a peer that keeps re-pointing slots at new adverts cannot grow the download
-/// set without end. An honest run needs at most peers x window (6 x 256 in this suite).
+/// set without end. An honest run needs at most peers x window (6 x 128 in this suite).
 pub const DOWNLOADS_IN_FLIGHT_MAX: usize = 4096;
 
 /// What the driver must do after a slot update.
