@@ -47,6 +47,10 @@ struct SuiteArgs {
     /// Where the JSON and SVG files go.
     #[arg(long, default_value = "bench/results")]
     out_dir: PathBuf,
+    /// `engine.spin_before_park_us` of the icn executors (0: park at once); default: the
+    /// engine's default.
+    #[arg(long, default_value_t = icn_tuning::ENGINE_SPIN_BEFORE_PARK_US_DEFAULT)]
+    spin_before_park_us: u64,
 }
 
 /// Runs the command line; returns the process exit code (1 when a run had errors or the
@@ -72,7 +76,10 @@ pub fn main() -> i32 {
 
 /// Runs the transport suite and writes its report; returns the total error count.
 fn run_transport(args: SuiteArgs) -> Result<u64, String> {
-    let systems = select_systems(transport::registered_systems(), &args.systems)?;
+    let systems = select_systems(
+        transport::registered_systems_spinning(args.spin_before_park_us),
+        &args.systems,
+    )?;
     let kinds = select_cases(&args.cases)?;
     let cases: Vec<CaseSpec> = kinds
         .iter()

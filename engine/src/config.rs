@@ -111,8 +111,14 @@ impl ShardConfig {
             pin_cores: engine.pin_cores,
             io_memory_bytes: engine.io_memory_bytes,
             channel_capacity: engine.cross_shard_channel_messages_max,
+            spin_before_park: spin_before_park(engine),
         }
     }
+}
+
+/// The executors' busy-poll before parking, from `engine.spin_before_park_us` (0: off).
+pub fn spin_before_park(engine: &EngineTuning) -> Option<Duration> {
+    (engine.spin_before_park_us > 0).then(|| Duration::from_micros(engine.spin_before_park_us))
 }
 
 impl MetricsConfig {
@@ -140,6 +146,7 @@ mod tests {
             pin_cores = false
             cross_shard_channel_messages_max = 777
             io_memory_bytes = 262144
+            spin_before_park_us = 37
             [udp]
             socket_send_buffer_bytes = 1048577
             socket_recv_buffer_bytes = 1048579
@@ -249,6 +256,7 @@ mod tests {
         assert_eq!(shards.shards, 3);
         assert!(!shards.pin_cores);
         assert_eq!(shards.io_memory_bytes, 256 << 10);
+        assert_eq!(shards.spin_before_park, Some(Duration::from_micros(37)));
         assert_eq!(shards.channel_capacity, 777);
         let metrics = MetricsConfig::from_tuning(&tuning.metrics);
         assert_eq!(

@@ -36,6 +36,8 @@ pub struct ShardConfig {
     pub io_memory_bytes: usize,
     /// Capacity of each cross-shard channel (messages).
     pub channel_capacity: usize,
+    /// How long an idle executor busy-polls before sleeping in io_uring (None: sleeps at once).
+    pub spin_before_park: Option<Duration>,
 }
 
 impl Default for ShardConfig {
@@ -45,6 +47,7 @@ impl Default for ShardConfig {
             pin_cores: true,
             io_memory_bytes: 512 << 10,
             channel_capacity: 1024,
+            spin_before_park: None,
         }
     }
 }
@@ -184,6 +187,18 @@ impl<M: Send + 'static> ShardContext<M> {
 /// One shard's channel ends before connecting: senders to each shard, receivers from each.
 type ShardEnds<M> = (Vec<Option<SharedSender<M>>>, Vec<Option<SharedReceiver<M>>>);
 
+/// Applies the `engine.spin_before_park_us` setting to an executor builder (None leaves glommio's
+/// default: park at once). Every executor the engine or a bench builds goes through here.
+pub fn with_spin_before_park(
+    builder: LocalExecutorBuilder,
+    spin: Option<Duration>,
+) -> LocalExecutorBuilder {
+    match spin {
+        Some(spin) if !spin.is_zero() => builder.spin_before_park(spin),
+        _ => builder,
+    }
+}
+
 /// Why the shards could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ShardError {
@@ -233,6 +248,7 @@ where
             .name(&format!("icn-shard-{index}"))
             .io_memory(config.io_memory_bytes)
             .preempt_timer(Duration::from_millis(10));
+        let builder = with_spin_before_park(builder, config.spin_before_park);
         let body = body.clone();
         let shutdown = shutdown.clone();
         let handle = builder
@@ -321,6 +337,8 @@ mod tests {
             pin_cores: true,
             io_memory_bytes: 256 << 10,
             channel_capacity: 4,
+            // Spinning executors must still exchange messages and stop.
+            spin_before_park: Some(Duration::from_micros(50)),
         };
         let shutdown = Shutdown::new();
         let results = run_shards::<u64, (usize, u64), _, _>(&config, shutdown, |ctx| async move {
@@ -346,6 +364,7 @@ mod tests {
             pin_cores: false,
             io_memory_bytes: 256 << 10,
             channel_capacity: 4,
+            spin_before_park: None,
         };
         let shutdown = Shutdown::new();
         let trigger = shutdown.clone();

@@ -479,3 +479,42 @@ fn dropping_an_rpc_cancels_it_on_the_server() {
         tb.shutdown().await;
     });
 }
+
+#[test]
+fn unanswered_rpc_times_out_and_the_connection_keeps_serving() {
+    let (a, b, addr_a, addr_b) = pair();
+    executor().run(async move {
+        // SLOW waits (so it is served by a task, not answered inline); ECHO answers at once.
+        let slow = router(Rc::default()).route(LEN, |_ctx, request: Buf| async move {
+            glommio::timer::sleep(Duration::from_millis(1500)).await;
+            Ok(request)
+        });
+        let short = QuicConfig {
+            request_timeout: Duration::from_millis(200),
+            ..config_at(addr_a)
+        };
+        let ta = a.start(short, router(Rc::default()));
+        let tb = b.start(config_at(addr_b), slow);
+        assert!(ta.wait_connected(b.id(), Duration::from_secs(5)).await);
+        let started = Instant::now();
+        let outcome = ta
+            .rpc(b.id(), LEN, Priority::Normal, Buf::copy_from_slice(b"x"))
+            .await;
+        let waited = started.elapsed();
+        assert_eq!(outcome.err(), Some(RpcError::Timeout));
+        assert!(
+            waited >= Duration::from_millis(200) && waited < Duration::from_millis(1200),
+            "timed out after {waited:?}"
+        );
+        assert_eq!(ta.stats().rpcs_failed.get(), 1);
+        // Many quick RPCs after it: their deadlines are retired without timing anything out.
+        for i in 0..300u32 {
+            let body = Buf::from_vec(i.to_le_bytes().to_vec());
+            let reply = ta.rpc(b.id(), ECHO, Priority::Normal, body.clone()).await;
+            assert_eq!(reply, Ok(body));
+        }
+        assert_eq!(ta.stats().rpcs_failed.get(), 1);
+        ta.shutdown().await;
+        tb.shutdown().await;
+    });
+}

@@ -129,6 +129,8 @@ pub struct NodeMetricIds {
     pub requests_served: CounterId,
     /// The transport-specific counters, in the order of their table.
     pub transport_counters: Vec<CounterId>,
+    /// Which transport the node runs: TCP publishes per-peer bytes itself.
+    pub kind: TransportKind,
 }
 
 impl NodeMetricIds {
@@ -162,6 +164,7 @@ impl NodeMetricIds {
             registry_version,
             requests_served,
             transport_counters,
+            kind,
         })
     }
 }
@@ -192,6 +195,8 @@ pub struct ServiceMetrics {
     transport: TransportMetrics,
     shard: ShardMetrics,
     requests_served: CounterId,
+    /// False under TCP, whose `publish_metrics` already counts every body byte per peer.
+    counts_bytes: bool,
 }
 
 impl ServiceMetrics {
@@ -200,17 +205,20 @@ impl ServiceMetrics {
             transport: TransportMetrics::new(ids.standard, shard),
             shard: shard.clone(),
             requests_served: ids.requests_served,
+            counts_bytes: ids.kind == TransportKind::Quic,
         }
     }
 
     /// Counts one served request of `request_bytes` answered with `response_bytes`.
     pub fn served(&self, peer: &NodeId, route: Route, request_bytes: usize, response_bytes: usize) {
-        self.transport
-            .received_bytes_for(peer)
-            .add(request_bytes as u64);
-        self.transport
-            .sent_bytes_for(peer)
-            .add(response_bytes as u64);
+        if self.counts_bytes {
+            self.transport
+                .received_bytes_for(peer)
+                .add(request_bytes as u64);
+            self.transport
+                .sent_bytes_for(peer)
+                .add(response_bytes as u64);
+        }
         self.shard
             .counter_with(self.requests_served, &route.0.to_string())
             .inc();
@@ -229,9 +237,6 @@ pub struct StatsSampler {
     packets_lost: Mirror,
     garbage: Mirror,
     transport_counters: Vec<Mirror>,
-    /// TCP only: the largest connection id seen, which is the number of connections opened
-    /// (ids start at 1 and grow by one per connection).
-    tcp_conn_id_max: Cell<u64>,
 }
 
 impl StatsSampler {
@@ -251,7 +256,6 @@ impl StatsSampler {
                 .map(|id| Mirror::new(shard.counter(*id)))
                 .collect(),
             registry_version: shard.gauge(ids.registry_version),
-            tcp_conn_id_max: Cell::new(0),
             metrics,
             transport,
         }
@@ -264,11 +268,13 @@ impl StatsSampler {
 
     /// Reads every counter of the transport now.
     pub fn sample(&self) {
-        let peers = self.transport.peers();
-        self.metrics.active_connections.set(peers.len() as i64);
         match &*self.transport {
-            NodeTransport::Quic { transport, .. } => self.sample_quic(transport, &peers),
-            NodeTransport::Tcp(transport) => self.sample_tcp(transport, &peers),
+            NodeTransport::Quic { transport, .. } => {
+                let peers = self.transport.peers();
+                self.metrics.active_connections.set(peers.len() as i64);
+                self.sample_quic(transport, &peers);
+            }
+            NodeTransport::Tcp(transport) => self.sample_tcp(transport),
         }
     }
 
@@ -294,14 +300,11 @@ impl StatsSampler {
         }
     }
 
-    fn sample_tcp(&self, transport: &TcpTransport, peers: &[(NodeId, icn_engine::ConnId)]) {
-        let newest = peers.iter().map(|(_, conn)| conn.0).max().unwrap_or(0);
-        let opened = self.tcp_conn_id_max.get().max(newest);
-        self.tcp_conn_id_max.set(opened);
-        self.opened.follow(opened);
-        // Every connection opened is either still open or closed.
-        self.closed
-            .follow(opened.saturating_sub(peers.len() as u64));
+    /// The TCP transport publishes its own standard metrics (connections, open count, bytes per
+    /// peer, ping RTTs, RPC errors by kind, decode errors, queue depths); only the node's
+    /// `icn_tcp_*` counters are mirrored here.
+    fn sample_tcp(&self, transport: &TcpTransport) {
+        transport.publish_metrics(&self.metrics);
         for (mirror, (_, _, read)) in self.transport_counters.iter().zip(TCP_COUNTERS.iter()) {
             mirror.follow(read(transport));
         }
@@ -336,11 +339,14 @@ mod tests {
                 text.contains("icn_node_requests_served_total{route=\"2\"} 1"),
                 "{text}"
             );
-            assert!(
-                text.contains(&format!(
-                    "icn_transport_received_bytes_total{{peer=\"{}\"}} 1000",
-                    peer.to_hex()
-                )),
+            let bytes_line = format!(
+                "icn_transport_received_bytes_total{{peer=\"{}\"}} 1000",
+                peer.to_hex()
+            );
+            // Under TCP the transport counts bytes itself (publish_metrics), not the service.
+            assert_eq!(
+                text.contains(&bytes_line),
+                kind == TransportKind::Quic,
                 "{text}"
             );
         }

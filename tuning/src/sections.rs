@@ -37,6 +37,11 @@ section! {
         /// (default 64 MiB per pool, capped at 1 GiB). When all are in use `take()` fails and the
         /// caller backs off instead of allocating.
         buffers_max: usize in 16..=1_048_576 = ENGINE_BUFFERS_MAX_DEFAULT = 1024;
+        /// An executor with nothing to run keeps polling its rings this long before it sleeps in
+        /// io_uring, so a packet that lands meanwhile is handled without a wake-up (tens of µs
+        /// per lone RPC). CPU cost: up to this much busy time per idle gap, so a shard whose
+        /// traffic trickles in every few hundred µs burns its whole core; 0 turns it off.
+        spin_before_park_us: u64 in 0..=10_000 = ENGINE_SPIN_BEFORE_PARK_US_DEFAULT = 100;
     }
 }
 

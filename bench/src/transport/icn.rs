@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use glommio::{LocalExecutorBuilder, Placement as GlommioPlacement};
 use icn_engine::{Buf, NodeId, Priority, Route, Router, RpcError, Transport};
+use icn_tuning::EngineTuning;
 use serde_json::Value;
 
 use super::case::{Budget, CaseSpec};
@@ -83,6 +84,8 @@ pub trait IcnPair: Send + Sync + 'static {
 pub struct IcnSystem<P: IcnPair> {
     name: &'static str,
     pair: Arc<P>,
+    /// The executors' busy-poll before parking (`engine.spin_before_park_us`), as a node runs them.
+    spin_before_park: Option<Duration>,
 }
 
 impl<P: IcnPair> IcnSystem<P> {
@@ -90,7 +93,14 @@ impl<P: IcnPair> IcnSystem<P> {
         IcnSystem {
             name,
             pair: Arc::new(pair),
+            spin_before_park: icn_engine::config::spin_before_park(&EngineTuning::default()),
         }
+    }
+
+    /// Overrides `engine.spin_before_park_us` for this system's executors (0: off).
+    pub fn spin_before_park_us(mut self, spin_us: u64) -> Self {
+        self.spin_before_park = (spin_us > 0).then(|| Duration::from_micros(spin_us));
+        self
     }
 }
 
@@ -100,11 +110,16 @@ impl<P: IcnPair> System for IcnSystem<P> {
     }
 
     fn run(&self, spec: &CaseSpec, placement: Placement) -> Result<Measurement, String> {
-        run_pair(self.pair.clone(), spec, placement)
+        run_pair(self.pair.clone(), spec, placement, self.spin_before_park)
     }
 
     fn config(&self) -> BTreeMap<String, Value> {
-        self.pair.config()
+        let mut config = self.pair.config();
+        let spin_us = self
+            .spin_before_park
+            .map_or(0, |spin| spin.as_micros() as u64);
+        config.insert("engine.spin_before_park_us".into(), Value::from(spin_us));
+        config
     }
 }
 
@@ -192,12 +207,13 @@ pub fn run_pair<P: IcnPair>(
     pair: Arc<P>,
     spec: &CaseSpec,
     placement: Placement,
+    spin_before_park: Option<Duration>,
 ) -> Result<Measurement, String> {
     let (rendezvous_sender, rendezvous_receiver) = mpsc::channel::<Result<P::Rendezvous, String>>();
     let stop = Arc::new(AtomicBool::new(false));
     let server = {
         let (pair, stop, response_bytes) = (pair.clone(), stop.clone(), spec.response_bytes);
-        executor("icn-bench-server", placement.server_core)
+        executor("icn-bench-server", placement.server_core, spin_before_park)
             .spawn(move || async move {
                 let started = pair.start_server(bench_router(response_bytes)).await;
                 let kept_alive = match started {
@@ -217,7 +233,13 @@ pub fn run_pair<P: IcnPair>(
             })
             .map_err(|e| format!("server executor: {e}"))?
     };
-    let measured = run_client_side(pair, &rendezvous_receiver, spec, placement);
+    let measured = run_client_side(
+        pair,
+        &rendezvous_receiver,
+        spec,
+        placement,
+        spin_before_park,
+    );
     stop.store(true, Ordering::Release);
     let joined = server.join().map_err(|e| format!("server executor: {e}"));
     let measurement = measured?;
@@ -230,12 +252,13 @@ fn run_client_side<P: IcnPair>(
     rendezvous: &mpsc::Receiver<Result<P::Rendezvous, String>>,
     spec: &CaseSpec,
     placement: Placement,
+    spin_before_park: Option<Duration>,
 ) -> Result<Measurement, String> {
     let to = rendezvous
         .recv_timeout(SETUP_TIMEOUT)
         .map_err(|_| "server did not start in time".to_string())??;
     let spec = spec.clone();
-    executor("icn-bench-client", placement.client_core)
+    executor("icn-bench-client", placement.client_core, spin_before_park)
         .spawn(move || async move {
             let (client, peer) = pair.start_client(to).await?;
             Ok(drive_case(Rc::new(client), peer, &spec).await)
@@ -245,11 +268,12 @@ fn run_client_side<P: IcnPair>(
         .map_err(|e| format!("client executor: {e}"))?
 }
 
-fn executor(name: &str, core: Option<usize>) -> LocalExecutorBuilder {
+fn executor(name: &str, core: Option<usize>, spin: Option<Duration>) -> LocalExecutorBuilder {
     let placement = core.map_or(GlommioPlacement::Unbound, GlommioPlacement::Fixed);
-    LocalExecutorBuilder::new(placement)
+    let builder = LocalExecutorBuilder::new(placement)
         .name(name)
-        .io_memory(EXECUTOR_IO_MEMORY_BYTES)
+        .io_memory(EXECUTOR_IO_MEMORY_BYTES);
+    icn_engine::shard::with_spin_before_park(builder, spin)
 }
 
 #[cfg(test)]

@@ -68,13 +68,21 @@ pub trait System {
 /// Registration point for the icn transports: each is one `IcnPair` impl wrapped in
 /// [`icn::IcnSystem`], e.g. `Box::new(icn::IcnSystem::new("icn-quic", QuicPair::new(true)))`.
 pub fn registered_systems() -> Vec<Box<dyn System>> {
+    registered_systems_spinning(icn_tuning::ENGINE_SPIN_BEFORE_PARK_US_DEFAULT)
+}
+
+/// [`registered_systems`] with the icn executors' `engine.spin_before_park_us` set to `spin_us`.
+pub fn registered_systems_spinning(spin_us: u64) -> Vec<Box<dyn System>> {
     let mut systems: Vec<Box<dyn System>> = Vec::new();
     // Identities are generated here; failing to make one is a broken BoringSSL, worth a loud stop.
     let quic = |gso| icn_systems::QuicPair::new(gso).expect("generate node identities");
-    systems.push(Box::new(icn::IcnSystem::new("icn-quic", quic(true))));
-    systems.push(Box::new(icn::IcnSystem::new("icn-quic-nogso", quic(false))));
+    let icn = |name, pair| icn::IcnSystem::new(name, pair).spin_before_park_us(spin_us);
+    systems.push(Box::new(icn("icn-quic", quic(true))));
+    systems.push(Box::new(icn("icn-quic-nogso", quic(false))));
     let tcp = icn_systems::TcpPair::new().expect("generate node identities and registry");
-    systems.push(Box::new(icn::IcnSystem::new("icn-tcp-tls", tcp)));
+    systems.push(Box::new(
+        icn::IcnSystem::new("icn-tcp-tls", tcp).spin_before_park_us(spin_us),
+    ));
     systems.extend([
         Box::new(plain_tcp::PlainTcp) as Box<dyn System>,
         Box::new(quinn_tokio::QuinnTokio),

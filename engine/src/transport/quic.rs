@@ -21,7 +21,8 @@
 //! handler task.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -29,13 +30,15 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use bytes::BufMut as _;
 use glommio::task::JoinHandle;
 use icn_codecs::frame::FrameLimits;
 use icn_codecs::{CodecLimits, Encoder};
 use quiche::{BufFactory, BufSplit, ConnectionId, RecvInfo, Shutdown};
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::buffer::Buf;
-use crate::transport::wire::{self, Assembler, Message};
+use crate::transport::wire::{self, Assembler, Message, Sink};
 use crate::transport::{
     ConnId, NodeId, Priority, RequestContext, Route, Router, RpcError, Transport,
 };
@@ -223,10 +226,18 @@ struct Conn {
     /// The node we dialed (None for accepted connections).
     expected_peer: Option<NodeId>,
     cids: Vec<Vec<u8>>,
-    streams: HashMap<u64, Stream>,
+    /// Fx-hashed although inbound stream ids are the peer's choice: quiche admits at most
+    /// `bidi_streams_max` peer streams and we open at most `requests_in_flight_max`, so the map
+    /// cannot be flooded whatever the ids collide on.
+    streams: FxHashMap<u64, Stream>,
     next_stream_id: u64,
-    pending_tx: HashSet<u64>,
+    /// Streams with bytes quiche has not taken yet (a subset of `streams`, same bound).
+    pending_tx: FxHashSet<u64>,
     outgoing_in_flight: usize,
+    /// Deadlines of our RPCs on this connection, earliest first, checked by the timer task (one
+    /// glommio timer per RPC cost a red-black-tree insert and remove each). Entries of RPCs that
+    /// already ended are dropped lazily; see [`RpcDeadlines`] for the bound.
+    rpc_deadlines: RpcDeadlines,
     last_send: Instant,
     opened: Instant,
     /// When we closed it; it is dropped at the latest `CLOSE_GRACE` later even if quiche has not
@@ -237,6 +248,51 @@ struct Conn {
 
 /// How long a connection we closed may linger for its CONNECTION_CLOSE and draining period.
 const CLOSE_GRACE: Duration = Duration::from_millis(500);
+
+/// Deadlines of one connection's outgoing RPCs, earliest first (a min-heap of
+/// `(deadline, stream id)`). An RPC that ends leaves its entry behind; it is dropped when it falls
+/// due, or earlier when the heap is compacted when stale entries outnumber live ones.
+///
+/// Bound: live entries are at most `requests_in_flight_max` (we open no more streams), and
+/// compaction keeps the heap below 2 × that + `RPC_DEADLINES_SLACK`: 32 bytes an entry, 66 KiB
+/// per connection at the default 1024. Nothing in it comes from the peer.
+#[derive(Default)]
+struct RpcDeadlines {
+    heap: BinaryHeap<Reverse<(Instant, u64)>>,
+}
+
+/// Stale deadline entries tolerated beyond twice the in-flight limit before compacting, so that
+/// a small limit does not compact on every RPC.
+const RPC_DEADLINES_SLACK: usize = 64;
+
+impl RpcDeadlines {
+    fn push(
+        &mut self,
+        deadline: Instant,
+        stream_id: u64,
+        live: impl Fn(u64) -> bool,
+        live_max: usize,
+    ) {
+        if self.heap.len() >= 2 * live_max + RPC_DEADLINES_SLACK {
+            self.heap.retain(|Reverse((_, id))| live(*id));
+        }
+        self.heap.push(Reverse((deadline, stream_id)));
+    }
+
+    fn next(&self) -> Option<Instant> {
+        self.heap.peek().map(|Reverse((when, _))| *when)
+    }
+
+    /// Pops the earliest entry if it is due by `now`.
+    fn pop_due(&mut self, now: Instant) -> Option<u64> {
+        let Reverse((when, stream_id)) = *self.heap.peek()?;
+        if when > now {
+            return None;
+        }
+        self.heap.pop();
+        Some(stream_id)
+    }
+}
 
 /// Closes a connection on our initiative: it stops serving its peer at once (no new RPCs pick it),
 /// the peer learns why, and the connection is reaped within `CLOSE_GRACE`.
@@ -256,9 +312,14 @@ fn close_conn(state: &mut State, key: u64, app: bool, code: u64, reason: &[u8]) 
 }
 
 struct State {
-    conns: HashMap<u64, Conn>,
-    by_cid: HashMap<Vec<u8>, u64>,
-    by_peer: HashMap<NodeId, u64>,
+    /// Keyed by our own connection counter.
+    conns: FxHashMap<u64, Conn>,
+    /// Looked up with connection ids from every datagram (peer bytes), but holds only ids we
+    /// issued plus one client-chosen Initial id per accepted connection: at most
+    /// `connections_max` × a few entries, so a non-DoS-resistant hash cannot be flooded.
+    by_cid: FxHashMap<Vec<u8>, u64>,
+    /// Admitted peers only (registry members), at most one entry each.
+    by_peer: FxHashMap<NodeId, u64>,
     /// Who may connect, and where to dial them.
     allowed: HashMap<NodeId, SocketAddr>,
     /// Tasks waiting for a peer's connection state to change.
@@ -282,6 +343,9 @@ struct Inner {
     codec_limits: CodecLimits,
     send_wake: Notify,
     timer_wake: Notify,
+    /// When the timer task will next wake by itself (None while it waits without a deadline).
+    /// A new deadline later than this needs no wake-up: the task re-reads all deadlines then.
+    timer_armed_until: Cell<Option<Instant>>,
     next_conn_id: Cell<u64>,
     shutdown: Cell<bool>,
     tasks: RefCell<Vec<JoinHandle<()>>>,
@@ -340,9 +404,9 @@ impl QuicTransport {
             client_config: RefCell::new(client_config),
             router,
             state: RefCell::new(State {
-                conns: HashMap::new(),
-                by_cid: HashMap::new(),
-                by_peer: HashMap::new(),
+                conns: FxHashMap::default(),
+                by_cid: FxHashMap::default(),
+                by_peer: FxHashMap::default(),
                 allowed: HashMap::new(),
                 peer_waiters: HashMap::new(),
                 dirty: VecDeque::new(),
@@ -356,6 +420,7 @@ impl QuicTransport {
             codec_limits: CodecLimits::default(),
             send_wake: Notify::default(),
             timer_wake: Notify::default(),
+            timer_armed_until: Cell::new(None),
             next_conn_id: Cell::new(1),
             shutdown: Cell::new(false),
             tasks: RefCell::new(Vec::new()),
@@ -596,11 +661,12 @@ impl Transport for QuicTransport {
                 limit_bytes: inner.config.message_bytes_max,
             });
         }
+        // The one clock read of an RPC: its deadline, enforced by the timer task.
         let deadline = Instant::now() + inner.config.request_timeout;
         let Some(key) = wait_for_peer(inner, peer, inner.config.request_timeout).await else {
             return Err(RpcError::NotConnected(peer));
         };
-        let stream_id = open_stream(inner, key, route, priority, request)?;
+        let stream_id = open_stream(inner, key, route, priority, request, deadline)?;
         bump(&inner.stats.rpcs_sent);
         let guard = StreamGuard {
             inner: inner.clone(),
@@ -613,11 +679,7 @@ impl Transport for QuicTransport {
             key,
             stream_id,
         };
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let result = match glommio::timer::timeout(remaining, async { Ok(response.await) }).await {
-            Ok(result) => result,
-            Err(_) => Err(RpcError::Timeout),
-        };
+        let result = response.await;
         // The guard resets the stream unless the response arrived whole.
         let mut guard = guard;
         if result.is_ok() {
@@ -649,6 +711,7 @@ fn open_stream(
     route: Route,
     priority: Priority,
     body: Buf,
+    deadline: Instant,
 ) -> Result<u64, RpcError> {
     let head = wire::request_head(&mut inner.encoder.borrow_mut(), route, priority, body.len());
     let mut state = inner.state.borrow_mut();
@@ -692,12 +755,20 @@ fn open_stream(
         },
     );
     conn.outgoing_in_flight += 1;
+    let streams = &conn.streams;
+    conn.rpc_deadlines.push(
+        deadline,
+        stream_id,
+        |id| streams.contains_key(&id),
+        inner.config.requests_in_flight_max,
+    );
     // Priorities apply once the stream exists in quiche, i.e. after its first write.
     write_stream(conn, stream_id);
     let _ = conn.quic.stream_priority(stream_id, urgency, true);
     state.dirty.push_back(key);
     drop(state);
     inner.send_wake.notify();
+    wake_timer_if_before(inner, deadline);
     Ok(stream_id)
 }
 
@@ -892,7 +963,6 @@ async fn receive_loop(inner: Rc<Inner>) {
             futures_lite::future::yield_now().await;
         }
         inner.send_wake.notify();
-        inner.timer_wake.notify();
         // Let the sender answer (ACKs, flow-control credit) before the next batch: with data
         // always queued, readable() completes at once and would never give up the executor.
         futures_lite::future::yield_now().await;
@@ -922,13 +992,15 @@ fn process_batch(
             }
         }
     }
-    for key in touched.drain(..) {
+    for &key in touched.iter() {
         let verified = state.conns.get(&key).is_some_and(|c| c.peer.is_some());
         if verified {
             read_streams(inner, &mut state, key, dispatches);
         }
         state.dirty.push_back(key);
     }
+    wake_timer_for(inner, &state, touched);
+    touched.clear();
 }
 
 /// Hands one datagram to its connection (accepting a new one for an Initial); returns the
@@ -1020,15 +1092,18 @@ fn insert_conn(
             peer: None,
             expected_peer,
             cids: vec![scid.to_vec()],
-            streams: HashMap::new(),
+            streams: FxHashMap::default(),
             next_stream_id: first_stream_id,
-            pending_tx: HashSet::new(),
+            pending_tx: FxHashSet::default(),
             outgoing_in_flight: 0,
+            rpc_deadlines: RpcDeadlines::default(),
             last_send: now,
             opened: now,
             closing_since: None,
         },
     );
+    // A new handshake deadline.
+    inner.timer_wake.notify();
     key
 }
 
@@ -1179,18 +1254,16 @@ fn fill_assembler(inner: &Rc<Inner>, conn: &mut Conn, stream_id: u64) -> ReadOut
     loop {
         let mut trailing = [0u8; 1];
         let complete_before = stream.rx.is_complete();
-        let target: &mut [u8] = match stream.rx.next_target() {
-            Some(target) => target,
-            None => &mut trailing,
-        };
-        if target.is_empty() {
+        let received = match stream.rx.next_sink() {
             // A zero-length section (empty envelope or body): advance without reading.
-            if let Err(error) = stream.rx.advance(0, &inner.frame_limits) {
-                return violation(error);
+            Sink::Append { bytes_max: 0, .. } => Ok((0, false)),
+            Sink::Append { to, bytes_max } => {
+                conn.quic.stream_recv_buf(stream_id, to.limit(bytes_max))
             }
-            continue;
-        }
-        match conn.quic.stream_recv(stream_id, target) {
+            Sink::Slice(target) => conn.quic.stream_recv(stream_id, target),
+            Sink::Complete => conn.quic.stream_recv(stream_id, &mut trailing),
+        };
+        match received {
             Ok((read, fin)) => {
                 if complete_before && read > 0 {
                     return ReadOutcome::Violation(
@@ -1350,9 +1423,23 @@ fn launch_handler(inner: &Rc<Inner>, dispatch: Dispatch) {
         ctx,
         body,
     } = dispatch;
+    let Some(handler) = inner.router.handler(ctx.route) else {
+        respond(inner, key, stream_id, Err(RpcError::NoRoute(ctx.route)));
+        return;
+    };
+    // Most handlers answer without waiting: poll once here and spare the task (its allocation,
+    // scheduling and clock reads). A waker is registered again when the task polls it.
+    let mut pending = handler(ctx, body);
+    if let Poll::Ready(result) = pending
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        respond(inner, key, stream_id, result);
+        return;
+    }
     let task_inner = inner.clone();
     let task = glommio::spawn_local(async move {
-        let result = task_inner.router.dispatch(ctx, body).await;
+        let result = pending.await;
         respond(&task_inner, key, stream_id, result);
     })
     .detach();
@@ -1411,7 +1498,6 @@ async fn send_loop(inner: Rc<Inner>) {
 
 /// Sends everything every dirty connection has, then reaps closed connections.
 async fn flush_all(inner: &Rc<Inner>, out: &mut [u8]) {
-    let mut sent_any = false;
     let mut next: Vec<u64> = Vec::new();
     loop {
         {
@@ -1422,17 +1508,17 @@ async fn flush_all(inner: &Rc<Inner>, out: &mut [u8]) {
             next.dedup();
         }
         if next.is_empty() {
-            // Sending arms quiche's loss and draining timers: let the timer task re-read them.
-            // (Only then: the timer task wakes the sender in turn, and waking unconditionally
-            // would make the two chase each other forever.)
-            if sent_any {
-                inner.timer_wake.notify();
-            }
             return;
         }
         for &key in &next {
-            sent_any |= flush_conn(inner, key, out).await > 0;
+            let sent = flush_conn(inner, key, out).await > 0;
             let mut state = inner.state.borrow_mut();
+            // Sending arms quiche's loss and draining timers; wake the timer task only when that
+            // comes before its own wake-up (the timer task wakes the sender in turn, and waking
+            // unconditionally would make the two chase each other).
+            if sent {
+                wake_timer_for(inner, &state, &[key]);
+            }
             let closed = state.conns.get(&key).is_some_and(|c| c.quic.is_closed());
             if closed {
                 remove_conn(inner, &mut state, key);
@@ -1585,6 +1671,7 @@ fn remove_conn(inner: &Rc<Inner>, state: &mut State, key: u64) {
 async fn timer_loop(inner: Rc<Inner>) {
     loop {
         let next = next_deadline(&inner);
+        inner.timer_armed_until.set(next);
         let sleep_for = next.map(|d| d.saturating_duration_since(Instant::now()));
         match sleep_for {
             Some(duration) => {
@@ -1603,23 +1690,40 @@ async fn timer_loop(inner: Rc<Inner>) {
 
 fn next_deadline(inner: &Rc<Inner>) -> Option<Instant> {
     let state = inner.state.borrow();
-    let keep_alive = inner.config.keep_alive_interval;
-    let handshake = inner.config.handshake_timeout;
     state
         .conns
         .values()
-        .flat_map(|conn| {
-            let open = conn.closing_since.is_none();
-            let keep = conn
-                .peer
-                .filter(|_| open)
-                .map(|_| conn.last_send + keep_alive);
-            let shake = (open && conn.peer.is_none()).then_some(conn.opened + handshake);
-            let reap = conn.closing_since.map(|since| since + CLOSE_GRACE);
-            [conn.quic.timeout_instant(), keep, shake, reap]
-        })
+        .filter_map(|conn| conn_deadline(conn, &inner.config))
+        .min()
+}
+
+/// The earliest timer of one connection: quiche's, keep-alive, handshake, reaping, RPC deadlines.
+fn conn_deadline(conn: &Conn, config: &QuicConfig) -> Option<Instant> {
+    let open = conn.closing_since.is_none();
+    let keep = conn
+        .peer
+        .filter(|_| open)
+        .map(|_| conn.last_send + config.keep_alive_interval);
+    let shake = (open && conn.peer.is_none()).then_some(conn.opened + config.handshake_timeout);
+    let reap = conn.closing_since.map(|since| since + CLOSE_GRACE);
+    let rpc = conn.rpc_deadlines.next();
+    [conn.quic.timeout_instant(), keep, shake, reap, rpc]
+        .into_iter()
         .flatten()
         .min()
+}
+
+/// Wakes the timer task if one of these connections now has a timer earlier than the one armed
+/// (receiving and sending move quiche's ACK, loss and idle timers).
+fn wake_timer_for(inner: &Inner, state: &State, keys: &[u64]) {
+    let earliest = keys
+        .iter()
+        .filter_map(|key| state.conns.get(key))
+        .filter_map(|conn| conn_deadline(conn, &inner.config))
+        .min();
+    if let Some(when) = earliest {
+        wake_timer_if_before(inner, when);
+    }
 }
 
 /// Runs due timers; returns whether any connection has new output.
@@ -1650,6 +1754,7 @@ fn fire_timers(inner: &Rc<Inner>) -> bool {
         {
             touched.push(*key);
         }
+        expire_rpcs(conn, now);
     }
     for key in expired {
         close_conn(&mut state, key, false, 0x0, b"handshake timeout");
@@ -1669,6 +1774,34 @@ fn fire_timers(inner: &Rc<Inner>) -> bool {
         }
     }
     fired
+}
+
+/// Fails the RPCs of `conn` whose deadline passed (their futures return `Timeout`; dropping them
+/// resets the streams).
+fn expire_rpcs(conn: &mut Conn, now: Instant) {
+    while let Some(stream_id) = conn.rpc_deadlines.pop_due(now) {
+        let waiting = matches!(
+            conn.streams.get(&stream_id),
+            Some(Stream {
+                role: Role::Outgoing { result: None, .. },
+                ..
+            })
+        );
+        if waiting {
+            fail_stream(conn, stream_id, RpcError::Timeout);
+        }
+    }
+}
+
+/// Wakes the timer task if `when` comes before the wake-up it has armed.
+fn wake_timer_if_before(inner: &Inner, when: Instant) {
+    if inner
+        .timer_armed_until
+        .get()
+        .is_none_or(|armed| when < armed)
+    {
+        inner.timer_wake.notify();
+    }
 }
 
 /// Keeps a connection to `peer` open, reconnecting with exponential backoff.
@@ -1754,4 +1887,33 @@ fn dial(inner: &Rc<Inner>, peer: NodeId, addr: SocketAddr) -> Result<(), quiche:
     inner.send_wake.notify();
     inner.timer_wake.notify();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rpc_deadlines_pop_in_order_and_stay_bounded() {
+        let start = Instant::now();
+        let mut deadlines = RpcDeadlines::default();
+        let live_max = 4;
+        // Ten thousand RPCs that all ended at once: compaction keeps the heap small.
+        for id in 0..10_000u64 {
+            deadlines.push(start + Duration::from_millis(id), id, |_| false, live_max);
+            assert!(deadlines.heap.len() <= 2 * live_max + RPC_DEADLINES_SLACK + 1);
+        }
+        // Live entries survive compaction, and come out earliest first once due.
+        let mut deadlines = RpcDeadlines::default();
+        for id in [5u64, 1, 3] {
+            deadlines.push(start + Duration::from_millis(id), id, |_| true, live_max);
+        }
+        assert_eq!(deadlines.next(), Some(start + Duration::from_millis(1)));
+        assert_eq!(deadlines.pop_due(start), None);
+        let later = start + Duration::from_millis(4);
+        assert_eq!(deadlines.pop_due(later), Some(1));
+        assert_eq!(deadlines.pop_due(later), Some(3));
+        assert_eq!(deadlines.pop_due(later), None);
+        assert_eq!(deadlines.next(), Some(start + Duration::from_millis(5)));
+    }
 }
