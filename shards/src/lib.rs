@@ -8,6 +8,7 @@ pub mod node;
 pub mod node_config;
 pub mod node_metrics;
 pub mod node_transport;
+pub mod peer_manager;
 pub mod pool;
 pub mod runtime;
 pub mod signal;
