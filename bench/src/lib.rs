@@ -4,6 +4,7 @@
 //! baselines it is compared with, written as JSON + SVG under `bench/results/`.
 
 pub mod cli;
+pub mod gossip;
 pub mod host;
 pub mod report;
 pub mod stats;

@@ -89,7 +89,7 @@ pub enum DemoError {
     Run(String),
 }
 
-fn setup<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> DemoError + '_ {
+pub(crate) fn setup<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> DemoError + '_ {
     move |error| DemoError::Setup(format!("{what}: {error}"))
 }
 
@@ -123,10 +123,10 @@ fn port_is_free(port: u16) -> bool {
 }
 
 /// A folder removed when dropped.
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(pub(crate) PathBuf);
 
 impl TempDir {
-    fn create() -> Result<TempDir, DemoError> {
+    pub(crate) fn create() -> Result<TempDir, DemoError> {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos())
@@ -144,11 +144,11 @@ impl Drop for TempDir {
 }
 
 /// Child node processes, stopped (SIGTERM, then SIGKILL) when dropped.
-struct Children(Vec<Child>);
+pub(crate) struct Children(pub(crate) Vec<Child>);
 
 impl Children {
     /// The first child that has exited, with its status.
-    fn exited(&mut self) -> Option<(usize, std::process::ExitStatus)> {
+    pub(crate) fn exited(&mut self) -> Option<(usize, std::process::ExitStatus)> {
         self.0
             .iter_mut()
             .enumerate()
@@ -179,7 +179,7 @@ impl Drop for Children {
 
 /// The demo's tuning: the given profile, or the defaults with unpinned cores (the nodes and the
 /// load generator share this machine's cores; pinned, every process would sit on core 0).
-fn demo_tuning_text(profile: Option<&Path>) -> Result<String, DemoError> {
+pub(crate) fn demo_tuning_text(profile: Option<&Path>) -> Result<String, DemoError> {
     match profile {
         Some(path) => {
             Tuning::load(path).map_err(|e| DemoError::Usage(e.to_string()))?;
@@ -288,6 +288,7 @@ fn spawn_node(
         subnet_id: SubnetId(LOCAL_SUBNET.into()),
         transport,
         tuning_profile: Some(PathBuf::from("tuning.toml")),
+        workload: None,
     };
     let path = dir.join(format!("node-{index}.toml"));
     std::fs::write(&path, config.to_toml()).map_err(setup("writing a node config"))?;

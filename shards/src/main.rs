@@ -15,6 +15,8 @@ use icn_engine::NodeId;
 use icn_shards::demo::{self, DemoError, DemoOptions, LOCAL_SUBNET};
 use icn_shards::node::run_node;
 use icn_shards::node_config::{NodeConfig, TransportKind};
+use icn_shards::p2p::WorkloadConfig;
+use icn_shards::subnet::{self, SubnetOptions};
 use mimalloc::MiMalloc;
 
 #[global_allocator]
@@ -61,6 +63,9 @@ enum Command {
     },
     /// Run a local subnet on loopback and show data moving between its nodes.
     Demo(DemoArgs),
+    /// Run a local N-node subnet gossiping the reference workload (blocks, notarization shares,
+    /// ingress), printing artifacts/s, MB/s, delivery latency and peers each second.
+    Subnet(SubnetArgs),
 }
 
 #[derive(Subcommand)]
@@ -143,6 +148,36 @@ struct DemoArgs {
     tuning: Option<PathBuf>,
 }
 
+#[derive(Args)]
+struct SubnetArgs {
+    /// Node processes to start, each a registry member running the workload.
+    #[arg(long, default_value_t = 4)]
+    nodes: usize,
+    /// Stop after this many status lines (seconds); runs until Ctrl-C when omitted.
+    #[arg(long)]
+    seconds: Option<u64>,
+    #[arg(long, default_value = "quic")]
+    transport: TransportKind,
+    /// One height (one block from its rotating maker) per this many milliseconds.
+    #[arg(long, default_value_t = WorkloadConfig::default().block_interval_ms)]
+    block_interval_ms: u64,
+    /// Bytes per block.
+    #[arg(long, default_value_t = WorkloadConfig::default().block_bytes)]
+    block_bytes: usize,
+    /// Ingress artifacts each node makes per second.
+    #[arg(long, default_value_t = WorkloadConfig::default().ingress_per_s)]
+    ingress_per_s: u32,
+    /// Bytes per ingress artifact.
+    #[arg(long, default_value_t = WorkloadConfig::default().ingress_bytes)]
+    ingress_bytes: usize,
+    /// First port of the subnet's registry; a free range is found when omitted.
+    #[arg(long)]
+    base_port: Option<u16>,
+    /// Tuning profile for the nodes.
+    #[arg(long)]
+    tuning: Option<PathBuf>,
+}
+
 /// A failed command: what to print and the exit code.
 struct Failure {
     message: String,
@@ -176,7 +211,35 @@ fn run(command: Command) -> Result<(), Failure> {
         Command::Config(ConfigCommand::Check { file }) => config_check(&file),
         Command::Node { config } => node(&config),
         Command::Demo(args) => demo(args),
+        Command::Subnet(args) => subnet(args),
     }
+}
+
+fn subnet(args: SubnetArgs) -> Result<(), Failure> {
+    let options = SubnetOptions {
+        nodes: args.nodes,
+        seconds: args.seconds,
+        transport: args.transport,
+        workload: WorkloadConfig {
+            block_interval_ms: args.block_interval_ms,
+            block_bytes: args.block_bytes,
+            ingress_per_s: args.ingress_per_s,
+            ingress_bytes: args.ingress_bytes,
+            ..WorkloadConfig::default()
+        },
+        base_port: args.base_port,
+        tuning_profile: args.tuning,
+    };
+    let exe = std::env::current_exe()
+        .map_err(|e| Failure::failed(format!("cannot find the icn executable: {e}")))?;
+    install_signal_handlers();
+    subnet::run_subnet(&options, &exe, Shutdown::new()).map_err(|error| match error {
+        DemoError::Usage(message) => Failure {
+            message,
+            code: EXIT_USAGE,
+        },
+        other => Failure::failed(other),
+    })
 }
 
 fn keygen(out: &Path) -> Result<(), Failure> {

@@ -6,6 +6,7 @@
 //! first byte names the shard, one SO_REUSEPORT socket per shard, TCP connections owned by
 //! `hash(peer) % shards`); until that lands the node runs [`NODE_SHARDS`] shard.
 
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -24,9 +25,14 @@ use icn_engine::shard::{run_shards, ShardConfig, ShardContext, Shutdown};
 use icn_engine::{Buf, NodeId, RequestContext, Route, Router, RpcError};
 use icn_tuning::{LoadError, Tuning};
 
+use crate::consensus_manager::driver::PenaltySink;
+use crate::consensus_manager::Offence;
 use crate::node_config::{NodeConfig, TransportKind};
 use crate::node_metrics::{NodeMetricIds, ServiceMetrics, StatsSampler};
 use crate::node_transport::{own_record, NodeTransport, StartError};
+use crate::p2p::{P2p, HEIGHTS_KEPT_DEFAULT};
+use crate::p2p_metrics::{P2pMetricIds, P2pSampler};
+use crate::runtime::{GlommioRuntime, Runtime};
 
 /// Shards a node runs until multi-shard connection steering lands (see the module docs).
 pub const NODE_SHARDS: usize = 1;
@@ -38,6 +44,9 @@ pub const ROUTE_ECHO: Route = Route(1);
 pub const ROUTE_SINK: Route = Route(2);
 /// Length of a [`ROUTE_SINK`] answer.
 pub const SINK_RESPONSE_BYTES: usize = 8;
+
+/// Penalty log lines a node prints (a misbehaving peer must not flood the log).
+const PENALTY_LOG_LINES_MAX: usize = 100;
 
 /// Time the node's own tasks get to finish after the transport closed, before they are
 /// cancelled. Part of the 1 s stop budget: the shutdown poll (50 ms) plus QUIC's goodbye flush.
@@ -63,6 +72,8 @@ pub enum NodeError {
     },
     #[error("shard runtime: {0}")]
     Shards(#[from] icn_engine::shard::ShardError),
+    #[error("{0}")]
+    Workload(String),
 }
 
 /// The tuning profile a config names, or the compiled defaults.
@@ -85,6 +96,9 @@ struct NodeParts {
 /// `install_signal_handlers` ran).
 pub fn run_node(config: &NodeConfig, shutdown: Shutdown) -> Result<(), NodeError> {
     let tuning = load_tuning(config.tuning_profile.as_deref())?;
+    if let Some(workload) = &config.workload {
+        workload.validate(&tuning).map_err(NodeError::Workload)?;
+    }
     let identity = Identity::load(&config.identity_dir).map_err(|source| NodeError::Identity {
         dir: config.identity_dir.clone(),
         source,
@@ -140,6 +154,10 @@ pub fn service_router(metrics: Option<ServiceMetrics>) -> Router {
 struct NodeShard {
     transport: Rc<NodeTransport>,
     sampler: StatsSampler,
+    p2p: Rc<P2p>,
+    p2p_sampler: P2pSampler,
+    /// The subnet's members (this node included), for the workload's block maker.
+    members: Rc<RefCell<Vec<NodeId>>>,
     shard_metrics: ShardMetrics,
     collector: Arc<MetricsCollector>,
 }
@@ -147,6 +165,7 @@ struct NodeShard {
 impl NodeShard {
     fn publish(&self) {
         self.sampler.sample();
+        self.p2p_sampler.sample();
         // A mismatch would be a wiring bug in this file; the scrape then shows the last good data.
         let _ = self.shard_metrics.publish(&self.collector);
     }
@@ -165,12 +184,21 @@ async fn run_shard(ctx: ShardContext<()>, parts: NodeParts) -> Result<(), NodeEr
 
     let mut builder = MetricsSchemaBuilder::new(MetricsConfig::from_tuning(&tuning.metrics))?;
     let ids = NodeMetricIds::declare(&mut builder, config.transport)?;
+    let p2p_ids = P2pMetricIds::declare(&mut builder)?;
     let schema = builder.build();
     let shard_metrics = ShardMetrics::new(schema.clone(), ctx.index);
     shard_metrics.set_registry_peers(member_ids(&registry, &config.subnet_id));
     let collector = Arc::new(MetricsCollector::new(schema, ctx.count));
 
-    let router = service_router(Some(ServiceMetrics::new(&ids, &shard_metrics)));
+    let runtime: Rc<dyn Runtime> = GlommioRuntime::new();
+    let heights_kept = config
+        .workload
+        .map_or(HEIGHTS_KEPT_DEFAULT, |workload| workload.heights_kept);
+    let p2p = P2p::new(&tuning, runtime, penalty_log(), heights_kept);
+    let router = p2p.routes(service_router(Some(ServiceMetrics::new(
+        &ids,
+        &shard_metrics,
+    ))));
     let transport = Rc::new(NodeTransport::start(
         config.transport,
         &identity,
@@ -181,9 +209,18 @@ async fn run_shard(ctx: ShardContext<()>, parts: NodeParts) -> Result<(), NodeEr
     )?);
     let sampler = StatsSampler::new(transport.clone(), &ids, &shard_metrics);
     sampler.set_registry_version(registry.version());
+    p2p.start(transport.clone(), tuning.gossip.inbound_batch_artifacts_max);
+    let members = Rc::new(RefCell::new(member_ids(&registry, &config.subnet_id)));
+    if let Some(workload) = config.workload {
+        p2p.start_workload(workload, local_id, members.clone());
+    }
+    let p2p_sampler = P2pSampler::new(p2p.clone(), &p2p_ids, &shard_metrics);
     let node = Rc::new(NodeShard {
         transport,
         sampler,
+        p2p,
+        p2p_sampler,
+        members,
         shard_metrics,
         collector,
     });
@@ -202,9 +239,22 @@ async fn run_shard(ctx: ShardContext<()>, parts: NodeParts) -> Result<(), NodeEr
     announce(local_id, &config, &record, registry.version());
 
     ctx.shutdown.wait().await;
+    node.p2p.stop().await;
     node.transport.shutdown().await;
     ctx.join_tasks(TASK_JOIN_GRACE).await;
     Ok(())
+}
+
+/// Offences peers commit, as the consensus managers report them: logged (the first
+/// [`PENALTY_LOG_LINES_MAX`]) and counted in `icn_gossip_penalties_total`.
+fn penalty_log() -> PenaltySink {
+    let logged = Cell::new(0usize);
+    Rc::new(move |peer: NodeId, offence: Offence| {
+        if logged.get() < PENALTY_LOG_LINES_MAX {
+            logged.set(logged.get() + 1);
+            eprintln!("peer {peer} penalized: {offence:?}");
+        }
+    })
 }
 
 /// Runs `task` on the shard until it ends or the node stops.
@@ -253,6 +303,7 @@ async fn registry_loop(node: Rc<NodeShard>, mut watcher: RegistryWatcher, subnet
             node.transport.apply_registry(&next);
             node.shard_metrics
                 .set_registry_peers(member_ids(&next, &subnet));
+            *node.members.borrow_mut() = member_ids(&next, &subnet);
             node.sampler.set_registry_version(next.version());
             println!("registry version {} adopted", next.version());
         }

@@ -7,6 +7,12 @@
 //! subnet_id = "local"
 //! transport = "quic"                 # or "tcp"
 //! tuning_profile = "lan.toml"        # optional; the compiled defaults otherwise
+//!
+//! [workload]                         # optional: run the reference workload (see p2p.rs)
+//! block_interval_ms = 500
+//! block_bytes = 262144
+//! ingress_per_s = 200
+//! ingress_bytes = 512
 //! ```
 //!
 //! Relative paths are taken relative to the config file's folder, so a node directory can move.
@@ -17,6 +23,8 @@ use std::path::{Path, PathBuf};
 
 use icn_engine::registry::SubnetId;
 use serde::Deserialize;
+
+use crate::p2p::WorkloadConfig;
 
 /// Which transport a node runs between peers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -57,6 +65,8 @@ pub struct NodeConfig {
     pub subnet_id: SubnetId,
     pub transport: TransportKind,
     pub tuning_profile: Option<PathBuf>,
+    /// The reference workload this node runs, if any.
+    pub workload: Option<WorkloadConfig>,
 }
 
 #[derive(Deserialize)]
@@ -68,6 +78,8 @@ struct NodeConfigFile {
     transport: TransportKind,
     #[serde(default)]
     tuning_profile: Option<PathBuf>,
+    #[serde(default)]
+    workload: Option<WorkloadConfig>,
 }
 
 /// Why a node config could not be loaded.
@@ -116,6 +128,7 @@ impl NodeConfig {
             subnet_id: SubnetId(file.subnet_id),
             transport: file.transport,
             tuning_profile: file.tuning_profile.map(resolve),
+            workload: file.workload,
         })
     }
 
@@ -131,6 +144,10 @@ impl NodeConfig {
         );
         if let Some(profile) = &self.tuning_profile {
             text.push_str(&format!("tuning_profile = {}\n", quote(profile)));
+        }
+        if let Some(workload) = &self.workload {
+            text.push_str("\n[workload]\n");
+            text.push_str(&toml::to_string(workload).expect("plain integers serialize"));
         }
         text
     }
@@ -150,6 +167,12 @@ mod tests {
             subnet_id = "local"
             transport = "tcp"
             tuning_profile = "profiles/lan.toml"
+
+            [workload]
+            block_interval_ms = 250
+            block_bytes = 1000
+            ingress_per_s = 5
+            ingress_bytes = 100
         "#;
         let config = NodeConfig::from_toml(text, Path::new(BASE)).unwrap();
         assert_eq!(config.identity_dir, Path::new("/srv/icn/node-0"));
@@ -160,6 +183,7 @@ mod tests {
             config.tuning_profile.as_deref(),
             Some(Path::new("/srv/icn/profiles/lan.toml"))
         );
+        assert_eq!(config.workload.map(|w| w.block_interval_ms), Some(250));
         let again = NodeConfig::from_toml(&config.to_toml(), Path::new("/elsewhere")).unwrap();
         assert_eq!(again, config);
     }

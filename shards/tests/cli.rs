@@ -236,6 +236,41 @@ fn demo_moves_data_and_ends_by_itself() {
 }
 
 #[test]
+fn subnet_gossips_the_workload_to_every_node() {
+    let started = Instant::now();
+    let subnet = icn(&[
+        "subnet",
+        "--nodes",
+        "3",
+        "--seconds",
+        "4",
+        "--block-interval-ms",
+        "200",
+        "--block-bytes",
+        "3000000",
+        "--ingress-per-s",
+        "50",
+    ]);
+    let stdout = text(&subnet.stdout);
+    assert_eq!(
+        subnet.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        text(&subnet.stderr)
+    );
+    let rates = status_rates(&stdout);
+    assert_eq!(rates.len(), 4, "status lines: {stdout}");
+    // 3 MB blocks (chunked) five times a second to two receivers each: far above 1 MB/s once
+    // the mesh is up.
+    assert!(rates.iter().any(|rate| *rate > 1.0), "{stdout}");
+    assert!(stdout.contains("peers 6/6"), "{stdout}");
+    for kind in ["block", "notarization", "ingress"] {
+        assert!(stdout.contains(kind), "no {kind} deliveries: {stdout}");
+    }
+    assert!(started.elapsed() < COMMAND_TIMEOUT);
+}
+
+#[test]
 fn node_adopts_registry_versions_and_stops_within_a_second_of_sigterm() {
     let dir = TempDir::new("node");
     let create = icn(&[

@@ -142,7 +142,7 @@ pub fn transport_config() -> quinn::TransportConfig {
 
 /// A loopback UDP socket with [`quic::UDP_SOCKET_BUFFER_BYTES`] send and receive buffers, in
 /// a quinn endpoint on the current tokio runtime.
-fn endpoint(server: Option<quinn::ServerConfig>) -> Result<Endpoint, String> {
+pub(crate) fn endpoint(server: Option<quinn::ServerConfig>) -> Result<Endpoint, String> {
     let socket = std::net::UdpSocket::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
         .map_err(|e| format!("bind: {e}"))?;
     let state = UdpSocketState::new((&socket).into()).map_err(|e| format!("UDP socket: {e}"))?;
@@ -162,7 +162,7 @@ fn endpoint(server: Option<quinn::ServerConfig>) -> Result<Endpoint, String> {
     .map_err(|e| format!("endpoint: {e}"))
 }
 
-fn current_thread_runtime() -> Result<tokio::runtime::Runtime, String> {
+pub(crate) fn current_thread_runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -170,13 +170,13 @@ fn current_thread_runtime() -> Result<tokio::runtime::Runtime, String> {
 }
 
 /// A self-signed certificate for "localhost" that the client trusts.
-struct Identity {
+pub(crate) struct Identity {
     certificate: CertificateDer<'static>,
     key_pkcs8: Vec<u8>,
 }
 
 impl Identity {
-    fn generate() -> Result<Identity, String> {
+    pub(crate) fn generate() -> Result<Identity, String> {
         let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
             .map_err(|e| format!("certificate: {e}"))?;
         Ok(Identity {
@@ -190,7 +190,7 @@ fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn server_config(identity: &Identity) -> Result<quinn::ServerConfig, String> {
+pub(crate) fn server_config(identity: &Identity) -> Result<quinn::ServerConfig, String> {
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(identity.key_pkcs8.clone()));
     let mut tls = rustls::ServerConfig::builder_with_provider(crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -205,7 +205,7 @@ fn server_config(identity: &Identity) -> Result<quinn::ServerConfig, String> {
     Ok(config)
 }
 
-fn client_config(identity: &Identity) -> Result<quinn::ClientConfig, String> {
+pub(crate) fn client_config(identity: &Identity) -> Result<quinn::ClientConfig, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(identity.certificate.clone())
