@@ -10,6 +10,7 @@ pub mod node_metrics;
 pub mod node_transport;
 pub mod p2p;
 pub mod p2p_metrics;
+pub mod peer_manager;
 pub mod pool;
 pub mod runtime;
 pub mod signal;

@@ -23,6 +23,12 @@
 //!   and its peers' RPCs to it fail with [`RpcError::ConnectionClosed`], and the handlers it was
 //!   running are dropped. Its old [`MemoryTransport`] stays dead after a restart; [`MemoryNetwork::
 //!   restart`] returns a new one, connected with new ids on every link.
+//! - Refusal (a ban): [`MemoryNetwork::block`]`(by, peer)` models `by`'s peer manager closing its
+//!   connection to `peer` and refusing it from then on: the pair's connection closes at once (as
+//!   for a crash, RPCs on it fail with [`RpcError::ConnectionClosed`]) and the pair stays
+//!   unconnected through heals and restarts until every node that refused the other unblocks it
+//!   ([`MemoryNetwork::unblock`]); it then reconnects with a new id. Refusals are directed, as a
+//!   real node refuses handshakes on its own: a pair connects only if neither end refuses.
 //! - Cancellation: dropping an RPC future drops the exchange at once: a request not yet delivered
 //!   is discarded on arrival and a running handler is dropped (QUIC's RESET_STREAM, without its
 //!   flight time).
@@ -273,6 +279,9 @@ struct NetworkState {
     connections: BTreeMap<Pair, Connection>,
     /// Pairs that a partition separates.
     blocked: BTreeSet<Pair>,
+    /// Directed refusals (by, peer) from [`MemoryNetwork::block`]; at most nodes² entries, set
+    /// only by the test or the simulated nodes' peer managers (never by remote input).
+    refused: BTreeSet<(NodeIndex, NodeIndex)>,
     default_faults: LinkFaults,
     /// Per directed link (from, to); overrides `default_faults`.
     link_faults: BTreeMap<(NodeIndex, NodeIndex), LinkFaults>,
@@ -369,6 +378,7 @@ impl MemoryNetwork {
             index_of: BTreeMap::new(),
             connections: BTreeMap::new(),
             blocked: BTreeSet::new(),
+            refused: BTreeSet::new(),
             default_faults: LinkFaults::none(),
             link_faults: BTreeMap::new(),
             exchanges: BTreeMap::new(),
@@ -522,6 +532,41 @@ impl MemoryNetwork {
             id: node,
             generation,
         }
+    }
+
+    /// `by` refuses `peer` (a ban): their connection closes now and stays closed until
+    /// [`MemoryNetwork::unblock`]. Idempotent.
+    pub fn block(&self, by: NodeId, peer: NodeId) {
+        let now = self.sim.now();
+        let aborted = {
+            let mut state = self.state.borrow_mut();
+            let (by, peer) = (state.index(by), state.index(peer));
+            if by == peer || !state.refused.insert((by, peer)) {
+                return;
+            }
+            state.close(pair(by, peer), now)
+        };
+        // Outside the borrow: a dropped handler may itself hold RPC futures on this network.
+        aborted.iter().for_each(JoinHandle::abort);
+    }
+
+    /// `by` accepts `peer` again; the pair reconnects (with a new id) unless the other end still
+    /// refuses, a partition separates them, or one of them is down. Idempotent.
+    pub fn unblock(&self, by: NodeId, peer: NodeId) {
+        let now = self.sim.now();
+        let mut state = self.state.borrow_mut();
+        let (by, peer) = (state.index(by), state.index(peer));
+        if state.refused.remove(&(by, peer)) {
+            state.connect_reachable(by, now);
+        }
+    }
+
+    /// Whether `by` refuses `peer` (see [`MemoryNetwork::block`]).
+    pub fn is_blocked(&self, by: NodeId, peer: NodeId) -> bool {
+        let state = self.state.borrow();
+        state
+            .refused
+            .contains(&(state.index(by), state.index(peer)))
     }
 
     pub fn counters(&self, node: NodeId) -> NodeCounters {
@@ -889,7 +934,10 @@ impl NetworkState {
         }
         for other in 0..self.nodes.len() {
             let key = pair(index, other);
-            let reachable = other != index && self.nodes[other].up && !self.blocked.contains(&key);
+            let refused =
+                self.refused.contains(&(index, other)) || self.refused.contains(&(other, index));
+            let reachable =
+                other != index && self.nodes[other].up && !self.blocked.contains(&key) && !refused;
             if reachable && !self.connections.contains_key(&key) {
                 let id = ConnId(self.next_conn_id);
                 self.next_conn_id += 1;

@@ -360,6 +360,20 @@ impl GossipHandle {
         }
     }
 
+    /// Slots the receiver holds for `peer` (at most `peer_slots_max`).
+    pub fn peer_slots(&self, peer: NodeId) -> usize {
+        self.inner.receiver.borrow().peer_slots(peer)
+    }
+
+    /// Advert bytes the receiver holds for `peer` (at most `peer_advert_bytes_max`).
+    pub fn peer_advert_bytes(&self, peer: NodeId) -> usize {
+        self.inner.receiver.borrow().peer_advert_bytes(peer)
+    }
+
+    pub fn config(&self) -> &GossipConfig {
+        &self.inner.config
+    }
+
     /// Spawns the event loop over `transport` (started with [`GossipHandle::routes`]).
     pub fn start<T: Transport + 'static>(&self, transport: Rc<T>) {
         let handle = self.clone();

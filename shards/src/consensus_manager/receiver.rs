@@ -247,6 +247,11 @@ impl Receiver {
         self.peers.get(&peer).map_or(0, |state| state.slots.len())
     }
 
+    /// Advert bytes (ids + attributes) held for `peer`, bounded by `peer_advert_bytes_max`.
+    pub fn peer_advert_bytes(&self, peer: NodeId) -> usize {
+        self.peers.get(&peer).map_or(0, |state| state.advert_bytes)
+    }
+
     /// Peers that advertise `id`.
     pub fn advertisers(&self, id: &ArtifactId) -> Vec<NodeId> {
         self.tracked

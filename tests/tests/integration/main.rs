@@ -1,9 +1,12 @@
 //! icn's integration tests, one binary:
 //! - `conformance`: one scenario list run against every transport (QUIC and TCP+TLS on
 //!   loopback, memory under the simulator);
+//! - `gossip_byzantine`: 7-node subnets with a lying and a flooding member, banned by the peer
+//!   manager, on the memory transport;
 //! - `gossip_sim`: 7-node subnets gossiping under seeded faults on the memory transport;
 //! - `netns`: QUIC between two network namespaces over a rate-capped, lossy veth pair (root).
 
 mod conformance;
+mod gossip_byzantine;
 mod gossip_sim;
 mod netns;

@@ -75,3 +75,49 @@ fn counters_account_for_every_message() {
     total.add(&counters);
     assert_eq!(total.messages_sent, 20);
 }
+
+#[test]
+fn block_closes_and_refuses_until_every_refusal_is_lifted() {
+    let mut sim = Sim::new(crate::sim::test_seed(5));
+    let network = MemoryNetwork::new(&sim, MemoryConfig::default());
+    let ids: Vec<NodeId> = (0..3u8).map(|i| NodeId([i; 32])).collect();
+    let slow = Route(1);
+    let router = || {
+        Router::new().route(slow, |_ctx, request: Buf| async move {
+            crate::sim::sleep(Duration::from_millis(10)).await;
+            Ok(request)
+        })
+    };
+    let transports: Vec<MemoryTransport> =
+        ids.iter().map(|id| network.join(*id, router())).collect();
+    let (a, b, c) = (ids[0], ids[1], ids[2]);
+    let first = network.connection(a, b).expect("full mesh");
+    let caller = transports[0].clone();
+    let handle = sim.handle();
+    let blocker = network.clone();
+    let (in_flight, refused) = sim
+        .block_on(async move {
+            let rpc = caller.rpc(b, slow, Priority::Normal, Buf::copy_from_slice(b"x"));
+            let block = async {
+                handle.sleep(Duration::from_millis(1)).await;
+                blocker.block(b, a);
+            };
+            let (result, ()) = futures_lite::future::zip(rpc, block).await;
+            let refused = caller.rpc(b, slow, Priority::Normal, Buf::empty()).await;
+            (result, refused)
+        })
+        .unwrap();
+    assert_eq!(in_flight, Err(RpcError::ConnectionClosed));
+    assert_eq!(refused, Err(RpcError::NotConnected(b)));
+    assert!(network.is_blocked(b, a) && !network.is_blocked(a, b));
+    assert!(network.connection(a, c).is_some(), "other pairs stay up");
+    network.heal();
+    assert_eq!(network.connection(a, b), None, "a heal does not lift a ban");
+    network.block(a, b);
+    network.unblock(b, a);
+    assert_eq!(network.connection(a, b), None, "a still refuses b");
+    network.unblock(a, b);
+    let second = network.connection(a, b).expect("reconnected");
+    assert!(second > first, "a reconnect gets a larger id");
+    assert_eq!(network.counters(a).connections_closed, 1);
+}
