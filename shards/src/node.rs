@@ -32,6 +32,8 @@ use crate::node_metrics::{NodeMetricIds, ServiceMetrics, StatsSampler};
 use crate::node_transport::{own_record, NodeTransport, StartError};
 use crate::p2p::{P2p, HEIGHTS_KEPT_DEFAULT};
 use crate::p2p_metrics::{P2pMetricIds, P2pSampler};
+use crate::peer_manager::driver::{PeerManagerHandle, RegistrySource};
+use crate::peer_manager::PeerManagerConfig;
 use crate::runtime::{GlommioRuntime, Runtime};
 
 /// Shards a node runs until multi-shard connection steering lands (see the module docs).
@@ -156,6 +158,9 @@ struct NodeShard {
     sampler: StatsSampler,
     p2p: Rc<P2p>,
     p2p_sampler: P2pSampler,
+    peers: PeerManagerHandle,
+    /// The registry version in force (the peer manager reads it on every change).
+    registry: Rc<RefCell<Arc<Registry>>>,
     /// The subnet's members (this node included), for the workload's block maker.
     members: Rc<RefCell<Vec<NodeId>>>,
     shard_metrics: ShardMetrics,
@@ -191,10 +196,27 @@ async fn run_shard(ctx: ShardContext<()>, parts: NodeParts) -> Result<(), NodeEr
     let collector = Arc::new(MetricsCollector::new(schema, ctx.count));
 
     let runtime: Rc<dyn Runtime> = GlommioRuntime::new();
+    let current_registry = Rc::new(RefCell::new(registry.clone()));
+    let registry_source: RegistrySource = {
+        let current = current_registry.clone();
+        Rc::new(move || current.borrow().clone())
+    };
+    let peers = PeerManagerHandle::new(
+        PeerManagerConfig::from_tuning(&tuning.peers),
+        local_id,
+        config.subnet_id.clone(),
+        registry_source,
+        runtime.clone(),
+    );
     let heights_kept = config
         .workload
         .map_or(HEIGHTS_KEPT_DEFAULT, |workload| workload.heights_kept);
-    let p2p = P2p::new(&tuning, runtime, penalty_log(), heights_kept);
+    let p2p = P2p::new(
+        &tuning,
+        runtime,
+        penalty_log(peers.penalty_sink()),
+        heights_kept,
+    );
     let router = p2p.routes(service_router(Some(ServiceMetrics::new(
         &ids,
         &shard_metrics,
@@ -209,17 +231,20 @@ async fn run_shard(ctx: ShardContext<()>, parts: NodeParts) -> Result<(), NodeEr
     )?);
     let sampler = StatsSampler::new(transport.clone(), &ids, &shard_metrics);
     sampler.set_registry_version(registry.version());
+    peers.start(transport.clone());
     p2p.start(transport.clone(), tuning.gossip.inbound_batch_artifacts_max);
     let members = Rc::new(RefCell::new(member_ids(&registry, &config.subnet_id)));
     if let Some(workload) = config.workload {
         p2p.start_workload(workload, local_id, members.clone());
     }
-    let p2p_sampler = P2pSampler::new(p2p.clone(), &p2p_ids, &shard_metrics);
+    let p2p_sampler = P2pSampler::new(p2p.clone(), peers.clone(), &p2p_ids, &shard_metrics);
     let node = Rc::new(NodeShard {
         transport,
         sampler,
         p2p,
         p2p_sampler,
+        peers,
+        registry: current_registry,
         members,
         shard_metrics,
         collector,
@@ -240,20 +265,23 @@ async fn run_shard(ctx: ShardContext<()>, parts: NodeParts) -> Result<(), NodeEr
 
     ctx.shutdown.wait().await;
     node.p2p.stop().await;
+    node.peers.stop().await;
     node.transport.shutdown().await;
     ctx.join_tasks(TASK_JOIN_GRACE).await;
     Ok(())
 }
 
 /// Offences peers commit, as the consensus managers report them: logged (the first
-/// [`PENALTY_LOG_LINES_MAX`]) and counted in `icn_gossip_penalties_total`.
-fn penalty_log() -> PenaltySink {
+/// [`PENALTY_LOG_LINES_MAX`]) and passed on to the peer manager (`forward`), which bans
+/// repeat offenders.
+fn penalty_log(forward: PenaltySink) -> PenaltySink {
     let logged = Cell::new(0usize);
     Rc::new(move |peer: NodeId, offence: Offence| {
         if logged.get() < PENALTY_LOG_LINES_MAX {
             logged.set(logged.get() + 1);
             eprintln!("peer {peer} penalized: {offence:?}");
         }
+        forward(peer, offence);
     })
 }
 
@@ -300,7 +328,9 @@ async fn registry_loop(node: Rc<NodeShard>, mut watcher: RegistryWatcher, subnet
     loop {
         glommio::timer::sleep(watcher.poll_interval()).await;
         if let Some(next) = watcher.poll_changed() {
-            node.transport.apply_registry(&next);
+            node.transport.adopt_registry_for_handshakes(&next);
+            *node.registry.borrow_mut() = next.clone();
+            node.peers.registry_changed();
             node.shard_metrics
                 .set_registry_peers(member_ids(&next, &subnet));
             *node.members.borrow_mut() = member_ids(&next, &subnet);

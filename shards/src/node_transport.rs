@@ -1,7 +1,7 @@
 //! The transport a node runs, QUIC or TCP, started from its identity, registry and tuning, with
 //! one way to apply a new registry version to either.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
@@ -14,6 +14,7 @@ use icn_engine::{Buf, ConnId, NodeId, Priority, Route, Router, RpcError, Transpo
 use icn_tuning::Tuning;
 
 use crate::node_config::TransportKind;
+use crate::peer_manager::driver::PeerTransport;
 
 /// Why a node's transport could not start.
 #[derive(Debug, thiserror::Error)]
@@ -144,12 +145,42 @@ impl NodeTransport {
         }
     }
 
+    /// Adopts a new registry version for authentication only (QUIC's TLS verifier); which peers
+    /// are connected is the peer manager's decision ([`PeerTransport::apply_peer_set`]). TCP
+    /// has no separate peer set yet and adopts the version as a whole.
+    pub fn adopt_registry_for_handshakes(&self, next: &Arc<Registry>) {
+        match self {
+            NodeTransport::Quic { registry, .. } => {
+                *registry.write().unwrap_or_else(|p| p.into_inner()) = next.clone();
+            }
+            NodeTransport::Tcp(transport) => transport.apply_registry(next),
+        }
+    }
+
     /// Closes every connection with a goodbye (QUIC CONNECTION_CLOSE, TCP Goaway) and stops the
     /// transport's tasks.
     pub async fn shutdown(&self) {
         match self {
             NodeTransport::Quic { transport, .. } => transport.shutdown().await,
             NodeTransport::Tcp(transport) => transport.shutdown().await,
+        }
+    }
+}
+
+impl PeerTransport for NodeTransport {
+    /// QUIC connects exactly the allowed set. TCP connects the registry's members and has no
+    /// per-peer refusal yet, so a ban does not disconnect a TCP peer (its penalties are still
+    /// counted); see docs/operations.md.
+    fn apply_peer_set(&self, allowed: &BTreeMap<NodeId, SocketAddr>, refused: &[NodeId]) {
+        if let NodeTransport::Quic { transport, .. } = self {
+            transport.apply_peer_set(allowed, refused);
+        }
+    }
+
+    fn rtt(&self, peer: NodeId) -> Option<std::time::Duration> {
+        match self {
+            NodeTransport::Quic { transport, .. } => PeerTransport::rtt(transport, peer),
+            NodeTransport::Tcp(_) => None,
         }
     }
 }

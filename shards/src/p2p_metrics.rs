@@ -11,6 +11,8 @@ use icn_engine::metrics::{
 };
 
 use crate::p2p::{DeliveryStats, KindSnapshot, P2p, KINDS};
+use crate::peer_manager::driver::PeerManagerHandle;
+use crate::peer_manager::PeerStats;
 
 type Reading = fn(&KindSnapshot, &DeliveryStats) -> u64;
 
@@ -78,8 +80,16 @@ const GAUGES: [(&str, &str, Reading); 8] = [
     ),
 ];
 
+/// The peer manager's figures, by their position in `PeerStats::metrics()`.
+#[derive(Clone, Debug)]
+enum PeerMetricId {
+    Counter(CounterId),
+    Gauge(GaugeId),
+}
+
 #[derive(Clone, Debug)]
 pub struct P2pMetricIds {
+    peer_metrics: Vec<PeerMetricId>,
     counters: Vec<CounterId>,
     gauges: Vec<GaugeId>,
     latency: HistogramId,
@@ -117,7 +127,23 @@ impl P2pMetricIds {
             kind(),
             Aggregation::PerShard,
         )?;
+        let peer_metrics = PeerStats::default()
+            .metrics()
+            .iter()
+            .map(|(name, help, _)| {
+                if name.ends_with("_total") {
+                    builder
+                        .counter(name, help, None, Aggregation::Sum)
+                        .map(PeerMetricId::Counter)
+                } else {
+                    builder
+                        .gauge(name, help, None, Aggregation::Sum)
+                        .map(PeerMetricId::Gauge)
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(P2pMetricIds {
+            peer_metrics,
             counters,
             gauges,
             latency,
@@ -135,6 +161,9 @@ struct Mirror {
 /// Copies the P2P layer's counters into the metrics registry.
 pub struct P2pSampler {
     p2p: Rc<P2p>,
+    peers: PeerManagerHandle,
+    /// Per peer-manager counter (None for gauges).
+    peer_mirrors: Vec<Option<Mirror>>,
     ids: P2pMetricIds,
     shard: ShardMetrics,
     /// Per kind, per counter.
@@ -142,7 +171,23 @@ pub struct P2pSampler {
 }
 
 impl P2pSampler {
-    pub fn new(p2p: Rc<P2p>, ids: &P2pMetricIds, shard: &ShardMetrics) -> P2pSampler {
+    pub fn new(
+        p2p: Rc<P2p>,
+        peers: PeerManagerHandle,
+        ids: &P2pMetricIds,
+        shard: &ShardMetrics,
+    ) -> P2pSampler {
+        let peer_mirrors = ids
+            .peer_metrics
+            .iter()
+            .map(|id| match id {
+                PeerMetricId::Counter(id) => Some(Mirror {
+                    counter: shard.counter(*id),
+                    last: Cell::new(0),
+                }),
+                PeerMetricId::Gauge(_) => None,
+            })
+            .collect();
         let mirrors = KINDS
             .iter()
             .map(|(_, label)| {
@@ -157,6 +202,8 @@ impl P2pSampler {
             .collect();
         P2pSampler {
             p2p,
+            peers,
+            peer_mirrors,
             ids: ids.clone(),
             shard: shard.clone(),
             mirrors,
@@ -165,6 +212,7 @@ impl P2pSampler {
 
     /// Reads everything now; the latency window restarts.
     pub fn sample(&self) {
+        self.sample_peers();
         let snapshots = self.p2p.snapshot();
         for (index, (snapshot, parts)) in snapshots.iter().zip(self.p2p.kinds()).enumerate() {
             let mut deliveries = parts.deliveries.borrow_mut();
@@ -188,6 +236,30 @@ impl P2pSampler {
             };
             gauge(self.ids.window_p50, p50);
             gauge(self.ids.window_p99, p99);
+        }
+    }
+
+    fn sample_peers(&self) {
+        let stats = self.peers.stats();
+        let readings = stats.metrics();
+        for ((id, mirror), (_, _, value)) in self
+            .ids
+            .peer_metrics
+            .iter()
+            .zip(&self.peer_mirrors)
+            .zip(readings.iter())
+        {
+            match (id, mirror) {
+                (_, Some(mirror)) => {
+                    mirror.counter.add(value.saturating_sub(mirror.last.get()));
+                    mirror.last.set((*value).max(mirror.last.get()));
+                }
+                (PeerMetricId::Gauge(id), None) => self
+                    .shard
+                    .gauge(*id)
+                    .set(i64::try_from(*value).unwrap_or(i64::MAX)),
+                (PeerMetricId::Counter(_), None) => unreachable!("counters have mirrors"),
+            }
         }
     }
 
