@@ -39,12 +39,11 @@
 //! 5. `run` returns when every node thread has ended, with any system figures worth reporting
 //!    (e.g. packets lost) as extra fields, or `Err` when the network could not be brought up.
 //!
-//! The icn system lives in `icn.rs` of this module: add `pub mod icn;` below and one line to
-//! [`registered_systems`] (`systems.insert(0, Box::new(icn::IcnGossip::new()))`). Until then
-//! `--systems icn` says it is not built in.
+//! The icn system lives in `icn.rs` of this module.
 
 pub mod case;
 pub mod harness;
+pub mod icn;
 pub mod quinn_tokio;
 pub mod table;
 
@@ -80,7 +79,7 @@ pub trait GossipSystem: Send + Sync {
 
 /// The systems built into this binary, in report order.
 pub fn registered_systems() -> Vec<Box<dyn GossipSystem>> {
-    vec![Box::new(quinn_tokio::QuinnGossip)]
+    vec![Box::new(icn::IcnGossip), Box::new(quinn_tokio::QuinnGossip)]
 }
 
 /// Orders systems by [`SYSTEM_NAMES`].
