@@ -313,6 +313,16 @@ impl NodeHarness {
         // for a 4 MiB copy and hash.
         let artifact = shared.make_artifact(self.index, sequence);
         let mut producer = lock(&shared.producers[self.index]);
+        // The drain may have begun while the artifact was made: an artifact inserted now would
+        // escape the drain's count of missing deliveries, so it is dropped unsent.
+        let phase = shared.phase();
+        if !phase.producing() {
+            if phase == Phase::Finished {
+                return Poll::Ready(None);
+            }
+            producer.waker = Some(context.waker().clone());
+            return Poll::Pending;
+        }
         let entry = InFlight {
             inserted_at: Instant::now(),
             delivered_mask: 0,

@@ -508,16 +508,24 @@ impl GossipHandle {
 
     fn start_fetches<T: Transport + 'static>(&self, transport: &Rc<T>, now: Duration) {
         let inner = &self.inner;
-        loop {
-            // Deliveries may overshoot the queue bound by the fetches in flight (each ends in at
-            // most one delivery); no new fetch starts while it is full.
-            if inner.inbound.borrow().len() >= inner.config.inbound_queue_artifacts_max {
-                return;
-            }
-            let fetch = inner.receiver.borrow_mut().poll_fetch(now);
-            let Some(fetch) = fetch else { return };
-            let task = self.spawn_fetch(transport.clone(), fetch.clone());
-            inner.fetch_tasks.borrow_mut().insert(fetch.id, task);
+        // Deliveries may overshoot the queue bound by the fetches in flight (each ends in at
+        // most one delivery); no new fetch starts while it is full.
+        let room = inner
+            .config
+            .inbound_queue_artifacts_max
+            .saturating_sub(inner.inbound.borrow().len());
+        if room == 0 {
+            return;
+        }
+        let mut fetches = Vec::new();
+        inner
+            .receiver
+            .borrow_mut()
+            .poll_fetches(now, room, &mut fetches);
+        for fetch in fetches {
+            let id = fetch.id;
+            let task = self.spawn_fetch(transport.clone(), fetch);
+            inner.fetch_tasks.borrow_mut().insert(id, task);
         }
     }
 

@@ -239,7 +239,10 @@ impl Receiver {
 
     /// Downloads not finished (queued or in progress).
     pub fn downloads_pending(&self) -> usize {
-        self.downloads.len()
+        self.tracked
+            .values()
+            .filter(|tracked| matches!(tracked.track, Track::Downloading(_)))
+            .count()
     }
 
     /// Slots held for `peer` (0 if unknown).
@@ -623,134 +626,122 @@ impl Receiver {
 
     /// The next fetch to start, if a download has a chunk due and an advertiser with room.
     pub fn poll_fetch(&mut self, now: Duration) -> Option<Fetch> {
+        let mut out = Vec::with_capacity(1);
+        self.poll_fetches(now, 1, &mut out);
+        out.pop()
+    }
+
+    /// Starts every fetch that can start now (at most `max`), in download order, in one pass
+    /// over the downloads that still have chunks to fetch; appends them to `out`.
+    pub fn poll_fetches(&mut self, now: Duration, max: usize, out: &mut Vec<Fetch>) {
         self.next_retry_at = None;
-        if self.fetches.len() >= self.config.downloads_in_flight_max {
-            return None;
-        }
         self.bucket.refill(now);
         if !self.bucket.has_tokens() {
             self.next_retry_at = Some(self.bucket.ready_at(now));
-            return None;
+            return;
         }
-        let orders: Vec<(u64, ArtifactId)> = self
-            .downloads
-            .iter()
-            .take(DOWNLOADS_SCANNED_PER_POLL_MAX)
-            .map(|(order, id)| (*order, id.clone()))
-            .collect();
-        for (_, id) in orders {
-            if let Some(fetch) = self.try_start(&id, now) {
-                return Some(fetch);
-            }
-        }
-        None
-    }
-
-    fn try_start(&mut self, id: &ArtifactId, now: Duration) -> Option<Fetch> {
-        let tracked = self.tracked.get(id)?;
-        let Track::Downloading(download) = &tracked.track else {
-            return None;
-        };
-        let mut due = None;
-        for (index, chunk) in download.chunks.iter().enumerate() {
-            if let Chunk::Missing { not_before } = chunk {
-                if *not_before <= now {
-                    due = Some(index);
-                    break;
-                }
-                self.next_retry_at = Some(
-                    self.next_retry_at
-                        .map_or(*not_before, |at| at.min(*not_before)),
-                );
-            }
-        }
-        let index = due?;
-        let peer = self.choose_peer(tracked, download, index, now)?;
-        Some(self.start_fetch(id, index, peer))
-    }
-
-    /// The advertiser with the fewest fetches in flight (and room and budget), preferring
-    /// peers that have not failed this download; ties broken by chunk index so the chunks of
-    /// one artifact spread over its advertisers.
-    fn choose_peer(
-        &self,
-        tracked: &Tracked,
-        download: &Download,
-        chunk: usize,
-        now: Duration,
-    ) -> Option<NodeId> {
         let per_peer_max = self.config.downloads_in_flight_per_peer_max;
-        let eligible = |peer: &NodeId| {
-            self.peers.get(peer).is_some_and(|state| {
-                state.fetches_in_flight < per_peer_max && state.bucket.has_tokens_at(now)
-            })
-        };
-        if let Some(source) = download.single_source {
-            if tracked.advertisers.contains(&source) {
-                return eligible(&source).then_some(source);
+        let mut peers_with_room = self
+            .peers
+            .values()
+            .filter(|state| state.fetches_in_flight < per_peer_max)
+            .count();
+        let mut started_all: SmallVec<[u64; 16]> = SmallVec::new();
+        let Receiver {
+            config,
+            peers,
+            tracked,
+            downloads,
+            fetches,
+            next_fetch,
+            bucket,
+            next_retry_at,
+            stats,
+            ..
+        } = self;
+        for (scanned, (order, id)) in downloads.iter().enumerate() {
+            if scanned >= DOWNLOADS_SCANNED_PER_POLL_MAX
+                || out.len() >= max
+                || peers_with_room == 0
+                || fetches.len() >= config.downloads_in_flight_max
+                || !bucket.has_tokens()
+            {
+                break;
+            }
+            let Some(entry) = tracked.get_mut(id) else {
+                continue;
+            };
+            let size_bytes = entry.advert.size_bytes;
+            let Track::Downloading(download) = &mut entry.track else {
+                continue;
+            };
+            let mut missing_left = false;
+            for index in 0..download.chunks.len() {
+                let Chunk::Missing { not_before } = download.chunks[index] else {
+                    continue;
+                };
+                if not_before > now {
+                    missing_left = true;
+                    *next_retry_at =
+                        Some(next_retry_at.map_or(not_before, |at| at.min(not_before)));
+                    continue;
+                }
+                let chosen = if out.len() < max && fetches.len() < config.downloads_in_flight_max {
+                    choose_peer(
+                        peers,
+                        &entry.advertisers,
+                        download,
+                        index,
+                        per_peer_max,
+                        now,
+                    )
+                } else {
+                    None
+                };
+                let Some(peer) = chosen else {
+                    missing_left = true;
+                    continue;
+                };
+                *next_fetch += 1;
+                let fetch_id = FetchId(*next_fetch);
+                let (offset, length) =
+                    chunk_range(config, download.chunks.len(), index, size_bytes);
+                download.chunks[index] = Chunk::InFlight {
+                    fetch: fetch_id,
+                    peer,
+                };
+                let expected = if length == 0 { size_bytes } else { length };
+                let state = peers.get_mut(&peer).expect("eligible peer");
+                state.fetches_in_flight += 1;
+                if state.fetches_in_flight == per_peer_max {
+                    peers_with_room -= 1;
+                }
+                state.bucket.take(expected);
+                bucket.take(expected);
+                fetches.insert(fetch_id, (id.clone(), index, peer));
+                stats.fetches_started += 1;
+                out.push(Fetch {
+                    id: fetch_id,
+                    peer,
+                    artifact: id.clone(),
+                    offset,
+                    length,
+                    timeout: config.backoff_timeout(download.failures),
+                });
+            }
+            if !missing_left {
+                started_all.push(*order);
             }
         }
-        let mut candidates: SmallVec<[(bool, usize, NodeId); PEERS_INLINE]> = tracked
-            .advertisers
-            .iter()
-            .filter(|peer| eligible(peer))
-            .map(|peer| {
-                (
-                    download.avoided.contains(peer),
-                    self.peers[peer].fetches_in_flight,
-                    *peer,
-                )
-            })
-            .collect();
-        if candidates.is_empty() {
-            return None;
+        for order in started_all {
+            downloads.remove(&order);
         }
-        candidates.sort_unstable();
-        let (best_avoided, best_load, _) = candidates[0];
-        let best: SmallVec<[NodeId; PEERS_INLINE]> = candidates
-            .iter()
-            .filter(|(avoided, load, _)| *avoided == best_avoided && *load == best_load)
-            .map(|(_, _, peer)| *peer)
-            .collect();
-        Some(best[(chunk + download.order as usize) % best.len()])
     }
 
-    fn start_fetch(&mut self, id: &ArtifactId, index: usize, peer: NodeId) -> Fetch {
-        self.next_fetch += 1;
-        let fetch_id = FetchId(self.next_fetch);
-        let tracked = self.tracked.get_mut(id).expect("tracked id");
-        let size_bytes = tracked.advert.size_bytes;
-        let Track::Downloading(download) = &mut tracked.track else {
-            unreachable!("try_start checked the state");
-        };
-        let (offset, length) = if download.chunks.len() == 1 {
-            (0, 0)
-        } else {
-            let offset = index as u64 * self.config.download_chunk_bytes;
-            (
-                offset,
-                self.config.download_chunk_bytes.min(size_bytes - offset),
-            )
-        };
-        download.chunks[index] = Chunk::InFlight {
-            fetch: fetch_id,
-            peer,
-        };
-        let timeout = self.config.backoff_timeout(download.failures);
-        let expected = if length == 0 { size_bytes } else { length };
-        let state = self.peers.get_mut(&peer).expect("eligible peer");
-        state.fetches_in_flight += 1;
-        state.bucket.take(expected);
-        self.bucket.take(expected);
-        self.fetches.insert(fetch_id, (id.clone(), index, peer));
-        self.stats.fetches_started += 1;
-        Fetch {
-            id: fetch_id,
-            peer,
-            artifact: id.clone(),
-            offset,
-            length,
-            timeout,
+    /// Puts a download back among those with chunks to fetch.
+    fn needs_work(&mut self, id: &ArtifactId) {
+        if let Some(Track::Downloading(download)) = self.tracked.get(id).map(|t| &t.track) {
+            self.downloads.insert(download.order, id.clone());
         }
     }
 
@@ -839,6 +830,7 @@ impl Receiver {
         }
         let not_before = now + backoff.delay(download.failures);
         download.chunks[index] = Chunk::Missing { not_before };
+        self.needs_work(id);
     }
 
     fn complete(
@@ -898,7 +890,66 @@ impl Receiver {
                 .find(|peer| !download.avoided.contains(peer))
                 .or_else(|| tracked.advertisers.first().copied());
         }
+        self.needs_work(id);
     }
+}
+
+/// The advertiser with the fewest fetches in flight (and room and budget), preferring peers
+/// that have not failed this download; ties broken by chunk index so the chunks of one artifact
+/// spread over its advertisers.
+fn choose_peer(
+    peers: &HashMap<NodeId, PeerState>,
+    advertisers: &[NodeId],
+    download: &Download,
+    chunk: usize,
+    per_peer_max: usize,
+    now: Duration,
+) -> Option<NodeId> {
+    let eligible = |peer: &NodeId| {
+        peers.get(peer).is_some_and(|state| {
+            state.fetches_in_flight < per_peer_max && state.bucket.has_tokens_at(now)
+        })
+    };
+    if let Some(source) = download.single_source {
+        if advertisers.contains(&source) {
+            return eligible(&source).then_some(source);
+        }
+    }
+    let mut best: Option<(bool, usize)> = None;
+    let mut tied: SmallVec<[NodeId; PEERS_INLINE]> = SmallVec::new();
+    for peer in advertisers.iter().filter(|peer| eligible(peer)) {
+        let key = (
+            download.avoided.contains(peer),
+            peers[peer].fetches_in_flight,
+        );
+        match best {
+            Some(current) if key > current => {}
+            Some(current) if key == current => tied.push(*peer),
+            _ => {
+                best = Some(key);
+                tied.clear();
+                tied.push(*peer);
+            }
+        }
+    }
+    if tied.is_empty() {
+        return None;
+    }
+    Some(tied[(chunk + download.order as usize) % tied.len()])
+}
+
+/// Byte range of chunk `index`: (0, 0) (all of it) for an unchunked download.
+fn chunk_range(
+    config: &ReceiverConfig,
+    chunks: usize,
+    index: usize,
+    size_bytes: u64,
+) -> (u64, u64) {
+    if chunks == 1 {
+        return (0, 0);
+    }
+    let offset = index as u64 * config.download_chunk_bytes;
+    (offset, config.download_chunk_bytes.min(size_bytes - offset))
 }
 
 impl ReceiverConfig {
