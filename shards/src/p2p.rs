@@ -128,7 +128,6 @@ impl WorkloadConfig {
 pub struct DeliveryStats {
     pub received: u64,
     pub received_bytes: u64,
-    pub produced: u64,
     /// Since start.
     pub latency_us: Histogram<u64>,
     /// Since the last [`DeliveryStats::take_window`].
@@ -142,7 +141,6 @@ impl DeliveryStats {
         DeliveryStats {
             received: 0,
             received_bytes: 0,
-            produced: 0,
             latency_us: histogram(),
             window_us: histogram(),
         }
@@ -290,7 +288,7 @@ impl P2p {
 
     /// Every block this node validates (its own or a peer's) makes it send a notarization share
     /// for that height.
-    fn install_share_maker(self: &Rc<Self>, local: NodeId) {
+    pub(crate) fn install_share_maker(self: &Rc<Self>, local: NodeId) {
         let shares = self.parts(NOTARIZATION).pool.clone();
         let blocks = self.parts(BLOCK);
         let deliveries = blocks.deliveries.clone();
@@ -370,13 +368,12 @@ impl P2p {
         }
     }
 
-    fn produce(&self, kind: ArtifactKind, artifact: Artifact) {
+    pub(crate) fn produce(&self, kind: ArtifactKind, artifact: Artifact) {
         let parts = self.parts(kind);
         parts
             .pool
             .borrow_mut()
             .produce(artifact, self.runtime.now());
-        parts.deliveries.borrow_mut().produced += 1;
         if let Some(manager) = parts.manager.borrow().as_ref() {
             manager.poke();
         }
