@@ -278,12 +278,14 @@ impl P2p {
         local: NodeId,
         members: Rc<RefCell<Vec<NodeId>>>,
     ) {
+        // Before the spawn: the workload task may run at once, and its first block must find
+        // the share maker in place.
+        self.install_share_maker(local);
         let p2p = self.clone();
         let task = self.runtime.spawn(Box::pin(async move {
             run_workload(p2p, config, local, members).await;
         }));
         *self.workload.borrow_mut() = Some(task);
-        self.install_share_maker(local);
     }
 
     /// Every block this node validates (its own or a peer's) makes it send a notarization share
@@ -487,6 +489,36 @@ mod tests {
         assert!(payload_timestamp_us(&a).unwrap() > 0);
         assert_eq!(&a[8..16], &7u64.to_le_bytes());
         assert_eq!(payload_with_header(1, 0).len(), PAYLOAD_HEADER_BYTES);
+    }
+
+    /// The share maker must be in place before the workload's first block: a node that is the
+    /// block maker of the height it starts at made that block without a share (glommio may run a
+    /// spawned task before the spawner's next statement).
+    #[test]
+    fn every_block_made_gets_a_share_from_the_first_one() {
+        let executor = glommio::LocalExecutorBuilder::default()
+            .io_memory(256 << 10)
+            .make()
+            .expect("a test executor starts");
+        let (blocks, shares) = executor.run(async {
+            let runtime = crate::runtime::GlommioRuntime::new();
+            let p2p = P2p::new(&Tuning::default(), runtime, Rc::new(|_, _| {}), 16);
+            let local = NodeId([1; 32]);
+            let config = WorkloadConfig {
+                block_interval_ms: 10,
+                ingress_per_s: 0,
+                ..WorkloadConfig::default()
+            };
+            // The only member makes every block.
+            p2p.start_workload(config, local, Rc::new(RefCell::new(vec![local])));
+            glommio::timer::sleep(Duration::from_millis(35)).await;
+            let blocks = p2p.parts(BLOCK).pool.borrow().stats().produced;
+            let shares = p2p.parts(NOTARIZATION).pool.borrow().stats().produced;
+            p2p.stop().await;
+            (blocks, shares)
+        });
+        assert!(blocks >= 1, "the workload made no block");
+        assert_eq!(shares, blocks, "one share per block made");
     }
 
     #[test]
