@@ -2,8 +2,11 @@
 //! - `conformance`: one scenario list run against every transport (QUIC and TCP+TLS on
 //!   loopback, memory under the simulator);
 //! - `gossip_sim`: 7-node subnets gossiping under seeded faults on the memory transport;
-//! - `netns`: QUIC between two network namespaces over a rate-capped, lossy veth pair (root).
+//! - `netns`: QUIC between two network namespaces over a rate-capped, lossy veth pair (root);
+//! - `gossip_netns`: 5 `icn node`s in namespaces gossiping through loss, a rate cap and a
+//!   partition (root).
 
 mod conformance;
+mod gossip_netns;
 mod gossip_sim;
 mod netns;
