@@ -21,6 +21,14 @@
 //! from each node's `/metrics`, served on 127.0.0.1 inside its namespace (each namespace has its
 //! own loopback, so the test's scrapes cross neither the loss nor the cap).
 //!
+//! What bounds the reconnect (default tuning): the connections across the cut close when QUIC's
+//! idle timeout (10 s) expires; the dialer then tries every handshake_timeout (10 s) plus a
+//! doubling backoff (100 ms, 200 ms, ...). A 30 s partition heals near the end of the second
+//! doomed attempt, so the mesh is back within about a second. A heal later in an attempt's life
+//! waits for that attempt to expire (its Initial is retransmitted 1, 3 and 7 s in, then not
+//! again) plus the backoff: a 38 s partition took 4.5 s, and the worst case of a long partition
+//! is about 3 s + reconnect_backoff_max (5 s) + the handshake itself.
+//!
 //! Without root or without `ip`/`tc`/`nft` the test prints SKIP and passes, unless `CI=true`.
 
 use std::net::{Ipv4Addr, SocketAddr};
