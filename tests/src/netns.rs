@@ -86,9 +86,7 @@ pub struct Side {
 impl Side {
     /// Runs `program args` inside this side's namespace.
     pub fn exec(&self, program: &str, args: &[&str]) -> Result<String, String> {
-        let mut full = vec!["netns", "exec", self.netns.as_str(), program];
-        full.extend_from_slice(args);
-        run("ip", &full)
+        exec_in(&self.netns, program, args)
     }
 }
 
@@ -161,46 +159,14 @@ impl NetnsPair {
     /// Caps what `side` sends on its veth at `rate` (tc syntax, e.g. "50mbit") with a token
     /// bucket filter.
     pub fn add_rate_cap(&self, side: &Side, rate: &str) -> Result<(), String> {
-        run(
-            "tc",
-            &[
-                "-n",
-                &side.netns,
-                "qdisc",
-                "add",
-                "dev",
-                &side.veth,
-                "root",
-                "tbf",
-                "rate",
-                rate,
-                "burst",
-                "64kb",
-                "latency",
-                "50ms",
-            ],
-        )
-        .map(drop)
+        add_rate_cap(&side.netns, &side.veth, rate)
     }
 
     /// Makes `side` segment its GSO batches into single packets before they leave its veth
     /// (`gso_max_segs 1`), so the other side sees, and can drop, packets one by one. The
     /// application still sends with UDP GSO; only the device refuses super-packets.
     pub fn segment_before_sending(&self, side: &Side) -> Result<(), String> {
-        run(
-            "ip",
-            &[
-                "-n",
-                &side.netns,
-                "link",
-                "set",
-                "dev",
-                &side.veth,
-                "gso_max_segs",
-                "1",
-            ],
-        )
-        .map(drop)
+        segment_before_sending(&side.netns, &side.veth)
     }
 
     /// Drops one in `one_in` packets arriving at `side` on its veth, at random (nft `numgen
@@ -211,28 +177,8 @@ impl NetnsPair {
     /// and it would drop a whole GSO batch at once.
     pub fn add_ingress_loss(&mut self, side: &Side, one_in: u32) -> Result<(), String> {
         let table = format!("icn_loss_{}", random_u64() as u16);
-        side.exec("nft", &["add", "table", "inet", &table])?;
         self.nft_tables.push((side.clone(), table.clone()));
-        side.exec(
-            "nft",
-            &[
-                "add",
-                "chain",
-                "inet",
-                &table,
-                "in",
-                "{ type filter hook prerouting priority 0; policy accept; }",
-            ],
-        )?;
-        let modulus = one_in.to_string();
-        side.exec(
-            "nft",
-            &[
-                "add", "rule", "inet", &table, "in", "iifname", &side.veth, "numgen", "random",
-                "mod", &modulus, "0", "counter", "drop",
-            ],
-        )
-        .map(drop)
+        add_ingress_loss(&side.netns, &side.veth, &table, one_in)
     }
 
     /// Packets the loss rules of `side` dropped so far.
@@ -242,12 +188,85 @@ impl NetnsPair {
             if owner.netns != side.netns {
                 continue;
             }
-            let listing = side.exec("nft", &["list", "table", "inet", table])?;
-            total += parse_counter_packets(&listing)
-                .ok_or_else(|| format!("no counter in nft table {table}: {listing}"))?;
+            total += table_dropped_packets(&side.netns, table)?;
         }
         Ok(total)
     }
+}
+
+/// Runs `program args` inside namespace `netns`.
+pub fn exec_in(netns: &str, program: &str, args: &[&str]) -> Result<String, String> {
+    let mut full = vec!["netns", "exec", netns, program];
+    full.extend_from_slice(args);
+    run("ip", &full)
+}
+
+/// Caps what `dev` in `netns` sends at `rate` (tc syntax, e.g. "20mbit") with a token bucket
+/// filter: 64 KiB of burst, packets queued longer than 50 ms are dropped like on a real link.
+pub fn add_rate_cap(netns: &str, dev: &str, rate: &str) -> Result<(), String> {
+    run(
+        "tc",
+        &[
+            "-n", netns, "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate, "burst", "64kb",
+            "latency", "50ms",
+        ],
+    )
+    .map(drop)
+}
+
+/// Makes `dev` in `netns` segment GSO batches into single packets before they leave it
+/// (`gso_max_segs 1`), so that loss rules downstream see, and drop, packets one by one.
+pub fn segment_before_sending(netns: &str, dev: &str) -> Result<(), String> {
+    run(
+        "ip",
+        &["-n", netns, "link", "set", "dev", dev, "gso_max_segs", "1"],
+    )
+    .map(drop)
+}
+
+/// Adds nft table `table` in `netns` that drops one in `one_in` packets arriving on `dev`, at
+/// random (`numgen random` in the prerouting hook), with a counter ([`table_dropped_packets`]).
+///
+/// The drop is on arrival rather than in the sender's output hook: a packet dropped in the
+/// output hook fails the sender's `sendmsg` with EPERM (a local firewall, not a lossy link),
+/// and it would drop a whole GSO batch at once.
+pub fn add_ingress_loss(netns: &str, dev: &str, table: &str, one_in: u32) -> Result<(), String> {
+    let modulus = one_in.to_string();
+    add_prerouting_table(netns, table, 0)?;
+    exec_in(
+        netns,
+        "nft",
+        &[
+            "add", "rule", "inet", table, "in", "iifname", dev, "numgen", "random", "mod",
+            &modulus, "0", "counter", "drop",
+        ],
+    )
+    .map(drop)
+}
+
+/// Turns IPv6 off in `netns` before its interfaces exist: the mesh is IPv4 only, and IPv6's own
+/// chatter (router and neighbour solicitations, MLD reports) would otherwise cross the loss and
+/// partition rules and blur their counters.
+fn disable_ipv6(netns: &str) -> Result<(), String> {
+    for scope in ["all", "default"] {
+        let key = format!("net.ipv6.conf.{scope}.disable_ipv6=1");
+        exec_in(netns, "sysctl", &["-q", "-w", &key])?;
+    }
+    Ok(())
+}
+
+/// Adds nft table `table` with one chain `in` in the prerouting hook at `priority`.
+fn add_prerouting_table(netns: &str, table: &str, priority: i32) -> Result<(), String> {
+    exec_in(netns, "nft", &["add", "table", "inet", table])?;
+    let chain = format!("{{ type filter hook prerouting priority {priority}; policy accept; }}");
+    exec_in(netns, "nft", &["add", "chain", "inet", table, "in", &chain]).map(drop)
+}
+
+/// Packets counted by the first counter of nft table `table` in `netns`.
+pub fn table_dropped_packets(netns: &str, table: &str) -> Result<u64, String> {
+    let listing = exec_in(netns, "nft", &["list", "table", "inet", table])?;
+    parse_counter_packets(&listing)
+        .ok_or_else(|| format!("no counter in nft table {table}: {listing}"))
 }
 
 /// The packet count of the first `counter packets N bytes M` in an nft listing.
@@ -269,6 +288,280 @@ impl Drop for NetnsPair {
             }
         }
         // Deleting a namespace destroys the veth end inside it, and with it the pair.
+        for netns in self.created.drain(..) {
+            if let Err(error) = run("ip", &["netns", "del", &netns]) {
+                eprintln!("cleanup: {error}");
+            }
+        }
+    }
+}
+
+/// Nodes a [`NetnsMesh`] may have (addresses are 10.78.0.1..=254; the hub's ports are named
+/// by index).
+pub const MESH_NODES_MAX: usize = 64;
+/// Name of each node's interface inside its own namespace (names are per namespace).
+const MESH_NODE_DEV: &str = "mesh0";
+/// Name of the bridge inside the hub namespace.
+const MESH_BRIDGE: &str = "meshbr";
+/// nft table of a node's random loss.
+const LOSS_TABLE: &str = "icn_loss";
+/// nft table of a node's partition rule; runs before the loss table so that a packet the
+/// partition drops is counted there, not as random loss.
+const PARTITION_TABLE: &str = "icn_partition";
+const PARTITION_PRIORITY: i32 = -10;
+
+/// One node of a [`NetnsMesh`]: its namespace, its interface there, its address.
+#[derive(Clone, Debug)]
+pub struct MeshNode {
+    pub netns: String,
+    pub dev: String,
+    pub addr: Ipv4Addr,
+}
+
+/// `n` namespaces, each with one veth whose other end is a port of a bridge in a hub namespace:
+/// a switch between all nodes, like a rack. Nothing is added to the caller's namespace.
+///
+/// Impairments are per node: a rate cap on what it sends ([`NetnsMesh::add_rate_cap`]), random
+/// loss of what it receives ([`NetnsMesh::add_ingress_loss`]), and a partition of the nodes into
+/// two sides ([`NetnsMesh::partition`], [`NetnsMesh::heal`]). Every veth segments GSO batches
+/// before sending, so every impairment acts on single packets. Drop deletes every namespace
+/// (with them the veths, the bridge and the nft tables), on panics too.
+pub struct NetnsMesh {
+    pub hub: String,
+    pub nodes: Vec<MeshNode>,
+    /// Namespaces created so far (all of them once `create` returns).
+    created: Vec<String>,
+    /// Nodes whose loss table exists.
+    lossy: Vec<usize>,
+    /// Nodes whose partition table exists (empty when healed).
+    partitioned: Vec<usize>,
+    /// Packets dropped by partitions already healed.
+    healed_partition_dropped: u64,
+}
+
+impl NetnsMesh {
+    pub fn create(n: usize) -> Result<NetnsMesh, String> {
+        if !(2..=MESH_NODES_MAX).contains(&n) {
+            return Err(format!("a mesh has 2..={MESH_NODES_MAX} nodes, not {n}"));
+        }
+        let tag = format!("{:06x}", random_u64() & 0xff_ffff);
+        let prefix = format!("icn-{}-{tag}", std::process::id());
+        let nodes = (0..n)
+            .map(|index| MeshNode {
+                netns: format!("{prefix}-n{index}"),
+                dev: MESH_NODE_DEV.to_string(),
+                addr: Ipv4Addr::new(10, 78, 0, index as u8 + 1),
+            })
+            .collect();
+        let mut mesh = NetnsMesh {
+            hub: format!("{prefix}-hub"),
+            nodes,
+            created: Vec::new(),
+            lossy: Vec::new(),
+            partitioned: Vec::new(),
+            healed_partition_dropped: 0,
+        };
+        // On error, `mesh` drops here and removes whatever was created.
+        mesh.build()?;
+        Ok(mesh)
+    }
+
+    fn build(&mut self) -> Result<(), String> {
+        let hub = self.hub.clone();
+        run("ip", &["netns", "add", &hub])?;
+        self.created.push(hub.clone());
+        disable_ipv6(&hub)?;
+        run("ip", &["-n", &hub, "link", "set", "lo", "up"])?;
+        run(
+            "ip",
+            &["-n", &hub, "link", "add", MESH_BRIDGE, "type", "bridge"],
+        )?;
+        run("ip", &["-n", &hub, "link", "set", MESH_BRIDGE, "up"])?;
+        for index in 0..self.nodes.len() {
+            let node = self.nodes[index].clone();
+            run("ip", &["netns", "add", &node.netns])?;
+            self.created.push(node.netns.clone());
+            disable_ipv6(&node.netns)?;
+            self.attach(index, &node)?;
+        }
+        Ok(())
+    }
+
+    /// Connects `node` to the hub's bridge and gives it its address.
+    fn attach(&self, index: usize, node: &MeshNode) -> Result<(), String> {
+        let port = format!("port{index}");
+        run(
+            "ip",
+            &[
+                "link",
+                "add",
+                &port,
+                "netns",
+                &self.hub,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &node.dev,
+                "netns",
+                &node.netns,
+            ],
+        )?;
+        run(
+            "ip",
+            &["-n", &self.hub, "link", "set", &port, "master", MESH_BRIDGE],
+        )?;
+        run("ip", &["-n", &self.hub, "link", "set", &port, "up"])?;
+        // The bridge forwards whatever the node sent; segmenting on both ends keeps it per packet.
+        segment_before_sending(&self.hub, &port)?;
+        segment_before_sending(&node.netns, &node.dev)?;
+        let cidr = format!("{}/24", node.addr);
+        run(
+            "ip",
+            &["-n", &node.netns, "addr", "add", &cidr, "dev", &node.dev],
+        )?;
+        run("ip", &["-n", &node.netns, "link", "set", &node.dev, "up"])?;
+        run("ip", &["-n", &node.netns, "link", "set", "lo", "up"])?;
+        disable_ipv6(&node.netns)
+    }
+
+    fn node(&self, index: usize) -> Result<&MeshNode, String> {
+        self.nodes
+            .get(index)
+            .ok_or_else(|| format!("no node {index} in a mesh of {}", self.nodes.len()))
+    }
+
+    /// Caps what node `index` sends at `rate` (tc syntax, e.g. "20mbit").
+    pub fn add_rate_cap(&self, index: usize, rate: &str) -> Result<(), String> {
+        let node = self.node(index)?;
+        add_rate_cap(&node.netns, &node.dev, rate)
+    }
+
+    /// Drops one in `one_in` packets node `index` receives, at random.
+    pub fn add_ingress_loss(&mut self, index: usize, one_in: u32) -> Result<(), String> {
+        let node = self.node(index)?.clone();
+        if self.lossy.contains(&index) {
+            return Err(format!("node {index} already has a loss rule"));
+        }
+        add_ingress_loss(&node.netns, &node.dev, LOSS_TABLE, one_in)?;
+        self.lossy.push(index);
+        Ok(())
+    }
+
+    /// Packets the random loss of node `index` dropped so far (0 without a loss rule).
+    pub fn loss_dropped_packets(&self, index: usize) -> Result<u64, String> {
+        let node = self.node(index)?;
+        if !self.lossy.contains(&index) {
+            return Ok(0);
+        }
+        table_dropped_packets(&node.netns, LOSS_TABLE)
+    }
+
+    /// Cuts the nodes in `side` off from all others, both ways: every node drops what arrives
+    /// from the other side. Nodes on the same side still reach each other.
+    pub fn partition(&mut self, side: &[usize]) -> Result<(), String> {
+        if !self.partitioned.is_empty() {
+            return Err("already partitioned: heal first".into());
+        }
+        if side.is_empty() || side.len() >= self.nodes.len() {
+            return Err(format!(
+                "a partition side of {} nodes cuts nothing",
+                side.len()
+            ));
+        }
+        for &index in side {
+            self.node(index)?;
+        }
+        let (inside, outside): (Vec<usize>, Vec<usize>) =
+            (0..self.nodes.len()).partition(|index| side.contains(index));
+        for (members, others) in [(&inside, &outside), (&outside, &inside)] {
+            let others = self.address_set(others);
+            for &index in members {
+                self.partitioned.push(index);
+                self.add_partition_rule(index, &others)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// An nft anonymous set of the nodes' addresses: `{ 10.78.0.1, 10.78.0.2 }`.
+    fn address_set(&self, indices: &[usize]) -> String {
+        let addrs: Vec<String> = indices
+            .iter()
+            .map(|&index| self.nodes[index].addr.to_string())
+            .collect();
+        format!("{{ {} }}", addrs.join(", "))
+    }
+
+    fn add_partition_rule(&self, index: usize, sources: &str) -> Result<(), String> {
+        let node = &self.nodes[index];
+        add_prerouting_table(&node.netns, PARTITION_TABLE, PARTITION_PRIORITY)?;
+        exec_in(
+            &node.netns,
+            "nft",
+            &[
+                "add",
+                "rule",
+                "inet",
+                PARTITION_TABLE,
+                "in",
+                "iifname",
+                &node.dev,
+                "ip",
+                "saddr",
+                sources,
+                "counter",
+                "drop",
+            ],
+        )
+        .map(drop)
+    }
+
+    /// Removes the partition; returns the packets it dropped.
+    pub fn heal(&mut self) -> Result<u64, String> {
+        let dropped = self.current_partition_dropped();
+        let mut first_error = None;
+        for index in std::mem::take(&mut self.partitioned) {
+            let node = &self.nodes[index];
+            let deleted = exec_in(
+                &node.netns,
+                "nft",
+                &["delete", "table", "inet", PARTITION_TABLE],
+            );
+            if let Err(error) = deleted {
+                first_error.get_or_insert(error);
+            }
+        }
+        self.healed_partition_dropped += dropped;
+        first_error.map_or(Ok(dropped), Err)
+    }
+
+    /// Packets every partition so far dropped (the current one included).
+    pub fn partition_dropped_packets(&self) -> u64 {
+        self.healed_partition_dropped + self.current_partition_dropped()
+    }
+
+    fn current_partition_dropped(&self) -> u64 {
+        // A table half-built by a failed `partition` may lack its rule: count what exists.
+        self.partitioned
+            .iter()
+            .filter_map(|&index| {
+                table_dropped_packets(&self.nodes[index].netns, PARTITION_TABLE).ok()
+            })
+            .sum()
+    }
+
+    /// The namespaces this mesh owns (hub first), for checks that they are gone.
+    pub fn namespaces(&self) -> Vec<String> {
+        let mut names = vec![self.hub.clone()];
+        names.extend(self.nodes.iter().map(|node| node.netns.clone()));
+        names
+    }
+}
+
+impl Drop for NetnsMesh {
+    fn drop(&mut self) {
+        // A namespace takes its interfaces, the bridge and its nft tables with it.
         for netns in self.created.drain(..) {
             if let Err(error) = run("ip", &["netns", "del", &netns]) {
                 eprintln!("cleanup: {error}");
@@ -303,5 +596,107 @@ mod tests {
         let listing = "table inet t {\n chain out {\n numgen random mod 10 0 counter packets 42 bytes 6300 drop\n }\n}";
         assert_eq!(parse_counter_packets(listing), Some(42));
         assert_eq!(parse_counter_packets("table inet t {}"), None);
+    }
+
+    /// Datagrams sent from node `from` to node `to` (one thread in each namespace) that arrive.
+    fn udp_probe(mesh: &NetnsMesh, from: usize, to: usize, count: usize) -> usize {
+        use std::net::UdpSocket;
+        use std::sync::mpsc;
+        use std::time::Duration;
+        const PROBE_PORT: u16 = 4999;
+        let (source, target) = (mesh.nodes[from].clone(), mesh.nodes[to].clone());
+        let (bound_tx, bound_rx) = mpsc::channel();
+        std::thread::scope(|scope| {
+            let receiver = scope.spawn(move || {
+                enter_netns(&target.netns).unwrap();
+                let socket = UdpSocket::bind((target.addr, PROBE_PORT)).unwrap();
+                socket
+                    .set_read_timeout(Some(Duration::from_millis(300)))
+                    .unwrap();
+                bound_tx.send(()).unwrap();
+                let mut buf = [0u8; 64];
+                // Bounded: every datagram is read once, and a quiet 300 ms ends the loop.
+                (0..count)
+                    .take_while(|_| socket.recv(&mut buf).is_ok())
+                    .count()
+            });
+            bound_rx.recv().unwrap();
+            scope.spawn(move || {
+                enter_netns(&source.netns).unwrap();
+                let socket = UdpSocket::bind((source.addr, 0)).unwrap();
+                for sequence in 0..count {
+                    socket
+                        .send_to(&sequence.to_le_bytes(), (target.addr, PROBE_PORT))
+                        .unwrap();
+                    // Paced, so that no socket buffer overflows and every loss is nft's.
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            });
+            receiver.join().unwrap()
+        })
+    }
+
+    #[test]
+    fn mesh_partitions_and_heals() {
+        if !can_run("netns::mesh_partitions_and_heals") {
+            return;
+        }
+        let mut mesh = NetnsMesh::create(3).unwrap();
+        assert_eq!(udp_probe(&mesh, 0, 1, 20), 20, "a clean link loses nothing");
+        mesh.partition(&[0]).unwrap();
+        assert_eq!(udp_probe(&mesh, 0, 1, 20), 0, "0 is cut off from 1");
+        assert_eq!(udp_probe(&mesh, 2, 0, 20), 0, "and 2 from 0");
+        assert_eq!(udp_probe(&mesh, 1, 2, 20), 20, "1 and 2 share a side");
+        assert_eq!(mesh.partition_dropped_packets(), 40);
+        assert_eq!(mesh.heal().unwrap(), 40);
+        assert_eq!(udp_probe(&mesh, 0, 1, 20), 20, "healed");
+        assert_eq!(mesh.partition_dropped_packets(), 40);
+    }
+
+    #[test]
+    fn mesh_loss_drops_and_counts_single_packets() {
+        if !can_run("netns::mesh_loss_drops_and_counts_single_packets") {
+            return;
+        }
+        let mut mesh = NetnsMesh::create(2).unwrap();
+        mesh.add_ingress_loss(1, 2).unwrap();
+        let sent = 200;
+        let arrived = udp_probe(&mesh, 0, 1, sent);
+        let dropped = mesh.loss_dropped_packets(1).unwrap();
+        assert_eq!(
+            arrived as u64 + dropped,
+            sent as u64,
+            "every packet is accounted for"
+        );
+        assert!(
+            (40..=160).contains(&dropped),
+            "1 in 2 of 200 dropped, not {dropped}"
+        );
+        assert_eq!(mesh.loss_dropped_packets(0).unwrap(), 0);
+    }
+
+    #[test]
+    fn mesh_namespaces_are_removed_when_a_test_panics() {
+        if !can_run("netns::mesh_namespaces_are_removed_when_a_test_panics") {
+            return;
+        }
+        let mut mesh = NetnsMesh::create(3).unwrap();
+        mesh.add_ingress_loss(0, 10).unwrap();
+        mesh.partition(&[2]).unwrap();
+        let names = mesh.namespaces();
+        let listing = run("ip", &["netns", "list"]).unwrap();
+        assert!(names.iter().all(|name| listing.contains(name.as_str())));
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _mesh = mesh;
+            panic!("a failing test body (expected)");
+        }));
+        assert!(unwound.is_err());
+        let listing = run("ip", &["netns", "list"]).unwrap();
+        for name in &names {
+            assert!(
+                !listing.contains(name.as_str()),
+                "{name} survived: {listing}"
+            );
+        }
     }
 }
