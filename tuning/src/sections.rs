@@ -306,13 +306,16 @@ section! {
         /// Slot updates in flight to one peer; more wait in that peer's queue (which holds slot
         /// numbers, at most gossip.slots_max). 64 keeps a 1 ms link busy with small updates.
         updates_in_flight_per_peer_max: usize in 1..=4096 = GOSSIP_UPDATES_IN_FLIGHT_PER_PEER_MAX_DEFAULT = 64;
-        /// Artifact fetches in flight to one peer. 8 spreads a burst of adverts over the peers
-        /// that advertised them while keeping each link busy.
-        downloads_in_flight_per_peer_max: usize in 1..=4096 = GOSSIP_DOWNLOADS_IN_FLIGHT_PER_PEER_MAX_DEFAULT = 8;
+        /// Artifact fetches in flight to one peer. Small artifacts are latency bound: 32 keeps
+        /// a 1 ms link busy with 1 KiB fetches (about 32k/s per peer) while a burst of adverts
+        /// still spreads over the peers that advertised them. Stays below
+        /// rpc.requests_in_flight_max together with gossip.updates_in_flight_per_peer_max.
+        downloads_in_flight_per_peer_max: usize in 1..=4096 = GOSSIP_DOWNLOADS_IN_FLIGHT_PER_PEER_MAX_DEFAULT = 32;
         /// Artifact fetches in flight per artifact kind, over all peers. Each holds up to
         /// gossip.download_chunk_bytes (or a whole artifact below the chunking threshold) of
-        /// response: 64 × 1 MiB = 64 MiB worst case per kind.
-        downloads_in_flight_max: usize in 1..=65_536 = GOSSIP_DOWNLOADS_IN_FLIGHT_MAX_DEFAULT = 64;
+        /// response: 256 × 1 MiB = 256 MiB worst case per kind, reached only when every fetch
+        /// is a large chunk (QUIC's connection windows bound what actually arrives at once).
+        downloads_in_flight_max: usize in 1..=65_536 = GOSSIP_DOWNLOADS_IN_FLIGHT_MAX_DEFAULT = 256;
         /// Artifacts larger than this are fetched in chunks of gossip.download_chunk_bytes, each
         /// from a different advertiser where several exist.
         chunking_threshold_bytes: usize in (64 << 10)..=(1 << 30) = GOSSIP_CHUNKING_THRESHOLD_BYTES_DEFAULT = 2 << 20;
