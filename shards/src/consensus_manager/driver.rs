@@ -289,7 +289,8 @@ impl GossipHandle {
 
     /// Withdraws `id` from every peer (the pool aborted it).
     pub fn abort(&self, id: &ArtifactId) -> bool {
-        let removed = self.inner.sender.borrow_mut().abort(id);
+        let now = self.inner.runtime.now();
+        let removed = self.inner.sender.borrow_mut().abort(id, now);
         self.inner.wake.notify();
         removed
     }

@@ -24,6 +24,12 @@ use crate::artifact::{Advert, Artifact, ArtifactId, ArtifactKind};
 /// A slot's number in the sender's table.
 pub type SlotNumber = u64;
 
+/// How long a freed slot waits before its "cleared" update is queued. Slots are reused last-in
+/// first-out, so under load a freed slot usually holds a new artifact within this time and only
+/// that is sent (a receiver drops the slot's old advert when the slot is overwritten): one update
+/// per reuse instead of two. Bounds how long a withdrawn artifact stays advertised to 50 ms.
+pub const CLEAR_COALESCE: Duration = Duration::from_millis(50);
+
 /// The table is full: the artifact was not added.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("slot table full ({slots_max} slots)")]
@@ -147,6 +153,9 @@ pub struct Sender {
     by_id: HashMap<ArtifactId, SlotNumber>,
     commit_id: u64,
     outboxes: BTreeMap<NodeId, Outbox>,
+    /// Freed slots whose clear is not queued yet: (due, slot, commit of the clear), in due
+    /// order; at most one entry per abort, so at most `slots_max` after purges.
+    pending_clears: VecDeque<(Duration, SlotNumber, u64)>,
     /// Where the next poll starts among the peers, so that one busy peer cannot starve others.
     poll_cursor: Option<NodeId>,
     stats: SenderStats,
@@ -164,6 +173,7 @@ impl Sender {
             by_id: HashMap::new(),
             commit_id: 0,
             outboxes: BTreeMap::new(),
+            pending_clears: VecDeque::new(),
             poll_cursor: None,
             stats: SenderStats::default(),
         }
@@ -230,9 +240,10 @@ impl Sender {
         Ok(slot)
     }
 
-    /// Frees the slot holding `id` and queues a "cleared" update to every peer. Returns false
-    /// when `id` is not in the table.
-    pub fn abort(&mut self, id: &ArtifactId) -> bool {
+    /// Frees the slot holding `id`; a "cleared" update goes to every peer after
+    /// [`CLEAR_COALESCE`] unless the slot is reused first. Returns false when `id` is not in the
+    /// table.
+    pub fn abort(&mut self, id: &ArtifactId, now: Duration) -> bool {
         let Some(slot) = self.by_id.remove(id) else {
             return false;
         };
@@ -243,8 +254,22 @@ impl Sender {
         });
         self.free.push(slot);
         self.stats.artifacts_aborted += 1;
-        self.queue_everywhere(slot);
+        self.pending_clears
+            .push_back((now + CLEAR_COALESCE, slot, self.commit_id));
         true
+    }
+
+    /// Queues the clears that are due and whose slot was not reused meanwhile.
+    fn queue_due_clears(&mut self, now: Duration) {
+        while let Some(&(due, slot, commit)) = self.pending_clears.front() {
+            if due > now {
+                break;
+            }
+            self.pending_clears.pop_front();
+            if Self::commit_of(&self.slots, slot) == Some(commit) {
+                self.queue_everywhere(slot);
+            }
+        }
     }
 
     fn queue_everywhere(&mut self, slot: SlotNumber) {
@@ -282,6 +307,7 @@ impl Sender {
 
     /// The next update to send, if any peer has one due and room in flight.
     pub fn poll_update(&mut self, now: Duration) -> Option<OutboundUpdate> {
+        self.queue_due_clears(now);
         let peers: Vec<NodeId> = self.peer_order();
         for peer in peers {
             if let Some(update) = self.poll_peer(peer, now) {
@@ -388,12 +414,14 @@ impl Sender {
         self.stats.updates_retried += 1;
     }
 
-    /// When the earliest retry is due (for the driver's timer).
+    /// When the earliest retry or pending clear is due (for the driver's timer).
     pub fn next_retry_at(&self) -> Option<Duration> {
+        let clear = self.pending_clears.front().map(|(due, _, _)| *due);
         self.outboxes
             .values()
             .filter(|outbox| outbox.in_flight.len() < self.config.updates_in_flight_per_peer_max)
             .filter_map(|outbox| outbox.retries.first_key_value().map(|((when, _), _)| *when))
+            .chain(clear)
             .min()
     }
 
@@ -506,17 +534,17 @@ mod tests {
         for update in &first {
             sender.update_done(update, true, Duration::ZERO);
         }
-        assert!(sender.abort(&ArtifactId::from_slice(b"x0")));
+        assert!(sender.abort(&ArtifactId::from_slice(b"x0"), Duration::ZERO));
         let slot = sender.add(artifact("new", 1), false).unwrap();
         assert_eq!(slot, 0, "the freed slot is reused");
-        let rest = drain(&mut sender, Duration::ZERO);
+        let rest = drain(&mut sender, CLEAR_COALESCE);
         // x2, x3 and slot 0 once (its newest state, not the intermediate clear).
         assert_eq!(rest.len(), 2);
         for update in &rest {
             sender.update_done(update, true, Duration::ZERO);
         }
-        let last = drain(&mut sender, Duration::ZERO);
-        assert_eq!(last.len(), 1);
+        let last = drain(&mut sender, CLEAR_COALESCE);
+        assert_eq!(last.len(), 1, "the reuse replaced the clear: {last:?}");
         assert!(matches!(&last[0].message, UpdateMessage::Push(a) if a.id().as_bytes() == b"new"));
     }
 
@@ -527,8 +555,13 @@ mod tests {
         sender.add(artifact("gone", 1), false).unwrap();
         let added = drain(&mut sender, Duration::ZERO);
         sender.update_done(&added[0], true, Duration::ZERO);
-        sender.abort(&ArtifactId::from_slice(b"gone"));
-        let cleared = drain(&mut sender, Duration::ZERO);
+        sender.abort(&ArtifactId::from_slice(b"gone"), Duration::ZERO);
+        assert!(
+            drain(&mut sender, Duration::ZERO).is_empty(),
+            "coalescing delay"
+        );
+        assert_eq!(sender.next_retry_at(), Some(CLEAR_COALESCE));
+        let cleared = drain(&mut sender, CLEAR_COALESCE);
         assert_eq!(
             cleared[0].message,
             UpdateMessage::Cleared(ArtifactId::from_slice(b"gone"))
@@ -570,8 +603,8 @@ mod tests {
         sender.update_done(&retried[0], false, Duration::from_millis(10));
         // Second failure: 20 ms. Meanwhile the artifact is aborted: the retry is dropped and the
         // clear goes out instead.
-        sender.abort(&ArtifactId::from_slice(b"a"));
-        let next = drain(&mut sender, Duration::from_millis(40));
+        sender.abort(&ArtifactId::from_slice(b"a"), Duration::from_millis(10));
+        let next = drain(&mut sender, Duration::from_millis(10) + CLEAR_COALESCE);
         assert_eq!(next.len(), 1);
         assert!(matches!(next[0].message, UpdateMessage::Cleared(_)));
     }
