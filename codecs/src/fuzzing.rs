@@ -19,7 +19,7 @@ use crate::frame::{FrameHeader, FrameLimits, FRAME_HEADER_BYTES};
 use crate::limits::CodecLimits;
 use crate::payload::{
     decode_artifact_request, decode_chunk_request, decode_manifest_request, decode_slot_update,
-    decode_state_advert,
+    decode_slot_updates, decode_state_advert,
 };
 
 /// The names of the functions below, which are also the fuzz targets and corpus directories.
@@ -32,6 +32,7 @@ pub const TARGETS: &[&str] = &[
     "heartbeat",
     "goaway",
     "slot_update",
+    "slot_updates",
     "artifact_request",
     "state_advert",
     "manifest_request",
@@ -50,6 +51,7 @@ pub fn run(target: &str, data: &[u8]) -> Option<Result<(), DecodeError>> {
         "heartbeat" => heartbeat,
         "goaway" => goaway,
         "slot_update" => slot_update,
+        "slot_updates" => slot_updates,
         "artifact_request" => artifact_request,
         "state_advert" => state_advert,
         "manifest_request" => manifest_request,
@@ -132,6 +134,28 @@ round_trip!(
     encode_manifest_request
 );
 round_trip!(chunk_request, decode_chunk_request, encode_chunk_request);
+
+/// Updates a batch may hold in the fuzz targets (the consensus manager's bound is its own).
+pub const SLOT_UPDATES_MAX: usize = 64;
+
+pub fn slot_updates(data: &[u8]) -> Result<(), DecodeError> {
+    let updates = decode_slot_updates(data, &limits(), SLOT_UPDATES_MAX)?;
+    let mut encoder = Encoder::new(limits());
+    let mut body = Vec::new();
+    for (update, artifact) in &updates {
+        body.extend_from_slice(
+            encoder
+                .encode_slot_update(update)
+                .expect("a decoded SlotUpdate re-encodes"),
+        );
+        body.extend_from_slice(artifact);
+    }
+    assert_eq!(
+        decode_slot_updates(&body, &limits(), SLOT_UPDATES_MAX),
+        Ok(updates)
+    );
+    Ok(())
+}
 
 pub fn slot_update(data: &[u8]) -> Result<(), DecodeError> {
     let (update, artifact) = decode_slot_update(data, &limits())?;

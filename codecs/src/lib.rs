@@ -47,6 +47,6 @@ pub use frame::{
 pub use limits::CodecLimits;
 pub use payload::{
     decode_artifact_request, decode_chunk_request, decode_manifest_request, decode_slot_update,
-    decode_state_advert, ArtifactRequest, ChunkRequest, ManifestRequest, SlotUpdate, StateAdvert,
-    HASH_BYTES,
+    decode_slot_updates, decode_state_advert, ArtifactRequest, ChunkRequest, ManifestRequest,
+    SlotUpdate, StateAdvert, HASH_BYTES,
 };

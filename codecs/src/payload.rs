@@ -72,6 +72,55 @@ pub fn decode_slot_update<'a>(
     limits: &CodecLimits,
 ) -> Result<(SlotUpdate<'a>, &'a [u8]), DecodeError> {
     let (table, artifact) = verify::size_prefixed_root::<wire::SlotUpdate>(body, limits)?;
+    let update = slot_update_fields(table, limits)?;
+    check_pushed_artifact(&update, artifact)?;
+    Ok((update, artifact))
+}
+
+/// Decodes a body of one or more slot updates, each a size-prefixed SlotUpdate followed by its
+/// pushed artifact (if any): how a sender batches the updates it has for one peer into one
+/// request. A body of one update is exactly what [`decode_slot_update`] reads. At most
+/// `updates_max` updates; an empty body, a truncated update or trailing bytes are errors.
+pub fn decode_slot_updates<'a>(
+    body: &'a [u8],
+    limits: &CodecLimits,
+    updates_max: usize,
+) -> Result<Vec<(SlotUpdate<'a>, &'a [u8])>, DecodeError> {
+    let mut updates = Vec::new();
+    let mut rest = body;
+    loop {
+        check_decode_limit(
+            "slot_updates_per_message_max",
+            updates.len() + 1,
+            updates_max,
+        )?;
+        let (table, after) = verify::size_prefixed_root::<wire::SlotUpdate>(rest, limits)?;
+        let update = slot_update_fields(table, limits)?;
+        let pushed_bytes = if update.artifact_pushed {
+            update.artifact_bytes
+        } else {
+            0
+        };
+        let (artifact, next) = usize::try_from(pushed_bytes)
+            .ok()
+            .and_then(|bytes| after.split_at_checked(bytes))
+            .ok_or(DecodeError::ArtifactLengthMismatch {
+                declared: pushed_bytes,
+                got: after.len() as u64,
+            })?;
+        check_pushed_artifact(&update, artifact)?;
+        updates.push((update, artifact));
+        if next.is_empty() {
+            return Ok(updates);
+        }
+        rest = next;
+    }
+}
+
+fn slot_update_fields<'a>(
+    table: wire::SlotUpdate<'a>,
+    limits: &CodecLimits,
+) -> Result<SlotUpdate<'a>, DecodeError> {
     let artifact_id = table.artifact_id().bytes();
     check_decode_limit("id_bytes_max", artifact_id.len(), limits.id_bytes_max)?;
     let attributes = table
@@ -83,7 +132,7 @@ pub fn decode_slot_update<'a>(
         attributes.len(),
         limits.attributes_bytes_max,
     )?;
-    let update = SlotUpdate {
+    Ok(SlotUpdate {
         artifact_kind: table.artifact_kind(),
         slot: table.slot(),
         commit_id: table.commit_id(),
@@ -92,9 +141,7 @@ pub fn decode_slot_update<'a>(
         artifact_bytes: table.artifact_bytes(),
         artifact_pushed: table.artifact_pushed(),
         slot_cleared: table.slot_cleared(),
-    };
-    check_pushed_artifact(&update, artifact)?;
-    Ok((update, artifact))
+    })
 }
 
 fn check_pushed_artifact(update: &SlotUpdate<'_>, artifact: &[u8]) -> Result<(), DecodeError> {

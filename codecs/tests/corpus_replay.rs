@@ -421,6 +421,47 @@ fn slot_update_seeds() -> Vec<Seed> {
     ]
 }
 
+fn slot_updates_seeds() -> Vec<Seed> {
+    let t = "slot_updates";
+    let advert = SlotUpdate {
+        artifact_kind: 2,
+        slot: 17,
+        commit_id: 1_000,
+        artifact_id: b"block-proposal-hash-0123456789abcdef",
+        attributes: b"height=12",
+        artifact_bytes: 1 << 20,
+        artifact_pushed: false,
+        slot_cleared: false,
+    };
+    let pushed = SlotUpdate {
+        slot: 18,
+        artifact_bytes: 5,
+        artifact_pushed: true,
+        ..advert
+    };
+    let cleared = SlotUpdate {
+        slot: 19,
+        artifact_bytes: 0,
+        slot_cleared: true,
+        ..advert
+    };
+    let advert_body = encoder().encode_slot_update(&advert).unwrap().to_vec();
+    let pushed_body = encoder().encode_slot_update(&pushed).unwrap().to_vec();
+    let cleared_body = encoder().encode_slot_update(&cleared).unwrap().to_vec();
+    let three = concat(&[&advert_body, &pushed_body, b"hello", &cleared_body]);
+    let too_many: Vec<u8> = (0..=icn_codecs::fuzzing::SLOT_UPDATES_MAX)
+        .flat_map(|_| advert_body.clone())
+        .collect();
+    vec![
+        seed(t, "valid-one", advert_body.clone()),
+        seed(t, "valid-three", three.clone()),
+        seed(t, "invalid-empty", Vec::new()),
+        seed(t, "invalid-pushed-short", concat(&[&pushed_body, b"hel"])),
+        seed(t, "invalid-trailing", concat(&[&three, b"!"])),
+        seed(t, "invalid-too-many", too_many),
+    ]
+}
+
 fn artifact_request_seeds() -> Vec<Seed> {
     let t = "artifact_request";
     let request = ArtifactRequest {
@@ -546,6 +587,7 @@ fn seeds() -> Vec<Seed> {
     seeds.extend(response_seeds());
     seeds.extend(cancel_heartbeat_goaway_seeds());
     seeds.extend(slot_update_seeds());
+    seeds.extend(slot_updates_seeds());
     seeds.extend(artifact_request_seeds());
     seeds.extend(state_sync_seeds());
     seeds

@@ -304,8 +304,10 @@ section! {
         /// case, reached only by peers that all misbehave.
         peer_advert_bytes_max: usize in (64 << 10)..=(1 << 30) = GOSSIP_PEER_ADVERT_BYTES_MAX_DEFAULT = 4 << 20;
         /// Slot updates in flight to one peer; more wait in that peer's queue (which holds slot
-        /// numbers, at most gossip.slots_max). 64 keeps a 1 ms link busy with small updates.
-        updates_in_flight_per_peer_max: usize in 1..=4096 = GOSSIP_UPDATES_IN_FLIGHT_PER_PEER_MAX_DEFAULT = 64;
+        /// numbers, at most gossip.slots_max). Updates travel in batches of up to 64 per request,
+        /// so 256 is at most 4 requests in flight per peer: a 1 ms link stays busy with small
+        /// updates while the in-flight set stays a few KiB.
+        updates_in_flight_per_peer_max: usize in 1..=4096 = GOSSIP_UPDATES_IN_FLIGHT_PER_PEER_MAX_DEFAULT = 256;
         /// Artifact fetches in flight to one peer. Small artifacts are latency bound: 32 keeps
         /// a 1 ms link busy with 1 KiB fetches (about 32k/s per peer) while a burst of adverts
         /// still spreads over the peers that advertised them. Stays below

@@ -13,7 +13,7 @@
 //! updates are refused as busy (the sender retries), so nothing is lost and nothing grows.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -26,7 +26,7 @@ use super::receiver::{
     Fetch, FetchId, Offence, Receiver, ReceiverConfig, ReceiverEvent, UpdateRefused,
 };
 use super::sender::{OutboundUpdate, Sender, SenderConfig, ServeError};
-use super::wire::{self, decode_fetch, decode_update, encode_fetch, encode_update};
+use super::wire::{self, decode_fetch, decode_updates, encode_fetch, encode_updates};
 use super::{Backoff, ReceiverStats, SenderStats};
 use crate::artifact::{Artifact, ArtifactId, ArtifactKind, ArtifactPool, Transmit};
 use crate::runtime::{timeout, Runtime, TaskHandle};
@@ -124,7 +124,7 @@ struct Inner {
     inbound_signal: Rc<Signal>,
     /// Wakes the event loop.
     wake: Signal,
-    update_outcomes: RefCell<Vec<(OutboundUpdate, bool, u64)>>,
+    update_outcomes: RefCell<Vec<(Vec<OutboundUpdate>, bool, u64)>>,
     fetch_outcomes: RefCell<Vec<(FetchId, Option<Buf>)>>,
     update_tasks: RefCell<HashMap<u64, TaskHandle>>,
     fetch_tasks: RefCell<HashMap<FetchId, TaskHandle>>,
@@ -209,8 +209,8 @@ impl GossipHandle {
 
     fn on_update(&self, ctx: RequestContext, body: Buf) -> Result<Buf, RpcError> {
         let inner = &self.inner;
-        let update = match decode_update(&body, inner.kind, &inner.config.codec_limits) {
-            Ok(update) => update,
+        let updates = match decode_updates(&body, inner.kind, &inner.config.codec_limits) {
+            Ok(updates) => updates,
             Err(error) => {
                 inner
                     .undecodable_messages
@@ -223,20 +223,32 @@ impl GossipHandle {
             return Err(busy());
         }
         let now = inner.runtime.now();
-        let result = {
+        let mut refused = None;
+        {
             let pool = inner.pool.borrow();
             let want = |advert: &_| pool.want(advert);
             let matches = |advert: &_, payload: &[u8]| pool.matches(advert, payload);
-            inner
-                .receiver
-                .borrow_mut()
-                .handle_update(ctx.peer, ctx.conn, update, now, &want, &matches)
-        };
+            let mut receiver = inner.receiver.borrow_mut();
+            for update in updates {
+                // Every update is applied even after a refusal: a retry of the batch finds the
+                // applied ones stale, so nothing is applied twice.
+                if let Err(error) =
+                    receiver.handle_update(ctx.peer, ctx.conn, update, now, &want, &matches)
+                {
+                    refused = match (refused, error) {
+                        (Some(UpdateRefused::Offence(first)), _) => {
+                            Some(UpdateRefused::Offence(first))
+                        }
+                        (_, error) => Some(error),
+                    };
+                }
+            }
+        }
         inner.wake.notify();
-        match result {
-            Ok(()) => Ok(Buf::empty()),
-            Err(UpdateRefused::Busy) => Err(busy()),
-            Err(UpdateRefused::Offence(offence)) => Err(RpcError::PeerMisbehaved(format!(
+        match refused {
+            None => Ok(Buf::empty()),
+            Some(UpdateRefused::Busy) => Err(busy()),
+            Some(UpdateRefused::Offence(offence)) => Err(RpcError::PeerMisbehaved(format!(
                 "slot update refused: {offence:?}"
             ))),
         }
@@ -452,8 +464,10 @@ impl GossipHandle {
         {
             let mut sender = inner.sender.borrow_mut();
             let mut tasks = inner.update_tasks.borrow_mut();
-            for (update, delivered, task_id) in &updates {
-                sender.update_done(update, *delivered, now);
+            for (batch, delivered, task_id) in &updates {
+                for update in batch {
+                    sender.update_done(update, *delivered, now);
+                }
                 tasks.remove(task_id);
             }
         }
@@ -557,31 +571,58 @@ impl GossipHandle {
         self.inner.runtime.spawn(Box::pin(future))
     }
 
+    /// Sends every update the sender has ready, batched per peer (at most
+    /// [`wire::SLOT_UPDATES_PER_MESSAGE_MAX`] updates and about
+    /// [`wire::SLOT_UPDATE_BATCH_BYTES_MAX`] bytes per request).
     fn start_updates<T: Transport + 'static>(&self, transport: &Rc<T>, now: Duration) {
         let inner = &self.inner;
+        let mut batches: BTreeMap<NodeId, (Vec<OutboundUpdate>, usize)> = BTreeMap::new();
         loop {
             let update = inner.sender.borrow_mut().poll_update(now);
-            let Some(update) = update else { return };
-            let id = inner.next_update_task.get();
-            inner.next_update_task.set(id + 1);
-            let task = self.spawn_update(transport.clone(), update, id);
-            inner.update_tasks.borrow_mut().insert(id, task);
+            let Some(update) = update else { break };
+            let bytes = wire::update_bytes(&update);
+            let peer = update.peer;
+            let (batch, batch_bytes) = batches.entry(peer).or_default();
+            let full = batch.len() >= wire::SLOT_UPDATES_PER_MESSAGE_MAX
+                || (*batch_bytes + bytes > wire::SLOT_UPDATE_BATCH_BYTES_MAX && !batch.is_empty());
+            if full {
+                let ready = std::mem::take(batch);
+                *batch_bytes = 0;
+                self.send_batch(transport, ready);
+            }
+            let (batch, batch_bytes) = batches.entry(peer).or_default();
+            batch.push(update);
+            *batch_bytes += bytes;
         }
+        for (_, (batch, _)) in batches {
+            if !batch.is_empty() {
+                self.send_batch(transport, batch);
+            }
+        }
+    }
+
+    fn send_batch<T: Transport + 'static>(&self, transport: &Rc<T>, batch: Vec<OutboundUpdate>) {
+        let inner = &self.inner;
+        let id = inner.next_update_task.get();
+        inner.next_update_task.set(id + 1);
+        let task = self.spawn_update(transport.clone(), batch, id);
+        inner.update_tasks.borrow_mut().insert(id, task);
     }
 
     fn spawn_update<T: Transport + 'static>(
         &self,
         transport: Rc<T>,
-        update: OutboundUpdate,
+        batch: Vec<OutboundUpdate>,
         task_id: u64,
     ) -> TaskHandle {
         let inner = self.inner.clone();
-        let body = encode_update(&mut inner.encoder.borrow_mut(), inner.kind, &update);
+        let body = encode_updates(&mut inner.encoder.borrow_mut(), inner.kind, &batch);
         let route = wire::slot_update_route(inner.kind);
+        let peer = batch[0].peer;
         let future = async move {
             let delivered = match body {
                 Ok(body) => transport
-                    .rpc(update.peer, route, inner.config.priority, body)
+                    .rpc(peer, route, inner.config.priority, body)
                     .await
                     .is_ok(),
                 Err(_) => false,
@@ -591,7 +632,7 @@ impl GossipHandle {
             inner
                 .update_outcomes
                 .borrow_mut()
-                .push((update, delivered, task_id));
+                .push((batch, delivered, task_id));
             inner.wake.notify();
         };
         self.inner.runtime.spawn(Box::pin(future))

@@ -23,6 +23,12 @@ pub fn fetch_route(kind: ArtifactKind) -> Route {
     Route(FETCH_ROUTE_BASE + u16::from(kind.0))
 }
 
+/// Slot updates one request may carry (a sender batches what it has queued for a peer). Bounds
+/// the work one request asks of a receiver; 64 small updates are about 10 KiB.
+pub const SLOT_UPDATES_PER_MESSAGE_MAX: usize = 64;
+/// A batch stops growing at this many body bytes (a large pushed artifact travels alone).
+pub const SLOT_UPDATE_BATCH_BYTES_MAX: usize = 256 << 10;
+
 /// A body that does not decode, or decodes to something this route cannot take.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
@@ -38,6 +44,40 @@ pub fn encode_update(
     kind: ArtifactKind,
     update: &OutboundUpdate,
 ) -> Result<Buf, EncodeError> {
+    let mut body = Vec::new();
+    append_update(encoder, kind, update, &mut body)?;
+    Ok(Buf::from_vec(body))
+}
+
+/// Encodes slot updates for one peer as one RPC body (decoded by [`decode_updates`]).
+pub fn encode_updates(
+    encoder: &mut Encoder,
+    kind: ArtifactKind,
+    updates: &[OutboundUpdate],
+) -> Result<Buf, EncodeError> {
+    let mut body = Vec::new();
+    for update in updates {
+        append_update(encoder, kind, update, &mut body)?;
+    }
+    Ok(Buf::from_vec(body))
+}
+
+/// Bytes [`append_update`] adds for `update`, close enough to bound a batch.
+pub fn update_bytes(update: &OutboundUpdate) -> usize {
+    const MESSAGE_BYTES: usize = 128;
+    match &update.message {
+        UpdateMessage::Push(artifact) => MESSAGE_BYTES + artifact.payload.len(),
+        UpdateMessage::Advert(advert) => MESSAGE_BYTES + advert.id.len() + advert.attributes.len(),
+        UpdateMessage::Cleared(id) => MESSAGE_BYTES + id.len(),
+    }
+}
+
+fn append_update(
+    encoder: &mut Encoder,
+    kind: ArtifactKind,
+    update: &OutboundUpdate,
+    body: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
     let (advert, pushed, cleared) = match &update.message {
         UpdateMessage::Push(artifact) => (Some(&artifact.advert), Some(&artifact.payload), None),
         UpdateMessage::Advert(advert) => (Some(advert), None, None),
@@ -59,19 +99,41 @@ pub fn encode_update(
     };
     let head = encoder.encode_slot_update(&message)?;
     let payload: &[u8] = pushed.map_or(&[][..], |p| p);
-    let mut body = Vec::with_capacity(head.len() + payload.len());
+    body.reserve(head.len() + payload.len());
     body.extend_from_slice(head);
     body.extend_from_slice(payload);
-    Ok(Buf::from_vec(body))
+    Ok(())
 }
 
-/// Decodes a slot-update body for `kind`. A pushed artifact is a slice of `body`, not a copy.
+/// Decodes a body of one slot update for `kind`.
 pub fn decode_update(
     body: &Buf,
     kind: ArtifactKind,
     limits: &CodecLimits,
 ) -> Result<InboundUpdate, WireError> {
     let (message, pushed) = icn_codecs::decode_slot_update(body, limits)?;
+    inbound_update(body, kind, message, pushed)
+}
+
+/// Decodes a body of one or more slot updates for `kind` (at most
+/// [`SLOT_UPDATES_PER_MESSAGE_MAX`]). Pushed artifacts are slices of `body`, not copies.
+pub fn decode_updates(
+    body: &Buf,
+    kind: ArtifactKind,
+    limits: &CodecLimits,
+) -> Result<Vec<InboundUpdate>, WireError> {
+    icn_codecs::decode_slot_updates(body, limits, SLOT_UPDATES_PER_MESSAGE_MAX)?
+        .into_iter()
+        .map(|(message, pushed)| inbound_update(body, kind, message, pushed))
+        .collect()
+}
+
+fn inbound_update(
+    body: &Buf,
+    kind: ArtifactKind,
+    message: icn_codecs::SlotUpdate<'_>,
+    pushed: &[u8],
+) -> Result<InboundUpdate, WireError> {
     if message.artifact_kind != kind.0 {
         return Err(WireError::WrongKind {
             expected: kind.0,
@@ -88,10 +150,11 @@ pub fn decode_update(
             size_bytes: message.artifact_bytes,
         };
         if message.artifact_pushed {
-            let start = body.len() - pushed.len();
+            // `pushed` borrows from `body`: its offset is the distance between the pointers.
+            let start = pushed.as_ptr() as usize - body.as_ptr() as usize;
             UpdateMessage::Push(Artifact {
                 advert,
-                payload: body.slice(start..body.len()),
+                payload: body.slice(start..start + pushed.len()),
             })
         } else {
             UpdateMessage::Advert(advert)
@@ -194,6 +257,39 @@ mod tests {
             assert_eq!(back.commit_id, 77);
             assert_eq!(back.message, message);
         }
+    }
+
+    #[test]
+    fn batches_round_trip_and_pushed_payloads_are_slices() {
+        let kind = ArtifactKind(3);
+        let limits = CodecLimits::default();
+        let mut encoder = Encoder::default();
+        let pushed = Artifact {
+            advert: advert(5),
+            payload: Buf::copy_from_slice(b"hello"),
+        };
+        let messages = [
+            UpdateMessage::Advert(advert(1 << 20)),
+            UpdateMessage::Push(pushed),
+            UpdateMessage::Cleared(ArtifactId::from_slice(b"gone")),
+            UpdateMessage::Push(Artifact {
+                advert: advert(3),
+                payload: Buf::copy_from_slice(b"abc"),
+            }),
+        ];
+        let updates: Vec<OutboundUpdate> = messages.iter().cloned().map(update).collect();
+        let body = encode_updates(&mut encoder, kind, &updates).unwrap();
+        let back = decode_updates(&body, kind, &limits).unwrap();
+        let decoded: Vec<UpdateMessage> = back.into_iter().map(|u| u.message).collect();
+        assert_eq!(decoded, messages);
+        if let UpdateMessage::Push(artifact) = &decoded[1] {
+            assert!(artifact.payload.same_storage(&body));
+        }
+        let too_many: Vec<OutboundUpdate> = (0..=SLOT_UPDATES_PER_MESSAGE_MAX)
+            .map(|_| update(UpdateMessage::Advert(advert(1))))
+            .collect();
+        let body = encode_updates(&mut encoder, kind, &too_many).unwrap();
+        assert!(decode_updates(&body, kind, &limits).is_err());
     }
 
     #[test]
