@@ -15,7 +15,7 @@ seconds="${1:-15}"
 shift || true
 targets=("$@")
 if [[ ${#targets[@]} -eq 0 ]]; then
-  targets=(frame_header frame request response cancel heartbeat goaway slot_update
+  targets=(frame_header frame request response cancel heartbeat goaway slot_update slot_updates
            artifact_request state_advert manifest_request chunk_request)
 fi
 
