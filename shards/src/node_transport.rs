@@ -168,12 +168,12 @@ impl NodeTransport {
 }
 
 impl PeerTransport for NodeTransport {
-    /// QUIC connects exactly the allowed set. TCP connects the registry's members and has no
-    /// per-peer refusal yet, so a ban does not disconnect a TCP peer (its penalties are still
-    /// counted); see docs/operations.md.
+    /// QUIC connects exactly the allowed set; TCP refuses the members the peer manager leaves
+    /// out or bans (it connects the registry's other members).
     fn apply_peer_set(&self, allowed: &BTreeMap<NodeId, SocketAddr>, refused: &[NodeId]) {
-        if let NodeTransport::Quic { transport, .. } = self {
-            transport.apply_peer_set(allowed, refused);
+        match self {
+            NodeTransport::Quic { transport, .. } => transport.apply_peer_set(allowed, refused),
+            NodeTransport::Tcp(transport) => transport.set_refused_peers(refused.iter().copied()),
         }
     }
 

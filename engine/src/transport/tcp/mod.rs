@@ -33,7 +33,7 @@ mod wire;
 mod tests;
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use std::rc::Rc;
@@ -390,8 +390,12 @@ struct Inner {
     client_ctx: SslContext,
     /// The registry version the TLS verifiers check peers against.
     registry: SharedRegistry,
-    /// Peers of the current registry version and their TCP addresses.
+    /// Peers of the current registry version and their TCP addresses, minus `refused`.
     wanted: RefCell<HashMap<NodeId, SocketAddr>>,
+    /// Members the peer manager refuses (banned or left out): not dialed, not accepted. Set by
+    /// [`TcpTransport::set_refused_peers`], whose caller passes registry members only, so it is
+    /// bounded by the subnet's size.
+    refused: RefCell<HashSet<NodeId>>,
     conns: RefCell<HashMap<NodeId, Rc<Conn>>>,
     /// Body bytes per peer, for the per-peer byte metrics. One entry per peer connected since
     /// the last publish (only registry members get a connection), so bounded by the subnet
@@ -457,6 +461,7 @@ impl TcpTransport {
             client_ctx,
             registry: shared,
             wanted: RefCell::default(),
+            refused: RefCell::default(),
             conns: RefCell::default(),
             traffic: RefCell::default(),
             published: RefCell::default(),
@@ -521,6 +526,21 @@ impl TcpTransport {
     /// dials nodes that joined, and checks later handshakes against this version.
     pub fn apply_registry(&self, registry: &Arc<Registry>) {
         self.inner.apply_registry(registry);
+    }
+
+    /// Refuses these peers (the peer manager's bans and members it leaves out): their
+    /// connections close with a Goaway, they are neither dialed nor accepted, until a later call
+    /// no longer lists them. Takes effect against the registry version held now and later ones.
+    pub fn set_refused_peers(&self, refused: impl IntoIterator<Item = NodeId>) {
+        let refused: HashSet<NodeId> = refused.into_iter().collect();
+        if *self.inner.refused.borrow() == refused {
+            return;
+        }
+        *self.inner.refused.borrow_mut() = refused;
+        let current = self.inner.registry.read().map(|r| r.clone()).ok();
+        if let Some(registry) = current {
+            self.inner.apply_registry(&registry);
+        }
     }
 
     pub fn stats(&self) -> &TcpStats {
@@ -742,8 +762,9 @@ impl Inner {
         }
         let mut wanted = HashMap::new();
         if registry.is_member(&self.subnet, self.local_id) {
+            let refused = self.refused.borrow();
             for node in registry.nodes(&self.subnet) {
-                if node.node_id != self.local_id {
+                if node.node_id != self.local_id && !refused.contains(&node.node_id) {
                     wanted.insert(node.node_id, node.tcp_addr);
                 }
             }
@@ -753,6 +774,10 @@ impl Inner {
             let closing = match wanted.get(peer) {
                 Some(new_addr) if new_addr == addr => continue,
                 Some(_) => Closing::goaway(GoawayReason::Replaced, "the registry moved the node"),
+                None if self.refused.borrow().contains(peer) => Closing::goaway(
+                    GoawayReason::ProtocolError,
+                    "refused by the peer manager (banned or left out)",
+                ),
                 None => Closing::goaway(GoawayReason::NotInSubnet, "removed from the registry"),
             };
             self.disconnect(*peer, closing);

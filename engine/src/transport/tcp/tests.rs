@@ -433,6 +433,41 @@ fn registry_removal_disconnects_and_readding_reconnects() {
     });
 }
 
+#[test]
+fn refused_peers_are_disconnected_and_kept_out_until_allowed_again() {
+    let fixture = Fixture::new(2);
+    run(|| async move {
+        let calls = Rc::new(Cell::new(0));
+        let a = fixture.start(0, test_config(), &calls);
+        let b = fixture.start(1, test_config(), &calls);
+        let (id_a, id_b) = (fixture.id(0), fixture.id(1));
+        assert!(eventually(Duration::from_secs(5), || connected(&a, id_b).is_some()).await);
+        let first = connected(&a, id_b).unwrap();
+
+        a.set_refused_peers([id_b]);
+        assert!(
+            eventually(Duration::from_secs(5), || {
+                connected(&a, id_b).is_none() && connected(&b, id_a).is_none()
+            })
+            .await
+        );
+        let told = b.stats().goaways_received_by_reason[GoawayReason::ProtocolError as usize].get();
+        assert_eq!(told, 1, "the refused peer is told why");
+        // Whichever side dials, the refusal holds.
+        sleep(Duration::from_millis(300)).await;
+        assert!(connected(&a, id_b).is_none());
+
+        a.set_refused_peers([]);
+        assert!(
+            eventually(Duration::from_secs(10), || {
+                connected(&a, id_b).is_some() && connected(&b, id_a).is_some()
+            })
+            .await
+        );
+        assert!(connected(&a, id_b).unwrap() > first);
+    });
+}
+
 /// A peer that speaks TLS but writes raw frames, from a plain thread (blocking std socket).
 fn raw_peer(
     identity: &Identity,
