@@ -518,3 +518,190 @@ fn unanswered_rpc_times_out_and_the_connection_keeps_serving() {
         tb.shutdown().await;
     });
 }
+
+/// `text` (Prometheus exposition) has the line `series value`.
+fn assert_metric(text: &str, series: &str, value: &str) {
+    let line = format!("{series} {value}\n");
+    assert!(text.contains(&line), "missing {line:?} in\n{text}");
+}
+
+#[test]
+fn publish_metrics_reports_durations_errors_and_depths() {
+    use icn_engine::metrics::{
+        MetricsCollector, MetricsConfig, MetricsSchemaBuilder, ShardMetrics, StandardMetrics,
+        TransportMetrics,
+    };
+    const SLOW: Route = Route(3);
+    let (a, b, addr_a, addr_b) = pair();
+    executor().run(async move {
+        let mut builder = MetricsSchemaBuilder::new(MetricsConfig::default()).unwrap();
+        let ids = StandardMetrics::declare(&mut builder).unwrap();
+        let schema = builder.build();
+        let collector = MetricsCollector::new(schema.clone(), 2);
+        // One shard per endpoint, as in a node: queue depths are rendered per shard.
+        let (shard_a, shard_b) = (
+            ShardMetrics::new(schema.clone(), 0),
+            ShardMetrics::new(schema, 1),
+        );
+        shard_a.set_registry_peers([b.id()]);
+        shard_b.set_registry_peers([a.id()]);
+        let (metrics_a, metrics_b) = (
+            TransportMetrics::new(ids, &shard_a),
+            TransportMetrics::new(ids, &shard_b),
+        );
+        let slow = router(Rc::default()).route(SLOW, |_ctx, request: Buf| async move {
+            glommio::timer::sleep(Duration::from_millis(1500)).await;
+            Ok(request)
+        });
+        let config_a = QuicConfig {
+            request_timeout: Duration::from_millis(300),
+            requests_in_flight_max: 1,
+            message_bytes_max: 64 << 10,
+            ..config_at(addr_a)
+        };
+        let ta = a.start(config_a, router(Rc::default()));
+        let tb = b.start(config_at(addr_b), slow);
+        assert!(ta.wait_connected(b.id(), Duration::from_secs(5)).await);
+        assert!(tb.wait_connected(a.id(), Duration::from_secs(5)).await);
+        let render = || {
+            ta.publish_metrics(&metrics_a);
+            tb.publish_metrics(&metrics_b);
+            shard_a.publish(&collector).unwrap();
+            shard_b.publish(&collector).unwrap();
+            collector.render()
+        };
+
+        for _ in 0..5 {
+            let reply = ta.rpc(
+                b.id(),
+                ECHO,
+                Priority::Normal,
+                Buf::copy_from_slice(b"ping"),
+            );
+            assert_eq!(&reply.await.unwrap()[..], b"ping");
+        }
+        let missing = ta.rpc(b.id(), Route(99), Priority::Low, Buf::empty()).await;
+        assert_eq!(missing.err(), Some(RpcError::NoRoute(Route(99))));
+        let oversized = Buf::from_vec(vec![0; (64 << 10) + 1]);
+        let refused = ta.rpc(b.id(), ECHO, Priority::Normal, oversized).await;
+        assert!(matches!(refused, Err(RpcError::MessageTooLarge { .. })));
+
+        // One slow RPC fills a's only in-flight slot; the next is refused, then it times out.
+        let slow_rpc = {
+            let (ta, peer) = (ta.clone(), b.id());
+            glommio::spawn_local(async move {
+                ta.rpc(peer, SLOW, Priority::Normal, Buf::copy_from_slice(b"x"))
+                    .await
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut text = render();
+        while !text.contains("icn_queue_depth{queue=\"quic_handlers_running\",shard=\"1\"} 1\n")
+            && Instant::now() < deadline
+        {
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+            text = render();
+        }
+        for (series, value) in [
+            (
+                "icn_queue_depth{queue=\"quic_handlers_running\",shard=\"1\"}",
+                "1",
+            ),
+            (
+                "icn_queue_depth{queue=\"quic_rpcs_pending\",shard=\"0\"}",
+                "1",
+            ),
+            // The live deadline and the 6 of ended RPCs, which are dropped lazily.
+            (
+                "icn_queue_depth{queue=\"quic_rpc_deadlines\",shard=\"0\"}",
+                "7",
+            ),
+            (
+                "icn_queue_depth{queue=\"quic_streams_open\",shard=\"0\"}",
+                "1",
+            ),
+            (
+                "icn_queue_depth{queue=\"quic_streams_open\",shard=\"1\"}",
+                "1",
+            ),
+            (
+                "icn_queue_depth{queue=\"quic_connections\",shard=\"0\"}",
+                "1",
+            ),
+        ] {
+            assert_metric(&text, series, value);
+        }
+        let busy = ta.rpc(b.id(), ECHO, Priority::Normal, Buf::empty()).await;
+        assert_eq!(busy.err(), Some(RpcError::TooManyInFlight { limit: 1 }));
+        assert_eq!(slow_rpc.await.err(), Some(RpcError::Timeout));
+
+        // b cancels the handler once the reset arrives; a forgets the stream at once.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut text = render();
+        while !text.contains("icn_queue_depth{queue=\"quic_handlers_running\",shard=\"1\"} 0\n")
+            && Instant::now() < deadline
+        {
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+            text = render();
+        }
+        let (peer_a, peer_b) = (a.id().to_hex(), b.id().to_hex());
+        for (series, value) in [
+            // Answered RPCs only: 5 echoes, and the NoRoute answer of route 99.
+            ("icn_rpc_duration_us_count{route=\"1\"}", "5"),
+            ("icn_rpc_duration_us_count{route=\"99\"}", "1"),
+            ("icn_rpc_errors_total{kind=\"timeout\"}", "1"),
+            ("icn_rpc_errors_total{kind=\"too_many_in_flight\"}", "1"),
+            ("icn_rpc_errors_total{kind=\"no_route\"}", "1"),
+            ("icn_rpc_errors_total{kind=\"message_too_large\"}", "1"),
+            ("icn_rpc_errors_total{kind=\"connection_closed\"}", "0"),
+            ("icn_transport_active_connections", "2"),
+            ("icn_transport_connections_opened_total", "2"),
+            ("icn_transport_connections_closed_total", "0"),
+            ("icn_transport_packets_lost_total", "0"),
+            // Request bodies a sent: 5 × "ping" and "x"; response bodies: 5 × "ping".
+            (
+                &format!("icn_transport_sent_bytes_total{{peer=\"{peer_b}\"}}"),
+                "21",
+            ),
+            (
+                &format!("icn_transport_received_bytes_total{{peer=\"{peer_b}\"}}"),
+                "20",
+            ),
+            (
+                &format!("icn_transport_sent_bytes_total{{peer=\"{peer_a}\"}}"),
+                "20",
+            ),
+            (
+                &format!("icn_transport_received_bytes_total{{peer=\"{peer_a}\"}}"),
+                "21",
+            ),
+            (
+                "icn_queue_depth{queue=\"quic_handlers_running\",shard=\"1\"}",
+                "0",
+            ),
+            (
+                "icn_queue_depth{queue=\"quic_rpcs_pending\",shard=\"0\"}",
+                "0",
+            ),
+            (
+                "icn_queue_depth{queue=\"quic_streams_pending_send\",shard=\"0\"}",
+                "0",
+            ),
+        ] {
+            assert_metric(&text, series, value);
+        }
+        assert!(metrics_a.packets_sent.get() > 0 && metrics_b.packets_received.get() > 0);
+        assert!(metrics_a.rtt_us.count() >= 2, "one RTT sample per publish");
+        assert!(metrics_a.congestion_window_bytes_for(&b.id()).get() > 0);
+        // Publishing again adds nothing: counters are published as differences.
+        let again = render();
+        assert_metric(&again, "icn_rpc_errors_total{kind=\"timeout\"}", "1");
+        assert_metric(&again, "icn_rpc_duration_us_count{route=\"1\"}", "5");
+        assert_metric(&again, "icn_transport_active_connections", "2");
+        ta.shutdown().await;
+        tb.shutdown().await;
+        let closed = render();
+        assert_metric(&closed, "icn_transport_active_connections", "0");
+        assert_metric(&closed, "icn_transport_connections_closed_total", "2");
+    });
+}

@@ -139,14 +139,14 @@ pub fn service_router(metrics: Option<ServiceMetrics>) -> Router {
     Router::new()
         .route(ROUTE_ECHO, move |ctx: RequestContext, request: Buf| {
             if let Some(m) = &echo_metrics {
-                m.served(&ctx.peer, ctx.route, request.len(), request.len());
+                m.served(ctx.route);
             }
             async move { Ok::<Buf, RpcError>(request) }
         })
         .route(ROUTE_SINK, move |ctx: RequestContext, request: Buf| {
             let answer = (request.len() as u64).to_le_bytes();
             if let Some(m) = &metrics {
-                m.served(&ctx.peer, ctx.route, request.len(), answer.len());
+                m.served(ctx.route);
             }
             async move { Ok::<Buf, RpcError>(Buf::copy_from_slice(&answer)) }
         })

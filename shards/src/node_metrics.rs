@@ -1,10 +1,10 @@
 //! What a node exports on /metrics: the standard transport set (engine::metrics::StandardMetrics)
-//! filled from the transport's own counters, plus counters only one transport has, the registry
-//! version, and requests served per route.
+//! filled by the transport's own `publish_metrics`, plus counters only one transport has, the
+//! registry version, and requests served per route.
 //!
-//! The transports keep plain `Cell` counters on their hot paths; [`StatsSampler::sample`] copies
-//! them into the metrics registry (as deltas for counters) once per publish and once per scrape,
-//! so the data path never touches the metrics layer.
+//! The transports keep plain `Cell` counters on their hot paths; [`StatsSampler::sample`] has
+//! them published into the metrics registry (as deltas for counters) once per publish and once
+//! per scrape, so the data path never touches the metrics layer.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -15,7 +15,7 @@ use icn_engine::metrics::{
 };
 use icn_engine::transport::quic::QuicTransport;
 use icn_engine::transport::tcp::TcpTransport;
-use icn_engine::{NodeId, Route, Transport};
+use icn_engine::Route;
 
 use crate::node_config::TransportKind;
 use crate::node_transport::NodeTransport;
@@ -129,7 +129,7 @@ pub struct NodeMetricIds {
     pub requests_served: CounterId,
     /// The transport-specific counters, in the order of their table.
     pub transport_counters: Vec<CounterId>,
-    /// Which transport the node runs: TCP publishes per-peer bytes itself.
+    /// Which transport the node runs.
     pub kind: TransportKind,
 }
 
@@ -189,67 +189,42 @@ impl Mirror {
     }
 }
 
-/// Per-handler counters: bytes per peer and requests per route.
+/// Per-handler counters: requests per route. (Body bytes per peer are counted by the
+/// transports themselves, in both directions, in their `publish_metrics`.)
 #[derive(Clone)]
 pub struct ServiceMetrics {
-    transport: TransportMetrics,
     shard: ShardMetrics,
     requests_served: CounterId,
-    /// False under TCP, whose `publish_metrics` already counts every body byte per peer.
-    counts_bytes: bool,
 }
 
 impl ServiceMetrics {
     pub fn new(ids: &NodeMetricIds, shard: &ShardMetrics) -> ServiceMetrics {
         ServiceMetrics {
-            transport: TransportMetrics::new(ids.standard, shard),
             shard: shard.clone(),
             requests_served: ids.requests_served,
-            counts_bytes: ids.kind == TransportKind::Quic,
         }
     }
 
-    /// Counts one served request of `request_bytes` answered with `response_bytes`.
-    pub fn served(&self, peer: &NodeId, route: Route, request_bytes: usize, response_bytes: usize) {
-        if self.counts_bytes {
-            self.transport
-                .received_bytes_for(peer)
-                .add(request_bytes as u64);
-            self.transport
-                .sent_bytes_for(peer)
-                .add(response_bytes as u64);
-        }
+    /// Counts one served request.
+    pub fn served(&self, route: Route) {
         self.shard
             .counter_with(self.requests_served, &route.0.to_string())
             .inc();
     }
 }
 
-/// Copies a transport's counters into the metrics registry.
+/// Has a transport publish its standard metrics, and copies its own counters.
 pub struct StatsSampler {
     transport: Rc<NodeTransport>,
     metrics: TransportMetrics,
     registry_version: Gauge,
-    opened: Mirror,
-    closed: Mirror,
-    packets_sent: Mirror,
-    packets_received: Mirror,
-    packets_lost: Mirror,
-    garbage: Mirror,
     transport_counters: Vec<Mirror>,
 }
 
 impl StatsSampler {
     pub fn new(transport: Rc<NodeTransport>, ids: &NodeMetricIds, shard: &ShardMetrics) -> Self {
         let metrics = TransportMetrics::new(ids.standard, shard);
-        let mirror = |counter: &Counter| Mirror::new(counter.clone());
         StatsSampler {
-            opened: mirror(&metrics.connections_opened),
-            closed: mirror(&metrics.connections_closed),
-            packets_sent: mirror(&metrics.packets_sent),
-            packets_received: mirror(&metrics.packets_received),
-            packets_lost: mirror(&metrics.packets_lost),
-            garbage: mirror(&metrics.garbage_datagrams),
             transport_counters: ids
                 .transport_counters
                 .iter()
@@ -269,34 +244,19 @@ impl StatsSampler {
     /// Reads every counter of the transport now.
     pub fn sample(&self) {
         match &*self.transport {
-            NodeTransport::Quic { transport, .. } => {
-                let peers = self.transport.peers();
-                self.metrics.active_connections.set(peers.len() as i64);
-                self.sample_quic(transport, &peers);
-            }
+            NodeTransport::Quic { transport, .. } => self.sample_quic(transport),
             NodeTransport::Tcp(transport) => self.sample_tcp(transport),
         }
     }
 
-    fn sample_quic(&self, transport: &QuicTransport, peers: &[(NodeId, icn_engine::ConnId)]) {
-        let stats = transport.stats();
-        let udp = transport.udp_stats();
-        self.opened.follow(stats.connections_opened.get());
-        self.closed.follow(stats.connections_closed.get());
-        self.packets_sent.follow(udp.datagrams_sent.get());
-        self.packets_received.follow(udp.datagrams_received.get());
-        self.packets_lost.follow(stats.packets_lost.get());
-        self.garbage.follow(stats.garbage_datagrams.get());
+    /// The QUIC transport publishes its own standard metrics (connections, open count, bytes
+    /// per peer, datagrams, lost packets, RTT and congestion window per peer, RPC durations and
+    /// errors by kind, transport events, queue depths); only the node's `icn_quic_*` and
+    /// `icn_udp_*` counters are mirrored here.
+    fn sample_quic(&self, transport: &QuicTransport) {
+        transport.publish_metrics(&self.metrics);
         for (mirror, (_, _, read)) in self.transport_counters.iter().zip(QUIC_COUNTERS.iter()) {
             mirror.follow(read(transport));
-        }
-        for (peer, _) in peers {
-            if let Some((rtt, cwnd, _lost)) = transport.path_stats(*peer) {
-                self.metrics.rtt_us.record(rtt.as_micros() as u64);
-                self.metrics
-                    .congestion_window_bytes_for(peer)
-                    .set(i64::try_from(cwnd).unwrap_or(i64::MAX));
-            }
         }
     }
 
@@ -330,23 +290,11 @@ mod tests {
             let shard = ShardMetrics::new(schema.clone(), 0);
             let collector = MetricsCollector::new(schema, 1);
             let service = ServiceMetrics::new(&ids, &shard);
-            let peer = NodeId([7; 32]);
-            shard.set_registry_peers([peer]);
-            service.served(&peer, Route(2), 1000, 8);
+            service.served(Route(2));
             shard.publish(&collector).unwrap();
             let text = collector.render();
             assert!(
                 text.contains("icn_node_requests_served_total{route=\"2\"} 1"),
-                "{text}"
-            );
-            let bytes_line = format!(
-                "icn_transport_received_bytes_total{{peer=\"{}\"}} 1000",
-                peer.to_hex()
-            );
-            // Under TCP the transport counts bytes itself (publish_metrics), not the service.
-            assert_eq!(
-                text.contains(&bytes_line),
-                kind == TransportKind::Quic,
                 "{text}"
             );
         }

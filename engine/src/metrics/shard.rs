@@ -101,6 +101,18 @@ impl Histogram {
         self.record(u64::try_from(duration.as_micros()).unwrap_or(u64::MAX));
     }
 
+    /// Adds everything `recorded` holds (values kept elsewhere between publishes, e.g. by a
+    /// transport on its hot path) and their exact `sum`. Costs one record per non-empty bucket
+    /// of `recorded`, not one per value; values above the configured highest are clamped.
+    pub fn merge(&self, recorded: &hdrhistogram::Histogram<u64>, sum: u64) {
+        let mut cell = self.cell.borrow_mut();
+        for bucket in recorded.iter_recorded() {
+            cell.histogram
+                .saturating_record_n(bucket.value_iterated_to(), bucket.count_at_value());
+        }
+        cell.sum = cell.sum.saturating_add(sum);
+    }
+
     pub fn count(&self) -> u64 {
         self.cell.borrow().histogram.len()
     }

@@ -263,6 +263,13 @@ impl TransportMetrics {
             .histogram_with(self.ids.rpc_duration_us, &route.0.to_string())
     }
 
+    /// The `route="other"` series of `icn_rpc_duration_us`, for a transport that keeps
+    /// durations of more routes than it tracks one by one.
+    pub fn rpc_duration_us_other(&self) -> Histogram {
+        self.shard
+            .histogram_with(self.ids.rpc_duration_us, super::OVERFLOW_LABEL_VALUE)
+    }
+
     /// Counts one failed RPC. Error paths are not hot, so the lookup per call is fine.
     pub fn count_rpc_error(&self, error: &RpcError) {
         self.shard

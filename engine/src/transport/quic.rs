@@ -19,6 +19,30 @@
 //! Bodies are handed to quiche zero-copy (`stream_send_zc` with refcounted [`Buf`]s). Dropping an
 //! RPC future resets the stream (RESET_STREAM + STOP_SENDING); the serving side then drops the
 //! handler task.
+//!
+//! [`QuicTransport::publish_metrics`] adds what the endpoint counted since its last call to the
+//! engine's standard transport metrics (the same contract as the TCP transport's).
+//!
+//! Bounds of everything that remote input can grow (knobs of [`QuicConfig`], mapped from the
+//! `quic` and `rpc` tuning sections):
+//! - connections (`State::conns`): Initials beyond `connections_max` open connections are
+//!   dropped; dialed ones are one at a time per allowed peer (plus closing ones, reaped within
+//!   `CLOSE_GRACE`);
+//! - connection ids (`State::by_cid`, `Conn::cids`): ours plus the client's Initial id, two per
+//!   connection (we register no other ids, whatever the peer announces);
+//! - admitted peers (`State::by_peer`): registry members only, one connection each;
+//! - streams per connection (`Conn::streams`, and its subsets `Conn::pending_tx` and the
+//!   handler tasks): `bidi_streams_max` opened by the peer (quiche refuses more) plus
+//!   `requests_in_flight_max` of ours;
+//! - bytes of one message being assembled (`Stream::rx`): `message_bytes_max` (the frame
+//!   header is checked before its body is buffered); unread bytes per stream and connection are
+//!   bounded by `stream_window_bytes` and `connection_window_bytes` (quiche's flow control);
+//! - response bytes waiting for flow control (`Stream::tx`): at most a head and a body;
+//! - RPC deadlines (`Conn::rpc_deadlines`): below 2 × `requests_in_flight_max` + 64;
+//! - connections with output (`State::dirty`): each connection at most once;
+//! - unpublished counts of closed connections (`State::closed_unpublished`): one entry per
+//!   admitted peer, emptied by every publish;
+//! - RPC durations between publishes: [`RPC_DURATION_ROUTES_MAX`] histograms (routes are ours).
 
 use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
@@ -38,6 +62,7 @@ use quiche::{BufFactory, BufSplit, ConnectionId, RecvInfo, Shutdown};
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::buffer::Buf;
+use crate::metrics::{rpc_error_kind, Counter, MetricsConfig, TransportMetrics};
 use crate::transport::wire::{self, Assembler, Message, Sink};
 use crate::transport::{
     ConnId, NodeId, Priority, RequestContext, Route, Router, RpcError, Transport,
@@ -138,11 +163,107 @@ pub struct QuicStats {
     pub streams_reset_by_peer: Cell<u64>,
     pub protocol_errors: Cell<u64>,
     pub oversized_messages: Cell<u64>,
+    /// Packets lost on connections that closed (a connection still open is sampled by
+    /// [`QuicTransport::publish_metrics`] instead).
     pub packets_lost: Cell<u64>,
+    /// Our RPCs that failed, by kind, indexed like [`RPC_ERROR_KINDS`] (every failure, also
+    /// those refused before a stream was opened).
+    pub rpc_errors: [Cell<u64>; RPC_ERROR_KINDS.len()],
+}
+
+/// The `kind` values of `icn_rpc_errors_total`, shared with the other transports.
+const RPC_ERROR_KINDS: [&str; TransportMetrics::RPC_ERROR_KINDS.len()] =
+    TransportMetrics::RPC_ERROR_KINDS;
+
+impl QuicStats {
+    fn count_rpc_error(&self, error: &RpcError) {
+        let kind = rpc_error_kind(error);
+        let index = RPC_ERROR_KINDS
+            .iter()
+            .position(|known| *known == kind)
+            .expect("rpc_error_kind returns a declared kind");
+        bump(&self.rpc_errors[index]);
+    }
 }
 
 fn bump(cell: &Cell<u64>) {
     cell.set(cell.get().wrapping_add(1));
+}
+
+/// Routes whose RPC durations are kept apart until the next publish; further routes share one
+/// histogram, published as `route="other"`. Routes are chosen by this node's services, not by
+/// peers; the metric's own `route` label has the same bound. Worst-case memory: this many
+/// histograms of about 20 KiB (1 us..60 s, 2 significant digits), plus one for the rest.
+pub const RPC_DURATION_ROUTES_MAX: usize = 32;
+
+/// Durations of answered RPCs of one route (or of the overflow), in microseconds, since the
+/// last publish.
+struct DurationBucket {
+    histogram: hdrhistogram::Histogram<u64>,
+    /// Exact sum (the histogram keeps only buckets).
+    sum_us: u64,
+}
+
+impl DurationBucket {
+    fn new() -> DurationBucket {
+        let histogram = MetricsConfig::default()
+            .new_histogram()
+            .expect("the default histogram bounds are valid");
+        DurationBucket {
+            histogram,
+            sum_us: 0,
+        }
+    }
+
+    fn record(&mut self, elapsed: Duration) {
+        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.histogram.saturating_record(us);
+        self.sum_us = self.sum_us.saturating_add(us);
+    }
+
+    /// Adds the durations to `target` and forgets them.
+    fn publish_to(&mut self, target: impl FnOnce() -> crate::metrics::Histogram) {
+        if self.histogram.is_empty() {
+            return;
+        }
+        target().merge(&self.histogram, self.sum_us);
+        self.histogram.reset();
+        self.sum_us = 0;
+    }
+}
+
+/// Client-side RPC durations per route, kept on the hot path without touching the metrics
+/// layer (no label lookup per RPC) and merged into `icn_rpc_duration_us` on publish.
+#[derive(Default)]
+struct RpcDurations {
+    /// At most [`RPC_DURATION_ROUTES_MAX`] entries; looked up linearly (a node has a handful of
+    /// routes, and a short vector beats hashing).
+    by_route: Vec<(Route, DurationBucket)>,
+    other: Option<DurationBucket>,
+}
+
+impl RpcDurations {
+    fn record(&mut self, route: Route, elapsed: Duration) {
+        let position = self.by_route.iter().position(|(known, _)| *known == route);
+        let bucket = match position {
+            Some(index) => &mut self.by_route[index].1,
+            None if self.by_route.len() < RPC_DURATION_ROUTES_MAX => {
+                self.by_route.push((route, DurationBucket::new()));
+                &mut self.by_route.last_mut().expect("just pushed").1
+            }
+            None => self.other.get_or_insert_with(DurationBucket::new),
+        };
+        bucket.record(elapsed);
+    }
+
+    fn publish(&mut self, metrics: &TransportMetrics) {
+        for (route, bucket) in &mut self.by_route {
+            bucket.publish_to(|| metrics.rpc_duration_us_for(*route));
+        }
+        if let Some(bucket) = &mut self.other {
+            bucket.publish_to(|| metrics.rpc_duration_us_other());
+        }
+    }
 }
 
 /// Refcounted buffers for quiche's zero-copy sends.
@@ -203,6 +324,8 @@ enum Role {
     /// Our RPC: waits for the response.
     Outgoing {
         route: Route,
+        /// When the RPC started (its deadline minus `request_timeout`: no clock read of its own).
+        started: Instant,
         waker: Option<Waker>,
         result: Option<Result<Buf, RpcError>>,
     },
@@ -244,6 +367,49 @@ struct Conn {
     /// finished closing (quiche sends nothing for an application close before the handshake is
     /// confirmed, which would otherwise keep it until the idle timeout).
     closing_since: Option<Instant>,
+    /// Whether the key is in `State::dirty` (so that it is there at most once).
+    queued_for_send: bool,
+    counts: ConnCounts,
+}
+
+/// RPC body bytes a connection carried, and what [`QuicTransport::publish_metrics`] published
+/// of them and of quiche's count of lost packets (published as differences, so a connection's
+/// losses are counted once whether it is sampled open, closes, or both).
+#[derive(Default)]
+struct ConnCounts {
+    sent_bytes: u64,
+    received_bytes: u64,
+    published_sent_bytes: u64,
+    published_received_bytes: u64,
+    published_lost_packets: u64,
+}
+
+impl ConnCounts {
+    /// The bytes not published yet, as (sent, received); marks them published.
+    fn take_unpublished_bytes(&mut self) -> (u64, u64) {
+        let sent = self.sent_bytes - self.published_sent_bytes;
+        let received = self.received_bytes - self.published_received_bytes;
+        self.published_sent_bytes = self.sent_bytes;
+        self.published_received_bytes = self.received_bytes;
+        (sent, received)
+    }
+
+    /// Lost packets quiche reports (`lost_now`) not published yet; marks them published.
+    fn take_unpublished_lost(&mut self, lost_now: u64) -> u64 {
+        let lost = lost_now.saturating_sub(self.published_lost_packets);
+        self.published_lost_packets = self.published_lost_packets.max(lost_now);
+        lost
+    }
+}
+
+/// Queues `key` for the sender, once however many events touch it before the sender runs.
+fn mark_dirty(state: &mut State, key: u64) {
+    if let Some(conn) = state.conns.get_mut(&key) {
+        if !conn.queued_for_send {
+            conn.queued_for_send = true;
+            state.dirty.push_back(key);
+        }
+    }
 }
 
 /// How long a connection we closed may linger for its CONNECTION_CLOSE and draining period.
@@ -308,7 +474,7 @@ fn close_conn(state: &mut State, key: u64, app: bool, code: u64, reason: &[u8]) 
         }
         wake_peer_waiters(state, peer);
     }
-    state.dirty.push_back(key);
+    mark_dirty(state, key);
 }
 
 struct State {
@@ -322,10 +488,23 @@ struct State {
     by_peer: FxHashMap<NodeId, u64>,
     /// Who may connect, and where to dial them.
     allowed: HashMap<NodeId, SocketAddr>,
-    /// Tasks waiting for a peer's connection state to change.
+    /// Tasks waiting for a peer's connection state to change (our own RPCs and dialers, for
+    /// allowed peers only; an entry is removed when it is woken).
     peer_waiters: HashMap<NodeId, Vec<Waker>>,
+    /// Connections with output for the sender; each at most once (`Conn::queued_for_send`).
     dirty: VecDeque<u64>,
     dialers: HashMap<NodeId, JoinHandle<()>>,
+    /// What connections that closed since the last publish left unpublished.
+    closed_unpublished: ClosedUnpublished,
+}
+
+/// Counts of closed connections that [`QuicTransport::publish_metrics`] has not published yet.
+#[derive(Default)]
+struct ClosedUnpublished {
+    lost_packets: u64,
+    /// (sent, received) body bytes per admitted peer. Only registry peers are admitted and the
+    /// map is emptied on every publish, so it holds at most the peers allowed since then.
+    bytes: FxHashMap<NodeId, (u64, u64)>,
 }
 
 struct Inner {
@@ -353,6 +532,24 @@ struct Inner {
     /// once the caller drops its handles.
     live_tasks: Rc<Cell<usize>>,
     pub stats: QuicStats,
+    /// Durations of our answered RPCs, recorded where the response completes.
+    rpc_durations: RefCell<RpcDurations>,
+    /// What `publish_metrics` published last: counters are published as differences.
+    published: RefCell<Published>,
+}
+
+/// The counter values [`QuicTransport::publish_metrics`] published last.
+#[derive(Default)]
+struct Published {
+    connections_opened: u64,
+    connections_closed: u64,
+    packets_sent: u64,
+    packets_received: u64,
+    garbage_datagrams: u64,
+    handshakes_failed: u64,
+    connections_refused: u64,
+    rpc_errors: [u64; RPC_ERROR_KINDS.len()],
+    active_connections: i64,
 }
 
 /// A QUIC endpoint (see the module docs).
@@ -411,6 +608,7 @@ impl QuicTransport {
                 peer_waiters: HashMap::new(),
                 dirty: VecDeque::new(),
                 dialers: HashMap::new(),
+                closed_unpublished: ClosedUnpublished::default(),
             }),
             encoder: RefCell::new(Encoder::new(CodecLimits::default())),
             frame_limits: FrameLimits {
@@ -426,6 +624,8 @@ impl QuicTransport {
             tasks: RefCell::new(Vec::new()),
             live_tasks: Rc::new(Cell::new(0)),
             stats: QuicStats::default(),
+            rpc_durations: RefCell::default(),
+            published: RefCell::default(),
             config,
         });
         let transport = QuicTransport { inner };
@@ -527,7 +727,7 @@ impl QuicTransport {
                 if let Some(conn) = state.conns.get_mut(&key) {
                     let _ = conn.quic.close(true, codes::CONN_SHUTDOWN, b"shutdown");
                 }
-                state.dirty.push_back(key);
+                mark_dirty(&mut state, key);
             }
         }
         flush_all(inner, &mut vec![0u8; send_buffer_bytes(&inner.config)]).await;
@@ -572,6 +772,178 @@ impl QuicTransport {
             .and_then(|key| state.conns.get(key))?;
         let path = conn.quic.path_stats().next()?;
         Some((path.rtt, path.cwnd, path.lost))
+    }
+
+    /// Adds everything counted since the last call to the shard's standard transport metrics:
+    /// connections opened, closed and open; RPC body bytes per peer; UDP datagrams sent and
+    /// received; packets lost (sampled from every connection, so losses count while it is open,
+    /// once); garbage datagrams; one RTT sample and the congestion window per connected peer;
+    /// client-side RPC durations per route and failed RPCs by kind; transport events
+    /// (`handshake_failed`, `connection_refused`); and the depth gauges `quic_connections`,
+    /// `quic_streams_open`, `quic_streams_pending_send`, `quic_rpcs_pending`,
+    /// `quic_rpc_deadlines` and `quic_handlers_running`. Call it from the shard's metrics
+    /// publisher, before `ShardMetrics::publish`. Counters are published as differences, so
+    /// other transports may share the handles; the `quic_*` gauges assume one QUIC endpoint per
+    /// shard.
+    pub fn publish_metrics(&self, metrics: &TransportMetrics) {
+        let inner = &self.inner;
+        publish_counters(inner, metrics);
+        publish_connections(inner, metrics);
+        inner.rpc_durations.borrow_mut().publish(metrics);
+    }
+}
+
+/// Adds `now - published` to `counter` (no lookup when nothing changed) and remembers `now`.
+fn publish_delta(counter: impl FnOnce() -> Counter, now: u64, published: &mut u64) {
+    if now > *published {
+        counter().add(now - *published);
+    }
+    *published = now.max(*published);
+}
+
+/// The endpoint's event counters, as differences since the last publish.
+fn publish_counters(inner: &Inner, metrics: &TransportMetrics) {
+    let stats = &inner.stats;
+    let udp = &inner.udp.stats;
+    let mut published = inner.published.borrow_mut();
+    let last = &mut *published;
+    for (counter, now, published) in [
+        (
+            &metrics.connections_opened,
+            stats.connections_opened.get(),
+            &mut last.connections_opened,
+        ),
+        (
+            &metrics.connections_closed,
+            stats.connections_closed.get(),
+            &mut last.connections_closed,
+        ),
+        (
+            &metrics.packets_sent,
+            udp.datagrams_sent.get(),
+            &mut last.packets_sent,
+        ),
+        (
+            &metrics.packets_received,
+            udp.datagrams_received.get(),
+            &mut last.packets_received,
+        ),
+        (
+            &metrics.garbage_datagrams,
+            stats.garbage_datagrams.get(),
+            &mut last.garbage_datagrams,
+        ),
+    ] {
+        publish_delta(|| counter.clone(), now, published);
+    }
+    for (i, kind) in RPC_ERROR_KINDS.iter().enumerate() {
+        let now = stats.rpc_errors[i].get();
+        publish_delta(|| metrics.rpc_errors(kind), now, &mut last.rpc_errors[i]);
+    }
+    // handshakes_failed includes the refused ones (see `QuicStats`), as TCP's event does not;
+    // connection_refused is QUIC's refusals after the handshake plus Initials dropped when full.
+    let refused = stats.handshakes_refused.get() + stats.initials_dropped_full.get();
+    publish_delta(
+        || metrics.transport_events("handshake_failed"),
+        stats.handshakes_failed.get(),
+        &mut last.handshakes_failed,
+    );
+    publish_delta(
+        || metrics.transport_events("connection_refused"),
+        refused,
+        &mut last.connections_refused,
+    );
+}
+
+/// Items in the bounded per-connection structures, summed over the endpoint's connections.
+#[derive(Default)]
+struct QueueDepths {
+    connections: usize,
+    streams_open: usize,
+    streams_pending_send: usize,
+    rpcs_pending: usize,
+    rpc_deadlines: usize,
+    handlers_running: usize,
+}
+
+impl QueueDepths {
+    fn add(&mut self, conn: &Conn) {
+        self.connections += 1;
+        self.streams_open += conn.streams.len();
+        self.streams_pending_send += conn.pending_tx.len();
+        self.rpcs_pending += conn.outgoing_in_flight;
+        self.rpc_deadlines += conn.rpc_deadlines.heap.len();
+        self.handlers_running += conn
+            .streams
+            .values()
+            .filter(|stream| matches!(stream.role, Role::Incoming { handler: Some(_) }))
+            .count();
+    }
+
+    fn publish(&self, metrics: &TransportMetrics) {
+        for (queue, depth) in [
+            ("quic_connections", self.connections),
+            ("quic_streams_open", self.streams_open),
+            ("quic_streams_pending_send", self.streams_pending_send),
+            ("quic_rpcs_pending", self.rpcs_pending),
+            ("quic_rpc_deadlines", self.rpc_deadlines),
+            ("quic_handlers_running", self.handlers_running),
+        ] {
+            metrics
+                .queue_depth(queue)
+                .set(i64::try_from(depth).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+/// Samples every connection: lost packets and body bytes since the last publish, path stats of
+/// connected peers, queue depths, and the number of usable connections.
+fn publish_connections(inner: &Inner, metrics: &TransportMetrics) {
+    let mut state = inner.state.borrow_mut();
+    let state = &mut *state;
+    let mut depths = QueueDepths::default();
+    let mut open = 0i64;
+    let mut lost = std::mem::take(&mut state.closed_unpublished.lost_packets);
+    for (key, conn) in state.conns.iter_mut() {
+        depths.add(conn);
+        lost += conn
+            .counts
+            .take_unpublished_lost(conn.quic.stats().lost as u64);
+        let Some(peer) = conn.peer else {
+            continue;
+        };
+        let (sent, received) = conn.counts.take_unpublished_bytes();
+        publish_bytes(metrics, &peer, sent, received);
+        if state.by_peer.get(&peer) != Some(key) {
+            continue; // closing, or replaced by a newer connection
+        }
+        open += 1;
+        if let Some(path) = conn.quic.path_stats().next() {
+            metrics.rtt_us.record_duration(path.rtt);
+            metrics
+                .congestion_window_bytes_for(&peer)
+                .set(i64::try_from(path.cwnd).unwrap_or(i64::MAX));
+        }
+    }
+    for (peer, (sent, received)) in state.closed_unpublished.bytes.drain() {
+        publish_bytes(metrics, &peer, sent, received);
+    }
+    metrics.packets_lost.add(lost);
+    depths.publish(metrics);
+    // A difference, so that other transports on the shard may share the gauge.
+    let mut published = inner.published.borrow_mut();
+    metrics
+        .active_connections
+        .add(open - published.active_connections);
+    published.active_connections = open;
+}
+
+fn publish_bytes(metrics: &TransportMetrics, peer: &NodeId, sent: u64, received: u64) {
+    if sent > 0 {
+        metrics.sent_bytes_for(peer).add(sent);
+    }
+    if received > 0 {
+        metrics.received_bytes_for(peer).add(received);
     }
 }
 
@@ -654,40 +1026,9 @@ impl Transport for QuicTransport {
         priority: Priority,
         request: Buf,
     ) -> Result<Buf, RpcError> {
-        let inner = &self.inner;
-        if request.len() as u64 > inner.config.message_bytes_max {
-            return Err(RpcError::MessageTooLarge {
-                size_bytes: request.len() as u64,
-                limit_bytes: inner.config.message_bytes_max,
-            });
-        }
-        // The one clock read of an RPC: its deadline, enforced by the timer task.
-        let deadline = Instant::now() + inner.config.request_timeout;
-        let Some(key) = wait_for_peer(inner, peer, inner.config.request_timeout).await else {
-            return Err(RpcError::NotConnected(peer));
-        };
-        let stream_id = open_stream(inner, key, route, priority, request, deadline)?;
-        bump(&inner.stats.rpcs_sent);
-        let guard = StreamGuard {
-            inner: inner.clone(),
-            key,
-            stream_id,
-            armed: true,
-        };
-        let response = ResponseFuture {
-            inner,
-            key,
-            stream_id,
-        };
-        let result = response.await;
-        // The guard resets the stream unless the response arrived whole.
-        let mut guard = guard;
-        if result.is_ok() {
-            guard.armed = false;
-        }
-        drop(guard);
-        if result.is_err() {
-            bump(&inner.stats.rpcs_failed);
+        let result = rpc_on(&self.inner, peer, route, priority, request).await;
+        if let Err(error) = &result {
+            self.inner.stats.count_rpc_error(error);
         }
         result
     }
@@ -702,6 +1043,52 @@ impl Transport for QuicTransport {
         peers.sort();
         peers
     }
+}
+
+/// One RPC: waits for the peer's connection, opens a stream, waits for the response.
+async fn rpc_on(
+    inner: &Rc<Inner>,
+    peer: NodeId,
+    route: Route,
+    priority: Priority,
+    request: Buf,
+) -> Result<Buf, RpcError> {
+    if request.len() as u64 > inner.config.message_bytes_max {
+        return Err(RpcError::MessageTooLarge {
+            size_bytes: request.len() as u64,
+            limit_bytes: inner.config.message_bytes_max,
+        });
+    }
+    // The one clock read of an RPC: its deadline (enforced by the timer task) and, less
+    // `request_timeout`, its start (for `icn_rpc_duration_us`).
+    let deadline = Instant::now() + inner.config.request_timeout;
+    let Some(key) = wait_for_peer(inner, peer, inner.config.request_timeout).await else {
+        return Err(RpcError::NotConnected(peer));
+    };
+    let stream_id = open_stream(inner, key, route, priority, request, deadline)?;
+    bump(&inner.stats.rpcs_sent);
+    let guard = StreamGuard {
+        inner: inner.clone(),
+        key,
+        stream_id,
+        armed: true,
+    };
+    let response = ResponseFuture {
+        inner,
+        key,
+        stream_id,
+    };
+    let result = response.await;
+    // The guard resets the stream unless the response arrived whole.
+    let mut guard = guard;
+    if result.is_ok() {
+        guard.armed = false;
+    }
+    drop(guard);
+    if result.is_err() {
+        bump(&inner.stats.rpcs_failed);
+    }
+    result
 }
 
 /// Opens a stream for a new RPC and queues its request.
@@ -736,6 +1123,7 @@ fn open_stream(
         Priority::Normal => 3,
         Priority::Low => 5,
     };
+    conn.counts.sent_bytes += body.len() as u64;
     let mut tx = VecDeque::with_capacity(2);
     tx.push_back(head);
     if !body.is_empty() {
@@ -746,6 +1134,8 @@ fn open_stream(
         Stream {
             role: Role::Outgoing {
                 route,
+                // `deadline` is the RPC's start plus `request_timeout` (see `rpc_on`).
+                started: deadline - inner.config.request_timeout,
                 waker: None,
                 result: None,
             },
@@ -765,7 +1155,7 @@ fn open_stream(
     // Priorities apply once the stream exists in quiche, i.e. after its first write.
     write_stream(conn, stream_id);
     let _ = conn.quic.stream_priority(stream_id, urgency, true);
-    state.dirty.push_back(key);
+    mark_dirty(&mut state, key);
     drop(state);
     inner.send_wake.notify();
     wake_timer_if_before(inner, deadline);
@@ -846,7 +1236,7 @@ impl Drop for StreamGuard {
                 conn.quic
                     .stream_shutdown(self.stream_id, Shutdown::Read, codes::STREAM_CANCELLED);
         }
-        state.dirty.push_back(self.key);
+        mark_dirty(&mut state, self.key);
         drop(state);
         self.inner.send_wake.notify();
     }
@@ -992,12 +1382,14 @@ fn process_batch(
             }
         }
     }
+    // One clock read per batch: the completion time of every RPC answered in it.
+    let now = Instant::now();
     for &key in touched.iter() {
         let verified = state.conns.get(&key).is_some_and(|c| c.peer.is_some());
         if verified {
-            read_streams(inner, &mut state, key, dispatches);
+            read_streams(inner, &mut state, key, now, dispatches);
         }
-        state.dirty.push_back(key);
+        mark_dirty(&mut state, key);
     }
     wake_timer_for(inner, &state, touched);
     touched.clear();
@@ -1100,6 +1492,8 @@ fn insert_conn(
             last_send: now,
             opened: now,
             closing_since: None,
+            queued_for_send: false,
+            counts: ConnCounts::default(),
         },
     );
     // A new handshake deadline.
@@ -1138,13 +1532,19 @@ fn on_established(inner: &Rc<Inner>, state: &mut State, key: u64) {
 }
 
 /// Reads every readable stream of a connection, completing requests and responses.
-fn read_streams(inner: &Rc<Inner>, state: &mut State, key: u64, dispatches: &mut Vec<Dispatch>) {
+fn read_streams(
+    inner: &Rc<Inner>,
+    state: &mut State,
+    key: u64,
+    now: Instant,
+    dispatches: &mut Vec<Dispatch>,
+) {
     let Some(conn) = state.conns.get_mut(&key) else {
         return;
     };
     // quiche's iterator owns its list of ids, so the connection stays free to borrow.
     for stream_id in conn.quic.readable() {
-        read_stream(inner, conn, key, stream_id, dispatches);
+        read_stream(inner, conn, key, stream_id, now, dispatches);
     }
     let writable: Vec<u64> = conn.pending_tx.iter().copied().collect();
     for stream_id in writable {
@@ -1189,6 +1589,7 @@ fn read_stream(
     conn: &mut Conn,
     key: u64,
     stream_id: u64,
+    now: Instant,
     dispatches: &mut Vec<Dispatch>,
 ) {
     let locally_initiated = (stream_id & 0x1) == (conn.next_stream_id & 0x1);
@@ -1211,7 +1612,7 @@ fn read_stream(
     let outcome = fill_assembler(inner, conn, stream_id);
     match outcome {
         ReadOutcome::Pending => {}
-        ReadOutcome::Complete => complete_message(inner, conn, key, stream_id, dispatches),
+        ReadOutcome::Complete => complete_message(inner, conn, key, stream_id, now, dispatches),
         ReadOutcome::Reset => {
             bump(&inner.stats.streams_reset_by_peer);
             fail_stream(conn, stream_id, RpcError::ConnectionClosed);
@@ -1347,11 +1748,14 @@ struct Dispatch {
     body: Buf,
 }
 
+/// Hands a complete message to its RPC (a response, answered `now`) or queues its handler (a
+/// request).
 fn complete_message(
     inner: &Rc<Inner>,
     conn: &mut Conn,
     key: u64,
     stream_id: u64,
+    now: Instant,
     dispatches: &mut Vec<Dispatch>,
 ) {
     let Some(stream) = conn.streams.get_mut(&stream_id) else {
@@ -1373,7 +1777,22 @@ fn complete_message(
         }
     };
     match (message, &mut stream.role) {
-        (Message::Response { result: response }, Role::Outgoing { result, waker, .. }) => {
+        (
+            Message::Response { result: response },
+            Role::Outgoing {
+                route,
+                started,
+                result,
+                waker,
+            },
+        ) => {
+            inner
+                .rpc_durations
+                .borrow_mut()
+                .record(*route, now.saturating_duration_since(*started));
+            if let Ok(body) = &response {
+                conn.counts.received_bytes += body.len() as u64;
+            }
             *result = Some(response);
             if let Some(waker) = waker.take() {
                 waker.wake();
@@ -1394,6 +1813,7 @@ fn complete_message(
                 priority,
             };
             bump(&inner.stats.rpcs_served);
+            conn.counts.received_bytes += body.len() as u64;
             dispatches.push(Dispatch {
                 key,
                 stream_id,
@@ -1463,6 +1883,7 @@ fn launch_handler(inner: &Rc<Inner>, dispatch: Dispatch) {
 /// Writes a handler's response back on its stream.
 fn respond(inner: &Rc<Inner>, key: u64, stream_id: u64, result: Result<Buf, RpcError>) {
     let head_result = result.as_ref().map(|body| body.len()).map_err(Clone::clone);
+    let body_bytes = head_result.as_ref().map_or(0, |len| *len as u64);
     let head = wire::response_head(&mut inner.encoder.borrow_mut(), &head_result);
     let mut state = inner.state.borrow_mut();
     let Some(conn) = state.conns.get_mut(&key) else {
@@ -1482,8 +1903,9 @@ fn respond(inner: &Rc<Inner>, key: u64, stream_id: u64, result: Result<Buf, RpcE
         }
     }
     stream.tx_fin = true;
+    conn.counts.sent_bytes += body_bytes;
     write_stream(conn, stream_id);
-    state.dirty.push_back(key);
+    mark_dirty(&mut state, key);
     drop(state);
     inner.send_wake.notify();
 }
@@ -1504,8 +1926,11 @@ async fn flush_all(inner: &Rc<Inner>, out: &mut [u8]) {
             let mut state = inner.state.borrow_mut();
             next.clear();
             next.extend(state.dirty.drain(..));
-            next.sort_unstable();
-            next.dedup();
+            for key in &next {
+                if let Some(conn) = state.conns.get_mut(key) {
+                    conn.queued_for_send = false;
+                }
+            }
         }
         if next.is_empty() {
             return;
@@ -1661,6 +2086,16 @@ fn remove_conn(inner: &Rc<Inner>, state: &mut State, key: u64) {
         .stats
         .packets_lost
         .set(inner.stats.packets_lost.get() + lost);
+    let unpublished = &mut state.closed_unpublished;
+    unpublished.lost_packets += conn.counts.take_unpublished_lost(lost);
+    if let Some(peer) = conn.peer {
+        let (sent, received) = conn.counts.take_unpublished_bytes();
+        if sent > 0 || received > 0 {
+            let bytes = unpublished.bytes.entry(peer).or_default();
+            bytes.0 += sent;
+            bytes.1 += received;
+        }
+    }
     if conn.peer.is_some() {
         bump(&inner.stats.connections_closed);
     } else {
@@ -1770,7 +2205,7 @@ fn fire_timers(inner: &Rc<Inner>) -> bool {
         if reap {
             remove_conn(inner, &mut state, key);
         } else {
-            state.dirty.push_back(key);
+            mark_dirty(&mut state, key);
         }
     }
     fired
@@ -1882,7 +2317,7 @@ fn dial(inner: &Rc<Inner>, peer: NodeId, addr: SocketAddr) -> Result<(), quiche:
     )?;
     let mut state = inner.state.borrow_mut();
     let key = insert_conn(inner, &mut state, quic, scid, Some(peer), 0);
-    state.dirty.push_back(key);
+    mark_dirty(&mut state, key);
     drop(state);
     inner.send_wake.notify();
     inner.timer_wake.notify();
@@ -1892,6 +2327,59 @@ fn dial(inner: &Rc<Inner>, peer: NodeId, addr: SocketAddr) -> Result<(), quiche:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rpc_durations_are_bounded_and_published_once() {
+        use crate::metrics::{MetricsCollector, MetricsSchemaBuilder, ShardMetrics};
+        use crate::metrics::{StandardMetrics, TransportMetrics};
+        let mut builder = MetricsSchemaBuilder::new(MetricsConfig::default()).unwrap();
+        let ids = StandardMetrics::declare(&mut builder).unwrap();
+        let schema = builder.build();
+        let shard = ShardMetrics::new(schema.clone(), 0);
+        let metrics = TransportMetrics::new(ids, &shard);
+        let mut durations = RpcDurations::default();
+        for route in 0..RPC_DURATION_ROUTES_MAX as u16 + 3 {
+            durations.record(Route(route), Duration::from_micros(100));
+        }
+        durations.record(Route(0), Duration::from_micros(300));
+        assert_eq!(durations.by_route.len(), RPC_DURATION_ROUTES_MAX);
+        durations.publish(&metrics);
+        durations.publish(&metrics); // nothing new: adds nothing
+        let collector = MetricsCollector::new(schema, 1);
+        shard.publish(&collector).unwrap();
+        let text = collector.render();
+        for line in [
+            "icn_rpc_duration_us_count{route=\"0\"} 2\n",
+            "icn_rpc_duration_us_sum{route=\"0\"} 400\n",
+            "icn_rpc_duration_us_count{route=\"31\"} 1\n",
+            // The three routes beyond the bound share one series.
+            "icn_rpc_duration_us_count{route=\"other\"} 3\n",
+            "icn_rpc_duration_us_sum{route=\"other\"} 300\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn lost_packets_and_bytes_are_published_once() {
+        let mut counts = ConnCounts::default();
+        assert_eq!(counts.take_unpublished_lost(3), 3);
+        assert_eq!(
+            counts.take_unpublished_lost(3),
+            0,
+            "sampled twice, counted once"
+        );
+        assert_eq!(counts.take_unpublished_lost(5), 2);
+        // quiche's count never falls, but a smaller reading must not count again later.
+        assert_eq!(counts.take_unpublished_lost(4), 0);
+        assert_eq!(counts.take_unpublished_lost(6), 1);
+        counts.sent_bytes = 10;
+        counts.received_bytes = 7;
+        assert_eq!(counts.take_unpublished_bytes(), (10, 7));
+        counts.sent_bytes += 5;
+        assert_eq!(counts.take_unpublished_bytes(), (5, 0));
+        assert_eq!(counts.take_unpublished_bytes(), (0, 0));
+    }
 
     #[test]
     fn rpc_deadlines_pop_in_order_and_stay_bounded() {
