@@ -355,7 +355,7 @@ impl NodeHarness {
             return Err("artifact delivered to its own producer".into());
         }
         let delivered_at = Instant::now();
-        let (latency, waker) = {
+        let waker = {
             let mut books = lock(&shared.producers[producer]);
             let Some(entry) = books.in_flight.get_mut(id) else {
                 lock(&shared.errors).duplicates += 1;
@@ -377,17 +377,19 @@ impl NodeHarness {
             } else {
                 None
             };
-            (latency, waker)
+            // Counted while the producer's books are held: once the drain sees no delivery
+            // missing, every delivery it waited for is in the tallies too.
+            let mut tally = lock(&shared.tallies[self.index]);
+            tally.deliveries += 1;
+            if shared.phase() == Phase::Measure {
+                tally.measured_deliveries += 1;
+                tally.measured_bytes += length as u64;
+                tally.measured_latency.record(latency);
+            }
+            waker
         };
         if let Some(waker) = waker {
             waker.wake();
-        }
-        let mut tally = lock(&shared.tallies[self.index]);
-        tally.deliveries += 1;
-        if shared.phase() == Phase::Measure {
-            tally.measured_deliveries += 1;
-            tally.measured_bytes += length as u64;
-            tally.measured_latency.record(latency);
         }
         Ok(())
     }
