@@ -143,7 +143,6 @@ struct PeerState {
     conn: ConnId,
     slots: HashMap<SlotNumber, (u64, ArtifactId, usize)>,
     advert_bytes: usize,
-    fetches_in_flight: usize,
     bucket: TokenBucket,
 }
 
@@ -196,6 +195,10 @@ pub struct Receiver {
     next_order: u64,
     maybe_later: BTreeSet<(Duration, ArtifactId)>,
     fetches: HashMap<FetchId, (ArtifactId, usize, NodeId)>,
+    /// Fetches in flight per peer, kept apart from the peer's state so that a reconnect (a new
+    /// state) cannot lose count of the old connection's fetches. Only peers with a fetch in
+    /// flight have an entry: at most `downloads_in_flight_max`.
+    fetches_by_peer: HashMap<NodeId, usize>,
     next_fetch: u64,
     bucket: TokenBucket,
     events: VecDeque<ReceiverEvent>,
@@ -216,6 +219,7 @@ impl Receiver {
             next_order: 0,
             maybe_later: BTreeSet::new(),
             fetches: HashMap::new(),
+            fetches_by_peer: HashMap::new(),
             next_fetch: 0,
             bucket: TokenBucket::new(config.download_bytes_per_s_max),
             events: VecDeque::new(),
@@ -346,7 +350,6 @@ impl Receiver {
                 conn,
                 slots: HashMap::new(),
                 advert_bytes: 0,
-                fetches_in_flight: 0,
                 bucket,
             },
         );
@@ -362,23 +365,15 @@ impl Receiver {
         for (_, (_, id, _)) in state.slots {
             self.drop_advertiser(&id, peer);
         }
-        // Keep counting its fetches until they end: a fresh state would undercount them.
-        let in_flight = self
-            .fetches
-            .values()
-            .filter(|(_, _, fetch_peer)| *fetch_peer == peer)
-            .count();
-        if in_flight > 0 {
-            self.peers.insert(
-                peer,
-                PeerState {
-                    conn: state.conn,
-                    slots: HashMap::new(),
-                    advert_bytes: 0,
-                    fetches_in_flight: in_flight,
-                    bucket: state.bucket,
-                },
-            );
+    }
+
+    /// One fetch to `peer` ended (answered, failed or cancelled).
+    fn fetch_ended(&mut self, peer: NodeId) {
+        if let Some(count) = self.fetches_by_peer.get_mut(&peer) {
+            *count -= 1;
+            if *count == 0 {
+                self.fetches_by_peer.remove(&peer);
+            }
         }
     }
 
@@ -561,9 +556,7 @@ impl Receiver {
         for chunk in download.chunks {
             if let Chunk::InFlight { fetch, peer } = chunk {
                 self.fetches.remove(&fetch);
-                if let Some(state) = self.peers.get_mut(&peer) {
-                    state.fetches_in_flight -= 1;
-                }
+                self.fetch_ended(peer);
                 self.stats.fetches_cancelled += 1;
                 self.events.push_back(ReceiverEvent::CancelFetch(fetch));
             }
@@ -643,8 +636,8 @@ impl Receiver {
         let per_peer_max = self.config.downloads_in_flight_per_peer_max;
         let mut peers_with_room = self
             .peers
-            .values()
-            .filter(|state| state.fetches_in_flight < per_peer_max)
+            .keys()
+            .filter(|peer| self.fetches_by_peer.get(peer).copied().unwrap_or(0) < per_peer_max)
             .count();
         let mut started_all: SmallVec<[u64; 16]> = SmallVec::new();
         let Receiver {
@@ -653,6 +646,7 @@ impl Receiver {
             tracked,
             downloads,
             fetches,
+            fetches_by_peer,
             next_fetch,
             bucket,
             next_retry_at,
@@ -689,6 +683,7 @@ impl Receiver {
                 let chosen = if out.len() < max && fetches.len() < config.downloads_in_flight_max {
                     choose_peer(
                         peers,
+                        fetches_by_peer,
                         &entry.advertisers,
                         download,
                         index,
@@ -712,8 +707,9 @@ impl Receiver {
                 };
                 let expected = if length == 0 { size_bytes } else { length };
                 let state = peers.get_mut(&peer).expect("eligible peer");
-                state.fetches_in_flight += 1;
-                if state.fetches_in_flight == per_peer_max {
+                let in_flight = fetches_by_peer.entry(peer).or_insert(0);
+                *in_flight += 1;
+                if *in_flight == per_peer_max {
                     peers_with_room -= 1;
                 }
                 state.bucket.take(expected);
@@ -757,12 +753,7 @@ impl Receiver {
         let Some((id, index, peer)) = self.fetches.remove(&fetch) else {
             return; // cancelled
         };
-        if let Some(state) = self.peers.get_mut(&peer) {
-            state.fetches_in_flight -= 1;
-            if state.fetches_in_flight == 0 && state.slots.is_empty() && !self.is_connected(peer) {
-                self.peers.remove(&peer);
-            }
-        }
+        self.fetch_ended(peer);
         let Some(bytes) = outcome else {
             self.stats.fetches_failed += 1;
             self.chunk_failed(&id, index, peer, now);
@@ -789,13 +780,6 @@ impl Receiver {
         {
             self.complete(&id, now, matches);
         }
-    }
-
-    /// A peer state kept only to count a closed connection's fetches is not "connected".
-    fn is_connected(&self, peer: NodeId) -> bool {
-        self.peers
-            .get(&peer)
-            .is_some_and(|state| !state.slots.is_empty())
     }
 
     fn download_mut(&mut self, id: &ArtifactId) -> Option<&mut Download> {
@@ -897,18 +881,21 @@ impl Receiver {
 /// The advertiser with the fewest fetches in flight (and room and budget), preferring peers
 /// that have not failed this download; ties broken by chunk index so the chunks of one artifact
 /// spread over its advertisers.
+#[allow(clippy::too_many_arguments)]
 fn choose_peer(
     peers: &HashMap<NodeId, PeerState>,
+    fetches_by_peer: &HashMap<NodeId, usize>,
     advertisers: &[NodeId],
     download: &Download,
     chunk: usize,
     per_peer_max: usize,
     now: Duration,
 ) -> Option<NodeId> {
+    let in_flight = |peer: &NodeId| fetches_by_peer.get(peer).copied().unwrap_or(0);
     let eligible = |peer: &NodeId| {
-        peers.get(peer).is_some_and(|state| {
-            state.fetches_in_flight < per_peer_max && state.bucket.has_tokens_at(now)
-        })
+        peers
+            .get(peer)
+            .is_some_and(|state| in_flight(peer) < per_peer_max && state.bucket.has_tokens_at(now))
     };
     if let Some(source) = download.single_source {
         if advertisers.contains(&source) {
@@ -918,10 +905,7 @@ fn choose_peer(
     let mut best: Option<(bool, usize)> = None;
     let mut tied: SmallVec<[NodeId; PEERS_INLINE]> = SmallVec::new();
     for peer in advertisers.iter().filter(|peer| eligible(peer)) {
-        let key = (
-            download.avoided.contains(peer),
-            peers[peer].fetches_in_flight,
-        );
+        let key = (download.avoided.contains(peer), in_flight(peer));
         match best {
             Some(current) if key > current => {}
             Some(current) if key == current => tied.push(*peer),

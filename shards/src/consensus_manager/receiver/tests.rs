@@ -338,3 +338,34 @@ fn maybe_later_is_asked_again() {
     receiver.recheck(50 * MS, &wanted);
     assert_eq!(fetches(&mut receiver, 50 * MS).len(), 1);
 }
+
+#[test]
+fn a_reconnect_does_not_lose_count_of_fetches_in_flight() {
+    let mut receiver = Receiver::new(config());
+    send(&mut receiver, 1, 1, update(0, 1, advert("a", 10))).unwrap();
+    send(&mut receiver, 2, 1, update(0, 1, advert("a", 10))).unwrap();
+    let first = fetches(&mut receiver, Duration::ZERO);
+    assert_eq!(first.len(), 1);
+    let busy = first[0].peer.0[0];
+    // The fetching peer reconnects (a newer connection) while the fetch runs on the old one;
+    // the other advertiser keeps the download alive, so the fetch is not cancelled. Then the
+    // reconnected peer advertises three more artifacts only it has.
+    send(&mut receiver, busy, 2, update(0, 1, advert("a", 10))).unwrap();
+    for (slot, id) in ["b", "c", "d"].iter().enumerate() {
+        send(
+            &mut receiver,
+            busy,
+            2,
+            update(slot as u64 + 1, slot as u64 + 2, advert(id, 10)),
+        )
+        .unwrap();
+    }
+    // The old fetch still counts: one more fits under the per-peer bound of 2.
+    assert_eq!(fetches(&mut receiver, MS).len(), 1);
+    receiver.fetch_done(first[0].id, None, MS, &matches);
+    assert_eq!(receiver.fetches_in_flight(), 1);
+    // The failed fetch freed its slot: the busy peer takes exactly one more (bound 2).
+    let next = fetches(&mut receiver, 100 * MS);
+    let to_busy = next.iter().filter(|f| f.peer.0[0] == busy).count();
+    assert_eq!(to_busy, 1, "{next:?}");
+}
