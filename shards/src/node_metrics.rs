@@ -170,20 +170,20 @@ impl NodeMetricIds {
 }
 
 /// A metrics counter that follows a monotonic counter kept elsewhere.
-struct Mirror {
+pub(crate) struct Mirror {
     counter: Counter,
     last: Cell<u64>,
 }
 
 impl Mirror {
-    fn new(counter: Counter) -> Mirror {
+    pub(crate) fn new(counter: Counter) -> Mirror {
         Mirror {
             counter,
             last: Cell::new(0),
         }
     }
 
-    fn follow(&self, now: u64) {
+    pub(crate) fn follow(&self, now: u64) {
         self.counter.add(now.saturating_sub(self.last.get()));
         self.last.set(now.max(self.last.get()));
     }

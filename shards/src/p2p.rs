@@ -128,21 +128,27 @@ impl WorkloadConfig {
 pub struct DeliveryStats {
     pub received: u64,
     pub received_bytes: u64,
-    /// Since start.
-    pub latency_us: Histogram<u64>,
     /// Since the last [`DeliveryStats::take_window`].
     pub window_us: Histogram<u64>,
+    /// Sum of the window's latencies (what a Prometheus summary's `_sum` needs).
+    pub window_sum_us: u64,
 }
 
 impl DeliveryStats {
     fn new() -> DeliveryStats {
-        let histogram =
-            || Histogram::new_with_bounds(1, LATENCY_MAX_US, 3).expect("valid histogram bounds");
         DeliveryStats {
             received: 0,
             received_bytes: 0,
-            latency_us: histogram(),
-            window_us: histogram(),
+            window_us: Histogram::new_with_bounds(1, LATENCY_MAX_US, 3)
+                .expect("valid histogram bounds"),
+            window_sum_us: 0,
+        }
+    }
+
+    /// Counts an artifact the pool validated, if it came from a peer (not this node's own).
+    fn observe(&mut self, artifact: &Artifact, from: Option<NodeId>) {
+        if from.is_some() {
+            self.record(artifact, unix_us());
         }
     }
 
@@ -153,9 +159,9 @@ impl DeliveryStats {
             let latency = now_unix_us
                 .saturating_sub(produced_us)
                 .clamp(1, LATENCY_MAX_US);
-            // Both are within bounds after the clamp.
-            let _ = self.latency_us.record(latency);
+            // Within the histogram's bounds after the clamp.
             let _ = self.window_us.record(latency);
+            self.window_sum_us = self.window_sum_us.saturating_add(latency);
         }
     }
 
@@ -168,6 +174,7 @@ impl DeliveryStats {
             )
         });
         self.window_us.reset();
+        self.window_sum_us = 0;
         quantiles
     }
 }
@@ -225,9 +232,7 @@ impl P2p {
                 let observed = deliveries.clone();
                 pool.borrow_mut()
                     .set_observer(Box::new(move |artifact, from, _now| {
-                        if from.is_some() {
-                            observed.borrow_mut().record(artifact, unix_us());
-                        }
+                        observed.borrow_mut().observe(artifact, from)
                     }));
                 let dyn_pool: Rc<RefCell<dyn ArtifactPool>> = pool.clone();
                 let config = GossipConfig::from_tuning(tuning, priority);
@@ -299,9 +304,7 @@ impl P2p {
             .pool
             .borrow_mut()
             .set_observer(Box::new(move |artifact, from, _now| {
-                if from.is_some() {
-                    deliveries.borrow_mut().record(artifact, unix_us());
-                }
+                deliveries.borrow_mut().observe(artifact, from);
                 let Some(height) = height_of(artifact.id()) else {
                     return;
                 };

@@ -2,14 +2,14 @@
 //! ingress). The consensus managers, pools and artifact managers keep plain counters;
 //! [`P2pSampler::sample`] copies them into the metrics registry on every publish and scrape.
 
-use std::cell::Cell;
 use std::rc::Rc;
 
 use icn_engine::metrics::{
-    Aggregation, Counter, CounterId, GaugeId, HistogramId, LabelSpec, MetricsError,
-    MetricsSchemaBuilder, ShardMetrics,
+    Aggregation, CounterId, GaugeId, HistogramId, LabelSpec, MetricsError, MetricsSchemaBuilder,
+    ShardMetrics,
 };
 
+use crate::node_metrics::Mirror;
 use crate::p2p::{DeliveryStats, KindSnapshot, P2p, KINDS};
 use crate::peer_manager::driver::PeerManagerHandle;
 use crate::peer_manager::PeerStats;
@@ -153,11 +153,6 @@ impl P2pMetricIds {
     }
 }
 
-struct Mirror {
-    counter: Counter,
-    last: Cell<u64>,
-}
-
 /// Copies the P2P layer's counters into the metrics registry.
 pub struct P2pSampler {
     p2p: Rc<P2p>,
@@ -181,10 +176,7 @@ impl P2pSampler {
             .peer_metrics
             .iter()
             .map(|id| match id {
-                PeerMetricId::Counter(id) => Some(Mirror {
-                    counter: shard.counter(*id),
-                    last: Cell::new(0),
-                }),
+                PeerMetricId::Counter(id) => Some(Mirror::new(shard.counter(*id))),
                 PeerMetricId::Gauge(_) => None,
             })
             .collect();
@@ -193,10 +185,7 @@ impl P2pSampler {
             .map(|(_, label)| {
                 ids.counters
                     .iter()
-                    .map(|id| Mirror {
-                        counter: shard.counter_with(*id, label),
-                        last: Cell::new(0),
-                    })
+                    .map(|id| Mirror::new(shard.counter_with(*id, label)))
                     .collect()
             })
             .collect();
@@ -217,9 +206,7 @@ impl P2pSampler {
         for (index, (snapshot, parts)) in snapshots.iter().zip(self.p2p.kinds()).enumerate() {
             let mut deliveries = parts.deliveries.borrow_mut();
             for (mirror, (_, _, read)) in self.mirrors[index].iter().zip(COUNTERS.iter()) {
-                let now = read(snapshot, &deliveries);
-                mirror.counter.add(now.saturating_sub(mirror.last.get()));
-                mirror.last.set(now.max(mirror.last.get()));
+                mirror.follow(read(snapshot, &deliveries));
             }
             for (id, (_, _, read)) in self.ids.gauges.iter().zip(GAUGES.iter()) {
                 let value = read(snapshot, &deliveries);
@@ -227,7 +214,9 @@ impl P2pSampler {
                     .gauge_with(*id, snapshot.label)
                     .set(i64::try_from(value).unwrap_or(i64::MAX));
             }
-            self.record_latency(snapshot.label, &deliveries);
+            self.shard
+                .histogram_with(self.ids.latency, snapshot.label)
+                .merge(&deliveries.window_us, deliveries.window_sum_us);
             let (p50, p99) = deliveries.take_window().unwrap_or((0, 0));
             let gauge = |id, value: u64| {
                 self.shard
@@ -250,26 +239,12 @@ impl P2pSampler {
             .zip(readings.iter())
         {
             match (id, mirror) {
-                (_, Some(mirror)) => {
-                    mirror.counter.add(value.saturating_sub(mirror.last.get()));
-                    mirror.last.set((*value).max(mirror.last.get()));
-                }
+                (_, Some(mirror)) => mirror.follow(*value),
                 (PeerMetricId::Gauge(id), None) => self
                     .shard
                     .gauge(*id)
                     .set(i64::try_from(*value).unwrap_or(i64::MAX)),
                 (PeerMetricId::Counter(_), None) => unreachable!("counters have mirrors"),
-            }
-        }
-    }
-
-    /// Adds the window's samples to the cumulative metrics histogram (value by value from the
-    /// window's buckets, so both agree).
-    fn record_latency(&self, label: &str, deliveries: &DeliveryStats) {
-        let histogram = self.shard.histogram_with(self.ids.latency, label);
-        for bucket in deliveries.window_us.iter_recorded() {
-            for _ in 0..bucket.count_at_value() {
-                histogram.record(bucket.value_iterated_to());
             }
         }
     }

@@ -13,7 +13,7 @@
 //! updates are refused as busy (the sender retries), so nothing is lost and nothing grows.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -575,29 +575,28 @@ impl GossipHandle {
     /// [`wire::SLOT_UPDATES_PER_MESSAGE_MAX`] updates and about
     /// [`wire::SLOT_UPDATE_BATCH_BYTES_MAX`] bytes per request).
     fn start_updates<T: Transport + 'static>(&self, transport: &Rc<T>, now: Duration) {
-        let inner = &self.inner;
-        let mut batches: BTreeMap<NodeId, (Vec<OutboundUpdate>, usize)> = BTreeMap::new();
-        loop {
-            let update = inner.sender.borrow_mut().poll_update(now);
-            let Some(update) = update else { break };
+        let mut updates = Vec::new();
+        self.inner
+            .sender
+            .borrow_mut()
+            .poll_updates(now, &mut updates);
+        // Updates come grouped by peer: cut each peer's run into batches.
+        let mut batch: Vec<OutboundUpdate> = Vec::new();
+        let mut batch_bytes = 0;
+        for update in updates {
             let bytes = wire::update_bytes(&update);
-            let peer = update.peer;
-            let (batch, batch_bytes) = batches.entry(peer).or_default();
-            let full = batch.len() >= wire::SLOT_UPDATES_PER_MESSAGE_MAX
-                || (*batch_bytes + bytes > wire::SLOT_UPDATE_BATCH_BYTES_MAX && !batch.is_empty());
+            let full = batch.first().is_some_and(|first| first.peer != update.peer)
+                || batch.len() >= wire::SLOT_UPDATES_PER_MESSAGE_MAX
+                || (batch_bytes + bytes > wire::SLOT_UPDATE_BATCH_BYTES_MAX && !batch.is_empty());
             if full {
-                let ready = std::mem::take(batch);
-                *batch_bytes = 0;
-                self.send_batch(transport, ready);
+                self.send_batch(transport, std::mem::take(&mut batch));
+                batch_bytes = 0;
             }
-            let (batch, batch_bytes) = batches.entry(peer).or_default();
             batch.push(update);
-            *batch_bytes += bytes;
+            batch_bytes += bytes;
         }
-        for (_, (batch, _)) in batches {
-            if !batch.is_empty() {
-                self.send_batch(transport, batch);
-            }
+        if !batch.is_empty() {
+            self.send_batch(transport, batch);
         }
     }
 

@@ -318,6 +318,21 @@ impl Sender {
         None
     }
 
+    /// Every update that can be sent now, grouped by peer (each peer drained up to its
+    /// in-flight bound), peers in round-robin order; appended to `out`.
+    pub fn poll_updates(&mut self, now: Duration, out: &mut Vec<OutboundUpdate>) {
+        self.queue_due_clears(now);
+        for peer in self.peer_order() {
+            let before = out.len();
+            while let Some(update) = self.poll_peer(peer, now) {
+                out.push(update);
+            }
+            if out.len() > before {
+                self.poll_cursor = Some(peer);
+            }
+        }
+    }
+
     /// Peers in round-robin order, starting after the last one served.
     fn peer_order(&self) -> Vec<NodeId> {
         let peers: Vec<NodeId> = self.outboxes.keys().copied().collect();
@@ -546,6 +561,20 @@ mod tests {
         let last = drain(&mut sender, CLEAR_COALESCE);
         assert_eq!(last.len(), 1, "the reuse replaced the clear: {last:?}");
         assert!(matches!(&last[0].message, UpdateMessage::Push(a) if a.id().as_bytes() == b"new"));
+    }
+
+    #[test]
+    fn poll_updates_groups_by_peer_within_the_in_flight_bound() {
+        let mut sender = Sender::new(ArtifactKind(1), config());
+        sender.peer_connected(peer(1), ConnId(1));
+        sender.peer_connected(peer(2), ConnId(2));
+        for name in ["a", "b", "c"] {
+            sender.add(artifact(name, 1), false).unwrap();
+        }
+        let mut out = Vec::new();
+        sender.poll_updates(Duration::ZERO, &mut out);
+        let peers: Vec<u8> = out.iter().map(|update| update.peer.0[0]).collect();
+        assert_eq!(peers, [1, 1, 2, 2], "two per peer (the bound), grouped");
     }
 
     #[test]
