@@ -21,6 +21,10 @@ use crate::payload::{
     decode_artifact_request, decode_chunk_request, decode_manifest_request, decode_slot_update,
     decode_slot_updates, decode_state_advert,
 };
+use crate::state::{
+    decode_manifest_piece, decode_meta_manifest, encode_manifest_piece, encode_meta_manifest,
+    ManifestLimits,
+};
 
 /// The names of the functions below, which are also the fuzz targets and corpus directories.
 pub const TARGETS: &[&str] = &[
@@ -37,6 +41,8 @@ pub const TARGETS: &[&str] = &[
     "state_advert",
     "manifest_request",
     "chunk_request",
+    "meta_manifest",
+    "manifest_piece",
 ];
 
 /// Runs the function named `target` (one of [`TARGETS`]) on `data`; `None` if there is no
@@ -56,6 +62,8 @@ pub fn run(target: &str, data: &[u8]) -> Option<Result<(), DecodeError>> {
         "state_advert" => state_advert,
         "manifest_request" => manifest_request,
         "chunk_request" => chunk_request,
+        "meta_manifest" => meta_manifest,
+        "manifest_piece" => manifest_piece,
         _ => return None,
     };
     Some(function(data))
@@ -166,5 +174,25 @@ pub fn slot_update(data: &[u8]) -> Result<(), DecodeError> {
         .to_vec();
     body.extend_from_slice(artifact);
     assert_eq!(decode_slot_update(&body, &limits()), Ok((update, artifact)));
+    Ok(())
+}
+
+pub fn meta_manifest(data: &[u8]) -> Result<(), DecodeError> {
+    let limits = ManifestLimits::default();
+    let meta = decode_meta_manifest(data, &limits)?;
+    assert_eq!(
+        decode_meta_manifest(&encode_meta_manifest(&meta), &limits),
+        Ok(meta)
+    );
+    Ok(())
+}
+
+pub fn manifest_piece(data: &[u8]) -> Result<(), DecodeError> {
+    let limits = ManifestLimits::default();
+    let piece = decode_manifest_piece(data, &limits)?;
+    let again = decode_manifest_piece(&encode_manifest_piece(&piece), &limits);
+    assert_eq!(again.as_ref(), Ok(&piece));
+    // The hash is over the fields, so it survives the re-encoding.
+    assert_eq!(again.map(|again| again.hash()), Ok(piece.hash()));
     Ok(())
 }

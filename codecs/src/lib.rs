@@ -13,6 +13,8 @@
 //! - [`payload`]: the services' request payloads (consensus-manager slot updates and artifact
 //!   requests, state-sync adverts and manifest/chunk requests), size-prefixed FlatBuffers at the
 //!   start of a request body, optionally followed by raw bytes (a pushed artifact).
+//! - [`state`]: state manifests (files, chunks, pieces, meta-manifest), their encodings, the
+//!   chunk plan and the domain-separated SHA-256 hashes that make a state's identity.
 //! - [`Encoder`]: one reusable FlatBuffers builder for all `encode_*` methods, so the hot path
 //!   does not allocate per message.
 //! - [`generated`]: the flatc output for `codecs/schema/*.fbs` (regenerate with `codecs/gen.sh`).
@@ -31,6 +33,7 @@ pub mod fuzzing;
 pub mod generated;
 pub mod limits;
 pub mod payload;
+pub mod state;
 mod verify;
 
 pub use encoder::Encoder;

@@ -44,11 +44,13 @@ pub struct ArtifactRequest<'a> {
     pub length: u64,
 }
 
-/// The sender holds a certified state at `height` with root hash `root_hash`.
+/// The sender holds a certified state at `height` with root hash `root_hash`; `partial` when
+/// it is still syncing that state and serves only the chunks it has verified.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StateAdvert {
     pub height: u64,
     pub root_hash: [u8; HASH_BYTES],
+    pub partial: bool,
 }
 
 /// Asks for one piece of the manifest of the state at `height`.
@@ -192,6 +194,7 @@ pub fn decode_state_advert(body: &[u8], limits: &CodecLimits) -> Result<StateAdv
     Ok(StateAdvert {
         height: table.height(),
         root_hash: table.root_hash().0,
+        partial: table.partial(),
     })
 }
 
@@ -276,6 +279,7 @@ impl Encoder {
         let args = wire::StateAdvertArgs {
             height: advert.height,
             root_hash: Some(&root_hash),
+            partial: advert.partial,
         };
         let root = wire::StateAdvert::create(builder, &args);
         self.finish_size_prefixed(root)
@@ -366,9 +370,9 @@ mod tests {
         }
 
         #[test]
-        fn state_sync_messages_round_trip(height: u64, root_hash: [u8; 32], piece: u32, chunk_index: u32) {
+        fn state_sync_messages_round_trip(height: u64, root_hash: [u8; 32], partial: bool, piece: u32, chunk_index: u32) {
             let mut encoder = Encoder::default();
-            let advert = StateAdvert { height, root_hash };
+            let advert = StateAdvert { height, root_hash, partial };
             prop_assert_eq!(decode_state_advert(encoder.encode_state_advert(&advert).unwrap(), &limits()), Ok(advert));
             let manifest = ManifestRequest { height, piece };
             let body = encoder.encode_manifest_request(&manifest).unwrap();
@@ -388,7 +392,7 @@ mod tests {
 
         #[test]
         fn every_truncation_is_an_error(cut_fraction in 0.0f64..1.0) {
-            let advert = StateAdvert { height: 7, root_hash: [9; 32] };
+            let advert = StateAdvert { height: 7, root_hash: [9; 32], partial: false };
             let body = Encoder::default().encode_state_advert(&advert).unwrap().to_vec();
             let cut = (body.len() as f64 * cut_fraction) as usize;
             prop_assert!(decode_state_advert(&body[..cut], &limits()).is_err());

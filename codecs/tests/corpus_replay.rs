@@ -518,6 +518,7 @@ fn state_sync_seeds() -> Vec<Seed> {
         .encode_state_advert(&StateAdvert {
             height: 1_200,
             root_hash: [0xab; HASH_BYTES],
+            partial: true,
         })
         .unwrap()
         .to_vec();
@@ -590,7 +591,107 @@ fn seeds() -> Vec<Seed> {
     seeds.extend(slot_updates_seeds());
     seeds.extend(artifact_request_seeds());
     seeds.extend(state_sync_seeds());
+    seeds.extend(manifest_seeds());
     seeds
+}
+
+/// A small valid manifest: a group chunk of two small files (one empty file between them) and
+/// a large file cut in two.
+fn sample_manifest() -> state::Manifest {
+    let contents: [&[u8]; 4] = [b"alpha", b"", b"beta", &[7u8; 150]];
+    let paths = ["a/one", "a/two", "b", "c/big"];
+    let sizes: Vec<u64> = contents.iter().map(|c| c.len() as u64).collect();
+    let files = paths
+        .iter()
+        .zip(contents)
+        .map(|(path, content)| {
+            let mut hasher = state::FileHasher::new();
+            hasher.update(content);
+            state::FileEntry {
+                path: path.to_string(),
+                size: content.len() as u64,
+                hash: hasher.finish(),
+            }
+        })
+        .collect();
+    let mut manifest = state::Manifest {
+        chunk_bytes: 100,
+        files,
+        chunks: Vec::new(),
+    };
+    for plan in state::plan_chunks(&sizes, 100) {
+        manifest.chunks.push(state::ChunkEntry {
+            file_index: plan.file_index,
+            offset: plan.offset,
+            size: plan.size,
+            hash: [0; 32],
+        });
+    }
+    for index in 0..manifest.chunks.len() {
+        let mut hasher = state::ChunkHasher::new();
+        for segment in manifest.segments(index as u32).unwrap() {
+            let content = contents[segment.file_index as usize];
+            hasher
+                .update(&content[segment.offset as usize..(segment.offset + segment.len) as usize]);
+        }
+        manifest.chunks[index].hash = hasher.finish();
+    }
+    manifest
+}
+
+fn manifest_seeds() -> Vec<Seed> {
+    let manifest = sample_manifest();
+    let (meta, pieces) = manifest.split_with(256, 3);
+    assert!(pieces.len() >= 2);
+    let meta_bytes = state::encode_meta_manifest(&meta);
+    let piece_bytes = state::encode_manifest_piece(&pieces[0]);
+    let mut bad_version = meta.clone();
+    bad_version.version = 9;
+    let mut bad_counts = meta.clone();
+    bad_counts.file_count += 1;
+    let mut bad_path = pieces[0].clone();
+    bad_path.files[0].path = "../escape".into();
+    let mut absolute = pieces[0].clone();
+    absolute.files[0].path = "/etc/passwd".into();
+    vec![
+        seed("meta_manifest", "valid", meta_bytes.clone()),
+        seed(
+            "meta_manifest",
+            "invalid-version",
+            state::encode_meta_manifest(&bad_version),
+        ),
+        seed(
+            "meta_manifest",
+            "invalid-counts",
+            state::encode_meta_manifest(&bad_counts),
+        ),
+        seed(
+            "meta_manifest",
+            "invalid-truncated",
+            meta_bytes[..meta_bytes.len() / 2].to_vec(),
+        ),
+        seed("manifest_piece", "valid", piece_bytes.clone()),
+        seed(
+            "manifest_piece",
+            "valid-last",
+            state::encode_manifest_piece(pieces.last().unwrap()),
+        ),
+        seed(
+            "manifest_piece",
+            "invalid-dotdot-path",
+            state::encode_manifest_piece(&bad_path),
+        ),
+        seed(
+            "manifest_piece",
+            "invalid-absolute-path",
+            state::encode_manifest_piece(&absolute),
+        ),
+        seed(
+            "manifest_piece",
+            "invalid-truncated",
+            piece_bytes[..piece_bytes.len() / 2].to_vec(),
+        ),
+    ]
 }
 
 #[test]

@@ -35,6 +35,7 @@ pub struct Tuning {
     pub metrics: MetricsTuning,
     pub peers: PeersTuning,
     pub gossip: GossipTuning,
+    pub state_sync: StateSyncTuning,
 }
 
 /// Every section, in the order of [`Tuning`]'s fields.
@@ -48,6 +49,7 @@ pub const SECTIONS: &[SectionMeta] = &[
     MetricsTuning::SECTION,
     PeersTuning::SECTION,
     GossipTuning::SECTION,
+    StateSyncTuning::SECTION,
 ];
 
 /// A rule between two integer knobs: `knob` must stand in `relation` to `other`.
@@ -104,6 +106,24 @@ pub const CROSS_RULES: &[CrossRule] = &[
         why: "an artifact below one chunk cannot be split into chunks",
     },
     CrossRule {
+        knob: "state_sync.retry_backoff_max_ms",
+        relation: Relation::AtLeast,
+        other: "state_sync.retry_backoff_initial_ms",
+        why: "the backoff would start above its own cap",
+    },
+    CrossRule {
+        knob: "rpc.message_bytes_max",
+        relation: Relation::AtLeast,
+        other: "state_sync.chunk_bytes",
+        why: "a chunk travels in one RPC response",
+    },
+    CrossRule {
+        knob: "rpc.message_bytes_max",
+        relation: Relation::AtLeast,
+        other: "state_sync.manifest_piece_bytes_max",
+        why: "a manifest piece travels in one RPC response",
+    },
+    CrossRule {
         knob: "tcp.keep_alive_interval_ms",
         relation: Relation::LessThan,
         other: "tcp.idle_timeout_ms",
@@ -135,6 +155,8 @@ pub const BUFFER_POOL_BYTES_CAP: u64 = 1 << 30;
 pub const UDP_GSO_SEND_BYTES_CAP: u64 = 65_507;
 /// Cap on one latency histogram: there is one per metric, so each must stay small.
 pub const HISTOGRAM_BYTES_CAP: u64 = 4 << 20;
+/// Cap on a state sync's chunk buffers in flight: the sync's memory must not grow with a typo.
+pub const STATE_SYNC_BUFFERS_BYTES_CAP: u64 = 4 << 30;
 /// The memlock limit the defaults are sized for (a common distribution default).
 pub const MEMLOCK_BYTES_TYPICAL: u64 = 8 << 20;
 
@@ -177,11 +199,26 @@ pub const CAP_RULES: &[CapRule] = &[
         why: "every latency metric holds one histogram per shard",
         bytes: |tuning| tuning.metrics.histogram_bytes(),
     },
+    CapRule {
+        what: "state sync chunk buffers",
+        knobs: "state_sync.chunks_in_flight_max × state_sync.chunk_bytes",
+        cap_bytes: STATE_SYNC_BUFFERS_BYTES_CAP,
+        why: "every chunk in flight holds its whole buffer until it is verified and written",
+        bytes: |tuning| {
+            (tuning.state_sync.chunks_in_flight_max as u64)
+                .saturating_mul(tuning.state_sync.chunk_bytes as u64)
+        },
+    },
 ];
 
 // Related defaults, tied at compile time (the same rules as above, so a default can never ship
 // that fails its own validation, plus the sizing assumptions the docs state).
 const _: () = {
+    assert!(
+        (STATE_SYNC_CHUNKS_IN_FLIGHT_MAX_DEFAULT as u64) * (STATE_SYNC_CHUNK_BYTES_DEFAULT as u64)
+            <= STATE_SYNC_BUFFERS_BYTES_CAP
+    );
+    assert!(RPC_MESSAGE_BYTES_MAX_DEFAULT >= STATE_SYNC_MANIFEST_PIECE_BYTES_MAX_DEFAULT);
     assert!(QUIC_KEEP_ALIVE_INTERVAL_MS_DEFAULT < QUIC_IDLE_TIMEOUT_MS_DEFAULT);
     assert!(TCP_KEEP_ALIVE_INTERVAL_MS_DEFAULT < TCP_IDLE_TIMEOUT_MS_DEFAULT);
     assert!(QUIC_CONNECTION_WINDOW_BYTES_DEFAULT >= QUIC_STREAM_WINDOW_BYTES_DEFAULT);
@@ -222,6 +259,7 @@ impl Tuning {
         values.extend(self.metrics.knob_values());
         values.extend(self.peers.knob_values());
         values.extend(self.gossip.knob_values());
+        values.extend(self.state_sync.knob_values());
         values
     }
 
@@ -250,6 +288,7 @@ impl Tuning {
         self.metrics.validate_ranges(&mut errors);
         self.peers.validate_ranges(&mut errors);
         self.gossip.validate_ranges(&mut errors);
+        self.state_sync.validate_ranges(&mut errors);
         errors.extend(
             CROSS_RULES
                 .iter()

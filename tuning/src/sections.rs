@@ -360,6 +360,52 @@ section! {
     }
 }
 
+section! {
+    /// State sync: checkpoints, manifests and parallel chunk downloads.
+    pub struct StateSyncTuning in "state_sync" {
+        /// Chunk size of the manifests this node builds: files of at least this size are cut
+        /// into chunks of it, smaller files grouped up to it. 1 MiB, as the IC: large enough to
+        /// amortize a request, small enough to spread one file over many peers. Part of a
+        /// state's identity: every node of a subnet must use the same value.
+        chunk_bytes: usize in (4 << 10)..=(16 << 20) = STATE_SYNC_CHUNK_BYTES_DEFAULT = 1 << 20;
+        /// How often a node tells its peers which states it can serve. 1 s bounds how long a
+        /// joining node waits before it learns of a state.
+        advert_interval_ms: u64 in 100..=60_000 = STATE_SYNC_ADVERT_INTERVAL_MS_DEFAULT = 1_000;
+        /// Adverts remembered per peer (its newest heights). Bounds the advert map keyed by
+        /// remote input at this × peers × ~60 bytes.
+        peer_adverts_max: usize in 1..=1024 = STATE_SYNC_PEER_ADVERTS_MAX_DEFAULT = 8;
+        /// Chunk downloads in flight to one peer. 16 keeps a 1 ms, 10 Gbit/s link busy with
+        /// 1 MiB chunks; the IC uses 10.
+        chunks_in_flight_per_peer_max: usize in 1..=1024 = STATE_SYNC_CHUNKS_IN_FLIGHT_PER_PEER_MAX_DEFAULT = 16;
+        /// Chunk downloads in flight over all peers. Each holds one chunk's buffer until it is
+        /// verified and written, so this × state_sync.chunk_bytes (64 MiB by default) is the
+        /// sync's peak buffer memory, whatever the state's size.
+        chunks_in_flight_max: usize in 1..=4096 = STATE_SYNC_CHUNKS_IN_FLIGHT_MAX_DEFAULT = 64;
+        /// Deadline of one chunk or manifest request; a peer that misses it is asked again
+        /// later and the chunk goes to another peer. 30 s moves 1 MiB at 280 kbit/s.
+        request_timeout_ms: u64 in 10..=600_000 = STATE_SYNC_REQUEST_TIMEOUT_MS_DEFAULT = 30_000;
+        /// Wait before a peer that failed a request (timeout, busy, chunk not held yet) is asked
+        /// again; doubles per failure up to state_sync.retry_backoff_max_ms.
+        retry_backoff_initial_ms: u64 in 1..=60_000 = STATE_SYNC_RETRY_BACKOFF_INITIAL_MS_DEFAULT = 100;
+        /// Longest wait before asking a failing peer again.
+        retry_backoff_max_ms: u64 in 1..=600_000 = STATE_SYNC_RETRY_BACKOFF_MAX_MS_DEFAULT = 5_000;
+        /// Largest encoded manifest piece or meta-manifest accepted from a peer. Pieces are cut
+        /// near 128 KiB, so 1 MiB leaves room without letting a peer make us buffer much.
+        manifest_piece_bytes_max: usize in (64 << 10)..=(64 << 20) = STATE_SYNC_MANIFEST_PIECE_BYTES_MAX_DEFAULT = 1 << 20;
+        /// Files a received manifest may list. 16 M files at ~100 bytes each bound the
+        /// manifest held in memory near 1.6 GiB, beyond any real checkpoint.
+        manifest_files_max: u32 in 1..=(1 << 30) = STATE_SYNC_MANIFEST_FILES_MAX_DEFAULT = 1 << 24;
+        /// Chunks a received manifest may list: 64 M × 1 MiB is 64 TiB of state, at 48 bytes
+        /// per entry in memory.
+        manifest_chunks_max: u32 in 1..=(1 << 30) = STATE_SYNC_MANIFEST_CHUNKS_MAX_DEFAULT = 1 << 26;
+        /// Checkpoints a node keeps (and serves); older ones are deleted. 2 lets a node one
+        /// checkpoint behind sync incrementally from either.
+        checkpoints_kept_count: usize in 1..=64 = STATE_SYNC_CHECKPOINTS_KEPT_COUNT_DEFAULT = 2;
+        /// How often a running sync reports progress (log line or progress bar redraw).
+        progress_interval_ms: u64 in 100..=60_000 = STATE_SYNC_PROGRESS_INTERVAL_MS_DEFAULT = 1_000;
+    }
+}
+
 impl EngineTuning {
     /// Shards to start: `shard_count`, or one per available core when it is 0.
     pub fn shard_count_effective(&self) -> usize {

@@ -420,6 +420,337 @@ pub mod icn {
             }
         }
 
+        /// One chunk: `size` bytes starting at byte `offset` of file `file_index`; a chunk that groups
+        /// small files starts at offset 0 of its first file and ends at the end of its last one.
+        // struct ManifestChunk, aligned to 8
+        #[repr(transparent)]
+        #[derive(Clone, Copy, PartialEq)]
+        pub struct ManifestChunk(pub [u8; 48]);
+        impl Default for ManifestChunk {
+            fn default() -> Self {
+                Self([0; 48])
+            }
+        }
+        impl ::core::fmt::Debug for ManifestChunk {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+                f.debug_struct("ManifestChunk")
+                    .field("file_index", &self.file_index())
+                    .field("size", &self.size())
+                    .field("offset", &self.offset())
+                    .field("hash", &self.hash())
+                    .finish()
+            }
+        }
+
+        impl ::flatbuffers::SimpleToVerifyInSlice for ManifestChunk {}
+        impl<'a> ::flatbuffers::Follow<'a> for ManifestChunk {
+            type Inner = &'a ManifestChunk;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                unsafe { <&'a ManifestChunk>::follow(buf, loc) }
+            }
+        }
+        impl<'a> ::flatbuffers::Follow<'a> for &'a ManifestChunk {
+            type Inner = &'a ManifestChunk;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                unsafe { ::flatbuffers::follow_cast_ref::<ManifestChunk>(buf, loc) }
+            }
+        }
+        impl<'b> ::flatbuffers::Push for ManifestChunk {
+            type Output = ManifestChunk;
+            #[inline]
+            unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+                let src = unsafe {
+                    ::core::slice::from_raw_parts(
+                        self as *const ManifestChunk as *const u8,
+                        <Self as ::flatbuffers::Push>::size(),
+                    )
+                };
+                dst.copy_from_slice(src);
+            }
+            #[inline]
+            fn alignment() -> ::flatbuffers::PushAlignment {
+                ::flatbuffers::PushAlignment::new(8)
+            }
+        }
+
+        impl<'a> ::flatbuffers::Verifiable for ManifestChunk {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.in_buffer::<Self>(pos)
+            }
+        }
+
+        impl<'a> ManifestChunk {
+            #[allow(clippy::too_many_arguments)]
+            pub fn new(file_index: u32, size: u32, offset: u64, hash: &Hash32) -> Self {
+                let mut s = Self([0; 48]);
+                s.set_file_index(file_index);
+                s.set_size(size);
+                s.set_offset(offset);
+                s.set_hash(hash);
+                s
+            }
+
+            pub fn file_index(&self) -> u32 {
+                let mut mem = ::core::mem::MaybeUninit::<
+                    <u32 as ::flatbuffers::EndianScalar>::Scalar,
+                >::uninit();
+                // Safety:
+                // Created from a valid Table for this object
+                // Which contains a valid value in this slot
+                ::flatbuffers::EndianScalar::from_little_endian(unsafe {
+                    ::core::ptr::copy_nonoverlapping(
+                        self.0[0..].as_ptr(),
+                        mem.as_mut_ptr() as *mut u8,
+                        ::core::mem::size_of::<<u32 as ::flatbuffers::EndianScalar>::Scalar>(),
+                    );
+                    mem.assume_init()
+                })
+            }
+
+            pub fn set_file_index(&mut self, x: u32) {
+                let x_le = ::flatbuffers::EndianScalar::to_little_endian(x);
+                // Safety:
+                // Created from a valid Table for this object
+                // Which contains a valid value in this slot
+                unsafe {
+                    ::core::ptr::copy_nonoverlapping(
+                        &x_le as *const _ as *const u8,
+                        self.0[0..].as_mut_ptr(),
+                        ::core::mem::size_of::<<u32 as ::flatbuffers::EndianScalar>::Scalar>(),
+                    );
+                }
+            }
+
+            pub fn size(&self) -> u32 {
+                let mut mem = ::core::mem::MaybeUninit::<
+                    <u32 as ::flatbuffers::EndianScalar>::Scalar,
+                >::uninit();
+                // Safety:
+                // Created from a valid Table for this object
+                // Which contains a valid value in this slot
+                ::flatbuffers::EndianScalar::from_little_endian(unsafe {
+                    ::core::ptr::copy_nonoverlapping(
+                        self.0[4..].as_ptr(),
+                        mem.as_mut_ptr() as *mut u8,
+                        ::core::mem::size_of::<<u32 as ::flatbuffers::EndianScalar>::Scalar>(),
+                    );
+                    mem.assume_init()
+                })
+            }
+
+            pub fn set_size(&mut self, x: u32) {
+                let x_le = ::flatbuffers::EndianScalar::to_little_endian(x);
+                // Safety:
+                // Created from a valid Table for this object
+                // Which contains a valid value in this slot
+                unsafe {
+                    ::core::ptr::copy_nonoverlapping(
+                        &x_le as *const _ as *const u8,
+                        self.0[4..].as_mut_ptr(),
+                        ::core::mem::size_of::<<u32 as ::flatbuffers::EndianScalar>::Scalar>(),
+                    );
+                }
+            }
+
+            pub fn offset(&self) -> u64 {
+                let mut mem = ::core::mem::MaybeUninit::<
+                    <u64 as ::flatbuffers::EndianScalar>::Scalar,
+                >::uninit();
+                // Safety:
+                // Created from a valid Table for this object
+                // Which contains a valid value in this slot
+                ::flatbuffers::EndianScalar::from_little_endian(unsafe {
+                    ::core::ptr::copy_nonoverlapping(
+                        self.0[8..].as_ptr(),
+                        mem.as_mut_ptr() as *mut u8,
+                        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+                    );
+                    mem.assume_init()
+                })
+            }
+
+            pub fn set_offset(&mut self, x: u64) {
+                let x_le = ::flatbuffers::EndianScalar::to_little_endian(x);
+                // Safety:
+                // Created from a valid Table for this object
+                // Which contains a valid value in this slot
+                unsafe {
+                    ::core::ptr::copy_nonoverlapping(
+                        &x_le as *const _ as *const u8,
+                        self.0[8..].as_mut_ptr(),
+                        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+                    );
+                }
+            }
+
+            pub fn hash(&self) -> &Hash32 {
+                // Safety:
+                // Created from a valid Table for this object
+                // Which contains a valid struct in this slot
+                unsafe { &*(self.0[16..].as_ptr() as *const Hash32) }
+            }
+
+            #[allow(clippy::identity_op)]
+            pub fn set_hash(&mut self, x: &Hash32) {
+                self.0[16..16 + 32].copy_from_slice(&x.0)
+            }
+        }
+
+        /// What the meta-manifest says about one piece: its hash and how many entries it holds, so
+        /// each piece is checked on arrival, before any other piece is fetched.
+        // struct ManifestPieceRef, aligned to 4
+        #[repr(transparent)]
+        #[derive(Clone, Copy, PartialEq)]
+        pub struct ManifestPieceRef(pub [u8; 40]);
+        impl Default for ManifestPieceRef {
+            fn default() -> Self {
+                Self([0; 40])
+            }
+        }
+        impl ::core::fmt::Debug for ManifestPieceRef {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+                f.debug_struct("ManifestPieceRef")
+                    .field("hash", &self.hash())
+                    .field("file_count", &self.file_count())
+                    .field("chunk_count", &self.chunk_count())
+                    .finish()
+            }
+        }
+
+        impl ::flatbuffers::SimpleToVerifyInSlice for ManifestPieceRef {}
+        impl<'a> ::flatbuffers::Follow<'a> for ManifestPieceRef {
+            type Inner = &'a ManifestPieceRef;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                unsafe { <&'a ManifestPieceRef>::follow(buf, loc) }
+            }
+        }
+        impl<'a> ::flatbuffers::Follow<'a> for &'a ManifestPieceRef {
+            type Inner = &'a ManifestPieceRef;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                unsafe { ::flatbuffers::follow_cast_ref::<ManifestPieceRef>(buf, loc) }
+            }
+        }
+        impl<'b> ::flatbuffers::Push for ManifestPieceRef {
+            type Output = ManifestPieceRef;
+            #[inline]
+            unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+                let src = unsafe {
+                    ::core::slice::from_raw_parts(
+                        self as *const ManifestPieceRef as *const u8,
+                        <Self as ::flatbuffers::Push>::size(),
+                    )
+                };
+                dst.copy_from_slice(src);
+            }
+            #[inline]
+            fn alignment() -> ::flatbuffers::PushAlignment {
+                ::flatbuffers::PushAlignment::new(4)
+            }
+        }
+
+        impl<'a> ::flatbuffers::Verifiable for ManifestPieceRef {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.in_buffer::<Self>(pos)
+            }
+        }
+
+        impl<'a> ManifestPieceRef {
+            #[allow(clippy::too_many_arguments)]
+            pub fn new(hash: &Hash32, file_count: u32, chunk_count: u32) -> Self {
+                let mut s = Self([0; 40]);
+                s.set_hash(hash);
+                s.set_file_count(file_count);
+                s.set_chunk_count(chunk_count);
+                s
+            }
+
+            pub fn hash(&self) -> &Hash32 {
+                // Safety:
+                // Created from a valid Table for this object
+                // Which contains a valid struct in this slot
+                unsafe { &*(self.0[0..].as_ptr() as *const Hash32) }
+            }
+
+            #[allow(clippy::identity_op)]
+            pub fn set_hash(&mut self, x: &Hash32) {
+                self.0[0..0 + 32].copy_from_slice(&x.0)
+            }
+
+            pub fn file_count(&self) -> u32 {
+                let mut mem = ::core::mem::MaybeUninit::<
+                    <u32 as ::flatbuffers::EndianScalar>::Scalar,
+                >::uninit();
+                // Safety:
+                // Created from a valid Table for this object
+                // Which contains a valid value in this slot
+                ::flatbuffers::EndianScalar::from_little_endian(unsafe {
+                    ::core::ptr::copy_nonoverlapping(
+                        self.0[32..].as_ptr(),
+                        mem.as_mut_ptr() as *mut u8,
+                        ::core::mem::size_of::<<u32 as ::flatbuffers::EndianScalar>::Scalar>(),
+                    );
+                    mem.assume_init()
+                })
+            }
+
+            pub fn set_file_count(&mut self, x: u32) {
+                let x_le = ::flatbuffers::EndianScalar::to_little_endian(x);
+                // Safety:
+                // Created from a valid Table for this object
+                // Which contains a valid value in this slot
+                unsafe {
+                    ::core::ptr::copy_nonoverlapping(
+                        &x_le as *const _ as *const u8,
+                        self.0[32..].as_mut_ptr(),
+                        ::core::mem::size_of::<<u32 as ::flatbuffers::EndianScalar>::Scalar>(),
+                    );
+                }
+            }
+
+            pub fn chunk_count(&self) -> u32 {
+                let mut mem = ::core::mem::MaybeUninit::<
+                    <u32 as ::flatbuffers::EndianScalar>::Scalar,
+                >::uninit();
+                // Safety:
+                // Created from a valid Table for this object
+                // Which contains a valid value in this slot
+                ::flatbuffers::EndianScalar::from_little_endian(unsafe {
+                    ::core::ptr::copy_nonoverlapping(
+                        self.0[36..].as_ptr(),
+                        mem.as_mut_ptr() as *mut u8,
+                        ::core::mem::size_of::<<u32 as ::flatbuffers::EndianScalar>::Scalar>(),
+                    );
+                    mem.assume_init()
+                })
+            }
+
+            pub fn set_chunk_count(&mut self, x: u32) {
+                let x_le = ::flatbuffers::EndianScalar::to_little_endian(x);
+                // Safety:
+                // Created from a valid Table for this object
+                // Which contains a valid value in this slot
+                unsafe {
+                    ::core::ptr::copy_nonoverlapping(
+                        &x_le as *const _ as *const u8,
+                        self.0[36..].as_mut_ptr(),
+                        ::core::mem::size_of::<<u32 as ::flatbuffers::EndianScalar>::Scalar>(),
+                    );
+                }
+            }
+        }
+
         pub enum RpcRequestOffset {}
         #[derive(Copy, Clone, PartialEq)]
 
@@ -1650,7 +1981,9 @@ pub mod icn {
         pub enum StateAdvertOffset {}
         #[derive(Copy, Clone, PartialEq)]
 
-        /// The sender holds a certified state at `height` whose root hash is `root_hash`.
+        /// The sender holds a certified state at `height` whose root hash is `root_hash`. A `partial`
+        /// advert comes from a node part-way through syncing that state: it serves the manifest and the
+        /// chunks it has verified, and answers the others with an error status (not an offence).
         pub struct StateAdvert<'a> {
             pub _tab: ::flatbuffers::Table<'a>,
         }
@@ -1668,6 +2001,7 @@ pub mod icn {
         impl<'a> StateAdvert<'a> {
             pub const VT_HEIGHT: ::flatbuffers::VOffsetT = 4;
             pub const VT_ROOT_HASH: ::flatbuffers::VOffsetT = 6;
+            pub const VT_PARTIAL: ::flatbuffers::VOffsetT = 8;
 
             #[inline]
             pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1688,6 +2022,7 @@ pub mod icn {
                 if let Some(x) = args.root_hash {
                     builder.add_root_hash(x);
                 }
+                builder.add_partial(args.partial);
                 builder.finish()
             }
 
@@ -1713,6 +2048,17 @@ pub mod icn {
                         .unwrap()
                 }
             }
+            #[inline]
+            pub fn partial(&self) -> bool {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<bool>(StateAdvert::VT_PARTIAL, Some(false))
+                        .unwrap()
+                }
+            }
         }
 
         impl ::flatbuffers::Verifiable for StateAdvert<'_> {
@@ -1724,6 +2070,7 @@ pub mod icn {
                 v.visit_table(pos)?
                     .visit_field::<u64>("height", Self::VT_HEIGHT, false)?
                     .visit_field::<Hash32>("root_hash", Self::VT_ROOT_HASH, true)?
+                    .visit_field::<bool>("partial", Self::VT_PARTIAL, false)?
                     .finish();
                 Ok(())
             }
@@ -1731,6 +2078,7 @@ pub mod icn {
         pub struct StateAdvertArgs<'a> {
             pub height: u64,
             pub root_hash: Option<&'a Hash32>,
+            pub partial: bool,
         }
         impl<'a> Default for StateAdvertArgs<'a> {
             #[inline]
@@ -1738,6 +2086,7 @@ pub mod icn {
                 StateAdvertArgs {
                     height: 0,
                     root_hash: None, // required field
+                    partial: false,
                 }
             }
         }
@@ -1756,6 +2105,11 @@ pub mod icn {
             pub fn add_root_hash(&mut self, root_hash: &Hash32) {
                 self.fbb_
                     .push_slot_always::<&Hash32>(StateAdvert::VT_ROOT_HASH, root_hash);
+            }
+            #[inline]
+            pub fn add_partial(&mut self, partial: bool) {
+                self.fbb_
+                    .push_slot::<bool>(StateAdvert::VT_PARTIAL, partial, false);
             }
             #[inline]
             pub fn new(
@@ -1781,15 +2135,17 @@ pub mod icn {
                 let mut ds = f.debug_struct("StateAdvert");
                 ds.field("height", &self.height());
                 ds.field("root_hash", &self.root_hash());
+                ds.field("partial", &self.partial());
                 ds.finish()
             }
         }
         pub enum ManifestRequestOffset {}
         #[derive(Copy, Clone, PartialEq)]
 
-        /// Asks for one piece of the manifest (chunk hashes + Merkle root) of the state at `height`;
-        /// the response body is the raw piece. The manifest is split into pieces so that no single
-        /// response has to hold a large state's whole chunk list.
+        /// Asks for one piece of the manifest of the state at `height`; the response body is the raw
+        /// piece (a ManifestPiece message, not size-prefixed), or the MetaManifest when `piece` is
+        /// 0xFFFFFFFF. The manifest is split into pieces so that no single response has to hold a
+        /// large state's whole chunk list.
         pub struct ManifestRequest<'a> {
             pub _tab: ::flatbuffers::Table<'a>,
         }
@@ -2050,6 +2406,623 @@ pub mod icn {
                 let mut ds = f.debug_struct("ChunkRequest");
                 ds.field("height", &self.height());
                 ds.field("chunk_index", &self.chunk_index());
+                ds.finish()
+            }
+        }
+        pub enum ManifestFileOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        /// One file of a checkpoint: a relative path, its length and its content hash.
+        pub struct ManifestFile<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for ManifestFile<'a> {
+            type Inner = ManifestFile<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> ManifestFile<'a> {
+            pub const VT_PATH: ::flatbuffers::VOffsetT = 4;
+            pub const VT_SIZE: ::flatbuffers::VOffsetT = 6;
+            pub const VT_HASH: ::flatbuffers::VOffsetT = 8;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                ManifestFile { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args ManifestFileArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<ManifestFile<'bldr>> {
+                let mut builder = ManifestFileBuilder::new(_fbb);
+                builder.add_size(args.size);
+                if let Some(x) = args.hash {
+                    builder.add_hash(x);
+                }
+                if let Some(x) = args.path {
+                    builder.add_path(x);
+                }
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn path(&self) -> &'a str {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<&str>>(ManifestFile::VT_PATH, None)
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn size(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(ManifestFile::VT_SIZE, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn hash(&self) -> &'a Hash32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<Hash32>(ManifestFile::VT_HASH, None)
+                        .unwrap()
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for ManifestFile<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "path",
+                        Self::VT_PATH,
+                        true,
+                    )?
+                    .visit_field::<u64>("size", Self::VT_SIZE, false)?
+                    .visit_field::<Hash32>("hash", Self::VT_HASH, true)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct ManifestFileArgs<'a> {
+            pub path: Option<::flatbuffers::WIPOffset<&'a str>>,
+            pub size: u64,
+            pub hash: Option<&'a Hash32>,
+        }
+        impl<'a> Default for ManifestFileArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                ManifestFileArgs {
+                    path: None, // required field
+                    size: 0,
+                    hash: None, // required field
+                }
+            }
+        }
+
+        pub struct ManifestFileBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ManifestFileBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_path(&mut self, path: ::flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_
+                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(ManifestFile::VT_PATH, path);
+            }
+            #[inline]
+            pub fn add_size(&mut self, size: u64) {
+                self.fbb_.push_slot::<u64>(ManifestFile::VT_SIZE, size, 0);
+            }
+            #[inline]
+            pub fn add_hash(&mut self, hash: &Hash32) {
+                self.fbb_
+                    .push_slot_always::<&Hash32>(ManifestFile::VT_HASH, hash);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> ManifestFileBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                ManifestFileBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<ManifestFile<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                self.fbb_.required(o, ManifestFile::VT_PATH, "path");
+                self.fbb_.required(o, ManifestFile::VT_HASH, "hash");
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for ManifestFile<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("ManifestFile");
+                ds.field("path", &self.path());
+                ds.field("size", &self.size());
+                ds.field("hash", &self.hash());
+                ds.finish()
+            }
+        }
+        pub enum ManifestPieceOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        /// A contiguous run of the manifest's files and chunks: files `first_file ..` and chunks
+        /// `first_chunk ..`, as many as the vectors hold.
+        pub struct ManifestPiece<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for ManifestPiece<'a> {
+            type Inner = ManifestPiece<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> ManifestPiece<'a> {
+            pub const VT_INDEX: ::flatbuffers::VOffsetT = 4;
+            pub const VT_FIRST_FILE: ::flatbuffers::VOffsetT = 6;
+            pub const VT_FILES: ::flatbuffers::VOffsetT = 8;
+            pub const VT_FIRST_CHUNK: ::flatbuffers::VOffsetT = 10;
+            pub const VT_CHUNKS: ::flatbuffers::VOffsetT = 12;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                ManifestPiece { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args ManifestPieceArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<ManifestPiece<'bldr>> {
+                let mut builder = ManifestPieceBuilder::new(_fbb);
+                if let Some(x) = args.chunks {
+                    builder.add_chunks(x);
+                }
+                builder.add_first_chunk(args.first_chunk);
+                if let Some(x) = args.files {
+                    builder.add_files(x);
+                }
+                builder.add_first_file(args.first_file);
+                builder.add_index(args.index);
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn index(&self) -> u32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u32>(ManifestPiece::VT_INDEX, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn first_file(&self) -> u32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u32>(ManifestPiece::VT_FIRST_FILE, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn files(
+                &self,
+            ) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ManifestFile<'a>>>>
+            {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ManifestFile>>,
+                    >>(ManifestPiece::VT_FILES, None)
+                }
+            }
+            #[inline]
+            pub fn first_chunk(&self) -> u32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u32>(ManifestPiece::VT_FIRST_CHUNK, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn chunks(&self) -> Option<::flatbuffers::Vector<'a, ManifestChunk>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<'a, ManifestChunk>,
+                    >>(ManifestPiece::VT_CHUNKS, None)
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for ManifestPiece<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+     .visit_field::<u32>("index", Self::VT_INDEX, false)?
+     .visit_field::<u32>("first_file", Self::VT_FIRST_FILE, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ManifestFile>>>>("files", Self::VT_FILES, false)?
+     .visit_field::<u32>("first_chunk", Self::VT_FIRST_CHUNK, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ManifestChunk>>>("chunks", Self::VT_CHUNKS, false)?
+     .finish();
+                Ok(())
+            }
+        }
+        pub struct ManifestPieceArgs<'a> {
+            pub index: u32,
+            pub first_file: u32,
+            pub files: Option<
+                ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ManifestFile<'a>>>,
+                >,
+            >,
+            pub first_chunk: u32,
+            pub chunks: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ManifestChunk>>>,
+        }
+        impl<'a> Default for ManifestPieceArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                ManifestPieceArgs {
+                    index: 0,
+                    first_file: 0,
+                    files: None,
+                    first_chunk: 0,
+                    chunks: None,
+                }
+            }
+        }
+
+        pub struct ManifestPieceBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ManifestPieceBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_index(&mut self, index: u32) {
+                self.fbb_
+                    .push_slot::<u32>(ManifestPiece::VT_INDEX, index, 0);
+            }
+            #[inline]
+            pub fn add_first_file(&mut self, first_file: u32) {
+                self.fbb_
+                    .push_slot::<u32>(ManifestPiece::VT_FIRST_FILE, first_file, 0);
+            }
+            #[inline]
+            pub fn add_files(
+                &mut self,
+                files: ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<'b, ::flatbuffers::ForwardsUOffset<ManifestFile<'b>>>,
+                >,
+            ) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    ManifestPiece::VT_FILES,
+                    files,
+                );
+            }
+            #[inline]
+            pub fn add_first_chunk(&mut self, first_chunk: u32) {
+                self.fbb_
+                    .push_slot::<u32>(ManifestPiece::VT_FIRST_CHUNK, first_chunk, 0);
+            }
+            #[inline]
+            pub fn add_chunks(
+                &mut self,
+                chunks: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, ManifestChunk>>,
+            ) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    ManifestPiece::VT_CHUNKS,
+                    chunks,
+                );
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> ManifestPieceBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                ManifestPieceBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<ManifestPiece<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for ManifestPiece<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("ManifestPiece");
+                ds.field("index", &self.index());
+                ds.field("first_file", &self.first_file());
+                ds.field("files", &self.files());
+                ds.field("first_chunk", &self.first_chunk());
+                ds.field("chunks", &self.chunks());
+                ds.finish()
+            }
+        }
+        pub enum MetaManifestOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        /// The root of a state: the manifest's shape and its pieces' hashes. The state's root hash is
+        /// the hash of these fields.
+        pub struct MetaManifest<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for MetaManifest<'a> {
+            type Inner = MetaManifest<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> MetaManifest<'a> {
+            pub const VT_VERSION: ::flatbuffers::VOffsetT = 4;
+            pub const VT_CHUNK_BYTES: ::flatbuffers::VOffsetT = 6;
+            pub const VT_FILE_COUNT: ::flatbuffers::VOffsetT = 8;
+            pub const VT_CHUNK_COUNT: ::flatbuffers::VOffsetT = 10;
+            pub const VT_STATE_BYTES: ::flatbuffers::VOffsetT = 12;
+            pub const VT_PIECES: ::flatbuffers::VOffsetT = 14;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                MetaManifest { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args MetaManifestArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<MetaManifest<'bldr>> {
+                let mut builder = MetaManifestBuilder::new(_fbb);
+                builder.add_state_bytes(args.state_bytes);
+                if let Some(x) = args.pieces {
+                    builder.add_pieces(x);
+                }
+                builder.add_chunk_count(args.chunk_count);
+                builder.add_file_count(args.file_count);
+                builder.add_chunk_bytes(args.chunk_bytes);
+                builder.add_version(args.version);
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn version(&self) -> u32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u32>(MetaManifest::VT_VERSION, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn chunk_bytes(&self) -> u32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u32>(MetaManifest::VT_CHUNK_BYTES, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn file_count(&self) -> u32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u32>(MetaManifest::VT_FILE_COUNT, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn chunk_count(&self) -> u32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u32>(MetaManifest::VT_CHUNK_COUNT, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn state_bytes(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(MetaManifest::VT_STATE_BYTES, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn pieces(&self) -> Option<::flatbuffers::Vector<'a, ManifestPieceRef>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<'a, ManifestPieceRef>,
+                    >>(MetaManifest::VT_PIECES, None)
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for MetaManifest<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+     .visit_field::<u32>("version", Self::VT_VERSION, false)?
+     .visit_field::<u32>("chunk_bytes", Self::VT_CHUNK_BYTES, false)?
+     .visit_field::<u32>("file_count", Self::VT_FILE_COUNT, false)?
+     .visit_field::<u32>("chunk_count", Self::VT_CHUNK_COUNT, false)?
+     .visit_field::<u64>("state_bytes", Self::VT_STATE_BYTES, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ManifestPieceRef>>>("pieces", Self::VT_PIECES, false)?
+     .finish();
+                Ok(())
+            }
+        }
+        pub struct MetaManifestArgs<'a> {
+            pub version: u32,
+            pub chunk_bytes: u32,
+            pub file_count: u32,
+            pub chunk_count: u32,
+            pub state_bytes: u64,
+            pub pieces:
+                Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ManifestPieceRef>>>,
+        }
+        impl<'a> Default for MetaManifestArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                MetaManifestArgs {
+                    version: 0,
+                    chunk_bytes: 0,
+                    file_count: 0,
+                    chunk_count: 0,
+                    state_bytes: 0,
+                    pieces: None,
+                }
+            }
+        }
+
+        pub struct MetaManifestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> MetaManifestBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_version(&mut self, version: u32) {
+                self.fbb_
+                    .push_slot::<u32>(MetaManifest::VT_VERSION, version, 0);
+            }
+            #[inline]
+            pub fn add_chunk_bytes(&mut self, chunk_bytes: u32) {
+                self.fbb_
+                    .push_slot::<u32>(MetaManifest::VT_CHUNK_BYTES, chunk_bytes, 0);
+            }
+            #[inline]
+            pub fn add_file_count(&mut self, file_count: u32) {
+                self.fbb_
+                    .push_slot::<u32>(MetaManifest::VT_FILE_COUNT, file_count, 0);
+            }
+            #[inline]
+            pub fn add_chunk_count(&mut self, chunk_count: u32) {
+                self.fbb_
+                    .push_slot::<u32>(MetaManifest::VT_CHUNK_COUNT, chunk_count, 0);
+            }
+            #[inline]
+            pub fn add_state_bytes(&mut self, state_bytes: u64) {
+                self.fbb_
+                    .push_slot::<u64>(MetaManifest::VT_STATE_BYTES, state_bytes, 0);
+            }
+            #[inline]
+            pub fn add_pieces(
+                &mut self,
+                pieces: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, ManifestPieceRef>>,
+            ) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    MetaManifest::VT_PIECES,
+                    pieces,
+                );
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> MetaManifestBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                MetaManifestBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<MetaManifest<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for MetaManifest<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("MetaManifest");
+                ds.field("version", &self.version());
+                ds.field("chunk_bytes", &self.chunk_bytes());
+                ds.field("file_count", &self.file_count());
+                ds.field("chunk_count", &self.chunk_count());
+                ds.field("state_bytes", &self.state_bytes());
+                ds.field("pieces", &self.pieces());
                 ds.finish()
             }
         }
