@@ -14,4 +14,5 @@ pub mod peer_manager;
 pub mod pool;
 pub mod runtime;
 pub mod signal;
+pub mod state_sync;
 pub mod subnet;
