@@ -504,7 +504,7 @@ impl Scratch {
 fn open_journal(path: &Path) -> io::Result<File> {
     let journal = OpenOptions::new().append(true).create(true).open(path)?;
     let len = journal.metadata()?.len();
-    if len % 4 != 0 {
+    if !len.is_multiple_of(4) {
         journal.set_len(len - len % 4)?;
     }
     Ok(journal)

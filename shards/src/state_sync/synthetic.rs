@@ -81,7 +81,7 @@ impl SyntheticSpec {
             self.large_file_bytes
         } else {
             let draw = mix(&[self.seed, KEY_SIZE, u64::from(index)]);
-            if draw % EMPTY_FILE_ONE_IN == 0 || self.small_file_bytes_max == 0 {
+            if draw.is_multiple_of(EMPTY_FILE_ONE_IN) || self.small_file_bytes_max == 0 {
                 return 0;
             }
             1 + (draw / EMPTY_FILE_ONE_IN) % self.small_file_bytes_max
