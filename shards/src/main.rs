@@ -1,8 +1,10 @@
-//! `icn`: run a node, a local demo subnet, and the tools around them (keys, registry, config).
+//! `icn`: run a node, a local demo subnet, and the tools around them (keys, registry, config,
+//! state manifests).
 //!
 //! Exit codes: 0 success; 1 the command failed (invalid file, refused change, runtime error);
 //! 2 usage error (unknown flag, missing argument: clap's own code).
 
+use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -16,7 +18,12 @@ use icn_shards::demo::{self, DemoError, DemoOptions, LOCAL_SUBNET};
 use icn_shards::node::run_node;
 use icn_shards::node_config::{NodeConfig, TransportKind};
 use icn_shards::p2p::WorkloadConfig;
+use icn_shards::state_sync::store::{
+    compute_manifest, hash_hex, verify_checkpoint, CheckpointStore,
+};
+use icn_shards::state_sync::synthetic::{write_state, SyntheticSpec};
 use icn_shards::subnet::{self, SubnetOptions};
+use icn_tuning::{STATE_SYNC_CHECKPOINTS_KEPT_COUNT_DEFAULT, STATE_SYNC_CHUNK_BYTES_DEFAULT};
 use mimalloc::MiMalloc;
 
 #[global_allocator]
@@ -26,6 +33,9 @@ static GLOBAL: MiMalloc = MiMalloc;
 const EXIT_FAILED: u8 = 1;
 /// Usage errors found after parsing (values clap cannot check alone).
 const EXIT_USAGE: u8 = 2;
+
+/// Chunk sizes `icn state` accepts: the range of the `state_sync.chunk_bytes` knob.
+const CHUNK_BYTES_RANGE: std::ops::RangeInclusive<i64> = (4 << 10)..=(16 << 20);
 
 /// Shortest node id prefix `registry remove` accepts, so a typo cannot match by accident.
 const NODE_ID_PREFIX_CHARS_MIN: usize = 8;
@@ -66,6 +76,71 @@ enum Command {
     /// Run a local N-node subnet gossiping the reference workload (blocks, notarization shares,
     /// ingress), printing artifacts/s, MB/s, delivery latency and peers each second.
     Subnet(SubnetArgs),
+    /// Compute and check state manifests, and write synthetic states.
+    #[command(subcommand)]
+    State(StateCommand),
+}
+
+#[derive(Subcommand)]
+enum StateCommand {
+    /// Print the manifest of a directory of files: root hash, counts and bytes, then one line
+    /// per file and one per chunk.
+    Manifest {
+        /// A plain directory of regular files (symlinks are refused).
+        dir: PathBuf,
+        #[arg(long, default_value_t = STATE_SYNC_CHUNK_BYTES_DEFAULT as u32,
+              value_parser = clap::value_parser!(u32).range(CHUNK_BYTES_RANGE))]
+        chunk_bytes: u32,
+    },
+    /// Check a checkpoint directory (manifest.bin and state/) against its files; exit 1 with
+    /// the files and chunks that differ.
+    Verify {
+        /// A checkpoint directory, such as <store>/checkpoints/<height>.
+        dir: PathBuf,
+    },
+    /// Write a deterministic synthetic state (the same bytes on every machine for the same
+    /// height and options), for tests and benchmarks.
+    Synth(SynthArgs),
+}
+
+#[derive(Args)]
+struct SynthArgs {
+    /// Where to write the state's files; with --store, the checkpoint store's root instead.
+    dir: PathBuf,
+    #[arg(long)]
+    height: u64,
+    #[arg(long, default_value_t = SyntheticSpec::default().seed)]
+    seed: u64,
+    /// Files of --large-file-bytes each.
+    #[arg(long, default_value_t = SyntheticSpec::default().large_files)]
+    large_files: u32,
+    #[arg(long, default_value_t = SyntheticSpec::default().large_file_bytes)]
+    large_file_bytes: u64,
+    /// Files of up to --small-file-bytes-max each (some empty), grouped into shared chunks.
+    #[arg(long, default_value_t = SyntheticSpec::default().small_files)]
+    small_files: u32,
+    #[arg(long, default_value_t = SyntheticSpec::default().small_file_bytes_max)]
+    small_file_bytes_max: u64,
+    /// Per thousand files, how many change at each height.
+    #[arg(long, default_value_t = SyntheticSpec::default().changed_per_checkpoint_permille,
+          value_parser = clap::value_parser!(u32).range(0..=1000))]
+    changed_permille: u32,
+    /// The same options' state at --previous-height, to hardlink unchanged files from.
+    #[arg(long, requires = "previous_height", conflicts_with = "store")]
+    previous: Option<PathBuf>,
+    #[arg(long, requires = "previous")]
+    previous_height: Option<u64>,
+    /// Treat DIR as a checkpoint store and add the state as its checkpoint at --height
+    /// (unchanged files hardlinked from its latest checkpoint, manifest computed incrementally).
+    #[arg(long)]
+    store: bool,
+    /// Chunk size of the checkpoint's manifest (with --store).
+    #[arg(long, default_value_t = STATE_SYNC_CHUNK_BYTES_DEFAULT as u32,
+          value_parser = clap::value_parser!(u32).range(CHUNK_BYTES_RANGE))]
+    chunk_bytes: u32,
+    /// Checkpoints the store keeps (with --store); older ones are deleted.
+    #[arg(long, default_value_t = STATE_SYNC_CHECKPOINTS_KEPT_COUNT_DEFAULT)]
+    kept: usize,
 }
 
 #[derive(Subcommand)]
@@ -212,7 +287,132 @@ fn run(command: Command) -> Result<(), Failure> {
         Command::Node { config } => node(&config),
         Command::Demo(args) => demo(args),
         Command::Subnet(args) => subnet(args),
+        Command::State(command) => state(command),
     }
+}
+
+fn state(command: StateCommand) -> Result<(), Failure> {
+    match command {
+        StateCommand::Manifest { dir, chunk_bytes } => state_manifest(&dir, chunk_bytes),
+        StateCommand::Verify { dir } => state_verify(&dir),
+        StateCommand::Synth(args) => state_synth(args),
+    }
+}
+
+fn state_manifest(dir: &Path, chunk_bytes: u32) -> Result<(), Failure> {
+    let (manifest, _) = compute_manifest(dir, chunk_bytes, None)
+        .map_err(|e| Failure::failed(format!("{}: {e}", dir.display())))?;
+    let (meta, _) = manifest.split();
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    let mut print = || -> io::Result<()> {
+        writeln!(out, "root {}", hash_hex(&meta.root_hash()))?;
+        writeln!(
+            out,
+            "files {}  chunks {}  bytes {}  chunk_bytes {}  pieces {}",
+            manifest.files.len(),
+            manifest.chunks.len(),
+            manifest.state_bytes(),
+            manifest.chunk_bytes,
+            meta.pieces.len()
+        )?;
+        for (index, file) in manifest.files.iter().enumerate() {
+            let hash = hash_hex(&file.hash);
+            writeln!(out, "file {index} {} {hash} {}", file.size, file.path)?;
+        }
+        for (index, chunk) in manifest.chunks.iter().enumerate() {
+            writeln!(
+                out,
+                "chunk {index} file {} offset {} size {} {}",
+                chunk.file_index,
+                chunk.offset,
+                chunk.size,
+                hash_hex(&chunk.hash)
+            )?;
+        }
+        out.flush()
+    };
+    print().map_err(|e| Failure::failed(format!("writing the manifest: {e}")))
+}
+
+fn state_verify(dir: &Path) -> Result<(), Failure> {
+    let report =
+        verify_checkpoint(dir).map_err(|e| Failure::failed(format!("{}: {e}", dir.display())))?;
+    println!(
+        "root {}  files {}  chunks {}  bytes {}",
+        hash_hex(&report.root_hash),
+        report.files,
+        report.chunks,
+        report.state_bytes
+    );
+    if report.passed() {
+        println!("ok: every file and chunk matches the manifest");
+        return Ok(());
+    }
+    for difference in &report.differences {
+        println!("{difference}");
+    }
+    Err(Failure::failed(format!(
+        "{}: {} differences from its manifest",
+        dir.display(),
+        report.differences.len()
+    )))
+}
+
+fn state_synth(args: SynthArgs) -> Result<(), Failure> {
+    let spec = SyntheticSpec {
+        seed: args.seed,
+        large_files: args.large_files,
+        large_file_bytes: args.large_file_bytes,
+        small_files: args.small_files,
+        small_file_bytes_max: args.small_file_bytes_max,
+        changed_per_checkpoint_permille: args.changed_permille,
+    };
+    let started = std::time::Instant::now();
+    let in_dir = |e: io::Error| Failure::failed(format!("{}: {e}", args.dir.display()));
+    if args.store {
+        let mut store =
+            CheckpointStore::open(&args.dir, args.chunk_bytes, args.kept.max(1)).map_err(in_dir)?;
+        let height = args.height;
+        let checkpoint = store
+            .create(height, |dir, previous| {
+                let previous = previous.map(|previous| (previous.dir.as_path(), previous.height));
+                write_state(dir, &spec, height, previous)
+            })
+            .map_err(in_dir)?;
+        println!(
+            "checkpoint {} root {}  files {}  chunks {}  bytes {}  in {:.2} s",
+            checkpoint.height,
+            hash_hex(&checkpoint.root_hash),
+            checkpoint.manifest.files.len(),
+            checkpoint.manifest.chunks.len(),
+            checkpoint.manifest.state_bytes(),
+            started.elapsed().as_secs_f64()
+        );
+        return Ok(());
+    }
+    if args.dir.exists()
+        && std::fs::read_dir(&args.dir)
+            .map_err(in_dir)?
+            .next()
+            .is_some()
+    {
+        return Err(Failure::failed(format!(
+            "{} is not empty; a state is written into an empty directory",
+            args.dir.display()
+        )));
+    }
+    let previous = args.previous.as_deref().zip(args.previous_height);
+    write_state(&args.dir, &spec, args.height, previous).map_err(in_dir)?;
+    let seconds = started.elapsed().as_secs_f64();
+    let bytes = spec.state_bytes();
+    println!(
+        "height {}  files {}  bytes {}  in {seconds:.2} s ({:.0} MB/s)",
+        args.height,
+        spec.file_count(),
+        bytes,
+        bytes as f64 / seconds.max(1e-9) / 1e6
+    );
+    Ok(())
 }
 
 fn subnet(args: SubnetArgs) -> Result<(), Failure> {
