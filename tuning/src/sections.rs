@@ -367,7 +367,7 @@ section! {
         /// into chunks of it, smaller files grouped up to it. 1 MiB, as the IC: large enough to
         /// amortize a request, small enough to spread one file over many peers. Part of a
         /// state's identity: every node of a subnet must use the same value.
-        chunk_bytes: usize in (4 << 10)..=(16 << 20) = STATE_SYNC_CHUNK_BYTES_DEFAULT = 1 << 20;
+        chunk_bytes: usize in (1 << 10)..=(16 << 20) = STATE_SYNC_CHUNK_BYTES_DEFAULT = 1 << 20;
         /// How often a node tells its peers which states it can serve. 1 s bounds how long a
         /// joining node waits before it learns of a state.
         advert_interval_ms: u64 in 100..=60_000 = STATE_SYNC_ADVERT_INTERVAL_MS_DEFAULT = 1_000;

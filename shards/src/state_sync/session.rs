@@ -139,8 +139,10 @@ pub struct SyncSession {
     chunks: Vec<ChunkState>,
     /// Missing chunks not in flight, in fetch order.
     queue: VecDeque<u32>,
-    /// Chunks in flight and whom they were asked of; at most `chunks_in_flight_max`.
+    /// Chunks in flight and whom they were asked of. Together with `writing`, at most
+    /// `chunks_in_flight_max`: a verified chunk holds its buffer until it is on disk.
     in_flight: HashMap<u32, NodeId>,
+    writing: usize,
     held_bytes: u64,
     held_count: u64,
     stats: SessionStats,
@@ -163,6 +165,7 @@ impl SyncSession {
             chunks: Vec::new(),
             queue: VecDeque::new(),
             in_flight: HashMap::new(),
+            writing: 0,
             held_bytes: 0,
             held_count: 0,
             stats: SessionStats::default(),
@@ -282,7 +285,7 @@ impl SyncSession {
         }
         // Chunks: walk the queue once; a chunk no usable peer can serve now waits its turn.
         let mut skipped = Vec::new();
-        while self.in_flight.len() < self.config.chunks_in_flight_max {
+        while self.in_flight.len() + self.writing < self.config.chunks_in_flight_max {
             let Some(chunk) = self.queue.pop_front() else {
                 break;
             };
@@ -522,6 +525,7 @@ impl SyncSession {
             return Err(SyncOffence::BadChunk { chunk });
         }
         self.chunks[chunk as usize] = ChunkState::Writing;
+        self.writing += 1;
         self.stats.chunks_fetched += 1;
         self.stats.bytes_fetched += bytes.len() as u64;
         Ok(Accepted::WriteChunk(chunk))
@@ -530,6 +534,7 @@ impl SyncSession {
     /// A verified chunk is on disk.
     pub fn chunk_written(&mut self, chunk: u32) {
         if self.chunks.get(chunk as usize) == Some(&ChunkState::Writing) {
+            self.writing -= 1;
             self.chunks[chunk as usize] = ChunkState::Held;
             self.held_count += 1;
             if let Some(manifest) = &self.manifest {

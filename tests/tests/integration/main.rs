@@ -4,6 +4,8 @@
 //! - `gossip_byzantine`: 7-node subnets with a lying and a flooding member, banned by the peer
 //!   manager, on the memory transport;
 //! - `gossip_sim`: 7-node subnets gossiping under seeded faults on the memory transport;
+//! - `state_sync_sim`: state syncs on the memory transport with real stores (sizes, partial
+//!   peers, crashes, byzantine peers, a moving target, restart, incremental);
 //! - `netns`: QUIC between two network namespaces over a rate-capped, lossy veth pair (root);
 //! - `gossip_netns`: 5 `icn node`s in namespaces gossiping through loss, a rate cap and a
 //!   partition (root).
@@ -13,3 +15,4 @@ mod gossip_byzantine;
 mod gossip_netns;
 mod gossip_sim;
 mod netns;
+mod state_sync_sim;
