@@ -289,6 +289,8 @@ fn spawn_node(
         transport,
         tuning_profile: Some(PathBuf::from("tuning.toml")),
         workload: None,
+        state_dir: PathBuf::from(format!("node-{index}/state")),
+        state: None,
     };
     let path = dir.join(format!("node-{index}.toml"));
     std::fs::write(&path, config.to_toml()).map_err(setup("writing a node config"))?;

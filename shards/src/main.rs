@@ -18,6 +18,7 @@ use icn_shards::demo::{self, DemoError, DemoOptions, LOCAL_SUBNET};
 use icn_shards::node::run_node;
 use icn_shards::node_config::{NodeConfig, TransportKind};
 use icn_shards::p2p::WorkloadConfig;
+use icn_shards::state_sync::reference::StateWorkloadConfig;
 use icn_shards::state_sync::store::{
     compute_manifest, hash_hex, verify_checkpoint, CheckpointStore,
 };
@@ -251,6 +252,19 @@ struct SubnetArgs {
     /// Tuning profile for the nodes.
     #[arg(long)]
     tuning: Option<PathBuf>,
+    /// MiB of reference state every node checkpoints (1 MiB files plus a tail of small files);
+    /// 0 turns the state and state sync off.
+    #[arg(long, default_value_t = 64)]
+    state_mib: u32,
+    /// A checkpoint every this many heights.
+    #[arg(long, default_value_t = StateWorkloadConfig::default().checkpoint_interval_heights)]
+    checkpoint_interval_heights: u64,
+    /// Extra registry members started later with no state: they sync it, then follow.
+    #[arg(long, default_value_t = 0)]
+    joiners: usize,
+    /// Seconds after the start when the joiners start.
+    #[arg(long, default_value_t = 15)]
+    join_after_s: u64,
 }
 
 /// A failed command: what to print and the exit code.
@@ -429,6 +443,14 @@ fn subnet(args: SubnetArgs) -> Result<(), Failure> {
         },
         base_port: args.base_port,
         tuning_profile: args.tuning,
+        state: (args.state_mib > 0).then(|| StateWorkloadConfig {
+            checkpoint_interval_heights: args.checkpoint_interval_heights,
+            large_files: args.state_mib,
+            large_file_bytes: 1 << 20,
+            ..StateWorkloadConfig::default()
+        }),
+        joiners: args.joiners,
+        join_after: std::time::Duration::from_secs(args.join_after_s),
     };
     let exe = std::env::current_exe()
         .map_err(|e| Failure::failed(format!("cannot find the icn executable: {e}")))?;

@@ -35,6 +35,11 @@ use crate::p2p_metrics::{P2pMetricIds, P2pSampler};
 use crate::peer_manager::driver::{PeerManagerHandle, RegistrySource};
 use crate::peer_manager::PeerManagerConfig;
 use crate::runtime::{GlommioRuntime, Runtime};
+use crate::state_sync::driver::{FileIo, StateSync, StateSyncConfig};
+use crate::state_sync::metrics::{StateSyncMetricIds, StateSyncSampler};
+use crate::state_sync::progress::console_sink;
+use crate::state_sync::reference::run_reference_state;
+use crate::state_sync::store::CheckpointStore;
 
 /// Shards a node runs until multi-shard connection steering lands (see the module docs).
 pub const NODE_SHARDS: usize = 1;
@@ -76,6 +81,11 @@ pub enum NodeError {
     Shards(#[from] icn_engine::shard::ShardError),
     #[error("{0}")]
     Workload(String),
+    #[error("state directory {dir}: {source}")]
+    State {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The tuning profile a config names, or the compiled defaults.
@@ -100,6 +110,15 @@ pub fn run_node(config: &NodeConfig, shutdown: Shutdown) -> Result<(), NodeError
     let tuning = load_tuning(config.tuning_profile.as_deref())?;
     if let Some(workload) = &config.workload {
         workload.validate(&tuning).map_err(NodeError::Workload)?;
+    }
+    if let Some(state) = &config.state {
+        state.validate().map_err(NodeError::Workload)?;
+        if config.workload.is_none() {
+            return Err(NodeError::Workload(
+                "a [state] table needs a [workload] table (heights come from its block interval)"
+                    .into(),
+            ));
+        }
     }
     let identity = Identity::load(&config.identity_dir).map_err(|source| NodeError::Identity {
         dir: config.identity_dir.clone(),
@@ -158,6 +177,8 @@ struct NodeShard {
     sampler: StatsSampler,
     p2p: Rc<P2p>,
     p2p_sampler: P2pSampler,
+    sync: StateSync,
+    sync_sampler: StateSyncSampler,
     peers: PeerManagerHandle,
     /// The registry version in force (the peer manager reads it on every change).
     registry: Rc<RefCell<Arc<Registry>>>,
@@ -171,6 +192,7 @@ impl NodeShard {
     fn publish(&self) {
         self.sampler.sample();
         self.p2p_sampler.sample();
+        self.sync_sampler.sample();
         // A mismatch would be a wiring bug in this file; the scrape then shows the last good data.
         let _ = self.shard_metrics.publish(&self.collector);
     }
@@ -190,6 +212,7 @@ async fn run_shard(ctx: ShardContext<()>, parts: NodeParts) -> Result<(), NodeEr
     let mut builder = MetricsSchemaBuilder::new(MetricsConfig::from_tuning(&tuning.metrics))?;
     let ids = NodeMetricIds::declare(&mut builder, config.transport)?;
     let p2p_ids = P2pMetricIds::declare(&mut builder)?;
+    let sync_ids = StateSyncMetricIds::declare(&mut builder)?;
     let schema = builder.build();
     let shard_metrics = ShardMetrics::new(schema.clone(), ctx.index);
     shard_metrics.set_registry_peers(member_ids(&registry, &config.subnet_id));
@@ -213,14 +236,33 @@ async fn run_shard(ctx: ShardContext<()>, parts: NodeParts) -> Result<(), NodeEr
         .map_or(HEIGHTS_KEPT_DEFAULT, |workload| workload.heights_kept);
     let p2p = P2p::new(
         &tuning,
-        runtime,
+        runtime.clone(),
         penalty_log(peers.penalty_sink()),
         heights_kept,
     );
-    let router = p2p.routes(service_router(Some(ServiceMetrics::new(
+    let sync_config = StateSyncConfig::from_tuning(&tuning);
+    let store = CheckpointStore::open(
+        &config.state_dir,
+        sync_config.chunk_bytes,
+        sync_config.checkpoints_kept,
+    )
+    .map_err(|source| NodeError::State {
+        dir: config.state_dir.clone(),
+        source,
+    })?;
+    let sync = StateSync::new(
+        local_id,
+        sync_config,
+        runtime.clone(),
+        FileIo::Glommio,
+        store,
+        penalty_log(peers.penalty_sink()),
+    );
+    sync.set_progress_sink(console_sink());
+    let router = sync.routes(p2p.routes(service_router(Some(ServiceMetrics::new(
         &ids,
         &shard_metrics,
-    ))));
+    )))));
     let transport = Rc::new(NodeTransport::start(
         config.transport,
         &identity,
@@ -237,12 +279,16 @@ async fn run_shard(ctx: ShardContext<()>, parts: NodeParts) -> Result<(), NodeEr
     if let Some(workload) = config.workload {
         p2p.start_workload(workload, local_id, members.clone());
     }
+    sync.start(transport.clone());
     let p2p_sampler = P2pSampler::new(p2p.clone(), peers.clone(), &p2p_ids, &shard_metrics);
+    let sync_sampler = StateSyncSampler::new(sync.clone(), &sync_ids, &shard_metrics);
     let node = Rc::new(NodeShard {
         transport,
         sampler,
         p2p,
         p2p_sampler,
+        sync: sync.clone(),
+        sync_sampler,
         peers,
         registry: current_registry,
         members,
@@ -257,6 +303,12 @@ async fn run_shard(ctx: ShardContext<()>, parts: NodeParts) -> Result<(), NodeEr
     }
     let publish_interval = Duration::from_millis(tuning.metrics.publish_interval_ms);
     spawn_until_shutdown(&ctx, publish_loop(node.clone(), publish_interval));
+    if let (Some(state), Some(workload)) = (config.state, config.workload) {
+        spawn_until_shutdown(
+            &ctx,
+            run_reference_state(sync, state, workload.block_interval_ms, runtime),
+        );
+    }
     spawn_until_shutdown(
         &ctx,
         registry_loop(node.clone(), watcher, config.subnet_id.clone()),
@@ -264,6 +316,7 @@ async fn run_shard(ctx: ShardContext<()>, parts: NodeParts) -> Result<(), NodeEr
     announce(local_id, &config, &record, registry.version());
 
     ctx.shutdown.wait().await;
+    node.sync.stop().await;
     node.p2p.stop().await;
     node.peers.stop().await;
     node.transport.shutdown().await;

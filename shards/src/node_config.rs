@@ -8,11 +8,17 @@
 //! transport = "quic"                 # or "tcp"
 //! tuning_profile = "lan.toml"        # optional; the compiled defaults otherwise
 //!
+//! state_dir = "state"               # optional (default "state"): checkpoints and syncs
+//!
 //! [workload]                         # optional: run the reference workload (see p2p.rs)
 //! block_interval_ms = 500
 //! block_bytes = 262144
 //! ingress_per_s = 200
 //! ingress_bytes = 512
+//!
+//! [state]                            # optional: checkpoint a reference state, sync when
+//! checkpoint_interval_heights = 20   # behind (see state_sync/reference.rs); needs [workload]
+//! genesis = true                     # false: a joiner that syncs before it follows
 //! ```
 //!
 //! Relative paths are taken relative to the config file's folder, so a node directory can move.
@@ -25,6 +31,7 @@ use icn_engine::registry::SubnetId;
 use serde::Deserialize;
 
 use crate::p2p::WorkloadConfig;
+use crate::state_sync::reference::StateWorkloadConfig;
 
 /// Which transport a node runs between peers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -67,7 +74,14 @@ pub struct NodeConfig {
     pub tuning_profile: Option<PathBuf>,
     /// The reference workload this node runs, if any.
     pub workload: Option<WorkloadConfig>,
+    /// Where checkpoints and syncs in progress live.
+    pub state_dir: PathBuf,
+    /// The reference state workload (checkpoints, syncs when behind), if any.
+    pub state: Option<StateWorkloadConfig>,
 }
+
+/// `state_dir` when the file does not say.
+pub const STATE_DIR_DEFAULT: &str = "state";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -80,6 +94,10 @@ struct NodeConfigFile {
     tuning_profile: Option<PathBuf>,
     #[serde(default)]
     workload: Option<WorkloadConfig>,
+    #[serde(default)]
+    state_dir: Option<PathBuf>,
+    #[serde(default)]
+    state: Option<StateWorkloadConfig>,
 }
 
 /// Why a node config could not be loaded.
@@ -129,6 +147,11 @@ impl NodeConfig {
             transport: file.transport,
             tuning_profile: file.tuning_profile.map(resolve),
             workload: file.workload,
+            state_dir: resolve(
+                file.state_dir
+                    .unwrap_or_else(|| PathBuf::from(STATE_DIR_DEFAULT)),
+            ),
+            state: file.state,
         })
     }
 
@@ -145,9 +168,14 @@ impl NodeConfig {
         if let Some(profile) = &self.tuning_profile {
             text.push_str(&format!("tuning_profile = {}\n", quote(profile)));
         }
+        text.push_str(&format!("state_dir = {}\n", quote(&self.state_dir)));
         if let Some(workload) = &self.workload {
             text.push_str("\n[workload]\n");
             text.push_str(&toml::to_string(workload).expect("plain integers serialize"));
+        }
+        if let Some(state) = &self.state {
+            text.push_str("\n[state]\n");
+            text.push_str(&toml::to_string(state).expect("plain values serialize"));
         }
         text
     }
@@ -175,6 +203,16 @@ mod tests {
             ingress_bytes = 100
         "#;
         let config = NodeConfig::from_toml(text, Path::new(BASE)).unwrap();
+        let with_state = format!("{text}\n[state]\ngenesis = false\nlarge_files = 3\n");
+        let state = NodeConfig::from_toml(&with_state, Path::new(BASE)).unwrap();
+        let expected = StateWorkloadConfig {
+            genesis: false,
+            large_files: 3,
+            ..StateWorkloadConfig::default()
+        };
+        assert_eq!(state.state, Some(expected));
+        let again = NodeConfig::from_toml(&state.to_toml(), Path::new("/elsewhere")).unwrap();
+        assert_eq!(again, state);
         assert_eq!(config.identity_dir, Path::new("/srv/icn/node-0"));
         assert_eq!(config.registry_path, Path::new("/etc/icn/registry.toml"));
         assert_eq!(config.subnet_id, SubnetId("local".into()));
@@ -184,6 +222,8 @@ mod tests {
             Some(Path::new("/srv/icn/profiles/lan.toml"))
         );
         assert_eq!(config.workload.map(|w| w.block_interval_ms), Some(250));
+        assert_eq!(config.state_dir, Path::new("/srv/icn/state"));
+        assert_eq!(config.state, None);
         let again = NodeConfig::from_toml(&config.to_toml(), Path::new("/elsewhere")).unwrap();
         assert_eq!(again, config);
     }

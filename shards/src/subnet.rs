@@ -26,6 +26,7 @@ use crate::demo::{
 };
 use crate::node_config::{NodeConfig, TransportKind};
 use crate::p2p::WorkloadConfig;
+use crate::state_sync::reference::StateWorkloadConfig;
 
 /// Nodes a local subnet may have (13 is the IC's usual subnet size).
 pub const SUBNET_NODES_MAX: usize = 16;
@@ -44,6 +45,11 @@ pub struct SubnetOptions {
     pub workload: WorkloadConfig,
     pub base_port: Option<u16>,
     pub tuning_profile: Option<PathBuf>,
+    /// The reference state every node checkpoints (None: no state, no sync).
+    pub state: Option<StateWorkloadConfig>,
+    /// Registry members started `join_after` later, with no state: they sync, then follow.
+    pub joiners: usize,
+    pub join_after: Duration,
 }
 
 /// Runs the subnet; `exe` is the `icn` binary that runs each node.
@@ -52,22 +58,31 @@ pub fn run_subnet(
     exe: &Path,
     shutdown: Shutdown,
 ) -> Result<(), DemoError> {
-    if options.nodes < 2 || options.nodes > SUBNET_NODES_MAX {
+    if options.nodes < 2 || options.nodes + options.joiners > SUBNET_NODES_MAX {
         return Err(DemoError::Usage(format!(
-            "--nodes must be 2..={SUBNET_NODES_MAX}, not {}",
-            options.nodes
+            "--nodes must be at least 2 and --nodes + --joiners at most {SUBNET_NODES_MAX}, not {} + {}",
+            options.nodes, options.joiners
         )));
     }
+    if options.joiners > 0 && options.state.is_none() {
+        return Err(DemoError::Usage(
+            "--joiners needs a reference state (--state-mib above 0)".into(),
+        ));
+    }
+    if let Some(state) = &options.state {
+        state.validate().map_err(DemoError::Usage)?;
+    }
+    let members = options.nodes + options.joiners;
     if options.seconds == Some(0) {
         return Err(DemoError::Usage("--seconds must be at least 1".into()));
     }
     let dir = TempDir::create()?;
     let base_port = match options.base_port {
         Some(port) => port,
-        None => free_base_port(options.nodes)
+        None => free_base_port(members)
             .ok_or_else(|| DemoError::Setup("no free range of loopback ports found".into()))?,
     };
-    let registry = Registry::create_local_subnet(&dir.0, options.nodes, base_port)
+    let registry = Registry::create_local_subnet(&dir.0, members, base_port)
         .map_err(setup("creating the local registry"))?;
     let tuning_path = dir.0.join("tuning.toml");
     std::fs::write(
@@ -94,18 +109,46 @@ pub fn run_subnet(
         options.nodes,
         options.transport.name(),
         base_port,
-        base_port as usize + options.nodes * PORTS_PER_NODE - 1,
+        base_port as usize + members * PORTS_PER_NODE - 1,
         options.workload.block_bytes,
         options.workload.block_interval_ms,
         options.workload.ingress_per_s,
         options.workload.ingress_bytes,
         dir.0.join("registry.toml").display()
     );
-    let mut children = Children(Vec::with_capacity(options.nodes));
-    for index in 0..options.nodes {
-        children.0.push(spawn_node(exe, &dir.0, index, options)?);
+    if let Some(state) = &options.state {
+        let spec = state.spec();
+        println!(
+            "icn subnet: reference state of {:.1} MiB in {} files, a checkpoint every {} heights{}",
+            spec.state_bytes() as f64 / f64::from(1u32 << 20),
+            spec.file_count(),
+            state.checkpoint_interval_heights,
+            if options.joiners > 0 {
+                format!(
+                    "; {} joiner(s) start after {} s and sync it",
+                    options.joiners,
+                    options.join_after.as_secs()
+                )
+            } else {
+                String::new()
+            }
+        );
     }
-    let result = status_loop(options, &metrics, &mut children, &shutdown);
+    let mut children = Children(Vec::with_capacity(members));
+    for index in 0..options.nodes {
+        children
+            .0
+            .push(spawn_node(exe, &dir.0, index, options, true)?);
+    }
+    let join = |children: &mut Children| -> Result<(), DemoError> {
+        for index in options.nodes..members {
+            children
+                .0
+                .push(spawn_node(exe, &dir.0, index, options, false)?);
+        }
+        Ok(())
+    };
+    let result = status_loop(options, &metrics, &mut children, &shutdown, join);
     drop(children);
     drop(dir);
     result
@@ -116,6 +159,7 @@ fn spawn_node(
     dir: &Path,
     index: usize,
     options: &SubnetOptions,
+    genesis: bool,
 ) -> Result<Child, DemoError> {
     let config = NodeConfig {
         identity_dir: PathBuf::from(format!("node-{index}")),
@@ -124,6 +168,10 @@ fn spawn_node(
         transport: options.transport,
         tuning_profile: Some(PathBuf::from("tuning.toml")),
         workload: Some(options.workload),
+        state_dir: PathBuf::from(format!("node-{index}/state")),
+        state: options
+            .state
+            .map(|state| StateWorkloadConfig { genesis, ..state }),
     };
     let path = dir.join(format!("node-{index}.toml"));
     std::fs::write(&path, config.to_toml()).map_err(setup("writing a node config"))?;
@@ -141,6 +189,10 @@ pub struct NodeReading {
     pub artifacts_received: f64,
     pub bytes_received: f64,
     pub peers: f64,
+    /// Newest checkpoint height, and a running sync's bytes held / total (0 when none).
+    pub checkpoint_height: f64,
+    pub sync_bytes_held: f64,
+    pub sync_bytes_total: f64,
     /// Per kind: (window p50, window p99) in µs; 0 when the kind had no deliveries.
     pub window_us: HashMap<String, (f64, f64)>,
 }
@@ -170,6 +222,9 @@ pub fn parse_reading(text: &str) -> NodeReading {
             "icn_gossip_artifacts_received_total" => reading.artifacts_received += value,
             "icn_gossip_artifact_bytes_received_total" => reading.bytes_received += value,
             "icn_transport_active_connections" => reading.peers += value,
+            "icn_state_sync_checkpoint_height" => reading.checkpoint_height = value,
+            "icn_state_sync_bytes_held" => reading.sync_bytes_held = value,
+            "icn_state_sync_bytes_total" => reading.sync_bytes_total = value,
             "icn_gossip_delivery_latency_window_p50_us" => {
                 if let Some(kind) = kind {
                     reading.window_us.entry(kind).or_default().0 = value;
@@ -211,8 +266,10 @@ fn status_loop(
     metrics: &[SocketAddr],
     children: &mut Children,
     shutdown: &Shutdown,
+    join: impl Fn(&mut Children) -> Result<(), DemoError>,
 ) -> Result<(), DemoError> {
     let started = Instant::now();
+    let mut joined = options.joiners == 0;
     let mut previous: Vec<Option<NodeReading>> = vec![None; metrics.len()];
     let mut lines = 0u64;
     let mut next = started + STATUS_INTERVAL;
@@ -226,13 +283,18 @@ fn status_loop(
             continue;
         }
         next += STATUS_INTERVAL;
+        if !joined && started.elapsed() >= options.join_after {
+            println!("icn subnet: starting {} joiner(s)", options.joiners);
+            join(children)?;
+            joined = true;
+        }
         let readings: Vec<Option<NodeReading>> = metrics
             .iter()
             .map(|addr| scrape(*addr).map(|text| parse_reading(&text)))
             .collect();
         println!(
             "{}",
-            status_line(started.elapsed(), options.nodes, &previous, &readings)
+            status_line(started.elapsed(), metrics.len(), &previous, &readings)
         );
         let _ = std::io::stdout().flush();
         previous = readings;
@@ -289,8 +351,33 @@ pub fn status_line(
     } else {
         kinds.join(", ")
     };
+    let checkpoints: Vec<f64> = current
+        .iter()
+        .flatten()
+        .map(|r| r.checkpoint_height)
+        .filter(|height| *height > 0.0)
+        .collect();
+    let mut state = String::new();
+    if let Some(newest) = checkpoints.iter().copied().reduce(f64::max) {
+        let behind = current
+            .iter()
+            .flatten()
+            .filter(|r| r.checkpoint_height < newest)
+            .count();
+        state = format!("  checkpoint {newest:.0} ({behind} behind)");
+    }
+    for (index, reading) in current.iter().enumerate() {
+        if let Some(reading) = reading {
+            if reading.sync_bytes_total > 0.0 {
+                state.push_str(&format!(
+                    "  node {index} syncing {:.0}%",
+                    100.0 * reading.sync_bytes_held / reading.sync_bytes_total
+                ));
+            }
+        }
+    }
     format!(
-        "[{:>4}s] up {up}/{nodes}  peers {peers:.0}/{peers_full}  {artifacts:>7.0} artifacts/s  {:>7.2} MB/s  latency p50/p99: {latency}",
+        "[{:>4}s] up {up}/{nodes}  peers {peers:.0}/{peers_full}  {artifacts:>7.0} artifacts/s  {:>7.2} MB/s  latency p50/p99: {latency}{state}",
         elapsed.as_secs(),
         bytes / 1e6,
     )

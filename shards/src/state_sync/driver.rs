@@ -139,6 +139,10 @@ pub struct StateSyncStats {
     pub io_errors: u64,
     /// Adverts remembered now, over all peers (bounded by peers × peer_adverts_max).
     pub adverts_tracked: u64,
+    /// Checkpoints this node built itself.
+    pub checkpoints_created: u64,
+    /// Chunk requests in flight plus verified chunks being written (bound
+    /// state_sync.chunks_in_flight_max).
     pub chunks_in_flight: u64,
 }
 
@@ -256,9 +260,32 @@ impl StateSync {
         self.inner.store.borrow_mut()
     }
 
-    /// Tells the loop that the store changed (a new local checkpoint).
-    pub fn notify(&self) {
+    /// Builds checkpoint `height` in the store (see [`CheckpointStore::create`]) and tells
+    /// the loop, which advertises it from then on. Synchronous: it runs on the shard, so the
+    /// reference workload keeps the state it rewrites per checkpoint small.
+    pub fn create_checkpoint(
+        &self,
+        height: u64,
+        fill: impl FnOnce(&std::path::Path, Option<&Checkpoint>) -> io::Result<()>,
+    ) -> io::Result<Rc<Checkpoint>> {
+        let result = self.inner.store.borrow_mut().create(height, fill);
+        let mut stats = self.inner.stats.borrow_mut();
+        match &result {
+            Ok(_) => stats.checkpoints_created += 1,
+            Err(_) => stats.io_errors += 1,
+        }
+        drop(stats);
         self.inner.wake.notify();
+        result
+    }
+
+    /// The running sync's (bytes held, bytes in total), if one runs.
+    pub fn progress(&self) -> Option<(u64, u64)> {
+        self.inner
+            .active
+            .borrow()
+            .as_ref()
+            .map(|active| active.session.progress())
     }
 
     pub fn latest_height(&self) -> Option<u64> {

@@ -11,8 +11,13 @@
 //!   computed incrementally. Synchronous `std::fs` code: it runs when a checkpoint is made,
 //!   adopted or resumed, not per chunk.
 //! - [`synthetic`]: deterministic states for the reference workload, tests and benchmarks.
+//! - [`reference`]: the reference state workload of `icn node` (checkpoint every N heights,
+//!   follow or sync), [`progress`] (progress bar or log lines), [`metrics`] (`icn_state_sync_*`).
 
 pub mod driver;
+pub mod metrics;
+pub mod progress;
+pub mod reference;
 pub mod session;
 pub mod store;
 pub mod synthetic;

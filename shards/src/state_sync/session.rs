@@ -208,6 +208,11 @@ impl SyncSession {
         (self.held_count, self.chunks.len() as u64)
     }
 
+    /// Chunk requests in flight plus verified chunks being written.
+    pub fn chunks_in_flight(&self) -> usize {
+        self.in_flight.len() + self.writing
+    }
+
     pub fn is_complete(&self) -> bool {
         self.manifest.is_some() && self.held_count == self.chunks.len() as u64
     }
