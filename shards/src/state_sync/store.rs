@@ -110,6 +110,8 @@ pub struct CheckpointStore {
     kept: usize,
     limits: ManifestLimits,
     checkpoints: BTreeMap<u64, Rc<Checkpoint>>,
+    /// What computing the manifest of the last checkpoint `create` made took.
+    last_create_stats: Option<ManifestStats>,
 }
 
 impl CheckpointStore {
@@ -136,6 +138,7 @@ impl CheckpointStore {
             kept: kept.max(1),
             limits: ManifestLimits::default(),
             checkpoints: BTreeMap::new(),
+            last_create_stats: None,
         };
         for entry in fs::read_dir(root.join(CHECKPOINTS_DIR))? {
             let entry = entry?;
@@ -164,6 +167,12 @@ impl CheckpointStore {
 
     pub fn checkpoint(&self, height: u64) -> Option<Rc<Checkpoint>> {
         self.checkpoints.get(&height).cloned()
+    }
+
+    /// How much the manifest of the last checkpoint made by [`CheckpointStore::create`] read
+    /// and reused (for logs and benchmarks: incremental checkpoints should read little).
+    pub fn last_create_stats(&self) -> Option<ManifestStats> {
+        self.last_create_stats
     }
 
     /// The highest adopted checkpoint.
@@ -196,7 +205,8 @@ impl CheckpointStore {
         fs::create_dir_all(&state)?;
         let previous = self.latest();
         fill(&state, previous.as_deref())?;
-        let (manifest, _stats) = compute_manifest(&state, self.chunk_bytes, previous.as_deref())?;
+        let (manifest, stats) = compute_manifest(&state, self.chunk_bytes, previous.as_deref())?;
+        self.last_create_stats = Some(stats);
         sync_tree(&state)?;
         let encoded = EncodedManifest::new(&manifest);
         write_manifest_file(&building, &encoded)?;

@@ -354,6 +354,12 @@ fn only_the_newest_kept_checkpoints_remain() {
         create_synthetic(&mut store, height);
     }
     assert_eq!(store.heights(), vec![3, 4]);
+    let stats = store.last_create_stats().unwrap();
+    assert_eq!(stats.files_read, spec().changed_between(3, 4).len() as u64);
+    assert_eq!(
+        stats.files_read + stats.files_reused,
+        u64::from(spec().file_count())
+    );
     let names: Vec<String> = fs::read_dir(dir.join("checkpoints"))
         .unwrap()
         .map(|entry| entry.unwrap().file_name().into_string().unwrap())
