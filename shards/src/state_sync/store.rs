@@ -91,7 +91,7 @@ impl Checkpoint {
 /// previous checkpoint.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ManifestStats {
-    /// Files whose content was read to hash them.
+    /// Files hashed from their content (not carried over; empty ones need no read).
     pub files_read: u64,
     /// Files whose hash came from the previous checkpoint (same path, same inode).
     pub files_reused: u64,
