@@ -345,7 +345,11 @@ fn state_manifest(dir: &Path, chunk_bytes: u32) -> Result<(), Failure> {
         }
         out.flush()
     };
-    print().map_err(|e| Failure::failed(format!("writing the manifest: {e}")))
+    match print() {
+        // A reader that stops early (`| head`) is not a failure of the command.
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        result => result.map_err(|e| Failure::failed(format!("writing the manifest: {e}"))),
+    }
 }
 
 fn state_verify(dir: &Path) -> Result<(), Failure> {
@@ -393,6 +397,7 @@ fn state_synth(args: SynthArgs) -> Result<(), Failure> {
                 write_state(dir, &spec, height, previous)
             })
             .map_err(in_dir)?;
+        let stats = store.last_create_stats().unwrap_or_default();
         println!(
             "checkpoint {} root {}  files {}  chunks {}  bytes {}  in {:.2} s",
             checkpoint.height,
@@ -401,6 +406,14 @@ fn state_synth(args: SynthArgs) -> Result<(), Failure> {
             checkpoint.manifest.chunks.len(),
             checkpoint.manifest.state_bytes(),
             started.elapsed().as_secs_f64()
+        );
+        println!(
+            "manifest: files read {} reused {}  chunks hashed {} reused {}  bytes read {}",
+            stats.files_read,
+            stats.files_reused,
+            stats.chunks_hashed,
+            stats.chunks_reused,
+            stats.bytes_read
         );
         return Ok(());
     }

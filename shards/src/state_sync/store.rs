@@ -91,7 +91,7 @@ impl Checkpoint {
 /// previous checkpoint.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ManifestStats {
-    /// Files whose content was read to hash them.
+    /// Files hashed from their content (not carried over; empty ones need no read).
     pub files_read: u64,
     /// Files whose hash came from the previous checkpoint (same path, same inode).
     pub files_reused: u64,
@@ -110,6 +110,8 @@ pub struct CheckpointStore {
     kept: usize,
     limits: ManifestLimits,
     checkpoints: BTreeMap<u64, Rc<Checkpoint>>,
+    /// What computing the manifest of the last checkpoint `create` made took.
+    last_create_stats: Option<ManifestStats>,
 }
 
 impl CheckpointStore {
@@ -136,6 +138,7 @@ impl CheckpointStore {
             kept: kept.max(1),
             limits: ManifestLimits::default(),
             checkpoints: BTreeMap::new(),
+            last_create_stats: None,
         };
         for entry in fs::read_dir(root.join(CHECKPOINTS_DIR))? {
             let entry = entry?;
@@ -166,6 +169,12 @@ impl CheckpointStore {
         self.checkpoints.get(&height).cloned()
     }
 
+    /// How much the manifest of the last checkpoint made by [`CheckpointStore::create`] read
+    /// and reused (for logs and benchmarks: incremental checkpoints should read little).
+    pub fn last_create_stats(&self) -> Option<ManifestStats> {
+        self.last_create_stats
+    }
+
     /// The highest adopted checkpoint.
     pub fn latest(&self) -> Option<Rc<Checkpoint>> {
         self.checkpoints.values().next_back().cloned()
@@ -175,19 +184,15 @@ impl CheckpointStore {
     /// files into an empty directory; it may hardlink unchanged files from the latest checkpoint
     /// (its second argument), which is what lets the manifest reuse their hashes. The manifest
     /// is then computed incrementally against that checkpoint and persisted, the directory is
-    /// renamed into place atomically, and checkpoints beyond `kept` are deleted.
+    /// renamed into place atomically, and checkpoints beyond `kept` are deleted. `height` must be
+    /// above the latest checkpoint's. A deleted checkpoint's files are gone even while an `Rc`
+    /// of it is still held: reads from it then fail with `NotFound`.
     pub fn create(
         &mut self,
         height: u64,
         fill: impl FnOnce(&Path, Option<&Checkpoint>) -> io::Result<()>,
     ) -> io::Result<Rc<Checkpoint>> {
-        let target = self.checkpoint_dir(height);
-        if self.checkpoints.contains_key(&height) || target.exists() {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!("checkpoint {height} exists"),
-            ));
-        }
+        let target = self.check_new_height(height)?;
         let building = self.root.join(TMP_DIR).join(height_name(height));
         if building.exists() {
             fs::remove_dir_all(&building)?;
@@ -196,7 +201,8 @@ impl CheckpointStore {
         fs::create_dir_all(&state)?;
         let previous = self.latest();
         fill(&state, previous.as_deref())?;
-        let (manifest, _stats) = compute_manifest(&state, self.chunk_bytes, previous.as_deref())?;
+        let (manifest, stats) = compute_manifest(&state, self.chunk_bytes, previous.as_deref())?;
+        self.last_create_stats = Some(stats);
         sync_tree(&state)?;
         let encoded = EncodedManifest::new(&manifest);
         write_manifest_file(&building, &encoded)?;
@@ -210,29 +216,30 @@ impl CheckpointStore {
 
     /// Starts the scratch space of a sync of the state (`height`, `root`), or resumes the one a
     /// previous run left: its manifest (if it was fetched) and its journal are kept. A scratch
-    /// whose manifest never made it to disk is emptied, since its files were not created yet.
+    /// whose manifest never made it to disk, or does not load or hash to `root`, is emptied and
+    /// starts over.
     pub fn scratch(&mut self, height: u64, root: Hash) -> io::Result<Scratch> {
         let dir = self.scratch_dir(height, &root);
         fs::create_dir_all(&dir)?;
         let manifest_path = dir.join(MANIFEST_FILE);
-        let loaded = if manifest_path.exists() {
-            let loaded = read_manifest_file(&dir, &self.limits)?;
-            if loaded.meta.root_hash() != root {
-                return Err(invalid_data(format!(
-                    "{}: manifest root differs from the directory name",
-                    manifest_path.display()
-                )));
-            }
-            Some(loaded)
-        } else {
+        let loaded = match read_manifest_file(&dir, &self.limits) {
+            Ok(loaded) if loaded.meta.root_hash() == root => Some(loaded),
+            // manifest.bin is written atomically, so a bad one is disk damage or meddling: the
+            // scratch is only a cache of what peers serve, and it starts over.
+            Ok(_) => None,
+            Err(error) if error.kind() == io::ErrorKind::InvalidData => None,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => None,
+            Err(error) => return Err(error),
+        };
+        if loaded.is_none() {
+            remove_if_exists(&manifest_path)?;
             let state = dir.join(STATE_DIR);
             if state.exists() {
                 fs::remove_dir_all(&state)?;
             }
             remove_if_exists(&dir.join(JOURNAL_FILE))?;
             remove_if_exists(&dir.join(MANIFEST_TMP_FILE))?;
-            None
-        };
+        }
         let journal = match loaded {
             Some(_) => Some(open_journal(&dir.join(JOURNAL_FILE))?),
             None => None,
@@ -248,7 +255,8 @@ impl CheckpointStore {
     }
 
     /// Makes a finished sync's state a checkpoint: fsyncs its files, drops its journal, renames
-    /// its directory into `checkpoints/` atomically and deletes checkpoints beyond `kept`. The
+    /// its directory into `checkpoints/` atomically and deletes checkpoints beyond `kept`; its
+    /// height must be above the latest checkpoint's. The
     /// caller guarantees that every chunk was verified; the manifest was checked against the
     /// root hash when it was set.
     pub fn adopt(&mut self, mut scratch: Scratch) -> io::Result<Rc<Checkpoint>> {
@@ -258,13 +266,7 @@ impl CheckpointStore {
                 scratch.dir.display()
             )));
         };
-        let target = self.checkpoint_dir(scratch.height);
-        if self.checkpoints.contains_key(&scratch.height) || target.exists() {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!("checkpoint {} exists", scratch.height),
-            ));
-        }
+        let target = self.check_new_height(scratch.height)?;
         drop(scratch.journal.take());
         sync_tree(&scratch.dir.join(STATE_DIR))?;
         // manifest.bin was written (and fsynced) by set_manifest; the journal only matters to a
@@ -319,6 +321,27 @@ impl CheckpointStore {
         }
         found.sort();
         Ok(found)
+    }
+
+    /// Checkpoints only ascend: a new one must be above the latest. One below it would be
+    /// the first to go when the store is full (possibly at once), and a state older than one the
+    /// node has is never worth adopting. Returns the new checkpoint's directory.
+    fn check_new_height(&self, height: u64) -> io::Result<PathBuf> {
+        if let Some(&latest) = self.checkpoints.keys().next_back() {
+            if height <= latest {
+                return Err(invalid_input(format!(
+                    "checkpoint {height} is not above the latest, {latest}"
+                )));
+            }
+        }
+        let target = self.checkpoint_dir(height);
+        if target.exists() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists", target.display()),
+            ));
+        }
+        Ok(target)
     }
 
     fn checkpoint_dir(&self, height: u64) -> PathBuf {
@@ -404,9 +427,7 @@ impl Scratch {
                 "meta-manifest does not hash to the sync's root".into(),
             ));
         }
-        manifest
-            .validate(&self.limits)
-            .map_err(|error| invalid_input(format!("manifest: {error}")))?;
+        check_pieces(meta, pieces, &manifest, &self.limits)?;
         let encoded = EncodedManifest {
             meta: meta.clone(),
             encoded_meta: encode_meta_manifest(meta),
@@ -497,6 +518,44 @@ impl Scratch {
         };
         read_manifest_chunk(&self.dir.join(STATE_DIR), &loaded.manifest, index)
     }
+}
+
+/// Checks that `manifest` is the one `meta` and `pieces` describe: every piece belongs to the
+/// meta-manifest, the pieces hold exactly the manifest's entries, and the manifest is valid. The
+/// driver verified all of this when it fetched them; restating it here keeps a mix-up of two
+/// syncs' manifests from ever reaching the disk.
+fn check_pieces(
+    meta: &MetaManifest,
+    pieces: &[ManifestPiece],
+    manifest: &Manifest,
+    limits: &ManifestLimits,
+) -> io::Result<()> {
+    let mismatch = |what: &str| invalid_input(format!("manifest: {what}"));
+    if pieces.len() != meta.pieces.len() {
+        return Err(mismatch("piece count differs from the meta-manifest"));
+    }
+    let (mut files, mut chunks) = (0usize, 0usize);
+    for piece in pieces {
+        meta.check_piece(piece)
+            .map_err(|error| mismatch(&error.to_string()))?;
+        let same_files = manifest.files.get(files..files + piece.files.len()) == Some(&piece.files);
+        let same_chunks =
+            manifest.chunks.get(chunks..chunks + piece.chunks.len()) == Some(&piece.chunks);
+        if !same_files || !same_chunks {
+            return Err(mismatch("the pieces hold other entries than the manifest"));
+        }
+        files += piece.files.len();
+        chunks += piece.chunks.len();
+    }
+    if files != manifest.files.len()
+        || chunks != manifest.chunks.len()
+        || manifest.chunk_bytes != meta.chunk_bytes
+    {
+        return Err(mismatch("the manifest holds more than its pieces"));
+    }
+    manifest
+        .validate(limits)
+        .map_err(|error| mismatch(&error.to_string()))
 }
 
 /// Opens a journal to append to. A crash mid-append can leave part of an entry at the end;

@@ -324,6 +324,51 @@ fn a_scratch_refuses_a_manifest_of_another_root_and_adopt_needs_one() {
         store.adopt(scratch).err().map(|error| error.kind()),
         Some(io::ErrorKind::InvalidInput)
     );
+
+    // Pieces of another state under the right meta-manifest are refused too.
+    let other = create_synthetic(&mut source, 2);
+    let mut scratch = store.scratch(1, checkpoint.root_hash).unwrap();
+    let (_, other_pieces) = other.manifest.split();
+    let error = scratch
+        .set_manifest(&meta, &other_pieces, checkpoint.manifest.clone())
+        .unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
+    let error = scratch
+        .set_manifest(&meta, &pieces, other.manifest.clone())
+        .unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
+    assert!(scratch.manifest().is_none());
+    scratch
+        .set_manifest(&meta, &pieces, checkpoint.manifest.clone())
+        .unwrap();
+}
+
+#[test]
+fn a_scratch_with_a_damaged_manifest_starts_over() {
+    let source_dir = TempDir::new("damaged-source");
+    let mut source = CheckpointStore::open(&source_dir.0, CHUNK_BYTES, 2).unwrap();
+    let checkpoint = create_synthetic(&mut source, 6);
+    let dir = TempDir::new("damaged");
+    let mut store = CheckpointStore::open(&dir.0, CHUNK_BYTES, 2).unwrap();
+    let mut scratch = start_sync(&mut store, &checkpoint);
+    write_chunk(&scratch, 0, &checkpoint.read_chunk(0).unwrap());
+    scratch.record_verified(&[0]).unwrap();
+    drop(scratch);
+    let scratch_dir = dir
+        .0
+        .join("sync")
+        .join(scratch_name(6, &checkpoint.root_hash));
+    fs::write(scratch_dir.join(MANIFEST_FILE), b"\x05\0\0\0junk").unwrap();
+
+    let mut scratch = store.scratch(6, checkpoint.root_hash).unwrap();
+    assert!(scratch.manifest().is_none());
+    assert!(!scratch_dir.join(STATE_DIR).exists());
+    assert!(!scratch_dir.join(JOURNAL_FILE).exists());
+    let (meta, pieces) = checkpoint.manifest.split();
+    scratch
+        .set_manifest(&meta, &pieces, checkpoint.manifest.clone())
+        .unwrap();
+    assert!(scratch.verified_chunks().unwrap().is_empty());
 }
 
 #[test]
@@ -354,6 +399,12 @@ fn only_the_newest_kept_checkpoints_remain() {
         create_synthetic(&mut store, height);
     }
     assert_eq!(store.heights(), vec![3, 4]);
+    let stats = store.last_create_stats().unwrap();
+    assert_eq!(stats.files_read, spec().changed_between(3, 4).len() as u64);
+    assert_eq!(
+        stats.files_read + stats.files_reused,
+        u64::from(spec().file_count())
+    );
     let names: Vec<String> = fs::read_dir(dir.join("checkpoints"))
         .unwrap()
         .map(|entry| entry.unwrap().file_name().into_string().unwrap())
@@ -365,10 +416,15 @@ fn only_the_newest_kept_checkpoints_remain() {
     // Files carried over by hardlink survive the deletion of the checkpoint they came from.
     let report = verify_checkpoint(&dir.join("checkpoints/00000000000000000004")).unwrap();
     assert!(report.passed(), "{:?}", report.differences);
-    assert!(
-        create_synthetic_result(&mut store, 4).is_err(),
-        "heights are unique"
-    );
+    for height in [2, 4] {
+        let refused = create_synthetic_result(&mut store, height).unwrap_err();
+        assert_eq!(
+            refused.kind(),
+            io::ErrorKind::InvalidInput,
+            "heights ascend"
+        );
+    }
+    assert_eq!(store.heights(), vec![3, 4]);
 }
 
 fn create_synthetic_result(store: &mut CheckpointStore, height: u64) -> io::Result<Rc<Checkpoint>> {
