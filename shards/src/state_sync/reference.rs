@@ -269,15 +269,17 @@ mod tests {
 
     #[test]
     fn validation_names_the_field() {
-        let mut c = StateWorkloadConfig::default();
-        c.checkpoint_interval_heights = 0;
-        assert!(c
-            .validate()
-            .unwrap_err()
-            .contains("checkpoint_interval_heights"));
-        let mut c = StateWorkloadConfig::default();
-        c.large_files = 1 << 20;
-        c.large_file_bytes = 1 << 30;
+        let c = StateWorkloadConfig {
+            checkpoint_interval_heights: 0,
+            ..StateWorkloadConfig::default()
+        };
+        let error = c.validate().unwrap_err();
+        assert!(error.contains("checkpoint_interval_heights"), "{error}");
+        let c = StateWorkloadConfig {
+            large_files: 1 << 20,
+            large_file_bytes: 1 << 30,
+            ..StateWorkloadConfig::default()
+        };
         assert!(c.validate().is_err());
         StateWorkloadConfig::default().validate().unwrap();
     }
