@@ -206,6 +206,8 @@ fn node_config(dir: &Path, index: usize, subnet_id: &SubnetId, tuning: &Path) ->
         transport: TransportKind::Quic,
         tuning_profile: Some(PathBuf::from(tuning)),
         workload: Some(workload()),
+        state_dir: dir.join(format!("node-{index}/state")),
+        state: None,
     }
 }
 
