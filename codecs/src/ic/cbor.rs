@@ -96,18 +96,18 @@ impl<'a> Value<'a> {
     }
 }
 
-/// Shorthand for a text-keyed map entry, used by the encoders.
-pub(crate) fn entry<'a>(key: &'a str, value: Value<'a>) -> (Value<'a>, Value<'a>) {
+/// Shorthand for a text-keyed map entry, for encoders and tests that build values.
+pub fn entry<'a>(key: &'a str, value: Value<'a>) -> (Value<'a>, Value<'a>) {
     (Value::Text(Cow::Borrowed(key)), value)
 }
 
 /// Shorthand for a borrowed blob.
-pub(crate) fn blob(bytes: &[u8]) -> Value<'_> {
+pub fn blob(bytes: &[u8]) -> Value<'_> {
     Value::Bytes(Cow::Borrowed(bytes))
 }
 
 /// Shorthand for borrowed text.
-pub(crate) fn text(text: &str) -> Value<'_> {
+pub fn text(text: &str) -> Value<'_> {
     Value::Text(Cow::Borrowed(text))
 }
 
@@ -115,9 +115,10 @@ pub(crate) fn text(text: &str) -> Value<'_> {
 /// nesting at most `depth_max` arrays, maps and tags deep.
 pub fn decode_value(input: &[u8], depth_max: usize) -> Result<Value<'_>, IcDecodeError> {
     let mut decoder = Decoder::new(input);
-    if decoder.datatype().map_err(cbor_error)? == Type::Tag {
+    let at = 0;
+    if decoder.datatype().map_err(|e| cbor_error(e, at))? == Type::Tag {
         let start = decoder.position();
-        let tag = decoder.tag().map_err(cbor_error)?;
+        let tag = decoder.tag().map_err(|e| cbor_error(e, at))?;
         if tag.as_u64() != SELF_DESCRIBE_TAG {
             decoder.set_position(start);
         }
@@ -132,9 +133,10 @@ pub fn decode_value(input: &[u8], depth_max: usize) -> Result<Value<'_>, IcDecod
     Ok(value)
 }
 
-/// Maps a token-level error of `minicbor` to ours, keeping the byte offset.
-fn cbor_error(error: minicbor::decode::Error) -> IcDecodeError {
-    let offset = error.position().unwrap_or(0) as u64;
+/// Maps a token-level error of `minicbor` to ours, with its byte offset (or `item`'s, the
+/// offset of the data item being decoded, when it gives none).
+fn cbor_error(error: minicbor::decode::Error, item: usize) -> IcDecodeError {
+    let offset = error.position().unwrap_or(item) as u64;
     let detail = if error.is_end_of_input() {
         "input ends inside a data item"
     } else if error.is_type_mismatch() {
@@ -156,7 +158,8 @@ fn decode_item<'b>(
     decoder: &mut Decoder<'b>,
     depth_left: usize,
 ) -> Result<Value<'b>, IcDecodeError> {
-    let datatype = decoder.datatype().map_err(cbor_error)?;
+    let at = decoder.position();
+    let datatype = decoder.datatype().map_err(|e| cbor_error(e, at))?;
     let nested = matches!(
         datatype,
         Type::Array | Type::ArrayIndef | Type::Map | Type::MapIndef | Type::Tag
@@ -168,30 +171,32 @@ fn decode_item<'b>(
     }
     let value = match datatype {
         Type::U8 | Type::U16 | Type::U32 | Type::U64 => {
-            Value::Nat(decoder.u64().map_err(cbor_error)?)
+            Value::Nat(decoder.u64().map_err(|e| cbor_error(e, at))?)
         }
         Type::I8 | Type::I16 | Type::I32 | Type::I64 | Type::Int => {
-            let int = decoder.int().map_err(cbor_error)?;
+            let int = decoder.int().map_err(|e| cbor_error(e, at))?;
             Value::NegInt(i128::from(int))
         }
-        Type::Bytes => Value::Bytes(Cow::Borrowed(decoder.bytes().map_err(cbor_error)?)),
+        Type::Bytes => Value::Bytes(Cow::Borrowed(
+            decoder.bytes().map_err(|e| cbor_error(e, at))?,
+        )),
         Type::BytesIndef => {
             let mut bytes = Vec::new();
-            for chunk in decoder.bytes_iter().map_err(cbor_error)? {
-                bytes.extend_from_slice(chunk.map_err(cbor_error)?);
+            for chunk in decoder.bytes_iter().map_err(|e| cbor_error(e, at))? {
+                bytes.extend_from_slice(chunk.map_err(|e| cbor_error(e, at))?);
             }
             Value::Bytes(Cow::Owned(bytes))
         }
-        Type::String => Value::Text(Cow::Borrowed(decoder.str().map_err(cbor_error)?)),
+        Type::String => Value::Text(Cow::Borrowed(decoder.str().map_err(|e| cbor_error(e, at))?)),
         Type::StringIndef => {
             let mut text = String::new();
-            for chunk in decoder.str_iter().map_err(cbor_error)? {
-                text.push_str(chunk.map_err(cbor_error)?);
+            for chunk in decoder.str_iter().map_err(|e| cbor_error(e, at))? {
+                text.push_str(chunk.map_err(|e| cbor_error(e, at))?);
             }
             Value::Text(Cow::Owned(text))
         }
         Type::Array | Type::ArrayIndef => {
-            let len = decoder.array().map_err(cbor_error)?;
+            let len = decoder.array().map_err(|e| cbor_error(e, at))?;
             let mut items = Vec::with_capacity(capacity(decoder, len.unwrap_or(0)));
             match len {
                 Some(len) => {
@@ -208,7 +213,7 @@ fn decode_item<'b>(
             Value::Array(items)
         }
         Type::Map | Type::MapIndef => {
-            let len = decoder.map().map_err(cbor_error)?;
+            let len = decoder.map().map_err(|e| cbor_error(e, at))?;
             // An entry takes at least two bytes.
             let mut entries = Vec::with_capacity(capacity(decoder, len.unwrap_or(0)) / 2);
             match len {
@@ -228,22 +233,21 @@ fn decode_item<'b>(
             Value::Map(entries)
         }
         Type::Tag => {
-            let tag = decoder.tag().map_err(cbor_error)?.as_u64();
+            let tag = decoder.tag().map_err(|e| cbor_error(e, at))?.as_u64();
             Value::Tag(tag, Box::new(decode_item(decoder, depth_left - 1)?))
         }
-        Type::Bool => Value::Bool(decoder.bool().map_err(cbor_error)?),
+        Type::Bool => Value::Bool(decoder.bool().map_err(|e| cbor_error(e, at))?),
         Type::Null => {
-            decoder.null().map_err(cbor_error)?;
+            decoder.null().map_err(|e| cbor_error(e, at))?;
             Value::Null
         }
         Type::Undefined => {
-            decoder.undefined().map_err(cbor_error)?;
+            decoder.undefined().map_err(|e| cbor_error(e, at))?;
             Value::Undefined
         }
-        Type::Simple => Value::Simple(decoder.simple().map_err(cbor_error)?),
+        Type::Simple => Value::Simple(decoder.simple().map_err(|e| cbor_error(e, at))?),
         Type::F16 => {
             // minicbor decodes half floats only with its `half` feature; three bytes suffice.
-            let at = decoder.position();
             let bits = match decoder.input().get(at + 1..at + 3) {
                 Some(&[high, low]) => u16::from_be_bytes([high, low]),
                 _ => {
@@ -256,8 +260,8 @@ fn decode_item<'b>(
             decoder.set_position(at + 3);
             Value::Float(half_to_f64(bits))
         }
-        Type::F32 => Value::Float(f64::from(decoder.f32().map_err(cbor_error)?)),
-        Type::F64 => Value::Float(decoder.f64().map_err(cbor_error)?),
+        Type::F32 => Value::Float(f64::from(decoder.f32().map_err(|e| cbor_error(e, at))?)),
+        Type::F64 => Value::Float(decoder.f64().map_err(|e| cbor_error(e, at))?),
         Type::Break | Type::Unknown(_) => {
             return Err(IcDecodeError::Cbor {
                 offset: decoder.position() as u64,
@@ -287,7 +291,8 @@ fn half_to_f64(bits: u16) -> f64 {
 
 /// Consumes a "break" byte if one is next (the end of an indefinite-length collection).
 fn at_break(decoder: &mut Decoder<'_>) -> Result<bool, IcDecodeError> {
-    if decoder.datatype().map_err(cbor_error)? == Type::Break {
+    let at = decoder.position();
+    if decoder.datatype().map_err(|e| cbor_error(e, at))? == Type::Break {
         decoder.set_position(decoder.position() + 1);
         return Ok(true);
     }

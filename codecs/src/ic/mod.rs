@@ -28,7 +28,12 @@ pub mod request;
 pub mod response;
 pub mod tree;
 
-pub use cbor::{decode_value, encode_tagged, encode_value, Value, SELF_DESCRIBE_TAG};
+#[cfg(test)]
+mod proptests;
+
+pub use cbor::{
+    blob, decode_value, encode_tagged, encode_value, entry, text, Value, SELF_DESCRIBE_TAG,
+};
 pub use error::IcDecodeError;
 pub use hash::{hash_value, Hash, RequestId};
 pub use limits::IcLimits;
