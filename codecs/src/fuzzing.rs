@@ -17,8 +17,8 @@ use crate::envelope::{
 use crate::error::DecodeError;
 use crate::frame::{FrameHeader, FrameLimits, FRAME_HEADER_BYTES};
 use crate::ic::{
-    decode_certificate, decode_hash_tree, decode_request_envelope, decode_value, encode_value,
-    hash_value, IcDecodeError, IcLimits, Principal, RequestId,
+    decode_certificate, decode_hash_tree, decode_request_envelope, decode_value_bounded,
+    encode_value, hash_value, IcDecodeError, IcLimits, Principal, RequestId,
 };
 use crate::limits::CodecLimits;
 use crate::payload::{
@@ -209,7 +209,8 @@ fn ic_limits() -> IcLimits {
 pub fn ic_request(data: &[u8]) -> Result<(), IcDecodeError> {
     let limits = ic_limits();
     let decoded = decode_request_envelope(data, &limits)?;
-    let value = decode_value(data, limits.cbor_depth_max).expect("a decoded body is CBOR");
+    let value = decode_value_bounded(data, limits.cbor_depth_max, limits.cbor_items_max)
+        .expect("a decoded body is CBOR");
     let mut canonical = Vec::new();
     encode_value(&value, &mut canonical);
     assert_eq!(

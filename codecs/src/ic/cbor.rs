@@ -7,6 +7,10 @@
 //! collection is pre-allocated beyond what the remaining input could possibly hold (every item
 //! takes at least one byte), so a decoded tree is at most a constant times the input's size.
 //!
+//! A [`Value`] is 32 bytes (a test keeps it so); [`decode_value_bounded`] stops after a given
+//! number of items, so with vector growth a decoded tree holds at most about 64 bytes per
+//! allowed item (and never more items than input bytes).
+//!
 //! Byte and text strings borrow from the input; only indefinite-length strings (which arrive in
 //! chunks) are copied into one owned buffer, whose size is bounded by the input too.
 
@@ -112,8 +116,21 @@ pub fn text(text: &str) -> Value<'_> {
 }
 
 /// Decodes exactly one data item filling all of `input`, after an optional self-describe tag,
-/// nesting at most `depth_max` arrays, maps and tags deep.
+/// nesting at most `depth_max` arrays, maps and tags deep. Every data item takes at least one
+/// byte, so the number of values is bounded by the input's length; see
+/// [`decode_value_bounded`] for a tighter bound.
 pub fn decode_value(input: &[u8], depth_max: usize) -> Result<Value<'_>, IcDecodeError> {
+    decode_value_bounded(input, depth_max, input.len())
+}
+
+/// [`decode_value`] that also fails once more than `items_max` data items (values, map keys
+/// included) have been decoded, so that a body of small items cannot make a tree 32 times its
+/// size.
+pub fn decode_value_bounded(
+    input: &[u8],
+    depth_max: usize,
+    items_max: usize,
+) -> Result<Value<'_>, IcDecodeError> {
     let mut decoder = Decoder::new(input);
     let at = 0;
     if decoder.datatype().map_err(|e| cbor_error(e, at))? == Type::Tag {
@@ -123,14 +140,26 @@ pub fn decode_value(input: &[u8], depth_max: usize) -> Result<Value<'_>, IcDecod
             decoder.set_position(start);
         }
     }
-    let value = decode_item(&mut decoder, depth_max)?;
-    let trailing = input.len() - decoder.position();
+    let mut walk = Walk {
+        decoder,
+        items_left: items_max,
+        items_max,
+    };
+    let value = walk.item(depth_max)?;
+    let trailing = input.len() - walk.decoder.position();
     if trailing != 0 {
         return Err(IcDecodeError::TrailingBytes {
             bytes: trailing as u64,
         });
     }
     Ok(value)
+}
+
+/// The decoder's state: the token stream and how many more items may be decoded.
+struct Walk<'b> {
+    decoder: Decoder<'b>,
+    items_left: usize,
+    items_max: usize,
 }
 
 /// Maps a token-level error of `minicbor` to ours, with its byte offset (or `item`'s, the
@@ -147,17 +176,83 @@ fn cbor_error(error: minicbor::decode::Error, item: usize) -> IcDecodeError {
     IcDecodeError::Cbor { offset, detail }
 }
 
-/// Capacity to reserve for a collection announcing `len` items: never more than the bytes left,
-/// since every item takes at least one byte. A hostile length is caught when the items run out.
+/// Items reserved up front for a collection, at most. Beyond this a collection grows as its
+/// items actually arrive, so nested collections that each announce a huge length cannot
+/// together reserve more than this per nesting level.
+const PREALLOCATED_ITEMS_MAX: u64 = 256;
+
+/// Capacity to reserve for a collection announcing `len` items: never more than the bytes left
+/// (every item takes at least one byte) nor [`PREALLOCATED_ITEMS_MAX`]. A hostile length is
+/// caught when the items run out.
 fn capacity(decoder: &Decoder<'_>, len: u64) -> usize {
-    let left = decoder.input().len() - decoder.position();
-    usize::try_from(len).unwrap_or(usize::MAX).min(left)
+    let left = (decoder.input().len() - decoder.position()) as u64;
+    len.min(left).min(PREALLOCATED_ITEMS_MAX) as usize
 }
 
-fn decode_item<'b>(
+impl<'b> Walk<'b> {
+    fn item(&mut self, depth_left: usize) -> Result<Value<'b>, IcDecodeError> {
+        if self.items_left == 0 {
+            return Err(IcDecodeError::LimitExceeded {
+                limit: "cbor_items_max",
+                value: self.items_max as u64 + 1,
+                max: self.items_max as u64,
+            });
+        }
+        self.items_left -= 1;
+        let depth_next = depth_left.saturating_sub(1);
+        Ok(match decode_token(&mut self.decoder, depth_left)? {
+            Token::Done(value) => value,
+            Token::Array(len) => {
+                let mut items = Vec::with_capacity(capacity(&self.decoder, len.unwrap_or(0)));
+                match len {
+                    Some(len) => {
+                        for _ in 0..len {
+                            items.push(self.item(depth_next)?);
+                        }
+                    }
+                    None => {
+                        while !at_break(&mut self.decoder)? {
+                            items.push(self.item(depth_next)?);
+                        }
+                    }
+                }
+                Value::Array(items)
+            }
+            Token::Map(len) => {
+                let mut entries = Vec::with_capacity(capacity(&self.decoder, len.unwrap_or(0)));
+                match len {
+                    Some(len) => {
+                        for _ in 0..len {
+                            let key = self.item(depth_next)?;
+                            entries.push((key, self.item(depth_next)?));
+                        }
+                    }
+                    None => {
+                        while !at_break(&mut self.decoder)? {
+                            let key = self.item(depth_next)?;
+                            entries.push((key, self.item(depth_next)?));
+                        }
+                    }
+                }
+                Value::Map(entries)
+            }
+            Token::Tag(tag) => Value::Tag(tag, Box::new(self.item(depth_next)?)),
+        })
+    }
+}
+
+/// One token: a complete scalar, or the head of a collection or tag whose contents follow.
+enum Token<'b> {
+    Done(Value<'b>),
+    Array(Option<u64>),
+    Map(Option<u64>),
+    Tag(u64),
+}
+
+fn decode_token<'b>(
     decoder: &mut Decoder<'b>,
     depth_left: usize,
-) -> Result<Value<'b>, IcDecodeError> {
+) -> Result<Token<'b>, IcDecodeError> {
     let at = decoder.position();
     let datatype = decoder.datatype().map_err(|e| cbor_error(e, at))?;
     let nested = matches!(
@@ -196,45 +291,17 @@ fn decode_item<'b>(
             Value::Text(Cow::Owned(text))
         }
         Type::Array | Type::ArrayIndef => {
-            let len = decoder.array().map_err(|e| cbor_error(e, at))?;
-            let mut items = Vec::with_capacity(capacity(decoder, len.unwrap_or(0)));
-            match len {
-                Some(len) => {
-                    for _ in 0..len {
-                        items.push(decode_item(decoder, depth_left - 1)?);
-                    }
-                }
-                None => {
-                    while !at_break(decoder)? {
-                        items.push(decode_item(decoder, depth_left - 1)?);
-                    }
-                }
-            }
-            Value::Array(items)
+            return Ok(Token::Array(
+                decoder.array().map_err(|e| cbor_error(e, at))?,
+            ))
         }
         Type::Map | Type::MapIndef => {
-            let len = decoder.map().map_err(|e| cbor_error(e, at))?;
-            // An entry takes at least two bytes.
-            let mut entries = Vec::with_capacity(capacity(decoder, len.unwrap_or(0)) / 2);
-            match len {
-                Some(len) => {
-                    for _ in 0..len {
-                        let key = decode_item(decoder, depth_left - 1)?;
-                        entries.push((key, decode_item(decoder, depth_left - 1)?));
-                    }
-                }
-                None => {
-                    while !at_break(decoder)? {
-                        let key = decode_item(decoder, depth_left - 1)?;
-                        entries.push((key, decode_item(decoder, depth_left - 1)?));
-                    }
-                }
-            }
-            Value::Map(entries)
+            return Ok(Token::Map(decoder.map().map_err(|e| cbor_error(e, at))?))
         }
         Type::Tag => {
-            let tag = decoder.tag().map_err(|e| cbor_error(e, at))?.as_u64();
-            Value::Tag(tag, Box::new(decode_item(decoder, depth_left - 1)?))
+            return Ok(Token::Tag(
+                decoder.tag().map_err(|e| cbor_error(e, at))?.as_u64(),
+            ))
         }
         Type::Bool => Value::Bool(decoder.bool().map_err(|e| cbor_error(e, at))?),
         Type::Null => {
@@ -269,7 +336,7 @@ fn decode_item<'b>(
             })
         }
     };
-    Ok(value)
+    Ok(Token::Done(value))
 }
 
 /// An IEEE 754 half-precision float as f64 (RFC 8949 appendix D).
@@ -409,6 +476,27 @@ mod tests {
                 Value::Text(Cow::Owned("ab".into()))
             ])
         );
+    }
+
+    #[test]
+    fn item_count_is_bounded() {
+        // [0, 0, 0]: four items with the array itself.
+        let input = [0x83, 0x00, 0x00, 0x00];
+        assert!(decode_value_bounded(&input, 2, 4).is_ok());
+        assert_eq!(
+            decode_value_bounded(&input, 2, 3),
+            Err(IcDecodeError::LimitExceeded {
+                limit: "cbor_items_max",
+                value: 4,
+                max: 3
+            })
+        );
+    }
+
+    #[test]
+    fn values_stay_small() {
+        // The memory bound in the module documentation assumes this.
+        assert!(std::mem::size_of::<Value<'_>>() <= 32);
     }
 
     #[test]

@@ -4,10 +4,11 @@
 //! follow the IC where it has a bound (1000 read_state paths of at most 127 labels, 20
 //! delegations, 32-byte nonces, 2 MiB ingress messages) and are generous elsewhere.
 //!
-//! Worst-case memory: the generic CBOR tree a body decodes into is at most a constant (about 56
-//! bytes per input byte: one value per byte in the worst case) times `body_bytes_max`, since no
-//! collection reserves more items than there are bytes left; the typed request borrows from the
-//! input except for its path and delegation lists, which are smaller than the tree.
+//! Worst-case memory: a decoded body holds at most `cbor_items_max` values of 32 bytes (with
+//! vector growth, about 64 bytes each: 8 MiB at the default), and no collection reserves more
+//! items than the input could still hold; byte strings borrow from the input. The typed request
+//! borrows from the input except for its path and delegation lists, which are smaller than the
+//! generic tree. The HTTP layer bounds how many bodies are decoded at once.
 
 /// Limits for decoding request envelopes, certificates and hash trees.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,6 +39,10 @@ pub struct IcLimits {
     /// Length of a signature (`sender_sig`, a delegation's `signature`). A canister signature
     /// carries a certificate and a witness, a few KiB; 64 KiB bounds it.
     pub signature_bytes_max: usize,
+    /// Data items (values and map keys) in one request, certificate or tree body. A maximal
+    /// read_state request has 1000 paths of 127 labels, about 128,000 items; 2^17 admits it and
+    /// bounds the decoded tree at about 8 MiB however small the items are.
+    pub cbor_items_max: usize,
     /// How deep arrays, maps and tags may nest in a request body. An envelope needs 4 (envelope,
     /// content, paths, path); 16 leaves room for unknown fields without allowing deep recursion.
     pub cbor_depth_max: usize,
@@ -61,6 +66,7 @@ impl IcLimits {
     pub const DELEGATION_TARGETS_MAX_DEFAULT: usize = 1000;
     pub const PUBLIC_KEY_BYTES_MAX_DEFAULT: usize = 1 << 10;
     pub const SIGNATURE_BYTES_MAX_DEFAULT: usize = 64 << 10;
+    pub const CBOR_ITEMS_MAX_DEFAULT: usize = 1 << 17;
     pub const CBOR_DEPTH_MAX_DEFAULT: usize = 16;
     pub const TREE_DEPTH_MAX_DEFAULT: usize = 128;
     pub const CERTIFICATE_BYTES_MAX_DEFAULT: usize = 4 << 20;
@@ -72,6 +78,15 @@ impl IcLimits {
             return Err(format!(
                 "body_bytes_max ({}) is below arg_bytes_max ({})",
                 self.body_bytes_max, self.arg_bytes_max
+            ));
+        }
+        // The largest read_state request: each path is an array plus its labels, plus a few
+        // dozen items for the envelope and content.
+        let read_state_items = self.paths_max * (self.path_labels_max + 1) + 64;
+        if self.cbor_items_max < read_state_items {
+            return Err(format!(
+                "cbor_items_max ({}) is below the {read_state_items} items of the largest read_state request",
+                self.cbor_items_max
             ));
         }
         if self.cbor_depth_max < 5 {
@@ -101,6 +116,7 @@ impl Default for IcLimits {
             delegation_targets_max: Self::DELEGATION_TARGETS_MAX_DEFAULT,
             public_key_bytes_max: Self::PUBLIC_KEY_BYTES_MAX_DEFAULT,
             signature_bytes_max: Self::SIGNATURE_BYTES_MAX_DEFAULT,
+            cbor_items_max: Self::CBOR_ITEMS_MAX_DEFAULT,
             cbor_depth_max: Self::CBOR_DEPTH_MAX_DEFAULT,
             tree_depth_max: Self::TREE_DEPTH_MAX_DEFAULT,
             certificate_bytes_max: Self::CERTIFICATE_BYTES_MAX_DEFAULT,
@@ -128,5 +144,10 @@ mod tests {
             ..IcLimits::default()
         };
         assert!(shallow.validate().unwrap_err().contains("cbor_depth_max"));
+        let few_items = IcLimits {
+            cbor_items_max: 1000,
+            ..IcLimits::default()
+        };
+        assert!(few_items.validate().unwrap_err().contains("cbor_items_max"));
     }
 }

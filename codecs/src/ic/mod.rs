@@ -32,7 +32,8 @@ pub mod tree;
 mod proptests;
 
 pub use cbor::{
-    blob, decode_value, encode_tagged, encode_value, entry, text, Value, SELF_DESCRIBE_TAG,
+    blob, decode_value, decode_value_bounded, encode_tagged, encode_value, entry, text, Value,
+    SELF_DESCRIBE_TAG,
 };
 pub use error::IcDecodeError;
 pub use hash::{hash_value, Hash, RequestId};

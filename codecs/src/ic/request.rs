@@ -17,7 +17,7 @@
 
 use std::borrow::Cow;
 
-use super::cbor::{blob, decode_value, encode_tagged, entry, text, Value};
+use super::cbor::{blob, decode_value_bounded, encode_tagged, entry, text, Value};
 use super::error::IcDecodeError;
 use super::hash::{hash_value, Hash, RequestId, DOMAIN_IC_REQUEST_AUTH_DELEGATION};
 use super::limits::IcLimits;
@@ -200,7 +200,7 @@ pub fn decode_request_envelope<'a>(
     limits: &IcLimits,
 ) -> Result<RequestEnvelope<'a>, IcDecodeError> {
     check("body_bytes_max", body.len(), limits.body_bytes_max)?;
-    let value = decode_value(body, limits.cbor_depth_max)?;
+    let value = decode_value_bounded(body, limits.cbor_depth_max, limits.cbor_items_max)?;
     envelope_from_value(value, limits)
 }
 
@@ -733,6 +733,14 @@ mod tests {
             decode(fields),
             Err(IcDecodeError::LimitExceeded {
                 limit: "delegations_max",
+                ..
+            })
+        ));
+        let many_items = Value::Array(vec![Value::Nat(0); limits.cbor_items_max]);
+        assert!(matches!(
+            decode(with("extra", many_items)),
+            Err(IcDecodeError::LimitExceeded {
+                limit: "cbor_items_max",
                 ..
             })
         ));

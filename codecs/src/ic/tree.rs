@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
 
-use super::cbor::{blob, decode_value, encode_tagged, encode_value, entry, Value};
+use super::cbor::{blob, decode_value_bounded, encode_tagged, encode_value, entry, Value};
 use super::error::IcDecodeError;
 use super::hash::{Hash, DOMAIN_IC_STATE_ROOT};
 use super::limits::IcLimits;
@@ -200,7 +200,11 @@ pub fn decode_hash_tree<'a>(
         bytes.len(),
         limits.certificate_bytes_max,
     )?;
-    tree_from_value(decode_value(bytes, limits.tree_depth_max)?)
+    tree_from_value(decode_value_bounded(
+        bytes,
+        limits.tree_depth_max,
+        limits.cbor_items_max,
+    )?)
 }
 
 /// Reads a hash tree from a decoded value; recursion follows the value's nesting, which the
@@ -353,7 +357,11 @@ pub fn decode_certificate<'a>(
         limits.certificate_bytes_max,
     )?;
     // The tree is nested inside the certificate map: one more level.
-    let value = decode_value(bytes, limits.tree_depth_max.saturating_add(1))?;
+    let value = decode_value_bounded(
+        bytes,
+        limits.tree_depth_max.saturating_add(1),
+        limits.cbor_items_max,
+    )?;
     let entries = match value {
         Value::Map(entries) => entries,
         other => {
