@@ -274,6 +274,16 @@ mod tests {
         assert_eq!(id.as_slice().len(), 29);
         assert_eq!(&id.as_slice()[..28], &Sha224::digest(key)[..]);
         assert_eq!(Principal::from_text(&id.to_string()), Ok(id));
+        // Of the empty key: SHA-224("") (the standard test vector) followed by 0x02.
+        let empty: String = Principal::self_authenticating(b"")
+            .as_slice()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            empty,
+            "d14a028c2a3a2bc9476102bb288234c415a2b01f828ea62ac5b3e42f02"
+        );
         // 29 bytes is the longest: 63 characters of text.
         assert_eq!(id.to_string().len(), PRINCIPAL_TEXT_CHARS_MAX);
     }
