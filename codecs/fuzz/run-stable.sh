@@ -16,7 +16,8 @@ shift || true
 targets=("$@")
 if [[ ${#targets[@]} -eq 0 ]]; then
   targets=(frame_header frame request response cancel heartbeat goaway slot_update slot_updates
-           artifact_request state_advert manifest_request chunk_request)
+           artifact_request state_advert manifest_request chunk_request ic_request ic_hash_tree
+           ic_certificate ic_principal_text)
 fi
 
 host="$(rustc -vV | awk '/^host:/ {print $2}')"

@@ -16,6 +16,10 @@ use crate::envelope::{
 };
 use crate::error::DecodeError;
 use crate::frame::{FrameHeader, FrameLimits, FRAME_HEADER_BYTES};
+use crate::ic::{
+    decode_certificate, decode_hash_tree, decode_request_envelope, decode_value_bounded,
+    encode_value, hash_value, IcDecodeError, IcLimits, Principal, RequestId,
+};
 use crate::limits::CodecLimits;
 use crate::payload::{
     decode_artifact_request, decode_chunk_request, decode_manifest_request, decode_slot_update,
@@ -43,11 +47,37 @@ pub const TARGETS: &[&str] = &[
     "chunk_request",
     "meta_manifest",
     "manifest_piece",
+    "ic_request",
+    "ic_hash_tree",
+    "ic_certificate",
+    "ic_principal_text",
 ];
+
+/// The error of any target: the frame codecs' or the IC interface codecs'.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AnyDecodeError {
+    #[error(transparent)]
+    Frame(#[from] DecodeError),
+    #[error(transparent)]
+    Ic(#[from] IcDecodeError),
+}
+
+/// A target of the IC interface codecs.
+type IcTarget = fn(&[u8]) -> Result<(), IcDecodeError>;
 
 /// Runs the function named `target` (one of [`TARGETS`]) on `data`; `None` if there is no
 /// such target.
-pub fn run(target: &str, data: &[u8]) -> Option<Result<(), DecodeError>> {
+pub fn run(target: &str, data: &[u8]) -> Option<Result<(), AnyDecodeError>> {
+    let ic_function: Option<IcTarget> = match target {
+        "ic_request" => Some(ic_request),
+        "ic_hash_tree" => Some(ic_hash_tree),
+        "ic_certificate" => Some(ic_certificate),
+        "ic_principal_text" => Some(ic_principal_text),
+        _ => None,
+    };
+    if let Some(function) = ic_function {
+        return Some(function(data).map_err(AnyDecodeError::from));
+    }
     let function: fn(&[u8]) -> Result<(), DecodeError> = match target {
         "frame_header" => frame_header,
         "frame" => frame,
@@ -66,7 +96,7 @@ pub fn run(target: &str, data: &[u8]) -> Option<Result<(), DecodeError>> {
         "manifest_piece" => manifest_piece,
         _ => return None,
     };
-    Some(function(data))
+    Some(function(data).map_err(AnyDecodeError::from))
 }
 
 fn limits() -> CodecLimits {
@@ -194,5 +224,89 @@ pub fn manifest_piece(data: &[u8]) -> Result<(), DecodeError> {
     assert_eq!(again.as_ref(), Ok(&piece));
     // The hash is over the fields, so it survives the re-encoding.
     assert_eq!(again.map(|again| again.hash()), Ok(piece.hash()));
+    Ok(())
+}
+
+fn ic_limits() -> IcLimits {
+    IcLimits::default()
+}
+
+/// Decodes a request body. On success: the generic value re-encoded (canonical lengths, no
+/// tag) decodes to the same envelope and request id; the typed envelope re-encoded (known
+/// fields only) decodes to the same fields, with the request id of its known fields.
+pub fn ic_request(data: &[u8]) -> Result<(), IcDecodeError> {
+    let limits = ic_limits();
+    let decoded = decode_request_envelope(data, &limits)?;
+    let value = decode_value_bounded(data, limits.cbor_depth_max, limits.cbor_items_max)
+        .expect("a decoded body is CBOR");
+    let mut canonical = Vec::new();
+    encode_value(&value, &mut canonical);
+    assert_eq!(
+        decode_request_envelope(&canonical, &limits).as_ref(),
+        Ok(&decoded),
+        "the canonical re-encoding decodes to the same envelope"
+    );
+    let mut typed = Vec::new();
+    decoded.encode(&mut typed);
+    let again = decode_request_envelope(&typed, &limits).expect("a decoded envelope re-encodes");
+    assert_eq!(again.content, decoded.content);
+    assert_eq!(again.sender_pubkey, decoded.sender_pubkey);
+    assert_eq!(again.sender_sig, decoded.sender_sig);
+    let known_id = hash_value(&decoded.content.to_value(), "content").expect("hashable");
+    assert_eq!(again.request_id, RequestId(known_id));
+    let chains = (&again.sender_delegation, &decoded.sender_delegation);
+    if let (Some(again), Some(decoded)) = chains {
+        assert_eq!(again.len(), decoded.len());
+        for (a, d) in again.iter().zip(decoded) {
+            assert_eq!(a.signature, d.signature);
+            assert_eq!(a.delegation.pubkey, d.delegation.pubkey);
+            assert_eq!(a.delegation.expiration, d.delegation.expiration);
+            assert_eq!(a.delegation.targets, d.delegation.targets);
+        }
+    } else {
+        assert!(chains.0.is_none() && chains.1.is_none());
+    }
+    Ok(())
+}
+
+/// Decodes a hash tree; on success its encoding decodes to the same tree with the same root
+/// hash, and a lookup runs without panicking.
+pub fn ic_hash_tree(data: &[u8]) -> Result<(), IcDecodeError> {
+    let limits = ic_limits();
+    let tree = decode_hash_tree(data, &limits)?;
+    let mut encoded = Vec::new();
+    tree.encode(&mut encoded);
+    let again = decode_hash_tree(&encoded, &limits).expect("a decoded tree re-encodes");
+    assert_eq!(again, tree);
+    assert_eq!(again.digest(), tree.digest());
+    let _ = tree.lookup(&[&b"request_status"[..], &[0; 32], b"status"]);
+    Ok(())
+}
+
+/// Decodes a certificate; on success its encoding decodes to the same certificate.
+pub fn ic_certificate(data: &[u8]) -> Result<(), IcDecodeError> {
+    let limits = ic_limits();
+    let certificate = decode_certificate(data, &limits)?;
+    let mut encoded = Vec::new();
+    certificate.encode(&mut encoded);
+    let again = decode_certificate(&encoded, &limits).expect("a decoded certificate re-encodes");
+    assert_eq!(again, certificate);
+    Ok(())
+}
+
+/// Parses textual principals; on success the principal prints as the input (up to case) and
+/// its bytes make the same principal.
+pub fn ic_principal_text(data: &[u8]) -> Result<(), IcDecodeError> {
+    const FIELD: &str = "principal text";
+    let text = std::str::from_utf8(data).map_err(|_| IcDecodeError::InvalidValue {
+        field: FIELD,
+        detail: "not UTF-8",
+    })?;
+    let principal = Principal::from_text(text).map_err(|error| IcDecodeError::Principal {
+        field: FIELD,
+        error,
+    })?;
+    assert!(principal.to_string().eq_ignore_ascii_case(text));
+    assert_eq!(Principal::from_slice(principal.as_slice()), Ok(principal));
     Ok(())
 }

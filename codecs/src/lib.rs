@@ -18,6 +18,8 @@
 //! - [`Encoder`]: one reusable FlatBuffers builder for all `encode_*` methods, so the hot path
 //!   does not allocate per message.
 //! - [`generated`]: the flatc output for `codecs/schema/*.fbs` (regenerate with `codecs/gen.sh`).
+//! - [`ic`]: the IC public HTTP interface (CBOR request envelopes, request ids, principals,
+//!   responses, hash trees and certificates), for the HTTP API; independent of the frames above.
 //! - [`fuzzing`]: decode-then-re-encode checks shared by the fuzz targets and the corpus replay.
 //!
 //! Invariants: decoders never panic on any input; they verify every FlatBuffer with the explicit
@@ -31,6 +33,7 @@ pub mod error;
 pub mod frame;
 pub mod fuzzing;
 pub mod generated;
+pub mod ic;
 pub mod limits;
 pub mod payload;
 pub mod state;

@@ -16,6 +16,10 @@ use std::path::{Path, PathBuf};
 use flatbuffers::FlatBufferBuilder;
 use icn_codecs::fuzzing;
 use icn_codecs::generated::wire;
+use icn_codecs::ic::{
+    blob, encode_tagged, encode_value, entry, text, Certificate, CertificateDelegation, HashTree,
+    IcLimits, LabeledTree, Principal, Value,
+};
 use icn_codecs::*;
 
 /// Upper bound on corpus files replayed per target, so a long fuzzing session that added many
@@ -592,7 +596,311 @@ fn seeds() -> Vec<Seed> {
     seeds.extend(artifact_request_seeds());
     seeds.extend(state_sync_seeds());
     seeds.extend(manifest_seeds());
+    seeds.extend(ic_request_seeds());
+    seeds.extend(ic_tree_and_certificate_seeds());
+    seeds.extend(ic_principal_text_seeds());
     seeds
+}
+
+fn cbor(value: &Value<'_>) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_value(value, &mut out);
+    out
+}
+
+fn tagged(value: &Value<'_>) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_tagged(value, &mut out);
+    out
+}
+
+/// The call in the interface specification's request id example.
+fn spec_call_fields() -> Vec<(Value<'static>, Value<'static>)> {
+    vec![
+        entry("request_type", text("call")),
+        entry("sender", blob(&[0x04])),
+        entry("ingress_expiry", Value::Nat(1_685_570_400_000_000_000)),
+        entry("canister_id", blob(&[0, 0, 0, 0, 0, 0, 0x04, 0xD2])),
+        entry("method_name", text("hello")),
+        entry("arg", blob(b"DIDL\x00\xFD*")),
+    ]
+}
+
+/// The spec call with `name` replaced by (or, if absent, extended with) `value`.
+fn spec_call_with(name: &'static str, value: Value<'static>) -> Value<'static> {
+    let mut fields: Vec<_> = spec_call_fields()
+        .into_iter()
+        .filter(|(key, _)| key != &text(name))
+        .collect();
+    fields.push(entry(name, value));
+    Value::Map(vec![entry("content", Value::Map(fields))])
+}
+
+fn nested_arrays(depth: usize) -> Vec<u8> {
+    let mut bytes = vec![0x81; depth];
+    bytes.push(0x00);
+    bytes
+}
+
+fn ic_request_seeds() -> Vec<Seed> {
+    let t = "ic_request";
+    let spec = Value::Map(vec![entry("content", Value::Map(spec_call_fields()))]);
+    let spec_tagged = tagged(&spec);
+    let query = spec_call_with("request_type", text("query"));
+    let delegation = Value::Map(vec![
+        entry(
+            "pubkey",
+            blob(b"0*0\x05\x06\x03+ep\x03!\x00 session public key 32 bytes"),
+        ),
+        entry("expiration", Value::Nat(1_700_000_000_000_000_000)),
+        entry(
+            "targets",
+            Value::Array(vec![blob(&[0, 0, 0, 0, 0, 0, 0x04, 0xD2, 1, 1])]),
+        ),
+    ]);
+    let user = Principal::self_authenticating(b"user key");
+    let read_state = Value::Map(vec![
+        entry(
+            "content",
+            Value::Map(vec![
+                entry("request_type", text("read_state")),
+                entry("sender", blob(user.as_slice())),
+                entry("nonce", blob(&[7; 16])),
+                entry("ingress_expiry", Value::Nat(1_685_570_400_000_000_000)),
+                entry(
+                    "paths",
+                    Value::Array(vec![
+                        Value::Array(vec![blob(b"time")]),
+                        Value::Array(vec![blob(b"request_status"), blob(&[0xab; 32])]),
+                    ]),
+                ),
+            ]),
+        ),
+        entry("sender_pubkey", blob(b"user key")),
+        entry("sender_sig", blob(&[0x55; 64])),
+        entry(
+            "sender_delegation",
+            Value::Array(vec![Value::Map(vec![
+                entry("delegation", delegation),
+                entry("signature", blob(&[0x66; 64])),
+            ])]),
+        ),
+    ]);
+    let mut unknown = spec_call_fields();
+    unknown.push(entry(
+        "future_field",
+        Value::Array(vec![Value::Nat(1), text("x")]),
+    ));
+    let unknown = Value::Map(vec![
+        entry("content", Value::Map(unknown)),
+        entry("future_envelope_field", Value::Bool(true)),
+    ]);
+    // {content: {_ ...}} with the content map as an indefinite-length map.
+    let content = cbor(&Value::Map(spec_call_fields()));
+    let indefinite = concat(&[
+        &[0xa1],
+        &cbor(&text("content")),
+        &[0xbf],
+        &content[1..],
+        &[0xff],
+    ]);
+    let mut duplicate = spec_call_fields();
+    duplicate.push(entry("arg", blob(b"again")));
+    let too_many_delegations = Value::Array(
+        (0..=IcLimits::DELEGATIONS_MAX_DEFAULT)
+            .map(|_| Value::Map(vec![]))
+            .collect(),
+    );
+    let too_deep = concat(&[
+        &[0xa2],
+        &cbor(&text("content")),
+        &cbor(&Value::Map(spec_call_fields())),
+        &cbor(&text("deep")),
+        &nested_arrays(IcLimits::CBOR_DEPTH_MAX_DEFAULT),
+    ]);
+    vec![
+        seed(t, "valid-spec-call", spec_tagged.clone()),
+        seed(t, "valid-spec-call-untagged", cbor(&spec)),
+        seed(t, "valid-query", tagged(&query)),
+        seed(t, "valid-read-state-delegated", tagged(&read_state)),
+        seed(t, "valid-unknown-fields", tagged(&unknown)),
+        seed(t, "valid-indefinite-content", indefinite),
+        seed(t, "invalid-empty", []),
+        seed(t, "invalid-not-a-map", cbor(&Value::Nat(1))),
+        seed(t, "invalid-missing-content", tagged(&Value::Map(vec![]))),
+        seed(
+            t,
+            "invalid-arg-not-blob",
+            tagged(&spec_call_with("arg", text("x"))),
+        ),
+        seed(
+            t,
+            "invalid-request-type",
+            tagged(&spec_call_with("request_type", text("install"))),
+        ),
+        seed(
+            t,
+            "invalid-duplicate-field",
+            tagged(&Value::Map(vec![entry("content", Value::Map(duplicate))])),
+        ),
+        seed(
+            t,
+            "invalid-not-hashable",
+            tagged(&spec_call_with("extra", Value::Float(0.5))),
+        ),
+        seed(
+            t,
+            "invalid-sender-too-long",
+            tagged(&spec_call_with("sender", blob(&[1; 30]))),
+        ),
+        seed(
+            t,
+            "invalid-nonce-too-long",
+            tagged(&spec_call_with("nonce", blob(&[1; 33]))),
+        ),
+        seed(
+            t,
+            "invalid-too-many-delegations",
+            tagged(&Value::Map(vec![
+                entry("content", Value::Map(spec_call_fields())),
+                entry("sender_delegation", too_many_delegations),
+            ])),
+        ),
+        seed(t, "invalid-too-deep", too_deep),
+        seed(t, "invalid-trailing", concat(&[&spec_tagged, &[0]])),
+        seed(
+            t,
+            "invalid-truncated",
+            spec_tagged[..spec_tagged.len() - 3].to_vec(),
+        ),
+        seed(
+            t,
+            "invalid-hostile-length",
+            [0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+        ),
+    ]
+}
+
+fn example_state() -> LabeledTree {
+    let leaf = |bytes: &[u8]| LabeledTree::Leaf(bytes.to_vec());
+    let map = |entries: Vec<(&[u8], LabeledTree)>| {
+        LabeledTree::SubTree(entries.into_iter().map(|(k, v)| (k.to_vec(), v)).collect())
+    };
+    map(vec![
+        (b"time", leaf(&[0x80, 0xe8, 0xed, 0xa1, 0x04])),
+        (
+            b"request_status",
+            map(vec![
+                (
+                    &[1; 32],
+                    map(vec![
+                        (b"status", leaf(b"replied")),
+                        (b"reply", leaf(b"DIDL\x00\x00")),
+                    ]),
+                ),
+                (&[5; 32], map(vec![(b"status", leaf(b"processing"))])),
+            ]),
+        ),
+    ])
+}
+
+fn ic_tree_and_certificate_seeds() -> Vec<Seed> {
+    let state = example_state();
+    let full = state.to_hash_tree();
+    let witness = state.witness(&[vec![&b"time"[..]], vec![&b"request_status"[..], &[3; 32]]]);
+    let encode = |tree: &HashTree<'_>| {
+        let mut out = Vec::new();
+        tree.encode(&mut out);
+        out
+    };
+    let too_deep = {
+        let mut bytes = Vec::new();
+        for _ in 0..=IcLimits::TREE_DEPTH_MAX_DEFAULT {
+            bytes.extend_from_slice(&[0x83, 0x02, 0x41, b'a']);
+        }
+        bytes.extend_from_slice(&[0x81, 0x00]);
+        bytes
+    };
+    let certificate = Certificate {
+        tree: witness.clone(),
+        signature: (&[0x77; 48][..]).into(),
+        delegation: Some(CertificateDelegation {
+            subnet_id: Principal::self_authenticating(b"subnet key"),
+            certificate: (&b"root subnet certificate"[..]).into(),
+        }),
+    };
+    let mut with_delegation = Vec::new();
+    certificate.encode(&mut with_delegation);
+    let mut without_delegation = Vec::new();
+    Certificate {
+        delegation: None,
+        ..certificate.clone()
+    }
+    .encode(&mut without_delegation);
+    let h = "ic_hash_tree";
+    let c = "ic_certificate";
+    vec![
+        seed(h, "valid-full-state", encode(&full)),
+        seed(h, "valid-witness", encode(&witness)),
+        seed(h, "valid-empty", [0x81, 0x00]),
+        seed(
+            h,
+            "valid-tagged",
+            concat(&[&[0xd9, 0xd9, 0xf7], &encode(&witness)]),
+        ),
+        seed(h, "invalid-kind-5", [0x81, 0x05]),
+        seed(h, "invalid-empty-array", [0x80]),
+        seed(h, "invalid-pruned-short", [0x82, 0x04, 0x41, 0x00]),
+        seed(h, "invalid-leaf-not-blob", [0x82, 0x03, 0x01]),
+        seed(h, "invalid-too-deep", too_deep),
+        seed(h, "invalid-trailing", concat(&[&encode(&full), &[0x00]])),
+        seed(c, "valid-delegated", with_delegation.clone()),
+        seed(c, "valid-no-delegation", without_delegation),
+        seed(
+            c,
+            "invalid-missing-tree",
+            tagged(&Value::Map(vec![entry("signature", blob(&[0; 48]))])),
+        ),
+        seed(
+            c,
+            "invalid-bad-tree",
+            tagged(&Value::Map(vec![
+                entry("tree", Value::Array(vec![Value::Nat(9)])),
+                entry("signature", blob(&[0; 48])),
+            ])),
+        ),
+        seed(
+            c,
+            "invalid-signature-not-blob",
+            tagged(&Value::Map(vec![
+                entry("tree", Value::Array(vec![Value::Nat(0)])),
+                entry("signature", text("sig")),
+            ])),
+        ),
+        seed(
+            c,
+            "invalid-truncated",
+            with_delegation[..with_delegation.len() / 2].to_vec(),
+        ),
+    ]
+}
+
+fn ic_principal_text_seeds() -> Vec<Seed> {
+    let t = "ic_principal_text";
+    let user = Principal::self_authenticating(b"user key").to_string();
+    vec![
+        seed(t, "valid-anonymous", "2vxsx-fae"),
+        seed(t, "valid-management", "aaaaa-aa"),
+        seed(t, "valid-canister", "ryjl3-tyaaa-aaaaa-aaaba-cai"),
+        seed(t, "valid-uppercase", "RYJL3-TYAAA-AAAAA-AAABA-CAI"),
+        seed(t, "valid-self-authenticating", user.clone()),
+        seed(t, "invalid-checksum", "ryjl3-tyaaa-aaaaa-aaaaa-cai"),
+        seed(t, "invalid-char", "2vxsx-fa1"),
+        seed(t, "invalid-dashes", "2vxs-xfae"),
+        seed(t, "invalid-too-long", format!("{user}-aaaaa")),
+        seed(t, "invalid-empty", ""),
+        seed(t, "invalid-not-utf8", [0xff, 0xfe]),
+    ]
 }
 
 /// A small valid manifest: a group chunk of two small files (one empty file between them) and
