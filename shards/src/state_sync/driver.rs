@@ -41,6 +41,9 @@ use crate::consensus_manager::{Backoff, Offence};
 use crate::runtime::{timeout, Runtime, TaskHandle};
 use crate::signal::Signal;
 
+/// How often a shard looks whether its checkpoint builder thread finished.
+const CHECKPOINT_POLL_INTERVAL: Duration = Duration::from_millis(5);
+
 /// Route of `StateAdvert` requests.
 pub const ADVERT_ROUTE: Route = Route(0x300);
 /// Route of `ManifestRequest`s.
@@ -261,14 +264,15 @@ impl StateSync {
     }
 
     /// Builds checkpoint `height` in the store (see [`CheckpointStore::create`]) and tells
-    /// the loop, which advertises it from then on. Synchronous: it runs on the shard, so the
-    /// reference workload keeps the state it rewrites per checkpoint small.
-    pub fn create_checkpoint(
+    /// the loop, which advertises it from then on. Writing, hashing and fsyncing the files run
+    /// on a thread of their own, so the shard keeps serving meanwhile; only the bookkeeping
+    /// before and after runs here.
+    pub async fn create_checkpoint(
         &self,
         height: u64,
-        fill: impl FnOnce(&std::path::Path, Option<&Checkpoint>) -> io::Result<()>,
+        fill: impl FnOnce(&std::path::Path, Option<&Checkpoint>) -> io::Result<()> + Send + 'static,
     ) -> io::Result<Rc<Checkpoint>> {
-        let result = self.inner.store.borrow_mut().create(height, fill);
+        let result = self.build_checkpoint(height, fill).await;
         let mut stats = self.inner.stats.borrow_mut();
         match &result {
             Ok(_) => stats.checkpoints_created += 1,
@@ -277,6 +281,28 @@ impl StateSync {
         drop(stats);
         self.inner.wake.notify();
         result
+    }
+
+    async fn build_checkpoint(
+        &self,
+        height: u64,
+        fill: impl FnOnce(&std::path::Path, Option<&Checkpoint>) -> io::Result<()> + Send + 'static,
+    ) -> io::Result<Rc<Checkpoint>> {
+        let mut pending = self.inner.store.borrow().begin_create(height)?;
+        let builder = std::thread::Builder::new()
+            .name("icn-checkpoint".into())
+            .spawn(move || {
+                let result = pending.build(fill);
+                (pending, result)
+            })?;
+        while !builder.is_finished() {
+            self.inner.runtime.sleep(CHECKPOINT_POLL_INTERVAL).await;
+        }
+        let (pending, result) = builder
+            .join()
+            .map_err(|_| io::Error::other("the checkpoint builder thread panicked"))?;
+        result?;
+        self.inner.store.borrow_mut().finish_create(pending)
     }
 
     /// The running sync's (bytes held, bytes in total), if one runs.

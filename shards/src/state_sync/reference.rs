@@ -191,14 +191,16 @@ pub async fn run_reference_state(
         match step {
             StateStep::Nothing => {}
             StateStep::Create(height) if !sync.is_syncing() => {
-                let result = sync.create_checkpoint(height, |dir, previous| {
-                    write_state(
-                        dir,
-                        &spec,
-                        height,
-                        previous.map(|p| (p.dir.as_path(), p.height)),
-                    )
-                });
+                let result = sync
+                    .create_checkpoint(height, move |dir, previous| {
+                        write_state(
+                            dir,
+                            &spec,
+                            height,
+                            previous.map(|p| (p.dir.as_path(), p.height)),
+                        )
+                    })
+                    .await;
                 if let Err(error) = result {
                     eprintln!("icn: state: building checkpoint {height} failed: {error}");
                 }

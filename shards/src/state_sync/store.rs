@@ -60,7 +60,7 @@ const HEIGHT_DIGITS: usize = 20;
 
 /// A checkpoint: the files of the state at one height and its manifest, in memory decoded and
 /// encoded.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Checkpoint {
     pub height: u64,
     pub root_hash: Hash,
@@ -101,6 +101,39 @@ pub struct ManifestStats {
     pub chunks_reused: u64,
     /// Bytes read from the files.
     pub bytes_read: u64,
+}
+
+/// A checkpoint being built ([`CheckpointStore::begin_create`]): owns plain paths and a copy
+/// of the previous checkpoint, so [`PendingCheckpoint::build`] may run on any thread.
+pub struct PendingCheckpoint {
+    height: u64,
+    building: PathBuf,
+    chunk_bytes: u32,
+    previous: Option<Checkpoint>,
+    built: Option<(Manifest, ManifestStats, EncodedManifest)>,
+}
+
+impl PendingCheckpoint {
+    pub fn height(&self) -> u64 {
+        self.height
+    }
+
+    /// `fill` writes the state's files into the empty build directory (hardlinking unchanged
+    /// files from the previous checkpoint, its second argument); then the manifest is computed
+    /// incrementally, the files fsynced and the manifest written.
+    pub fn build(
+        &mut self,
+        fill: impl FnOnce(&Path, Option<&Checkpoint>) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let state = self.building.join(STATE_DIR);
+        fill(&state, self.previous.as_ref())?;
+        let (manifest, stats) = compute_manifest(&state, self.chunk_bytes, self.previous.as_ref())?;
+        sync_tree(&state)?;
+        let encoded = EncodedManifest::new(&manifest);
+        write_manifest_file(&self.building, &encoded)?;
+        self.built = Some((manifest, stats, encoded));
+        Ok(())
+    }
 }
 
 /// The adopted checkpoints under one root directory, and the scratch spaces of syncs.
@@ -192,20 +225,52 @@ impl CheckpointStore {
         height: u64,
         fill: impl FnOnce(&Path, Option<&Checkpoint>) -> io::Result<()>,
     ) -> io::Result<Rc<Checkpoint>> {
-        let target = self.check_new_height(height)?;
+        let mut pending = self.begin_create(height)?;
+        pending.build(fill)?;
+        self.finish_create(pending)
+    }
+
+    /// [`CheckpointStore::create`] in three steps, so that the slow middle one (writing and
+    /// hashing files, fsyncing them) can run on another thread while the shard goes on: this
+    /// one checks the height and prepares an empty build directory.
+    pub fn begin_create(&self, height: u64) -> io::Result<PendingCheckpoint> {
+        self.check_new_height(height)?;
         let building = self.root.join(TMP_DIR).join(height_name(height));
         if building.exists() {
             fs::remove_dir_all(&building)?;
         }
-        let state = building.join(STATE_DIR);
-        fs::create_dir_all(&state)?;
-        let previous = self.latest();
-        fill(&state, previous.as_deref())?;
-        let (manifest, stats) = compute_manifest(&state, self.chunk_bytes, previous.as_deref())?;
+        fs::create_dir_all(building.join(STATE_DIR))?;
+        Ok(PendingCheckpoint {
+            height,
+            building,
+            chunk_bytes: self.chunk_bytes,
+            previous: self.latest().map(|latest| Checkpoint::clone(&latest)),
+            built: None,
+        })
+    }
+
+    /// The last step of [`CheckpointStore::create`]: renames the built directory into place,
+    /// loads it and deletes checkpoints beyond `kept`. Fails (and removes the build) when a
+    /// checkpoint at or above its height appeared meanwhile (a sync was adopted).
+    pub fn finish_create(&mut self, pending: PendingCheckpoint) -> io::Result<Rc<Checkpoint>> {
+        let PendingCheckpoint {
+            height,
+            building,
+            built,
+            ..
+        } = pending;
+        let (manifest, stats, encoded) = match built {
+            Some(built) => built,
+            None => return Err(invalid_input("the checkpoint was not built".into())),
+        };
+        let target = match self.check_new_height(height) {
+            Ok(target) => target,
+            Err(error) => {
+                let _ = fs::remove_dir_all(&building);
+                return Err(error);
+            }
+        };
         self.last_create_stats = Some(stats);
-        sync_tree(&state)?;
-        let encoded = EncodedManifest::new(&manifest);
-        write_manifest_file(&building, &encoded)?;
         fs::rename(&building, &target)?;
         sync_dir(&self.root.join(CHECKPOINTS_DIR))?;
         let checkpoint = Rc::new(encoded.into_checkpoint(height, target.join(STATE_DIR), manifest));
