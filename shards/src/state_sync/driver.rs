@@ -305,6 +305,15 @@ impl StateSync {
         self.inner.store.borrow_mut().finish_create(pending)
     }
 
+    /// The running sync's (chunks held, chunks in total), if one runs.
+    pub fn chunk_progress(&self) -> Option<(u64, u64)> {
+        self.inner
+            .active
+            .borrow()
+            .as_ref()
+            .map(|active| active.session.chunk_progress())
+    }
+
     /// The running sync's (bytes held, bytes in total), if one runs.
     pub fn progress(&self) -> Option<(u64, u64)> {
         self.inner
@@ -333,11 +342,9 @@ impl StateSync {
     pub fn stats(&self) -> StateSyncStats {
         let mut stats = *self.inner.stats.borrow();
         if let Some(active) = &*self.inner.active.borrow() {
-            add_session(
-                &mut stats,
-                &SessionStats::default(),
-                &active.session.stats(),
-            );
+            // What the loop already folded into the totals is in `counted`.
+            add_session(&mut stats, &active.counted, &active.session.stats());
+            stats.chunks_in_flight = active.session.chunks_in_flight() as u64;
         }
         stats.adverts_tracked = self
             .inner

@@ -8,11 +8,14 @@
 //!   peers, crashes, byzantine peers, a moving target, restart, incremental);
 //! - `netns`: QUIC between two network namespaces over a rate-capped, lossy veth pair (root);
 //! - `gossip_netns`: 5 `icn node`s in namespaces gossiping through loss, a rate cap and a
-//!   partition (root).
+//!   partition (root);
+//! - `state_sync_netns`: a joiner `icn node` syncing from 3 peers capped at 100 Mbit/s each,
+//!   at >= 90% of their aggregate capacity (root).
 
 mod conformance;
 mod gossip_byzantine;
 mod gossip_netns;
 mod gossip_sim;
 mod netns;
+mod state_sync_netns;
 mod state_sync_sim;

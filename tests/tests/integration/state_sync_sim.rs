@@ -223,6 +223,8 @@ fn network(sim: &Sim) -> MemoryNetwork {
 }
 
 /// Waits (virtual time) until every node in `syncers` adopted `height`, at most `limit`.
+/// Meanwhile the counters a sync reports must add up: what a node fetched and took from disk
+/// never exceeds what it holds plus what is in flight (a counter counted twice would).
 async fn wait_synced(
     sim: &SimHandle,
     nodes: &[Node],
@@ -235,6 +237,18 @@ async fn wait_synced(
         .iter()
         .any(|&i| nodes[i].sync.latest_height() != Some(height))
     {
+        for &i in syncers {
+            let sync = &nodes[i].sync;
+            let stats = sync.stats();
+            if let (Some((held, _)), 1) = (sync.progress(), stats.syncs_started) {
+                let (held_chunks, _) = sync.chunk_progress().unwrap();
+                assert!(
+                    stats.chunks_fetched + stats.chunks_local
+                        <= held_chunks + stats.chunks_in_flight,
+                    "node {i}: {stats:?} with {held_chunks} chunks ({held} bytes) held"
+                );
+            }
+        }
         assert!(
             sim.now() < deadline,
             "sync of height {height} did not finish in {limit:?}: {:?}",
