@@ -64,7 +64,7 @@ test: deps codegen-check fmt
 # (blocks, notarization shares, ingress), one status line per second; Ctrl-C stops it.
 run: deps
 	$(CARGO) build --release -p icn-shards --bin icn
-	./target/release/icn subnet --nodes 4
+	./target/release/icn subnet --nodes 4 --joiners 1
 
 bench-quick: deps
 	$(CARGO) run --release -p icn-bench -- transport --quick
