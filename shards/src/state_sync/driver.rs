@@ -135,6 +135,8 @@ pub struct StateSyncStats {
     pub bad_manifests: u64,
     pub peers_dropped: u64,
     pub request_failures: u64,
+    /// Requests a full peer answered with "not held" (the peer is dropped and penalized).
+    pub missing_from_full_peers: u64,
     pub chunks_served: u64,
     pub bytes_served: u64,
     pub manifests_served: u64,
@@ -381,8 +383,8 @@ impl StateSync {
                 async move { result }
             })
             .route(CHUNK_ROUTE, move |ctx: RequestContext, body: Buf| {
-                let result = chunks.on_chunk_request(ctx, body);
-                async move { result }
+                let chunks = chunks.clone();
+                async move { chunks.serve_chunk(ctx, body).await }
             })
     }
 
@@ -447,31 +449,51 @@ impl StateSync {
         }
     }
 
-    fn on_chunk_request(&self, ctx: RequestContext, body: Buf) -> Result<Buf, RpcError> {
+    /// Finds where a requested chunk lies (a checkpoint, or a verified chunk of the running
+    /// sync); the read itself happens in [`StateSync::serve_chunk`].
+    fn locate_chunk(
+        &self,
+        ctx: RequestContext,
+        body: Buf,
+    ) -> Result<(Vec<PathBuf>, Vec<Segment>), RpcError> {
         let request = decode_chunk_request(&body, &self.inner.config.codec_limits)
             .map_err(|error| self.undecodable(ctx.peer, error))?;
+        let index = request.chunk_index;
         let checkpoint = self.inner.store.borrow().checkpoint(request.height);
-        let read = match checkpoint {
-            Some(checkpoint) => {
-                if request.chunk_index as usize >= checkpoint.manifest.chunks.len() {
-                    return Err(RpcError::Handler("no such chunk".into()));
-                }
-                checkpoint.read_chunk(request.chunk_index)
+        if let Some(checkpoint) = checkpoint {
+            let segments = checkpoint
+                .manifest
+                .segments(index)
+                .ok_or_else(|| RpcError::Handler("no such chunk".into()))?;
+            let paths = segments
+                .iter()
+                .map(|segment| checkpoint.file_path(segment.file_index))
+                .collect();
+            return Ok((paths, segments));
+        }
+        let active = self.inner.active.borrow();
+        match active.as_ref() {
+            Some(active)
+                if active.session.height() == request.height && active.session.holds(index) =>
+            {
+                let manifest = active
+                    .session
+                    .manifest()
+                    .expect("a held chunk has a manifest");
+                let segments = manifest.segments(index).expect("a held chunk is in range");
+                let paths = segments
+                    .iter()
+                    .map(|segment| active.scratch.file_path(segment.file_index))
+                    .collect();
+                Ok((paths, segments))
             }
-            None => {
-                let active = self.inner.active.borrow();
-                match active.as_ref() {
-                    Some(active)
-                        if active.session.height() == request.height
-                            && active.session.holds(request.chunk_index) =>
-                    {
-                        active.scratch.read_chunk(request.chunk_index)
-                    }
-                    _ => return Err(RpcError::Handler("chunk not held".into())),
-                }
-            }
-        };
-        match read {
+            _ => Err(RpcError::Handler("chunk not held".into())),
+        }
+    }
+
+    async fn serve_chunk(&self, ctx: RequestContext, body: Buf) -> Result<Buf, RpcError> {
+        let (paths, segments) = self.locate_chunk(ctx, body)?;
+        match read_segments(self.inner.io, &paths, &segments).await {
             Ok(bytes) => {
                 let mut stats = self.inner.stats.borrow_mut();
                 stats.chunks_served += 1;
@@ -647,8 +669,12 @@ impl StateSync {
                     failure,
                 } => {
                     self.inner.tasks.borrow_mut().remove(&task);
-                    if let Some(active) = &mut *self.inner.active.borrow_mut() {
-                        active.session.on_failure(peer, want, failure, now);
+                    let offence = match &mut *self.inner.active.borrow_mut() {
+                        Some(active) => active.session.on_failure(peer, want, failure, now),
+                        None => None,
+                    };
+                    if offence.is_some() {
+                        (self.inner.penalties)(peer, Offence::BadMessage);
                     }
                 }
                 Outcome::Written {
@@ -685,6 +711,7 @@ impl StateSync {
                     SyncOffence::BadChunk { .. } | SyncOffence::BadManifest(_) => {
                         Offence::InvalidArtifact
                     }
+                    SyncOffence::Missing(_) => Offence::BadMessage,
                 };
                 (self.inner.penalties)(peer, offence);
             }
@@ -1027,6 +1054,7 @@ fn add_session(stats: &mut StateSyncStats, before: &SessionStats, now: &SessionS
     stats.bad_manifests += now.bad_manifests - before.bad_manifests;
     stats.peers_dropped += now.peers_dropped - before.peers_dropped;
     stats.request_failures += now.failures - before.failures;
+    stats.missing_from_full_peers += now.missing - before.missing;
 }
 
 /// Takes what the node already holds in `latest` into the scratch: files with the same path,
@@ -1131,6 +1159,47 @@ async fn write_segments(
             Ok(())
         }
     }
+}
+
+/// Reads the segments of one chunk into one buffer: io_uring (glommio buffered files) on a
+/// glommio shard, positional reads under the simulator.
+async fn read_segments(io: FileIo, paths: &[PathBuf], segments: &[Segment]) -> io::Result<Vec<u8>> {
+    let total: u64 = segments.iter().map(|segment| segment.len).sum();
+    let mut bytes = Vec::with_capacity(total as usize);
+    for (path, segment) in paths.iter().zip(segments) {
+        let len = segment.len as usize;
+        match io {
+            FileIo::Std => {
+                use std::os::unix::fs::FileExt;
+                let file = std::fs::File::open(path)?;
+                let start = bytes.len();
+                bytes.resize(start + len, 0);
+                file.read_exact_at(&mut bytes[start..], segment.offset)?;
+            }
+            FileIo::Glommio => {
+                let file = glommio::io::BufferedFile::open(path)
+                    .await
+                    .map_err(io::Error::from)?;
+                let mut done = 0usize;
+                while done < len {
+                    let read = file
+                        .read_at(segment.offset + done as u64, len - done)
+                        .await
+                        .map_err(io::Error::from)?;
+                    if read.is_empty() {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            format!("{} ends before its chunk", path.display()),
+                        ));
+                    }
+                    bytes.extend_from_slice(&read);
+                    done += read.len();
+                }
+                file.close().await.map_err(io::Error::from)?;
+            }
+        }
+    }
+    Ok(bytes)
 }
 
 fn write_segments_std(paths: &[PathBuf], segments: &[Segment], bytes: &[u8]) -> io::Result<()> {

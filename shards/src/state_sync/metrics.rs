@@ -12,7 +12,7 @@ use crate::node_metrics::Mirror;
 type Reading = fn(&StateSyncStats) -> u64;
 
 /// Counters: (name, help, reading).
-const COUNTERS: [(&str, &str, Reading); 16] = [
+const COUNTERS: [(&str, &str, Reading); 17] = [
     ("icn_state_sync_syncs_started_total", "Syncs started (including resumed ones).", |s| s.syncs_started),
     ("icn_state_sync_syncs_completed_total", "Syncs whose state was adopted as a checkpoint.", |s| s.syncs_completed),
     ("icn_state_sync_syncs_abandoned_total", "Syncs stopped because the target moved or a disk error ended them.", |s| s.syncs_abandoned),
@@ -23,6 +23,7 @@ const COUNTERS: [(&str, &str, Reading); 16] = [
     ("icn_state_sync_bad_manifests_total", "Meta-manifests or manifest pieces that failed their check.", |s| s.bad_manifests),
     ("icn_state_sync_peers_dropped_total", "Peers dropped from a sync for serving bad data.", |s| s.peers_dropped),
     ("icn_state_sync_request_failures_total", "Manifest or chunk requests that timed out or failed (retried on another peer after a backoff).", |s| s.request_failures),
+    ("icn_state_sync_missing_total", "Requests a peer that advertised a whole state answered with \"not held\" (each drops and penalizes the peer).", |s| s.missing_from_full_peers),
     ("icn_state_sync_chunks_served_total", "Chunks served to peers.", |s| s.chunks_served),
     ("icn_state_sync_served_bytes_total", "Bytes of chunks served to peers.", |s| s.bytes_served),
     ("icn_state_sync_manifests_served_total", "Meta-manifests and manifest pieces served to peers.", |s| s.manifests_served),

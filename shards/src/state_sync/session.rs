@@ -62,6 +62,8 @@ pub enum SyncOffence {
     BadManifest(DecodeError),
     /// A chunk whose length or hash differs from the manifest.
     BadChunk { chunk: u32 },
+    /// A full peer said it does not hold part of the state it advertised.
+    Missing(Want),
 }
 
 /// What an accepted answer means for the driver.
@@ -93,6 +95,8 @@ pub struct SessionStats {
     pub failures: u64,
     /// Chunk requests a partial peer answered with "not held yet".
     pub unavailable: u64,
+    /// Requests a full peer answered with "not held" (each drops the peer).
+    pub missing: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -373,23 +377,36 @@ impl SyncSession {
         }
     }
 
-    /// A request failed without an answer.
-    pub fn on_failure(&mut self, peer: NodeId, want: Want, failure: Failure, now: Duration) {
+    /// A request failed without an answer. A full peer (one that advertised the whole state)
+    /// that says it does not hold what it advertised is dropped from the session: the returned
+    /// offence is for the driver to penalize.
+    pub fn on_failure(
+        &mut self,
+        peer: NodeId,
+        want: Want,
+        failure: Failure,
+        now: Duration,
+    ) -> Option<SyncOffence> {
         self.finished(peer);
         self.release(want);
         let backoff = self.config.backoff;
-        let Some(state) = self.peers.get_mut(&peer) else {
-            return;
-        };
+        let state = self.peers.get_mut(&peer)?;
         match (failure, want) {
             (Failure::Unavailable, Want::Chunk(chunk)) if state.partial => {
                 self.stats.unavailable += 1;
                 state.misses.insert(chunk);
+                None
+            }
+            (Failure::Unavailable, _) if !state.partial => {
+                self.stats.missing += 1;
+                self.drop_peer(peer);
+                Some(SyncOffence::Missing(want))
             }
             _ => {
                 self.stats.failures += 1;
                 state.failures += 1;
                 state.retry_at = now + backoff.delay(state.failures);
+                None
             }
         }
     }
@@ -417,6 +434,7 @@ impl SyncSession {
                 match offence {
                     SyncOffence::BadManifest(_) => self.stats.bad_manifests += 1,
                     SyncOffence::BadChunk { .. } => self.stats.corrupted_chunks += 1,
+                    SyncOffence::Missing(_) => self.stats.missing += 1,
                 }
                 self.drop_peer(peer);
             }

@@ -225,7 +225,7 @@ fn failures_back_off_and_partial_misses_move_on() {
     session.set_peers(&[(node(1), true)]);
     let now = Duration::from_secs(5);
     let (peer, want) = session.poll(now)[0];
-    session.on_failure(peer, want, Failure::Timeout, now);
+    assert_eq!(session.on_failure(peer, want, Failure::Timeout, now), None);
     assert!(session.poll(now).is_empty(), "backing off");
     assert_eq!(
         session.next_retry(now),
@@ -253,7 +253,10 @@ fn failures_back_off_and_partial_misses_move_on() {
         }
         for (peer, want) in requests {
             asked += 1;
-            session.on_failure(peer, want, Failure::Unavailable, later);
+            assert_eq!(
+                session.on_failure(peer, want, Failure::Unavailable, later),
+                None
+            );
         }
     }
     assert_eq!(asked, state.chunks.len());
@@ -298,4 +301,20 @@ fn held_chunks_are_not_fetched_and_order_depends_on_the_node() {
         })
         .collect();
     assert_ne!(orders[0], orders[1]);
+}
+
+#[test]
+fn a_full_peer_missing_what_it_advertised_is_dropped() {
+    let state = state(10, 100, 100);
+    let mut session = SyncSession::new(3, state.root, node(9), config());
+    session.set_peers(&[(node(1), false), (node(2), false)]);
+    let (peer, want) = session.poll(Duration::ZERO)[0];
+    assert_eq!(
+        session.on_failure(peer, want, Failure::Unavailable, Duration::ZERO),
+        Some(SyncOffence::Missing(Want::Meta))
+    );
+    assert_eq!(session.stats().missing, 1);
+    assert_eq!(session.stats().peers_dropped, 1);
+    let (next, _) = session.poll(Duration::ZERO)[0];
+    assert_ne!(next, peer);
 }
