@@ -69,7 +69,7 @@ pub fn target(system: &str, baseline: &str, case: &str) -> Option<f64> {
 pub fn state_spec(quick: bool) -> SyntheticSpec {
     let (large_files, small_files) = if quick { (256, 512) } else { (2048, 4096) };
     SyntheticSpec {
-        seed: 0x5ec_5_1c,
+        seed: 0x005e_c51c,
         large_files,
         large_file_bytes: 1 << 20,
         small_files,

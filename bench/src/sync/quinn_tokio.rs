@@ -275,6 +275,8 @@ struct Fetch {
     fetched: std::cell::Cell<u64>,
     errors: std::cell::Cell<u64>,
     first_error: RefCell<Option<String>>,
+    /// Seconds the final fsync of every file took (part of the measured time).
+    fsync_s: std::cell::Cell<Option<f64>>,
 }
 
 impl Fetch {
@@ -317,6 +319,7 @@ async fn run_client(
         fetched: std::cell::Cell::new(0),
         errors: std::cell::Cell::new(0),
         first_error: RefCell::new(None),
+        fsync_s: std::cell::Cell::new(None),
     });
     let meter = RunMeter::start();
     let local = tokio::task::LocalSet::new();
@@ -333,12 +336,18 @@ async fn run_client(
     }
     let errors = fetch.errors.get();
     let bytes = if missing == 0 { state_bytes } else { 0 };
-    let run = meter.finish(
+    let mut run = meter.finish(
         bytes,
         fetch.fetched.get(),
         errors,
         fetch.first_error.borrow().clone(),
     );
+    if let Some(seconds) = fetch.fsync_s.get() {
+        run.measurement.extra.insert("fsync_s".into(), seconds);
+    }
+    for (name, value) in packet_figures(&connections) {
+        run.measurement.extra.insert(name, value);
+    }
     for connection in &connections {
         connection.close(VarInt::from_u32(0), b"done");
     }
@@ -363,7 +372,10 @@ async fn fetch_all(fetch: Rc<Fetch>, connections: &[Connection]) -> Result<(), S
     for worker in workers {
         worker.await.map_err(|e| format!("worker task: {e}"))?;
     }
-    state::sync_files(&fetch.base, &fetch.manifest).map_err(|e| format!("fsync: {e}"))
+    let flush = std::time::Instant::now();
+    let synced = state::sync_files(&fetch.base, &fetch.manifest).map_err(|e| format!("fsync: {e}"));
+    fetch.fsync_s.set(Some(flush.elapsed().as_secs_f64()));
+    synced
 }
 
 /// One in-flight slot of one peer: takes that peer's next chunk until none is left.
@@ -417,6 +429,39 @@ async fn fetch_chunk(fetch: &Fetch, connection: &Connection, index: u32) -> Resu
         return Err(format!("{received} bytes that do not match the manifest"));
     }
     write_pieces(&fetch.base, &fetch.manifest, index, &pieces)
+}
+
+/// Whole-run UDP figures of the client over every connection: proof of the packet size cap and
+/// of GSO batching, and whether packets were lost.
+fn packet_figures(connections: &[Connection]) -> BTreeMap<String, f64> {
+    let (mut datagrams, mut bytes, mut calls, mut lost) = (0u64, 0u64, 0u64, 0u64);
+    for connection in connections {
+        let stats = connection.stats();
+        datagrams += stats.udp_rx.datagrams;
+        bytes += stats.udp_rx.bytes;
+        calls += stats.udp_rx.ios;
+        lost += stats.path.lost_packets;
+    }
+    let mut figures = BTreeMap::from([
+        (
+            "client_udp_datagrams_received".to_string(),
+            datagrams as f64,
+        ),
+        ("client_lost_packets".to_string(), lost as f64),
+    ]);
+    if datagrams > 0 {
+        figures.insert(
+            "client_udp_datagram_bytes_mean".into(),
+            bytes as f64 / datagrams as f64,
+        );
+    }
+    if calls > 0 {
+        figures.insert(
+            "client_udp_datagrams_per_receive_call".into(),
+            datagrams as f64 / calls as f64,
+        );
+    }
+    figures
 }
 
 fn write_pieces(

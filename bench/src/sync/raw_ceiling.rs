@@ -34,6 +34,7 @@ impl SyncSystem for RawCeiling {
                     let mut errors = 0u64;
                     let mut first_error = None;
                     let mut chunks = 0u64;
+                    let mut fsync_s = None;
                     let mut buffer = Vec::with_capacity(state.chunk_bytes as usize);
                     let mut fail = |error: String| {
                         errors += 1;
@@ -75,13 +76,19 @@ impl SyncSystem for RawCeiling {
                                     Err(error) => fail(error),
                                 }
                             }
+                            let flush = std::time::Instant::now();
                             if let Err(error) = state::sync_files(destination.path(), manifest) {
                                 fail(format!("fsync: {error}"));
                             }
+                            fsync_s = Some(flush.elapsed().as_secs_f64());
                         }
                     }
                     let bytes = if errors == 0 { state.state_bytes() } else { 0 };
-                    meter.finish(bytes, chunks, errors, first_error)
+                    let mut run = meter.finish(bytes, chunks, errors, first_error);
+                    if let Some(seconds) = fsync_s {
+                        run.measurement.extra.insert("fsync_s".into(), seconds);
+                    }
+                    run
                 })
                 .join()
                 .map_err(|_| "raw-ceiling thread panicked".to_string())

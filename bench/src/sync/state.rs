@@ -285,6 +285,23 @@ fn parse_status_kib(status: &str, field: &str) -> Option<u64> {
         .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
 }
 
+extern "C" {
+    /// mimalloc's `mi_collect`: frees what the allocator keeps cached and gives purgeable
+    /// memory back to the OS.
+    fn mi_collect(force: bool);
+}
+
+/// Returns the memory earlier runs freed but the allocator kept (icn-bench runs on mimalloc,
+/// which caches freed segments for reuse), so that a run's resident-memory rise is its own and
+/// not lowered by reusing what an earlier run left resident. In the test binary, which runs on
+/// the system allocator, this collects mimalloc's (empty) heap and changes nothing.
+fn release_retained_memory() {
+    // Links mimalloc's static library into every binary of this crate, so the symbol exists.
+    let _ = &mimalloc::MiMalloc;
+    // SAFETY: mi_collect takes no pointers and may be called from any thread at any time.
+    unsafe { mi_collect(true) };
+}
+
 /// Measures one run: wall clock and process CPU (as every suite does), and how far resident
 /// memory rose above where it stood at the start. The kernel's high-water mark (`VmHWM`) is
 /// reset at the start by writing 5 to /proc/self/clear_refs, so the growth is this run's own
@@ -297,6 +314,7 @@ pub struct RunMeter {
 
 impl RunMeter {
     pub fn start() -> RunMeter {
+        release_retained_memory();
         let hwm_reset = fs::write("/proc/self/clear_refs", "5").is_ok();
         RunMeter {
             rss_start: status_bytes("VmRSS"),
@@ -320,6 +338,12 @@ impl RunMeter {
             (true, Some(start), Some(peak)) => Some(peak.saturating_sub(start)),
             _ => None,
         };
+        let mut measurement = measurement;
+        if let Some(start) = self.rss_start {
+            measurement
+                .extra
+                .insert("rss_at_start_bytes".into(), start as f64);
+        }
         Run {
             measurement,
             peak_rss_growth_bytes,
