@@ -431,15 +431,14 @@ async fn fetch_chunk(fetch: &Fetch, connection: &Connection, index: u32) -> Resu
     write_pieces(&fetch.base, &fetch.manifest, index, &pieces)
 }
 
-/// Whole-run UDP figures of the client over every connection: proof of the packet size cap and
-/// of GSO batching, and whether packets were lost.
+/// Whole-run UDP figures of the client over every connection: the mean size of the datagrams
+/// it received (proof of the packet size cap) and the packets it sent that were lost.
 fn packet_figures(connections: &[Connection]) -> BTreeMap<String, f64> {
-    let (mut datagrams, mut bytes, mut calls, mut lost) = (0u64, 0u64, 0u64, 0u64);
+    let (mut datagrams, mut bytes, mut lost) = (0u64, 0u64, 0u64);
     for connection in connections {
         let stats = connection.stats();
         datagrams += stats.udp_rx.datagrams;
         bytes += stats.udp_rx.bytes;
-        calls += stats.udp_rx.ios;
         lost += stats.path.lost_packets;
     }
     let mut figures = BTreeMap::from([
@@ -453,12 +452,6 @@ fn packet_figures(connections: &[Connection]) -> BTreeMap<String, f64> {
         figures.insert(
             "client_udp_datagram_bytes_mean".into(),
             bytes as f64 / datagrams as f64,
-        );
-    }
-    if calls > 0 {
-        figures.insert(
-            "client_udp_datagrams_per_receive_call".into(),
-            datagrams as f64 / calls as f64,
         );
     }
     figures
