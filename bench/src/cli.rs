@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::gossip::{self, GossipSpec};
 use crate::host::{HostInfo, Placement};
 use crate::report::{self, SuiteReport};
+use crate::sync::{self, SyncState};
 use crate::transport::{self, case, CaseKind, CaseSpec, System};
 
 #[derive(Parser, Debug)]
@@ -28,6 +29,9 @@ enum Suite {
     /// Artifact broadcast among N nodes in one process (IC consensus-manager style): icn against
     /// quinn + tokio.
     Gossip(SuiteArgs),
+    /// State sync of a synthetic checkpoint from 1, 3 or 6 peers on loopback: icn against a
+    /// quinn + tokio chunk fetcher and the local read + hash + write ceiling.
+    Sync(SuiteArgs),
 }
 
 #[derive(Args, Debug)]
@@ -60,6 +64,7 @@ pub fn main() -> i32 {
     let result = match cli.suite {
         Suite::Transport(args) => run_transport(args),
         Suite::Gossip(args) => run_gossip(args),
+        Suite::Sync(args) => run_sync(args),
     };
     match result {
         Ok(errors) if errors > 0 => {
@@ -149,6 +154,48 @@ fn run_gossip(args: SuiteArgs) -> Result<u64, String> {
         ratios,
     };
     finish(&report, &args, gossip::table::render)
+}
+
+/// Runs the sync suite and writes its report; returns the total error count.
+fn run_sync(args: SuiteArgs) -> Result<u64, String> {
+    let systems = sync::select_systems(sync::registered_systems(), &args.systems)?;
+    let cases = sync::select_cases(&args.cases)?;
+    let repetitions = if args.quick {
+        sync::REPETITIONS_QUICK
+    } else {
+        sync::REPETITIONS_FULL
+    };
+    let started_utc = report::utc_stamp(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs()),
+    );
+    let spec = sync::state_spec(args.quick);
+    eprintln!(
+        "building the synthetic state ({} MiB)...",
+        spec.state_bytes() >> 20
+    );
+    let state = SyncState::build(spec, sync::CHUNK_BYTES)?;
+    eprintln!(
+        "state of {} chunks built in {:.1} s",
+        state.chunk_count(),
+        state.build_s
+    );
+    let config = sync::suite_config(&state, repetitions, &systems);
+    let runs = sync::run_points(&state, &systems, &cases, repetitions, &mut |line| {
+        eprintln!("{line}")
+    });
+    let ratios = report::ratios(&runs, &sync::RATIO_PAIRS);
+    let report = SuiteReport {
+        suite: "sync".into(),
+        quick: args.quick,
+        started_utc,
+        host: HostInfo::detect(),
+        config,
+        runs,
+        ratios,
+    };
+    finish(&report, &args, sync::table::render)
 }
 
 /// Prints the table, writes the JSON and SVG, prints the JSON line if asked; returns the error
@@ -258,6 +305,27 @@ mod tests {
         assert!(args.quick && !args.json);
         assert_eq!(args.cases, ["n4-1KiB", "n7-4MiB"]);
         assert_eq!(args.out_dir, PathBuf::from("bench/results"));
+    }
+
+    #[test]
+    fn sync_arguments_parse() {
+        let cli = Cli::try_parse_from([
+            "icn-bench",
+            "sync",
+            "--quick",
+            "--json",
+            "--systems",
+            "icn,raw-ceiling",
+            "--cases",
+            "peers3",
+        ])
+        .unwrap();
+        let Suite::Sync(args) = cli.suite else {
+            panic!("sync arguments parse as the sync suite");
+        };
+        assert!(args.quick && args.json);
+        assert_eq!(args.systems, ["icn", "raw-ceiling"]);
+        assert_eq!(args.cases, ["peers3"]);
     }
 
     #[test]

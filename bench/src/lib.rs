@@ -8,4 +8,5 @@ pub mod gossip;
 pub mod host;
 pub mod report;
 pub mod stats;
+pub mod sync;
 pub mod transport;

@@ -43,7 +43,7 @@ use crate::transport::case::quic as shared;
 
 const KIND: ArtifactKind = ArtifactKind(0);
 /// io_uring memory of each node's executor (the memlock limit is shared by all of them).
-const EXECUTOR_IO_MEMORY_BYTES: usize = 256 << 10;
+pub(crate) const EXECUTOR_IO_MEMORY_BYTES: usize = 256 << 10;
 /// How often a node checks whether all its peers are connected during setup.
 const CONNECT_POLL: Duration = Duration::from_millis(10);
 /// Batch size of the artifact manager (icn-tuning's default).
@@ -168,7 +168,7 @@ fn run_node_thread(
     executor.run(run_node(harness, identity, members, announce, table))
 }
 
-fn quic_config() -> QuicConfig {
+pub(crate) fn quic_config() -> QuicConfig {
     QuicConfig {
         listen_addr: "127.0.0.1:0".parse().expect("literal address"),
         udp: UdpConfig {
