@@ -418,6 +418,15 @@ fn oversized_messages_are_refused_on_both_sides() {
             "oversized request must fail, got {result:?}"
         );
         assert_eq!(tb.stats().oversized_messages.get(), 1);
+        // ... and counts it as a decode error of kind limit_exceeded (icn_decode_errors_total).
+        let limit_exceeded = icn_engine::transport::DECODE_ERROR_KINDS
+            .iter()
+            .position(|kind| *kind == "limit_exceeded")
+            .unwrap();
+        let counts: Vec<u64> = tb.stats().decode_errors.iter().map(|c| c.get()).collect();
+        let mut expected = vec![0; counts.len()];
+        expected[limit_exceeded] = 1;
+        assert_eq!(counts, expected);
         // The connection survives.
         let reply = ta
             .rpc(b.id(), ECHO, Priority::Normal, Buf::copy_from_slice(b"ok"))

@@ -29,6 +29,8 @@ pub mod memory;
 pub mod quic;
 pub(crate) mod wire;
 
+pub use wire::{decode_error_index, DECODE_ERROR_KINDS};
+
 /// A node's identity: its Ed25519 public key (32 bytes), as listed in the registry.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeId(pub [u8; 32]);

@@ -57,13 +57,15 @@ use std::time::{Duration, Instant};
 use bytes::BufMut as _;
 use glommio::task::JoinHandle;
 use icn_codecs::frame::FrameLimits;
-use icn_codecs::{CodecLimits, Encoder};
+use icn_codecs::{CodecLimits, DecodeError, Encoder};
 use quiche::{BufFactory, BufSplit, ConnectionId, RecvInfo, Shutdown};
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::buffer::Buf;
 use crate::metrics::{rpc_error_kind, Counter, MetricsConfig, TransportMetrics};
-use crate::transport::wire::{self, Assembler, Message, Sink};
+use crate::transport::wire::{
+    self, decode_error_index, Assembler, Message, Sink, DECODE_ERROR_KINDS,
+};
 use crate::transport::{
     ConnId, NodeId, Priority, RequestContext, Route, Router, RpcError, Transport,
 };
@@ -169,6 +171,10 @@ pub struct QuicStats {
     /// Our RPCs that failed, by kind, indexed like [`RPC_ERROR_KINDS`] (every failure, also
     /// those refused before a stream was opened).
     pub rpc_errors: [Cell<u64>; RPC_ERROR_KINDS.len()],
+    /// Streams refused because their bytes did not decode, by [`icn_codecs::DecodeError`] kind,
+    /// indexed like [`DECODE_ERROR_KINDS`] (a stream that ends inside its message counts as
+    /// truncated, bytes after it as unexpected).
+    pub decode_errors: [Cell<u64>; DECODE_ERROR_KINDS.len()],
 }
 
 /// The `kind` values of `icn_rpc_errors_total`, shared with the other transports.
@@ -549,6 +555,7 @@ struct Published {
     handshakes_failed: u64,
     connections_refused: u64,
     rpc_errors: [u64; RPC_ERROR_KINDS.len()],
+    decode_errors: [u64; DECODE_ERROR_KINDS.len()],
     active_connections: i64,
 }
 
@@ -839,6 +846,14 @@ fn publish_counters(inner: &Inner, metrics: &TransportMetrics) {
     for (i, kind) in RPC_ERROR_KINDS.iter().enumerate() {
         let now = stats.rpc_errors[i].get();
         publish_delta(|| metrics.rpc_errors(kind), now, &mut last.rpc_errors[i]);
+    }
+    for (i, kind) in DECODE_ERROR_KINDS.iter().enumerate() {
+        let now = stats.decode_errors[i].get();
+        publish_delta(
+            || metrics.decode_errors(kind),
+            now,
+            &mut last.decode_errors[i],
+        );
     }
     // handshakes_failed includes the refused ones (see `QuicStats`), as TCP's event does not;
     // connection_refused is QUIC's refusals after the handshake plus Initials dropped when full.
@@ -1666,19 +1681,30 @@ fn fill_assembler(inner: &Rc<Inner>, conn: &mut Conn, stream_id: u64) -> ReadOut
         };
         match received {
             Ok((read, fin)) => {
+                let count = |kind: usize| bump(&inner.stats.decode_errors[kind]);
                 if complete_before && read > 0 {
+                    count(decode_error_index(&DecodeError::UnexpectedBytes {
+                        kind: "stream",
+                        bytes: read as u64,
+                    }));
                     return ReadOutcome::Violation(
                         codes::STREAM_PROTOCOL,
                         RpcError::PeerMisbehaved("bytes after the end of the message".into()),
                     );
                 }
                 if let Err(error) = stream.rx.advance(read, &inner.frame_limits) {
+                    count(match &error {
+                        wire::AssembleError::Decode(decode) => decode_error_index(decode),
+                        wire::AssembleError::Truncated => truncated_kind(),
+                        wire::AssembleError::UnexpectedKind(_) => invalid_kind(),
+                    });
                     return violation(error);
                 }
                 if fin {
                     return if stream.rx.is_complete() {
                         ReadOutcome::Complete
                     } else {
+                        count(truncated_kind());
                         ReadOutcome::Violation(
                             codes::STREAM_PROTOCOL,
                             RpcError::PeerMisbehaved("stream ended inside a message".into()),
@@ -1691,6 +1717,19 @@ fn fill_assembler(inner: &Rc<Inner>, conn: &mut Conn, stream_id: u64) -> ReadOut
             Err(_) => return ReadOutcome::Reset,
         }
     }
+}
+
+/// [`DECODE_ERROR_KINDS`] index of a stream that ends inside its message.
+fn truncated_kind() -> usize {
+    decode_error_index(&DecodeError::Truncated { needed: 0, got: 0 })
+}
+
+/// [`DECODE_ERROR_KINDS`] index of a frame that decodes but has no place on the stream.
+fn invalid_kind() -> usize {
+    decode_error_index(&DecodeError::Invalid {
+        kind: "stream",
+        detail: "frame kind out of place",
+    })
 }
 
 fn violation(error: wire::AssembleError) -> ReadOutcome {

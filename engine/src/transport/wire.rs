@@ -312,6 +312,36 @@ impl Assembler {
     }
 }
 
+/// `kind` label of each [`DecodeError`] variant, for counters and metrics.
+pub const DECODE_ERROR_KINDS: [&str; 10] = [
+    "truncated",
+    "bad_magic",
+    "unsupported_version",
+    "unknown_frame_kind",
+    "limit_exceeded",
+    "invalid_flatbuffer",
+    "unknown_enum_value",
+    "unexpected_bytes",
+    "artifact_length_mismatch",
+    "invalid",
+];
+
+/// Index of `error`'s kind in [`DECODE_ERROR_KINDS`] (exhaustive: a new variant needs a name).
+pub fn decode_error_index(error: &DecodeError) -> usize {
+    match error {
+        DecodeError::Truncated { .. } => 0,
+        DecodeError::BadMagic { .. } => 1,
+        DecodeError::UnsupportedVersion { .. } => 2,
+        DecodeError::UnknownFrameKind { .. } => 3,
+        DecodeError::LimitExceeded { .. } => 4,
+        DecodeError::InvalidFlatbuffer(_) => 5,
+        DecodeError::UnknownEnumValue { .. } => 6,
+        DecodeError::UnexpectedBytes { .. } => 7,
+        DecodeError::ArtifactLengthMismatch { .. } => 8,
+        DecodeError::Invalid { .. } => 9,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

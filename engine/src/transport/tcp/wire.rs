@@ -14,6 +14,7 @@ use icn_codecs::{
     GoawayReason, RpcStatus, FRAME_HEADER_BYTES,
 };
 
+pub use crate::transport::wire::{decode_error_index, DECODE_ERROR_KINDS};
 pub(crate) use crate::transport::wire::{
     priority_from_codec, priority_to_codec, response_result, status_of, truncate_utf8,
 };
@@ -23,36 +24,6 @@ use crate::Buf;
 /// Bytes the writer reserves for a frame's header and envelope: the common envelopes are a few
 /// dozen bytes; a longer error message makes the buffer grow once and then stay.
 pub const HEAD_BYTES_TYPICAL: usize = FRAME_HEADER_BYTES + 64;
-
-/// `kind` label of each [`DecodeError`] variant, for counters and metrics.
-pub const DECODE_ERROR_KINDS: [&str; 10] = [
-    "truncated",
-    "bad_magic",
-    "unsupported_version",
-    "unknown_frame_kind",
-    "limit_exceeded",
-    "invalid_flatbuffer",
-    "unknown_enum_value",
-    "unexpected_bytes",
-    "artifact_length_mismatch",
-    "invalid",
-];
-
-/// Index of `error`'s kind in [`DECODE_ERROR_KINDS`] (exhaustive: a new variant needs a name).
-pub fn decode_error_index(error: &DecodeError) -> usize {
-    match error {
-        DecodeError::Truncated { .. } => 0,
-        DecodeError::BadMagic { .. } => 1,
-        DecodeError::UnsupportedVersion { .. } => 2,
-        DecodeError::UnknownFrameKind { .. } => 3,
-        DecodeError::LimitExceeded { .. } => 4,
-        DecodeError::InvalidFlatbuffer(_) => 5,
-        DecodeError::UnknownEnumValue { .. } => 6,
-        DecodeError::UnexpectedBytes { .. } => 7,
-        DecodeError::ArtifactLengthMismatch { .. } => 8,
-        DecodeError::Invalid { .. } => 9,
-    }
-}
 
 /// A frame's envelope, owned.
 #[derive(Clone, Debug, PartialEq, Eq)]
