@@ -25,6 +25,7 @@ use std::rc::Rc;
 
 use crate::buffer::Buf;
 
+pub(crate) mod durations;
 pub mod memory;
 pub mod quic;
 pub(crate) mod wire;

@@ -53,6 +53,7 @@ use self::tls_io::{MemoryIo, TlsSocket};
 use self::wire::{decode_error_index, DECODE_ERROR_KINDS};
 use crate::identity::Identity;
 use crate::metrics::{rpc_error_kind, Counter, TransportMetrics};
+use crate::transport::durations::RpcDurations;
 
 const RPC_ERROR_KINDS: [&str; TransportMetrics::RPC_ERROR_KINDS.len()] =
     TransportMetrics::RPC_ERROR_KINDS;
@@ -403,6 +404,9 @@ struct Inner {
     traffic: RefCell<HashMap<NodeId, Rc<PeerTraffic>>>,
     /// What `publish_metrics` published last: counters are published as differences.
     published: RefCell<Published>,
+    /// Durations of our answered RPCs per route since the last publish (bounded, see
+    /// [`crate::transport::durations`]).
+    rpc_durations: RefCell<RpcDurations>,
     /// Dial loops, one per peer with a larger id than ours.
     dialers: RefCell<HashMap<NodeId, Task<()>>>,
     /// The accept loop; owns the listening socket.
@@ -465,6 +469,7 @@ impl TcpTransport {
             conns: RefCell::default(),
             traffic: RefCell::default(),
             published: RefCell::default(),
+            rpc_durations: RefCell::default(),
             dialers: RefCell::default(),
             acceptor: RefCell::default(),
             listening: RefCell::new(Some(listening)),
@@ -684,6 +689,7 @@ impl Inner {
                 limit_bytes,
             });
         }
+        let started = Instant::now();
         let deadline = Instant::now() + self.config.request_timeout;
         let waited = or(self.wait_for_conn(peer), async {
             sleep(self.config.request_timeout).await;
@@ -693,11 +699,23 @@ impl Inner {
         let conn = waited.ok_or(RpcError::NotConnected(peer))?;
         let remaining = deadline.saturating_duration_since(Instant::now());
         // Dropping the RPC future at the timeout withdraws or cancels the request.
-        or(conn.rpc(route, priority, request), async {
+        let result = or(conn.rpc(route, priority, request), async {
             sleep(remaining).await;
             Err(RpcError::Timeout)
         })
-        .await
+        .await;
+        // As QUIC: from the call (waiting for a connection included) to the peer's answer, an
+        // error answer (no route, a handler error, overloaded, refused) included; local
+        // failures are left to icn_rpc_errors_total.
+        if matches!(
+            result,
+            Ok(_) | Err(RpcError::NoRoute(_) | RpcError::Handler(_))
+        ) {
+            self.rpc_durations
+                .borrow_mut()
+                .record(route, started.elapsed());
+        }
+        result
     }
 
     /// `peer`'s usable connection, waiting for one while `peer` is wanted (in our registry
@@ -971,6 +989,7 @@ impl Inner {
     }
 
     fn publish_metrics(&self, metrics: &TransportMetrics) {
+        self.rpc_durations.borrow_mut().publish(metrics);
         let mut published = self.published.borrow_mut();
         let now = self.stats.snapshot();
         let before = &published.stats;

@@ -867,6 +867,9 @@ fn stats_are_published_into_the_standard_metrics() {
             ),
             "icn_rpc_errors_total{kind=\"no_route\"} 1\n".to_string(),
             "icn_queue_depth{queue=\"tcp_rpcs_pending\",shard=\"0\"} 0\n".to_string(),
+            // Both calls were answered (one with "no route"): one duration each, per route.
+            format!("icn_rpc_duration_us_count{{route=\"{}\"}} 1\n", ECHO.0),
+            "icn_rpc_duration_us_count{route=\"99\"} 1\n".to_string(),
         ] {
             assert!(text.contains(&line), "missing {line:?} in\n{text}");
         }
