@@ -13,3 +13,15 @@ pub mod netns;
 pub mod routes;
 pub mod runtime;
 pub mod subnet;
+
+/// Serializes the integration tests that load the CPU for seconds (simulations of many nodes,
+/// namespace subnets) or whose assertions are about speed (a sync at >= 90% of link capacity):
+/// `cargo test` runs tests on as many threads as there are cores, and on a 2-core machine two
+/// such tests at once would measure each other. Hold the guard for the whole test; a test that
+/// panicked while holding it does not poison the others.
+pub fn heavy_test_lock() -> std::sync::MutexGuard<'static, ()> {
+    static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    HEAVY
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

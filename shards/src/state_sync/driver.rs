@@ -41,6 +41,9 @@ use crate::consensus_manager::{Backoff, Offence};
 use crate::runtime::{timeout, Runtime, TaskHandle};
 use crate::signal::Signal;
 
+/// The shortest timed sleep of the loop, so a wakeup that is already due cannot spin it.
+const LOOP_WAKEUP_MIN: Duration = Duration::from_millis(1);
+
 /// How often a shard looks whether its checkpoint builder thread finished.
 const CHECKPOINT_POLL_INTERVAL: Duration = Duration::from_millis(5);
 
@@ -172,6 +175,12 @@ enum Outcome {
     AdvertsSent {
         task: u64,
     },
+    /// The complete sync's files were fsynced on a thread of their own: adopt it now.
+    Flushed {
+        task: u64,
+        height: u64,
+        result: io::Result<()>,
+    },
 }
 
 struct Active {
@@ -182,6 +191,8 @@ struct Active {
     bytes_at_last_report: u64,
     /// Totals already added to the service's stats.
     counted: SessionStats,
+    /// Every chunk is written and its files are being fsynced before adoption.
+    flushing: bool,
 }
 
 struct Inner {
@@ -558,16 +569,21 @@ impl StateSync {
         }
     }
 
+    /// When the loop must look again without being woken: a peer's backoff ending or the next
+    /// progress report. Never in the past (a wakeup that is always due would spin the loop and
+    /// starve the shard), and none while the complete sync flushes (its task wakes the loop).
     fn next_wakeup(&self, now: Duration) -> Option<Duration> {
         let active = self.inner.active.borrow();
         let active = active.as_ref()?;
+        if active.flushing {
+            return None;
+        }
         let report = active.last_report + self.inner.config.progress_interval;
-        Some(
-            active
-                .session
-                .next_retry(now)
-                .map_or(report, |retry| retry.min(report)),
-        )
+        let next = active
+            .session
+            .next_retry(now)
+            .map_or(report, |retry| retry.min(report));
+        Some(next.max(now + LOOP_WAKEUP_MIN))
     }
 
     fn spawn_task(&self, future: impl std::future::Future<Output = Outcome> + 'static) {
@@ -652,6 +668,26 @@ impl StateSync {
             match outcome {
                 Outcome::AdvertsSent { task } => {
                     self.inner.tasks.borrow_mut().remove(&task);
+                }
+                Outcome::Flushed {
+                    task,
+                    height,
+                    result,
+                } => {
+                    self.inner.tasks.borrow_mut().remove(&task);
+                    let current = self
+                        .inner
+                        .active
+                        .borrow()
+                        .as_ref()
+                        .map(|active| active.session.height());
+                    // A session that was abandoned meanwhile is gone; its flush is moot.
+                    if current == Some(height) {
+                        match result {
+                            Ok(()) => self.adopt(now),
+                            Err(error) => self.io_failure("flushing the synced state", error),
+                        }
+                    }
                 }
                 Outcome::Answer {
                     task,
@@ -832,7 +868,7 @@ impl StateSync {
             .as_ref()
             .is_some_and(|active| active.session.is_complete());
         if complete {
-            self.adopt(now);
+            self.flush_then_adopt();
         } else {
             self.report(now, false);
         }
@@ -870,6 +906,7 @@ impl StateSync {
             last_report: now,
             bytes_at_last_report: 0,
             counted: SessionStats::default(),
+            flushing: false,
         });
         inner.stats.borrow_mut().syncs_started += 1;
         if manifest_ready {
@@ -908,6 +945,52 @@ impl StateSync {
             add_session(&mut self.inner.stats.borrow_mut(), &active.counted, &now);
             active.counted = now;
         }
+    }
+
+    /// fsyncs the complete sync's files on a thread of their own (seconds for a large state),
+    /// then adopts it from the loop; the shard keeps serving meanwhile.
+    fn flush_then_adopt(&self) {
+        let (height, dir) = {
+            let mut guard = self.inner.active.borrow_mut();
+            let Some(active) = guard.as_mut() else {
+                return;
+            };
+            if active.flushing {
+                return;
+            }
+            active.flushing = true;
+            (active.session.height(), active.scratch.state_dir())
+        };
+        let runtime = self.inner.runtime.clone();
+        let task = self.task_id();
+        let io = self.inner.io;
+        self.spawn_task(async move {
+            // The simulator's clock is virtual: waiting there for a real thread would let
+            // virtual time run away, so it flushes inline.
+            let result = if io == FileIo::Std {
+                super::store::sync_tree(&dir)
+            } else {
+                match std::thread::Builder::new()
+                    .name("icn-sync-flush".into())
+                    .spawn(move || super::store::sync_tree(&dir))
+                {
+                    Ok(flusher) => {
+                        while !flusher.is_finished() {
+                            runtime.sleep(CHECKPOINT_POLL_INTERVAL).await;
+                        }
+                        flusher
+                            .join()
+                            .unwrap_or_else(|_| Err(io::Error::other("the flush thread panicked")))
+                    }
+                    Err(error) => Err(error),
+                }
+            };
+            Outcome::Flushed {
+                task,
+                height,
+                result,
+            }
+        });
     }
 
     fn adopt(&self, now: Duration) {

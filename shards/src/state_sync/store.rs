@@ -1328,7 +1328,9 @@ fn parse_scratch_name(name: &str) -> Option<(u64, Hash)> {
 /// fsyncs every file and directory under `dir`, and `dir` itself: before a rename makes a
 /// directory a checkpoint, everything it holds must be on disk. Files that are hardlinks of an
 /// older checkpoint are clean, so their fsync costs little.
-fn sync_tree(dir: &Path) -> io::Result<()> {
+/// fsyncs every file and directory under `dir` (public so a caller can do the slow part of
+/// [`CheckpointStore::adopt`] on another thread first; adopting then finds clean files).
+pub fn sync_tree(dir: &Path) -> io::Result<()> {
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
         let kind = entry.file_type()?;

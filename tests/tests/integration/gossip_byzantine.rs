@@ -767,6 +767,7 @@ fn seeds() -> Vec<u64> {
 
 #[test]
 fn honest_nodes_deliver_everything_and_ban_byzantine_peers() {
+    let _heavy = icn_tests::heavy_test_lock();
     let (mut artifacts, mut total) = (0, Tap::default());
     for seed in seeds() {
         match run_seed(seed) {
@@ -792,6 +793,7 @@ fn honest_nodes_deliver_everything_and_ban_byzantine_peers() {
 
 #[test]
 fn a_byzantine_seed_replays_exactly() {
+    let _heavy = icn_tests::heavy_test_lock();
     let first = run_seed(3).unwrap();
     let second = run_seed(3).unwrap();
     assert_eq!(first.artifacts, second.artifacts);

@@ -103,6 +103,7 @@ struct Reading {
 
 #[test]
 fn five_nodes_deliver_everything_through_loss_and_a_partition() {
+    let _heavy = icn_tests::heavy_test_lock();
     const TEST: &str = "gossip_netns::five_nodes_deliver_everything_through_loss_and_a_partition";
     if !netns::can_run(TEST) {
         return;

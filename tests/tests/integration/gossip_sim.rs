@@ -316,6 +316,7 @@ fn seeds() -> Vec<u64> {
 
 #[test]
 fn seven_nodes_deliver_everything_under_seeded_faults() {
+    let _heavy = icn_tests::heavy_test_lock();
     let (mut total_artifacts, mut total_redundant, mut dropped, mut episodes) = (0, 0, 0, 0);
     for seed in seeds() {
         match run_seed(seed) {
@@ -341,6 +342,7 @@ fn seven_nodes_deliver_everything_under_seeded_faults() {
 
 #[test]
 fn a_seed_replays_exactly() {
+    let _heavy = icn_tests::heavy_test_lock();
     let first = run_seed(7).unwrap();
     let second = run_seed(7).unwrap();
     assert_eq!(first.artifacts, second.artifacts);

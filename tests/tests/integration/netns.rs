@@ -82,6 +82,7 @@ type Report = Result<Leg, String>;
 
 #[test]
 fn twenty_megabytes_over_a_capped_lossy_veth() {
+    let _heavy = icn_tests::heavy_test_lock();
     const TEST: &str = "netns::twenty_megabytes_over_a_capped_lossy_veth";
     if !netns::can_run(TEST) {
         return;

@@ -93,6 +93,7 @@ struct Reading {
 
 #[test]
 fn a_joiner_syncs_from_three_capped_peers_at_link_speed() {
+    let _heavy = icn_tests::heavy_test_lock();
     const TEST: &str = "state_sync_netns::a_joiner_syncs_from_three_capped_peers_at_link_speed";
     if !netns::can_run(TEST) {
         return;

@@ -389,6 +389,7 @@ fn run(scenario: Scenario, dir: &TempDir) -> (Vec<StateSyncStats>, Run) {
 
 #[test]
 fn two_nodes_100_chunks_of_1_mib() {
+    let _heavy = icn_tests::heavy_test_lock();
     let dir = TempDir::new("two");
     let (stats, run) = run(
         Scenario {
@@ -418,6 +419,7 @@ fn two_nodes_100_chunks_of_1_mib() {
 
 #[test]
 fn thirteen_nodes_250_chunks_spread_over_the_sources() {
+    let _heavy = icn_tests::heavy_test_lock();
     let dir = TempDir::new("thirteen");
     let (stats, run) = run(
         Scenario {
@@ -446,6 +448,7 @@ fn thirteen_nodes_250_chunks_spread_over_the_sources() {
 
 #[test]
 fn forty_thousand_chunks_of_1_kib() {
+    let _heavy = icn_tests::heavy_test_lock();
     let dir = TempDir::new("small");
     let (stats, run) = run(
         Scenario {
@@ -467,6 +470,7 @@ fn forty_thousand_chunks_of_1_kib() {
 
 #[test]
 fn everyone_syncs_from_one_node_and_joiners_serve_each_other() {
+    let _heavy = icn_tests::heavy_test_lock();
     let dir = TempDir::new("one-source");
     let (stats, run) = run(
         Scenario {
@@ -495,6 +499,7 @@ fn everyone_syncs_from_one_node_and_joiners_serve_each_other() {
 
 #[test]
 fn f_byzantine_peers_are_dropped_and_every_corruption_is_counted() {
+    let _heavy = icn_tests::heavy_test_lock();
     let dir = TempDir::new("byzantine");
     // 7 nodes: 2 (f) corrupting sources, 4 honest sources, 1 syncer.
     let (stats, run) = run(
@@ -532,6 +537,7 @@ fn f_byzantine_peers_are_dropped_and_every_corruption_is_counted() {
 
 #[test]
 fn serving_peers_crash_mid_sync() {
+    let _heavy = icn_tests::heavy_test_lock();
     let dir = TempDir::new("crash");
     let height = 10;
     let spec = spec(80, MIB, 0);
@@ -586,6 +592,7 @@ fn serving_peers_crash_mid_sync() {
 
 #[test]
 fn a_target_that_moves_abandons_the_old_sync_and_cleans_up() {
+    let _heavy = icn_tests::heavy_test_lock();
     let dir = TempDir::new("moving");
     let spec = spec(40, MIB, 10);
     let template_root = template(&dir.0, &spec, MIB, &[10, 20]);
@@ -642,6 +649,7 @@ fn a_target_that_moves_abandons_the_old_sync_and_cleans_up() {
 
 #[test]
 fn a_restart_mid_sync_fetches_only_the_chunks_not_on_disk() {
+    let _heavy = icn_tests::heavy_test_lock();
     let dir = TempDir::new("restart");
     let spec = spec(60, MIB, 0);
     let height = 10;
@@ -729,6 +737,7 @@ fn a_restart_mid_sync_fetches_only_the_chunks_not_on_disk() {
 
 #[test]
 fn a_node_one_checkpoint_behind_fetches_only_changed_chunks() {
+    let _heavy = icn_tests::heavy_test_lock();
     let dir = TempDir::new("incremental");
     let spec = spec(50, MIB, 40);
     let template_root = template(&dir.0, &spec, MIB, &[10, 20]);
