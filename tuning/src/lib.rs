@@ -36,6 +36,7 @@ pub struct Tuning {
     pub peers: PeersTuning,
     pub gossip: GossipTuning,
     pub state_sync: StateSyncTuning,
+    pub http: HttpTuning,
 }
 
 /// Every section, in the order of [`Tuning`]'s fields.
@@ -50,6 +51,7 @@ pub const SECTIONS: &[SectionMeta] = &[
     PeersTuning::SECTION,
     GossipTuning::SECTION,
     StateSyncTuning::SECTION,
+    HttpTuning::SECTION,
 ];
 
 /// A rule between two integer knobs: `knob` must stand in `relation` to `other`.
@@ -142,6 +144,12 @@ pub const CROSS_RULES: &[CrossRule] = &[
         why: "each request in flight holds one bidirectional stream",
     },
     CrossRule {
+        knob: "http.backend_timeout_ms",
+        relation: Relation::LessThan,
+        other: "http.idle_timeout_ms",
+        why: "an idle connection must not be closed while its answer is still awaited",
+    },
+    CrossRule {
         knob: "engine.buffer_bytes",
         relation: Relation::AtLeast,
         other: "udp.udp_payload_bytes_max",
@@ -226,6 +234,7 @@ const _: () = {
     assert!(TCP_RECONNECT_BACKOFF_MAX_MS_DEFAULT >= TCP_RECONNECT_BACKOFF_INITIAL_MS_DEFAULT);
     assert!(RPC_REQUESTS_IN_FLIGHT_MAX_DEFAULT as u64 <= QUIC_BIDI_STREAMS_MAX_DEFAULT);
     assert!(ENGINE_BUFFER_BYTES_DEFAULT >= UDP_PAYLOAD_BYTES_MAX_DEFAULT);
+    assert!(HTTP_IDLE_TIMEOUT_MS_DEFAULT > HTTP_BACKEND_TIMEOUT_MS_DEFAULT);
     assert!(
         (ENGINE_BUFFERS_MAX_DEFAULT as u64) * (ENGINE_BUFFER_BYTES_DEFAULT as u64)
             <= BUFFER_POOL_BYTES_CAP
@@ -260,6 +269,7 @@ impl Tuning {
         values.extend(self.peers.knob_values());
         values.extend(self.gossip.knob_values());
         values.extend(self.state_sync.knob_values());
+        values.extend(self.http.knob_values());
         values
     }
 
@@ -289,6 +299,7 @@ impl Tuning {
         self.peers.validate_ranges(&mut errors);
         self.gossip.validate_ranges(&mut errors);
         self.state_sync.validate_ranges(&mut errors);
+        self.http.validate_ranges(&mut errors);
         errors.extend(
             CROSS_RULES
                 .iter()
