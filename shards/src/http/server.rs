@@ -1,0 +1,173 @@
+//! The glommio driver: one SO_REUSEPORT listener per shard, the accept loop with the total and
+//! per-IP connection limits, protocol selection (HTTP/1.1, or HTTP/2 with prior knowledge),
+//! and the per-connection race between hyper and the header/idle watchdog.
+//!
+//! Fairness between connections comes from the executor: every connection is its own task,
+//! hyper yields after each read and write, and HTTP/2 streams run as tasks of their own.
+
+use std::cell::Cell;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures_lite::{future, AsyncReadExt};
+use glommio::net::{TcpListener, TcpStream};
+use hyper::server::conn::{http1, http2};
+use icn_tuning::HttpTuning;
+
+use super::io::{watchdog, ConnActivity, Expiry, HyperIo, LocalExec};
+use super::metrics::Rejection;
+use super::service::{handle, HttpDeps, ServerState};
+
+/// The HTTP/2 connection preface a client with prior knowledge (h2c) starts with.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Binds this shard's listener. glommio sets SO_REUSEPORT, so every shard binds the same
+/// address and the kernel spreads connections over them.
+pub fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    TcpListener::bind(addr).map_err(io::Error::from)
+}
+
+/// A running server on one shard; dropping it stops accepting (open connections finish their
+/// current requests and end at their idle timeout).
+pub struct HttpServer {
+    local_addr: SocketAddr,
+    state: Rc<ServerState>,
+    _accept: glommio::Task<()>,
+}
+
+impl HttpServer {
+    /// Binds `addr` on the current shard and starts accepting.
+    pub fn start(addr: SocketAddr, tuning: HttpTuning, deps: HttpDeps) -> io::Result<HttpServer> {
+        let listener = bind_listener(addr)?;
+        let local_addr = listener.local_addr().map_err(io::Error::from)?;
+        let state = ServerState::new(tuning, deps);
+        let accept = glommio::spawn_local(accept_loop(listener, state.clone()));
+        Ok(HttpServer {
+            local_addr,
+            state,
+            _accept: accept,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn state(&self) -> &Rc<ServerState> {
+        &self.state
+    }
+}
+
+async fn accept_loop(listener: TcpListener, state: Rc<ServerState>) {
+    let open = Rc::new(Cell::new(0usize));
+    loop {
+        let stream = match listener.accept().await {
+            Ok(stream) => stream,
+            Err(_) => {
+                // Out of descriptors or a transient error: back off instead of spinning.
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let metrics = state.metrics().clone();
+        metrics.connections_accepted.inc();
+        if open.get() >= state.tuning.connections_max {
+            metrics.rejected(Rejection::ConnectionLimit);
+            continue;
+        }
+        let Ok(peer) = stream.peer_addr() else {
+            continue;
+        };
+        let Some(ip_guard) = state.ip_limiter.acquire(peer.ip()) else {
+            metrics.rejected(Rejection::PerIpLimit);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        open.set(open.get() + 1);
+        metrics.connections_open.inc();
+        let state = state.clone();
+        let open = open.clone();
+        glommio::spawn_local(async move {
+            serve_connection(state.clone(), stream).await;
+            drop(ip_guard);
+            open.set(open.get() - 1);
+            state.metrics().connections_open.dec();
+        })
+        .detach();
+    }
+}
+
+/// Serves one connection until the client closes it, hyper ends it, or a timeout cuts it.
+async fn serve_connection(state: Rc<ServerState>, mut stream: TcpStream) {
+    let tuning = state.tuning;
+    let header = Duration::from_millis(tuning.header_read_timeout_ms);
+    let idle = Duration::from_millis(tuning.idle_timeout_ms);
+    let activity = ConnActivity::new(Instant::now());
+    let serve = {
+        let activity = activity.clone();
+        let state = state.clone();
+        async move {
+            let Ok(prefix) = sniff(&mut stream, &activity).await else {
+                return;
+            };
+            let is_h2 = prefix == H2_PREFACE;
+            let io = HyperIo::new(stream, prefix, activity.clone());
+            let service = {
+                let state = state.clone();
+                let activity = activity.clone();
+                hyper::service::service_fn(move |request| {
+                    handle(state.clone(), activity.clone(), request)
+                })
+            };
+            if is_h2 {
+                let mut builder = http2::Builder::new(LocalExec);
+                builder
+                    .max_concurrent_streams(tuning.h2_streams_per_connection_max)
+                    .max_header_list_size(
+                        u32::try_from(tuning.request_head_bytes_max).unwrap_or(u32::MAX),
+                    );
+                let _ = builder.serve_connection(io, service).await;
+            } else {
+                let mut builder = http1::Builder::new();
+                builder
+                    .header_read_timeout(None)
+                    .max_buf_size(tuning.request_head_bytes_max.max(8 << 10))
+                    .keep_alive(true);
+                let _ = builder.serve_connection(io, service).await;
+            }
+        }
+    };
+    let expired = future::or(
+        async {
+            serve.await;
+            None
+        },
+        async { Some(watchdog(activity.clone(), header, idle).await) },
+    )
+    .await;
+    match expired {
+        Some(Expiry::Header) => state.metrics().rejected(Rejection::HeaderTimeout),
+        Some(Expiry::Idle) => state.metrics().rejected(Rejection::IdleTimeout),
+        None => {}
+    }
+}
+
+/// Reads the first bytes for as long as they match the HTTP/2 preface: the whole preface
+/// means h2c with prior knowledge; the first byte that differs means HTTP/1.1. The bytes read
+/// are replayed to hyper.
+async fn sniff(stream: &mut TcpStream, activity: &ConnActivity) -> io::Result<Vec<u8>> {
+    let mut prefix = Vec::with_capacity(H2_PREFACE.len());
+    let mut buf = [0u8; 24];
+    while prefix.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&prefix) {
+        let want = H2_PREFACE.len() - prefix.len();
+        let n = stream.read(&mut buf[..want]).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        activity.note_read(Instant::now());
+        prefix.extend_from_slice(&buf[..n]);
+    }
+    Ok(prefix)
+}
