@@ -268,8 +268,10 @@ mod tests {
         drop(a);
         // granted_but_dropped got the slot; dropping it unused hands it to `last`.
         drop(granted_but_dropped);
-        assert!(block_on(poll_once(&mut last)).is_some());
+        let permit = block_on(poll_once(&mut last)).expect("last waiter granted");
         assert_eq!((gate.in_flight(), gate.queued()), (1, 0));
+        drop(permit);
+        assert_eq!((gate.in_flight(), gate.queued()), (0, 0));
     }
 
     #[test]

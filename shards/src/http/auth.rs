@@ -31,7 +31,7 @@ const P256_SPKI_PREFIX: [u8; 26] = [
     0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
 ];
 /// DER prefix of an uncompressed secp256k1 SubjectPublicKeyInfo, followed by the 65-byte point.
-const SECP256K1_SPKI_PREFIX: [u8; 23] = [
+pub(crate) const SECP256K1_SPKI_PREFIX: [u8; 23] = [
     0x30, 0x56, 0x30, 0x10, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x05, 0x2b,
     0x81, 0x04, 0x00, 0x0a, 0x03, 0x42, 0x00,
 ];
@@ -47,12 +47,18 @@ pub enum AuthError {
     Missing(&'static str),
     #[error("sender does not match sender_pubkey: expected {expected}, the request names {found}")]
     SenderMismatch { expected: String, found: String },
-    #[error("unsupported public key type in {0} (Ed25519, ECDSA P-256 and secp256k1 are supported)")]
+    #[error(
+        "unsupported public key type in {0} (Ed25519, ECDSA P-256 and secp256k1 are supported)"
+    )]
     UnsupportedKey(&'static str),
     #[error("invalid signature in {0}")]
     InvalidSignature(&'static str),
     #[error("delegation {index} expired at {expiration} ns (now {now} ns)")]
-    DelegationExpired { index: usize, expiration: u64, now: u64 },
+    DelegationExpired {
+        index: usize,
+        expiration: u64,
+        now: u64,
+    },
     #[error("delegation {index} does not allow requests to canister {canister}")]
     TargetNotAllowed { index: usize, canister: String },
 }
@@ -120,8 +126,7 @@ pub fn authenticate(
                 now,
             });
         }
-        if let (Some(targets), Some(canister)) = (&signed.delegation.targets, effective_canister)
-        {
+        if let (Some(targets), Some(canister)) = (&signed.delegation.targets, effective_canister) {
             if !targets.contains(canister) {
                 return Err(AuthError::TargetNotAllowed {
                     index,
@@ -131,7 +136,12 @@ pub fn authenticate(
         }
         signer_key = &signed.delegation.pubkey;
     }
-    verify_signature(signer_key, &envelope.signing_bytes(), signature, "sender_sig")
+    verify_signature(
+        signer_key,
+        &envelope.signing_bytes(),
+        signature,
+        "sender_sig",
+    )
 }
 
 /// Verifies `signature` over `message` by the DER-encoded public key `der_key`; `field` names
@@ -192,83 +202,12 @@ fn verify_secp256k1(point: &[u8], message: &[u8], signature: &[u8]) -> Option<bo
     Some(key.verify(message, &signature).is_ok())
 }
 
-/// Test keys that sign like agents do (DER public keys, raw signatures).
-#[cfg(test)]
-pub(crate) mod test_keys {
-    use boring::ec::{EcGroup, EcKey};
-    use boring::ecdsa::EcdsaSig;
-    use boring::nid::Nid;
-    use boring::pkey::{Id, PKey, Private};
-    use boring::sign::Signer;
-
-    pub enum TestKey {
-        Ed25519(PKey<Private>),
-        P256(EcKey<Private>),
-        Secp256k1(Box<k256::ecdsa::SigningKey>),
-    }
-
-    impl TestKey {
-        pub fn ed25519() -> TestKey {
-            TestKey::Ed25519(PKey::generate(Id::ED25519).unwrap())
-        }
-
-        pub fn p256() -> TestKey {
-            let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
-            TestKey::P256(EcKey::generate(&group).unwrap())
-        }
-
-        pub fn secp256k1(seed: u8) -> TestKey {
-            let secret = [seed.max(1); 32];
-            TestKey::Secp256k1(Box::new(
-                k256::ecdsa::SigningKey::from_bytes(&secret.into()).unwrap(),
-            ))
-        }
-
-        pub fn public_der(&self) -> Vec<u8> {
-            match self {
-                TestKey::Ed25519(key) => key.public_key_to_der().unwrap(),
-                TestKey::P256(key) => PKey::from_ec_key(key.clone())
-                    .unwrap()
-                    .public_key_to_der()
-                    .unwrap(),
-                TestKey::Secp256k1(key) => {
-                    let point = key.verifying_key().to_encoded_point(false);
-                    [&super::SECP256K1_SPKI_PREFIX[..], point.as_bytes()].concat()
-                }
-            }
-        }
-
-        pub fn sign(&self, message: &[u8]) -> Vec<u8> {
-            match self {
-                TestKey::Ed25519(key) => Signer::new_without_digest(key)
-                    .unwrap()
-                    .sign_oneshot_to_vec(message)
-                    .unwrap(),
-                TestKey::P256(key) => {
-                    let digest = boring::sha::sha256(message);
-                    let sig = EcdsaSig::sign(&digest, key).unwrap();
-                    [
-                        sig.r().to_vec_padded(32).unwrap(),
-                        sig.s().to_vec_padded(32).unwrap(),
-                    ]
-                    .concat()
-                }
-                TestKey::Secp256k1(key) => {
-                    use k256::ecdsa::signature::Signer as _;
-                    let sig: k256::ecdsa::Signature = key.sign(message);
-                    sig.to_bytes().to_vec()
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::borrow::Cow;
 
-    use super::test_keys::TestKey;
     use super::*;
+    use crate::http::testing::TestKey;
     use icn_codecs::ic::{
         decode_request_envelope, CallContent, Delegation, IcLimits, RequestContent, RequestId,
         SignedDelegation,
@@ -395,8 +334,14 @@ mod tests {
         let middle = TestKey::p256();
         let session = TestKey::ed25519();
         let later = NOW + 1_000_000_000;
-        let chain = [(&middle, later, None), (&session, later, Some(vec![canister()]))];
-        assert_eq!(check(&envelope(Some(&root), &chain, Some(&session))), Ok(()));
+        let chain = [
+            (&middle, later, None),
+            (&session, later, Some(vec![canister()])),
+        ];
+        assert_eq!(
+            check(&envelope(Some(&root), &chain, Some(&session))),
+            Ok(())
+        );
         // Signed by a key that is not the chain's last.
         assert_eq!(
             check(&envelope(Some(&root), &chain, Some(&middle))),
@@ -409,7 +354,11 @@ mod tests {
             Err(AuthError::DelegationExpired { index: 0, .. })
         ));
         // Targets that exclude the effective canister.
-        let elsewhere = [(&session, later, Some(vec![Principal::from_canister_index(8)]))];
+        let elsewhere = [(
+            &session,
+            later,
+            Some(vec![Principal::from_canister_index(8)]),
+        )];
         assert!(matches!(
             check(&envelope(Some(&root), &elsewhere, Some(&session))),
             Err(AuthError::TargetNotAllowed { index: 0, .. })
@@ -457,7 +406,9 @@ mod tests {
         assert!(check_ingress_expiry(NOW, NOW, window, drift).is_ok());
         assert!(check_ingress_expiry(NOW + window + drift, NOW, window, drift).is_ok());
         let late = check_ingress_expiry(NOW + window + drift + 1, NOW, window, drift);
-        assert!(late.unwrap_err().starts_with("Invalid request expiry: Specified ingress_expiry not within expected range"));
+        assert!(late.unwrap_err().starts_with(
+            "Invalid request expiry: Specified ingress_expiry not within expected range"
+        ));
         assert!(check_ingress_expiry(NOW - drift - 1, NOW, window, drift).is_err());
     }
 }

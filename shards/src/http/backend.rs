@@ -148,8 +148,7 @@ pub enum BackendError {
 pub trait Backend {
     fn status(&self) -> BackendStatus;
     fn call(&self, request: CallRequest) -> LocalBoxFuture<'_, Result<CallReply, BackendError>>;
-    fn query(&self, request: QueryRequest)
-        -> LocalBoxFuture<'_, Result<QueryReply, BackendError>>;
+    fn query(&self, request: QueryRequest) -> LocalBoxFuture<'_, Result<QueryReply, BackendError>>;
     fn read_state(
         &self,
         request: ReadStateRequest,

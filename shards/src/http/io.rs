@@ -7,13 +7,13 @@
 //! byte of a request head arrives, and [`watchdog`] closes the connection when a deadline
 //! passes. This also covers HTTP/2, where hyper has no header timeout at all.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncWrite};
@@ -30,6 +30,10 @@ pub struct ConnActivity {
     head_started: Cell<Option<Instant>>,
     /// Requests whose head was parsed and whose handler has not finished.
     active: Cell<usize>,
+    /// Bumped when a deadline moves earlier (a head starts), so the sleeping watchdog
+    /// re-computes instead of waking at the later idle deadline.
+    generation: Cell<u64>,
+    watchdog: RefCell<Option<Waker>>,
 }
 
 impl ConnActivity {
@@ -38,6 +42,8 @@ impl ConnActivity {
             last_progress: Cell::new(now),
             head_started: Cell::new(None),
             active: Cell::new(0),
+            generation: Cell::new(0),
+            watchdog: RefCell::new(None),
         })
     }
 
@@ -45,6 +51,10 @@ impl ConnActivity {
         self.last_progress.set(now);
         if self.active.get() == 0 && self.head_started.get().is_none() {
             self.head_started.set(Some(now));
+            self.generation.set(self.generation.get() + 1);
+            if let Some(waker) = self.watchdog.borrow_mut().take() {
+                waker.wake();
+            }
         }
     }
 
@@ -110,8 +120,33 @@ pub async fn watchdog(activity: Rc<ConnActivity>, header: Duration, idle: Durati
         if let Some(expiry) = activity.expired(now, header, idle) {
             return expiry;
         }
-        let next = activity.next_check(now, header, idle).max(now + Duration::from_millis(1));
-        glommio::timer::sleep(next - now).await;
+        let next = activity
+            .next_check(now, header, idle)
+            .max(now + Duration::from_millis(1));
+        let generation = activity.generation.get();
+        let moved = Moved {
+            activity: &activity,
+            generation,
+        };
+        futures_lite::future::or(glommio::timer::sleep(next - now), moved).await;
+    }
+}
+
+/// Resolves when the activity's generation moves past `generation`.
+struct Moved<'a> {
+    activity: &'a ConnActivity,
+    generation: u64,
+}
+
+impl Future for Moved<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.activity.generation.get() != self.generation {
+            return Poll::Ready(());
+        }
+        *self.activity.watchdog.borrow_mut() = Some(cx.waker().clone());
+        Poll::Pending
     }
 }
 
@@ -238,6 +273,9 @@ mod tests {
         drop(request);
         let after = Instant::now();
         assert_eq!(activity.expired(after + header * 2, header, idle), None);
-        assert_eq!(activity.expired(after + idle, header, idle), Some(Expiry::Idle));
+        assert_eq!(
+            activity.expired(after + idle, header, idle),
+            Some(Expiry::Idle)
+        );
     }
 }

@@ -28,6 +28,7 @@ pub mod pool;
 pub mod routes;
 pub mod server;
 pub mod service;
+pub mod testing;
 
 #[cfg(test)]
 mod tests;

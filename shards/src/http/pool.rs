@@ -157,7 +157,9 @@ mod tests {
     #[test]
     fn runs_jobs_and_returns_results() {
         let pool = CpuPool::new(2, 8, "test-pool").unwrap();
-        let handles: Vec<_> = (0..8u64).map(|i| pool.try_run(move || i * i).unwrap()).collect();
+        let handles: Vec<_> = (0..8u64)
+            .map(|i| pool.try_run(move || i * i).unwrap())
+            .collect();
         let results: Vec<u64> = handles.into_iter().map(|h| block_on(h).unwrap()).collect();
         assert_eq!(results, (0..8u64).map(|i| i * i).collect::<Vec<_>>());
     }

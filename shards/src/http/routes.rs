@@ -106,7 +106,10 @@ pub fn route(method: &http::Method, path: &str) -> Result<Route, RouteError> {
 }
 
 fn api_route(path: &str) -> Result<Route, RouteError> {
-    let mut parts = path.strip_prefix("/api/").ok_or(RouteError::NotFound)?.split('/');
+    let mut parts = path
+        .strip_prefix("/api/")
+        .ok_or(RouteError::NotFound)?
+        .split('/');
     let (Some(version), Some(kind), Some(id), Some(endpoint), None) = (
         parts.next(),
         parts.next(),
@@ -158,8 +161,14 @@ mod tests {
             ("/api/v4/canister/ID/call", Route::Call(CallVersion::V4, id)),
             ("/api/v2/canister/ID/query", Route::Query(id)),
             ("/api/v3/canister/ID/query", Route::Query(id)),
-            ("/api/v2/canister/ID/read_state", Route::CanisterReadState(id)),
-            ("/api/v3/canister/ID/read_state", Route::CanisterReadState(id)),
+            (
+                "/api/v2/canister/ID/read_state",
+                Route::CanisterReadState(id),
+            ),
+            (
+                "/api/v3/canister/ID/read_state",
+                Route::CanisterReadState(id),
+            ),
             ("/api/v2/subnet/ID/read_state", Route::SubnetReadState(id)),
             ("/api/v3/subnet/ID/read_state", Route::SubnetReadState(id)),
         ];
@@ -187,7 +196,11 @@ mod tests {
             "/api/v2/node/aaaaa-aa/read_state",
         ];
         for path in not_found {
-            assert_eq!(route(&Method::POST, path).err(), Some(RouteError::NotFound), "{path}");
+            assert_eq!(
+                route(&Method::POST, path).err(),
+                Some(RouteError::NotFound),
+                "{path}"
+            );
         }
         assert_eq!(
             route(&Method::GET, "/api/v2/canister/aaaaa-aa/call"),

@@ -145,7 +145,11 @@ impl Refusal {
     }
 
     fn bad_request(message: impl Into<String>) -> Self {
-        Refusal::new(StatusCode::BAD_REQUEST, message, Some(Rejection::BadRequest))
+        Refusal::new(
+            StatusCode::BAD_REQUEST,
+            message,
+            Some(Rejection::BadRequest),
+        )
     }
 }
 
@@ -226,7 +230,13 @@ where
         }
         (Route::Health, _) => return Ok(text(StatusCode::OK, "ok")),
         (_, Some(class)) => class,
-        (_, None) => return Err(Refusal::new(StatusCode::NOT_FOUND, "no such endpoint", None)),
+        (_, None) => {
+            return Err(Refusal::new(
+                StatusCode::NOT_FOUND,
+                "no such endpoint",
+                None,
+            ))
+        }
     };
     let (parts, body) = request.into_parts();
     if route.is_post() {
@@ -284,9 +294,13 @@ where
         .metrics()
         .pool_queued
         .set(i64::try_from(state.deps.pool.queued()).unwrap_or(i64::MAX));
-    let verified = job
-        .await
-        .map_err(|_| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "verification failed", None))??;
+    let verified = job.await.map_err(|_| {
+        Refusal::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "verification failed",
+            None,
+        )
+    })??;
     let deadline = Duration::from_millis(state.tuning.backend_timeout_ms);
     let backend = state.deps.backend.clone();
     let answer = match (verified, route) {
@@ -417,8 +431,14 @@ where
 
 /// A decoded, authenticated request, owning its content.
 enum Verified {
-    Call(icn_codecs::ic::CallContent<'static>, icn_codecs::ic::RequestId),
-    Query(icn_codecs::ic::CallContent<'static>, icn_codecs::ic::RequestId),
+    Call(
+        icn_codecs::ic::CallContent<'static>,
+        icn_codecs::ic::RequestId,
+    ),
+    Query(
+        icn_codecs::ic::CallContent<'static>,
+        icn_codecs::ic::RequestId,
+    ),
     ReadState(
         icn_codecs::ic::ReadStateContent<'static>,
         icn_codecs::ic::RequestId,
@@ -470,7 +490,10 @@ fn decode_and_verify(
     authenticate(&envelope, effective.as_ref(), now).map_err(|e| {
         Refusal::new(
             StatusCode::BAD_REQUEST,
-            format!("Failed to authenticate request {}: {e}", hex(&envelope.request_id.0)),
+            format!(
+                "Failed to authenticate request {}: {e}",
+                hex(&envelope.request_id.0)
+            ),
             Some(Rejection::BadSignature),
         )
     })?;
@@ -554,7 +577,10 @@ async fn with_deadline<T>(
         }
         None => Err(Refusal::new(
             StatusCode::GATEWAY_TIMEOUT,
-            format!("the replica did not answer within {} ms", deadline.as_millis()),
+            format!(
+                "the replica did not answer within {} ms",
+                deadline.as_millis()
+            ),
             Some(Rejection::BackendTimeout),
         )),
     }
@@ -600,4 +626,3 @@ fn status_only(status: StatusCode) -> HttpResponse {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
-
