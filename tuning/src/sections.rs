@@ -432,7 +432,7 @@ section! {
         body_bytes_max: usize in 1..=(64 * MIB) = HTTP_BODY_BYTES_MAX_DEFAULT = 4 * MIB;
         /// Largest request head (HTTP/1.1 read buffer, HTTP/2 header list). hyper's minimum
         /// read buffer is 8 KiB; 16 KiB fits any agent's headers.
-        request_head_bytes_max: usize in (8 * KIB)..=(1 * MIB) = HTTP_REQUEST_HEAD_BYTES_MAX_DEFAULT = 16 * KIB;
+        request_head_bytes_max: usize in (8 * KIB)..=MIB = HTTP_REQUEST_HEAD_BYTES_MAX_DEFAULT = 16 * KIB;
         /// HTTP/2 streams one connection may have open; each is one request that counts against
         /// its class's limits like an HTTP/1.1 request.
         h2_streams_per_connection_max: u32 in 1..=10_000 = HTTP_H2_STREAMS_PER_CONNECTION_MAX_DEFAULT = 100;

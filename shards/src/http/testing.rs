@@ -421,7 +421,6 @@ fn sign(key: Option<&TestKey>, content: RequestContent<'static>) -> Vec<u8> {
 }
 
 /// Test keys that sign like agents do (DER public keys, raw signatures).
-
 pub mod keys {
     use boring::ec::{EcGroup, EcKey};
     use boring::ecdsa::EcdsaSig;
