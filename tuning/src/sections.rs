@@ -423,6 +423,12 @@ section! {
         /// A connection with no request in progress and no bytes moving is closed after this.
         /// Must exceed http.backend_timeout_ms so a waiting answer is never cut.
         idle_timeout_ms: u64 in 10..=3_600_000 = HTTP_IDLE_TIMEOUT_MS_DEFAULT = 30_000;
+        /// After the last answer, unread request bytes (a refused body) are drained before the
+        /// close so the kernel does not reset the connection and destroy the answer in
+        /// flight; at most this long ...
+        linger_timeout_ms: u64 in 0..=60_000 = HTTP_LINGER_TIMEOUT_MS_DEFAULT = 1_000;
+        /// ... and at most this many bytes (then the connection is reset anyway).
+        linger_drain_bytes_max: usize in 0..=(64 * MIB) = HTTP_LINGER_DRAIN_BYTES_MAX_DEFAULT = 4 * MIB;
         /// Time for a whole request body to arrive once the request is admitted; later -> 408.
         body_read_timeout_ms: u64 in 10..=600_000 = HTTP_BODY_READ_TIMEOUT_MS_DEFAULT = 10_000;
         /// Time the backend (the replica) has to answer an admitted request; later -> 504.

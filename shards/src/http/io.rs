@@ -233,8 +233,42 @@ impl<S: AsyncWrite + Unpin> hyper::rt::Write for HyperIo<S> {
         Pin::new(&mut self.get_mut().stream).poll_flush(cx)
     }
 
+    /// Only flushes: the driver closes the socket itself, after draining unread request
+    /// bytes (see `server::linger`), so that the last answer is not destroyed by a reset.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_close(cx)
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+}
+
+/// A socket shared between hyper (through [`HyperIo`]) and the driver, which takes it back
+/// for the lingering close once hyper is done with the connection.
+pub struct SharedStream<S>(pub Rc<RefCell<S>>);
+
+impl<S: AsyncRead + Unpin> AsyncRead for SharedStream<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for SharedStream<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_flush(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_close(cx)
     }
 }
 

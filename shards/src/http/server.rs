@@ -5,9 +5,9 @@
 //! Fairness between connections comes from the executor: every connection is its own task,
 //! hyper yields after each read and write, and HTTP/2 streams run as tasks of their own.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io;
-use std::net::SocketAddr;
+use std::net::{Shutdown, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,7 @@ use glommio::net::{TcpListener, TcpStream};
 use hyper::server::conn::{http1, http2};
 use icn_tuning::HttpTuning;
 
-use super::io::{watchdog, ConnActivity, Expiry, HyperIo, LocalExec};
+use super::io::{watchdog, ConnActivity, Expiry, HyperIo, LocalExec, SharedStream};
 use super::metrics::Rejection;
 use super::service::{handle, HttpDeps, ServerState};
 
@@ -100,15 +100,18 @@ async fn accept_loop(listener: TcpListener, state: Rc<ServerState>) {
 }
 
 /// Serves one connection until the client closes it, hyper ends it, or a timeout cuts it.
-async fn serve_connection(state: Rc<ServerState>, mut stream: TcpStream) {
+async fn serve_connection(state: Rc<ServerState>, stream: TcpStream) {
     let tuning = state.tuning;
     let header = Duration::from_millis(tuning.header_read_timeout_ms);
     let idle = Duration::from_millis(tuning.idle_timeout_ms);
     let activity = ConnActivity::new(Instant::now());
+    let shared = Rc::new(RefCell::new(stream));
     let serve = {
         let activity = activity.clone();
         let state = state.clone();
+        let shared = shared.clone();
         async move {
+            let mut stream = SharedStream(shared);
             let Ok(prefix) = sniff(&mut stream, &activity).await else {
                 return;
             };
@@ -150,14 +153,45 @@ async fn serve_connection(state: Rc<ServerState>, mut stream: TcpStream) {
     match expired {
         Some(Expiry::Header) => state.metrics().rejected(Rejection::HeaderTimeout),
         Some(Expiry::Idle) => state.metrics().rejected(Rejection::IdleTimeout),
-        None => {}
+        None => {
+            // hyper is done and has dropped its handle (HTTP/2 stream tasks, if any are
+            // left, keep theirs: then the socket simply closes when they end).
+            if let Ok(stream) = Rc::try_unwrap(shared) {
+                linger(stream.into_inner(), &tuning).await;
+            }
+        }
     }
+}
+
+/// Closes a connection gracefully: half-close, then read and discard what the client still
+/// sends (a body we refused to read) until it closes too, within the linger bounds. Closing
+/// with unread bytes would make the kernel send a reset, which can destroy the answer (a 413
+/// or 429) before the client has read it.
+async fn linger(stream: TcpStream, tuning: &HttpTuning) {
+    if stream.shutdown(Shutdown::Write).await.is_err() {
+        return;
+    }
+    let mut stream = stream;
+    let drain = async {
+        let mut buf = [0u8; 8 << 10];
+        let mut drained = 0usize;
+        while drained < tuning.linger_drain_bytes_max {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+    };
+    let _ = super::service::timeout(Duration::from_millis(tuning.linger_timeout_ms), drain).await;
 }
 
 /// Reads the first bytes for as long as they match the HTTP/2 preface: the whole preface
 /// means h2c with prior knowledge; the first byte that differs means HTTP/1.1. The bytes read
 /// are replayed to hyper.
-async fn sniff(stream: &mut TcpStream, activity: &ConnActivity) -> io::Result<Vec<u8>> {
+async fn sniff(
+    stream: &mut SharedStream<TcpStream>,
+    activity: &ConnActivity,
+) -> io::Result<Vec<u8>> {
     let mut prefix = Vec::with_capacity(H2_PREFACE.len());
     let mut buf = [0u8; 24];
     while prefix.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&prefix) {

@@ -241,6 +241,15 @@ fn body_size_boundary_is_exact_and_chunked_bodies_are_cut_too() {
     stream.write_all(head.as_bytes()).unwrap();
     let answer = read_answer(&mut stream).unwrap();
     assert_eq!(answer.status, 413);
+    // The same with the whole body already sent: the server drains it before closing, so the
+    // 413 arrives instead of a connection reset.
+    let mut stream = connect(server.addr);
+    let mut bytes = head.into_bytes();
+    bytes.extend(std::iter::repeat_n(0xffu8, max + 1));
+    stream.write_all(&bytes).unwrap();
+    let answer = read_answer(&mut stream).unwrap();
+    assert_eq!(answer.status, 413);
+    assert_eq!(answer.header("connection"), Some("close"));
     // Chunked: refused as soon as the chunks pass the maximum.
     let mut stream = connect(server.addr);
     let head = format!(
