@@ -180,3 +180,39 @@ pub fn owned_read_state(content: &ReadStateContent<'_>) -> ReadStateContent<'sta
         ingress_expiry: content.ingress_expiry,
     }
 }
+
+/// The backend of an `icn node` that runs no replica yet: the API front is up (status,
+/// admission, decoding, signature checks, metrics), and every request that would need a
+/// replica is answered 503 with a message saying so, which is what agents see from a replica
+/// that is still starting. The reference replica replaces it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoReplica;
+
+impl NoReplica {
+    const MESSAGE: &'static str = "no replica runs behind this node yet (the reference replica of issue 5 is not part of this build)";
+}
+
+impl Backend for NoReplica {
+    fn status(&self) -> BackendStatus {
+        BackendStatus {
+            root_key: None,
+            replica_health_status: "starting",
+            certified_height: None,
+        }
+    }
+
+    fn call(&self, _: CallRequest) -> LocalBoxFuture<'_, Result<CallReply, BackendError>> {
+        Box::pin(async { Err(BackendError::Unavailable(Self::MESSAGE.into())) })
+    }
+
+    fn query(&self, _: QueryRequest) -> LocalBoxFuture<'_, Result<QueryReply, BackendError>> {
+        Box::pin(async { Err(BackendError::Unavailable(Self::MESSAGE.into())) })
+    }
+
+    fn read_state(
+        &self,
+        _: ReadStateRequest,
+    ) -> LocalBoxFuture<'_, Result<ReadStateReply, BackendError>> {
+        Box::pin(async { Err(BackendError::Unavailable(Self::MESSAGE.into())) })
+    }
+}

@@ -35,8 +35,8 @@ mod tests;
 
 pub use backend::{
     Backend, BackendError, BackendStatus, CallReply, CallRequest, CallVersion, LocalBoxFuture,
-    OwnedNodeSignature, OwnedReject, QueryReply, QueryRequest, QueryResult, ReadStateReply,
-    ReadStateRequest, ReadStateTarget,
+    NoReplica, OwnedNodeSignature, OwnedReject, QueryReply, QueryRequest, QueryResult,
+    ReadStateReply, ReadStateRequest, ReadStateTarget,
 };
 pub use metrics::{HttpMetricIds, HttpMetrics, Rejection};
 pub use pool::CpuPool;
