@@ -28,6 +28,7 @@ use icn_tuning::{LoadError, Tuning};
 
 use crate::consensus_manager::driver::PenaltySink;
 use crate::consensus_manager::Offence;
+use crate::http::tls::api_tls_context;
 use crate::http::{
     system_clock, CpuPool, HttpDeps, HttpMetricIds, HttpMetrics, HttpServer, NoReplica,
 };
@@ -312,7 +313,13 @@ async fn run_shard(ctx: ShardContext<()>, parts: NodeParts) -> Result<(), NodeEr
         spawn_until_shutdown(&ctx, admin.run());
     }
     let _api = match record.http_addr {
-        Some(addr) => Some(start_api(addr, &tuning, node.clone(), &http_ids)?),
+        Some(addr) => Some(start_api(
+            addr,
+            &tuning,
+            &identity,
+            node.clone(),
+            &http_ids,
+        )?),
         None => None,
     };
     let publish_interval = Duration::from_millis(tuning.metrics.publish_interval_ms);
@@ -384,10 +391,12 @@ fn start_admin(
 
 /// Starts the public HTTP API on this shard (its own SO_REUSEPORT listener) in front of
 /// [`NoReplica`]: status, admission, decoding and signature checks are live; requests that
-/// need a replica get 503 until the reference replica lands.
+/// need a replica get 503 until the reference replica lands. Clients that open with a TLS
+/// handshake get TLS 1.3 with the node's certificate; others get plaintext.
 fn start_api(
     addr: std::net::SocketAddr,
     tuning: &Tuning,
+    identity: &Identity,
     node: Rc<NodeShard>,
     ids: &HttpMetricIds,
 ) -> Result<HttpServer, NodeError> {
@@ -407,6 +416,7 @@ fn start_api(
             node.collector.render()
         }),
         clock: system_clock(),
+        tls: Some(api_tls_context(identity).map_err(|e| http_error(std::io::Error::other(e)))?),
     };
     HttpServer::start(addr, tuning.http, deps).map_err(http_error)
 }

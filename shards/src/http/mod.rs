@@ -16,8 +16,11 @@
 //! - [`backend`]: the [`Backend`] trait the replica implements, with typed requests and
 //!   replies. [`metrics`]: the `icn_http_*` families.
 //!
-//! Every bound is a knob of the `[http]` tuning section. TLS is not served yet: the listener
-//! speaks plaintext HTTP/1.1 and h2c only.
+//! - [`tls`]: TLS 1.3 with BoringSSL over in-memory buffers, as a stream hyper can drive; a
+//!   connection whose first byte is a TLS handshake record gets TLS when the server has a
+//!   certificate, any other is plaintext (HTTP/1.1 or h2c).
+//!
+//! Every bound is a knob of the `[http]` tuning section.
 
 pub mod admission;
 pub mod auth;
@@ -29,6 +32,7 @@ pub mod routes;
 pub mod server;
 pub mod service;
 pub mod testing;
+pub mod tls;
 
 #[cfg(test)]
 mod tests;

@@ -11,7 +11,7 @@ use std::net::{Shutdown, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use futures_lite::{future, AsyncReadExt};
+use futures_lite::{future, AsyncRead, AsyncReadExt, AsyncWrite};
 use glommio::net::{TcpListener, TcpStream};
 use hyper::server::conn::{http1, http2};
 use icn_tuning::HttpTuning;
@@ -19,6 +19,11 @@ use icn_tuning::HttpTuning;
 use super::io::{watchdog, ConnActivity, Expiry, HyperIo, LocalExec, SharedStream};
 use super::metrics::Rejection;
 use super::service::{handle, HttpDeps, ServerState};
+use super::tls;
+
+/// The first byte of a TLS connection (a handshake record): such connections get TLS when the
+/// server has a certificate, all others are plaintext.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// The HTTP/2 connection preface a client with prior knowledge (h2c) starts with.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -112,34 +117,26 @@ async fn serve_connection(state: Rc<ServerState>, stream: TcpStream) {
         let shared = shared.clone();
         async move {
             let mut stream = SharedStream(shared);
-            let Ok(prefix) = sniff(&mut stream, &activity).await else {
+            let Ok(first) = read_some(&mut stream, &activity).await else {
+                return;
+            };
+            if first[0] == TLS_HANDSHAKE_RECORD {
+                if let Some(context) = &state.deps.tls {
+                    let Ok(tls) = tls::accept(context, stream, &first).await else {
+                        return;
+                    };
+                    let is_h2 = tls.alpn() == Some(b"h2");
+                    let io = HyperIo::new(tls, Vec::new(), activity.clone());
+                    serve_http(io, is_h2, state, activity).await;
+                    return;
+                }
+            }
+            let Ok(prefix) = sniff(&mut stream, &activity, first).await else {
                 return;
             };
             let is_h2 = prefix == H2_PREFACE;
             let io = HyperIo::new(stream, prefix, activity.clone());
-            let service = {
-                let state = state.clone();
-                let activity = activity.clone();
-                hyper::service::service_fn(move |request| {
-                    handle(state.clone(), activity.clone(), request)
-                })
-            };
-            if is_h2 {
-                let mut builder = http2::Builder::new(LocalExec);
-                builder
-                    .max_concurrent_streams(tuning.h2_streams_per_connection_max)
-                    .max_header_list_size(
-                        u32::try_from(tuning.request_head_bytes_max).unwrap_or(u32::MAX),
-                    );
-                let _ = builder.serve_connection(io, service).await;
-            } else {
-                let mut builder = http1::Builder::new();
-                builder
-                    .header_read_timeout(None)
-                    .max_buf_size(tuning.request_head_bytes_max.max(8 << 10))
-                    .keep_alive(true);
-                let _ = builder.serve_connection(io, service).await;
-            }
+            serve_http(io, is_h2, state, activity).await;
         }
     };
     let expired = future::or(
@@ -185,14 +182,56 @@ async fn linger(stream: TcpStream, tuning: &HttpTuning) {
     let _ = super::service::timeout(Duration::from_millis(tuning.linger_timeout_ms), drain).await;
 }
 
-/// Reads the first bytes for as long as they match the HTTP/2 preface: the whole preface
-/// means h2c with prior knowledge; the first byte that differs means HTTP/1.1. The bytes read
-/// are replayed to hyper.
-async fn sniff(
+/// Runs hyper's HTTP/1.1 or HTTP/2 server over `io` until the connection ends.
+async fn serve_http<S>(
+    io: HyperIo<S>,
+    is_h2: bool,
+    state: Rc<ServerState>,
+    activity: Rc<ConnActivity>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    let tuning = state.tuning;
+    let service =
+        hyper::service::service_fn(move |request| handle(state.clone(), activity.clone(), request));
+    if is_h2 {
+        let mut builder = http2::Builder::new(LocalExec);
+        builder
+            .max_concurrent_streams(tuning.h2_streams_per_connection_max)
+            .max_header_list_size(u32::try_from(tuning.request_head_bytes_max).unwrap_or(u32::MAX));
+        let _ = builder.serve_connection(io, service).await;
+    } else {
+        let mut builder = http1::Builder::new();
+        builder
+            .header_read_timeout(None)
+            .max_buf_size(tuning.request_head_bytes_max.max(8 << 10))
+            .keep_alive(true);
+        let _ = builder.serve_connection(io, service).await;
+    }
+}
+
+/// The first bytes of a connection (at least one, at most the HTTP/2 preface's length).
+async fn read_some(
     stream: &mut SharedStream<TcpStream>,
     activity: &ConnActivity,
 ) -> io::Result<Vec<u8>> {
-    let mut prefix = Vec::with_capacity(H2_PREFACE.len());
+    let mut buf = [0u8; 24];
+    let n = stream.read(&mut buf).await?;
+    if n == 0 {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    activity.note_read(Instant::now());
+    Ok(buf[..n].to_vec())
+}
+
+/// Reads on for as long as the bytes match the HTTP/2 preface: the whole preface means h2c
+/// with prior knowledge; the first byte that differs means HTTP/1.1. The bytes read are
+/// replayed to hyper.
+async fn sniff(
+    stream: &mut SharedStream<TcpStream>,
+    activity: &ConnActivity,
+    mut prefix: Vec<u8>,
+) -> io::Result<Vec<u8>> {
     let mut buf = [0u8; 24];
     while prefix.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&prefix) {
         let want = H2_PREFACE.len() - prefix.len();

@@ -58,6 +58,9 @@ pub struct HttpDeps {
     pub render_metrics: Rc<dyn Fn() -> String>,
     /// Nanoseconds since 1970; [`system_clock`] outside tests.
     pub clock: Clock,
+    /// With a context, connections that start with a TLS handshake get TLS 1.3 (ALPN h2 or
+    /// http/1.1); the others, and all connections without one, are plaintext.
+    pub tls: Option<boring::ssl::SslContext>,
 }
 
 /// The system clock in nanoseconds since 1970.

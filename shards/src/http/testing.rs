@@ -28,6 +28,8 @@ use super::metrics::{HttpMetricIds, HttpMetrics};
 use super::pool::CpuPool;
 use super::server::HttpServer;
 use super::service::{system_clock, HttpDeps};
+use super::tls::api_tls_context;
+use icn_engine::identity::Identity;
 
 /// How the scripted backend behaves; `Send` so a test can build it before the server thread.
 #[derive(Clone, Debug, Default)]
@@ -153,7 +155,8 @@ pub struct ServerThread {
 }
 
 impl ServerThread {
-    /// Starts a server on 127.0.0.1 (a free port) with `tuning` and the scripted backend.
+    /// Starts a server on 127.0.0.1 (a free port) with `tuning`, the scripted backend and a fresh
+    /// identity's certificate (TLS for clients that start a handshake).
     /// It stops when dropped, and after 120 s at the latest.
     pub fn start(tuning: HttpTuning, script: ScriptConfig) -> ServerThread {
         let stop = Arc::new(AtomicBool::new(false));
@@ -191,6 +194,7 @@ impl ServerThread {
                         collector.render()
                     }),
                     clock: system_clock(),
+                    tls: Some(api_tls_context(&Identity::generate().unwrap()).unwrap()),
                 };
                 let server =
                     HttpServer::start("127.0.0.1:0".parse().unwrap(), tuning, deps).unwrap();
@@ -265,7 +269,7 @@ pub fn connect(addr: SocketAddr) -> TcpStream {
 }
 
 /// Reads one answer (head, then a Content-Length body, or to EOF without one).
-pub fn read_answer(stream: &mut TcpStream) -> std::io::Result<Answer> {
+pub fn read_answer(stream: &mut impl Read) -> std::io::Result<Answer> {
     let mut data = Vec::new();
     let mut chunk = [0u8; 4096];
     let head_end = loop {
@@ -314,6 +318,37 @@ pub fn read_answer(stream: &mut TcpStream) -> std::io::Result<Answer> {
         headers,
         body,
     })
+}
+
+/// A TLS client connection (no certificate check: the node's certificate is self-signed)
+/// offering the ALPN protocols `alpn` (wire format) and at most TLS `max_version`.
+pub fn tls_connect(
+    addr: SocketAddr,
+    alpn: &[u8],
+    max_version: boring::ssl::SslVersion,
+) -> Result<boring::ssl::SslStream<TcpStream>, String> {
+    use boring::ssl::{SslConnector, SslMethod, SslVerifyMode};
+    let mut builder = SslConnector::builder(SslMethod::tls()).map_err(|e| e.to_string())?;
+    builder.set_verify(SslVerifyMode::NONE);
+    builder
+        .set_max_proto_version(Some(max_version))
+        .map_err(|e| e.to_string())?;
+    builder.set_alpn_protos(alpn).map_err(|e| e.to_string())?;
+    // BoringSSL clients do not offer Ed25519 by default; the node's certificate is Ed25519
+    // (rustls- and OpenSSL-based agents offer it).
+    builder
+        .set_verify_algorithm_prefs(&[
+            boring::ssl::SslSignatureAlgorithm::ED25519,
+            boring::ssl::SslSignatureAlgorithm::ECDSA_SECP256R1_SHA256,
+            boring::ssl::SslSignatureAlgorithm::RSA_PSS_RSAE_SHA256,
+        ])
+        .map_err(|e| e.to_string())?;
+    let connector = builder.build();
+    let config = connector.configure().map_err(|e| e.to_string())?;
+    config
+        .verify_hostname(false)
+        .connect("localhost", connect(addr))
+        .map_err(|e| e.to_string())
 }
 
 /// One request on a fresh connection.

@@ -488,3 +488,63 @@ fn h2c_prior_knowledge_requests_are_served() {
         });
     let _ = Rc::new(());
 }
+
+#[test]
+fn tls_clients_get_tls13_with_alpn_next_to_plaintext_clients() {
+    let server = ServerThread::start(test_tuning(), ScriptConfig::default());
+    let tls13 = boring::ssl::SslVersion::TLS1_3;
+    // HTTP/1.1 over TLS, two requests on one connection.
+    let mut stream = tls_connect(server.addr, b"\x08http/1.1", tls13).unwrap();
+    assert_eq!(
+        stream.ssl().selected_alpn_protocol(),
+        Some(&b"http/1.1"[..])
+    );
+    for _ in 0..2 {
+        stream
+            .write_all(b"GET /api/v2/status HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        let answer = read_answer(&mut stream).unwrap();
+        assert_eq!(answer.status, 200);
+        decode_answer(&answer.body);
+    }
+    let body = call_envelope(
+        Some(&TestKey::ed25519()),
+        true,
+        test_canister(),
+        "get",
+        b"t",
+        fresh_expiry(),
+    );
+    let head = format!(
+        "POST {} HTTP/1.1\r\nHost: t\r\nContent-Type: application/cbor\r\nContent-Length: {}\r\n\r\n",
+        query_path(),
+        body.len()
+    );
+    stream
+        .write_all(&[head.as_bytes(), &body].concat())
+        .unwrap();
+    assert_eq!(read_answer(&mut stream).unwrap().status, 200);
+    // ALPN h2: the server speaks HTTP/2 (its first frame is SETTINGS).
+    let mut stream = tls_connect(server.addr, b"\x02h2\x08http/1.1", tls13).unwrap();
+    assert_eq!(stream.ssl().selected_alpn_protocol(), Some(&b"h2"[..]));
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .unwrap();
+    let mut frame_head = [0u8; 9];
+    stream.read_exact(&mut frame_head).unwrap();
+    assert_eq!(
+        frame_head[3], 0x04,
+        "first frame is not SETTINGS: {frame_head:?}"
+    );
+    // TLS 1.2 is refused; plaintext still works on the same port.
+    assert!(tls_connect(
+        server.addr,
+        b"\x08http/1.1",
+        boring::ssl::SslVersion::TLS1_2
+    )
+    .is_err());
+    assert_eq!(
+        request(server.addr, "GET", "/api/v2/status", None).status,
+        200
+    );
+}
