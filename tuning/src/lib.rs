@@ -165,6 +165,8 @@ pub const UDP_GSO_SEND_BYTES_CAP: u64 = 65_507;
 pub const HISTOGRAM_BYTES_CAP: u64 = 4 << 20;
 /// Cap on a state sync's chunk buffers in flight: the sync's memory must not grow with a typo.
 pub const STATE_SYNC_BUFFERS_BYTES_CAP: u64 = 4 << 30;
+/// Cap on the HTTP API's request bodies buffered at once per shard.
+pub const HTTP_BODY_BUFFERS_BYTES_CAP: u64 = 4 << 30;
 /// The memlock limit the defaults are sized for (a common distribution default).
 pub const MEMLOCK_BYTES_TYPICAL: u64 = 8 << 20;
 
@@ -180,6 +182,13 @@ pub struct CapRule {
 
 /// Every cap on a derived memory figure.
 pub const CAP_RULES: &[CapRule] = &[
+    CapRule {
+        what: "HTTP body buffers",
+        knobs: "(http.call_concurrency_max + http.query_concurrency_max + http.read_state_concurrency_max) × http.body_bytes_max",
+        cap_bytes: HTTP_BODY_BUFFERS_BYTES_CAP,
+        why: "every admitted request may buffer a maximal body before it is decoded",
+        bytes: |tuning| tuning.http.body_buffers_bytes(),
+    },
     CapRule {
         what: "buffer pool",
         knobs: "engine.buffers_max × engine.buffer_bytes",
@@ -235,6 +244,13 @@ const _: () = {
     assert!(RPC_REQUESTS_IN_FLIGHT_MAX_DEFAULT as u64 <= QUIC_BIDI_STREAMS_MAX_DEFAULT);
     assert!(ENGINE_BUFFER_BYTES_DEFAULT >= UDP_PAYLOAD_BYTES_MAX_DEFAULT);
     assert!(HTTP_IDLE_TIMEOUT_MS_DEFAULT > HTTP_BACKEND_TIMEOUT_MS_DEFAULT);
+    assert!(
+        ((HTTP_CALL_CONCURRENCY_MAX_DEFAULT
+            + HTTP_QUERY_CONCURRENCY_MAX_DEFAULT
+            + HTTP_READ_STATE_CONCURRENCY_MAX_DEFAULT) as u64)
+            * (HTTP_BODY_BYTES_MAX_DEFAULT as u64)
+            <= HTTP_BODY_BUFFERS_BYTES_CAP
+    );
     assert!(
         (ENGINE_BUFFERS_MAX_DEFAULT as u64) * (ENGINE_BUFFER_BYTES_DEFAULT as u64)
             <= BUFFER_POOL_BYTES_CAP

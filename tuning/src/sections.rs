@@ -445,19 +445,22 @@ section! {
         /// How long an admitted-to-queue request may wait for a slot of its class before it
         /// is answered 429 after all; keeps queued latency bounded under overload.
         queue_wait_timeout_ms: u64 in 1..=60_000 = HTTP_QUEUE_WAIT_TIMEOUT_MS_DEFAULT = 1_000;
-        /// Update calls processed at once per shard (body read, verification, backend).
-        call_concurrency_max: usize in 1..=100_000 = HTTP_CALL_CONCURRENCY_MAX_DEFAULT = 256;
+        /// Update calls processed at once per shard (body read, verification, backend). Each
+        /// holds up to http.body_bytes_max of body: see the "HTTP body buffers" cap. Calls are
+        /// few and expensive downstream (gossip, consensus), so fewer slots than queries.
+        call_concurrency_max: usize in 1..=100_000 = HTTP_CALL_CONCURRENCY_MAX_DEFAULT = 64;
         /// Update calls waiting for a slot per shard; one more gets 429 before its body is read.
-        call_queue_max: usize in 0..=100_000 = HTTP_CALL_QUEUE_MAX_DEFAULT = 1024;
-        /// Queries processed at once per shard.
+        /// Waiting requests hold no body.
+        call_queue_max: usize in 0..=100_000 = HTTP_CALL_QUEUE_MAX_DEFAULT = 256;
+        /// Queries processed at once per shard; queries are the bulk of API traffic.
         query_concurrency_max: usize in 1..=100_000 = HTTP_QUERY_CONCURRENCY_MAX_DEFAULT = 256;
         /// Queries waiting for a slot per shard; one more gets 429 before its body is read.
         query_queue_max: usize in 0..=100_000 = HTTP_QUERY_QUEUE_MAX_DEFAULT = 1024;
         /// read_state requests processed at once per shard.
-        read_state_concurrency_max: usize in 1..=100_000 = HTTP_READ_STATE_CONCURRENCY_MAX_DEFAULT = 256;
+        read_state_concurrency_max: usize in 1..=100_000 = HTTP_READ_STATE_CONCURRENCY_MAX_DEFAULT = 128;
         /// read_state requests waiting for a slot per shard (agents poll it while waiting for a
         /// call); one more gets 429.
-        read_state_queue_max: usize in 0..=100_000 = HTTP_READ_STATE_QUEUE_MAX_DEFAULT = 1024;
+        read_state_queue_max: usize in 0..=100_000 = HTTP_READ_STATE_QUEUE_MAX_DEFAULT = 512;
         /// Status requests answered at once per shard (cheap, no body).
         status_concurrency_max: usize in 1..=100_000 = HTTP_STATUS_CONCURRENCY_MAX_DEFAULT = 64;
         /// Status requests waiting for a slot per shard.
@@ -474,6 +477,18 @@ section! {
         /// Clock skew allowed on top of http.ingress_expiry_window_ms between an agent and
         /// this node (the IC allows 60 s).
         ingress_expiry_drift_ms: u64 in 0..=600_000 = HTTP_INGRESS_EXPIRY_DRIFT_MS_DEFAULT = 60_000;
+    }
+}
+
+impl HttpTuning {
+    /// Worst-case request-body bytes buffered at once on one shard: every body-carrying slot
+    /// holding a maximal body (queued requests hold none).
+    pub fn body_buffers_bytes(&self) -> u64 {
+        let slots = self
+            .call_concurrency_max
+            .saturating_add(self.query_concurrency_max)
+            .saturating_add(self.read_state_concurrency_max);
+        (slots as u64).saturating_mul(self.body_bytes_max as u64)
     }
 }
 

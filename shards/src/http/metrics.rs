@@ -91,6 +91,7 @@ pub struct HttpMetricIds {
     rejections: CounterId,
     connections_accepted: CounterId,
     connections_open: GaugeId,
+    client_addresses: GaugeId,
     in_flight: GaugeId,
     queued: GaugeId,
     pool_queued: GaugeId,
@@ -132,6 +133,12 @@ impl HttpMetricIds {
                 None,
                 Aggregation::PerShard,
             )?,
+            client_addresses: builder.gauge(
+                "icn_http_client_addresses",
+                "Client IP addresses with an open API connection (the per-IP map; bound http.connections_max).",
+                None,
+                Aggregation::PerShard,
+            )?,
             in_flight: builder.gauge(
                 "icn_http_in_flight",
                 "Requests holding a slot of their class (bound http.<class>_concurrency_max).",
@@ -168,6 +175,7 @@ pub struct HttpMetrics {
     rejections: Rc<Vec<Counter>>,
     pub(crate) connections_accepted: Counter,
     pub(crate) connections_open: Gauge,
+    pub(crate) client_addresses: Gauge,
     pub(crate) pool_queued: Gauge,
     latency: Rc<Vec<Histogram>>,
     in_flight: Rc<Vec<Gauge>>,
@@ -201,6 +209,7 @@ impl HttpMetrics {
             ),
             connections_accepted: shard.counter(ids.connections_accepted),
             connections_open: shard.gauge(ids.connections_open),
+            client_addresses: shard.gauge(ids.client_addresses),
             pool_queued: shard.gauge(ids.pool_queued),
             latency: Rc::new(
                 EndpointClass::ALL

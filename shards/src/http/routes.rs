@@ -149,6 +149,26 @@ fn api_route(path: &str) -> Result<Route, RouteError> {
 mod tests {
     use super::*;
     use http::Method;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Paths are remote input: any path routes or is refused, never panics, and a route
+        /// found always re-renders to a path that routes to it again.
+        #[test]
+        fn any_path_routes_or_is_refused(path in "(/[a-z0-9v-]{0,30}){0,6}", post in any::<bool>()) {
+            let method = if post { Method::POST } else { Method::GET };
+            if let Ok(Route::Query(id)) = route(&method, &path) {
+                let again = format!("/api/v2/canister/{id}/query");
+                prop_assert_eq!(route(&Method::POST, &again), Ok(Route::Query(id)));
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_as_path_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..80)) {
+            let path = String::from_utf8_lossy(&bytes);
+            let _ = route(&Method::POST, &path);
+        }
+    }
 
     const CANISTER: &str = "rwlgt-iiaaa-aaaaa-aaaaa-cai";
 

@@ -92,13 +92,20 @@ async fn accept_loop(listener: TcpListener, state: Rc<ServerState>) {
         let _ = stream.set_nodelay(true);
         open.set(open.get() + 1);
         metrics.connections_open.inc();
+        metrics
+            .client_addresses
+            .set(i64::try_from(state.ip_limiter.addresses()).unwrap_or(i64::MAX));
         let state = state.clone();
         let open = open.clone();
         glommio::spawn_local(async move {
             serve_connection(state.clone(), stream).await;
             drop(ip_guard);
             open.set(open.get() - 1);
-            state.metrics().connections_open.dec();
+            let metrics = state.metrics();
+            metrics.connections_open.dec();
+            metrics
+                .client_addresses
+                .set(i64::try_from(state.ip_limiter.addresses()).unwrap_or(i64::MAX));
         })
         .detach();
     }
