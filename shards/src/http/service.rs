@@ -293,11 +293,13 @@ where
                 Some(Rejection::PoolFull),
             )
         })?;
-    state
-        .metrics()
-        .pool_queued
-        .set(i64::try_from(state.deps.pool.queued()).unwrap_or(i64::MAX));
-    let verified = job.await.map_err(|_| {
+    // Sampled at submission and when this request stops waiting (answered or cancelled), so
+    // the gauge also falls when the queue drains.
+    PoolDepthSample::sample(state);
+    let depth = PoolDepthSample(state);
+    let verified = job.await;
+    drop(depth);
+    let verified = verified.map_err(|_| {
         Refusal::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "verification failed",
@@ -368,6 +370,24 @@ where
         }
     };
     Ok(answer)
+}
+
+/// Samples the verification pool's queue depth into its gauge when dropped.
+struct PoolDepthSample<'a>(&'a ServerState);
+
+impl PoolDepthSample<'_> {
+    fn sample(state: &ServerState) {
+        state
+            .metrics()
+            .pool_queued
+            .set(i64::try_from(state.deps.pool.queued()).unwrap_or(i64::MAX));
+    }
+}
+
+impl Drop for PoolDepthSample<'_> {
+    fn drop(&mut self) {
+        PoolDepthSample::sample(self.0);
+    }
 }
 
 fn too_large(state: &ServerState) -> Refusal {
