@@ -30,6 +30,12 @@ pub struct ConnActivity {
     head_started: Cell<Option<Instant>>,
     /// Requests whose head was parsed and whose handler has not finished.
     active: Cell<usize>,
+    /// HTTP/2: control frames (PING, WINDOW_UPDATE, SETTINGS) move bytes without starting a
+    /// request, so bytes neither start a header clock nor count as activity; a connection with
+    /// no stream open closes `idle` after its last request ended, however busy its frames are.
+    multiplexed: Cell<bool>,
+    /// When the last request ended (or the connection started, or switched to HTTP/2).
+    idle_since: Cell<Instant>,
     /// Bumped when a deadline moves earlier (a head starts), so the sleeping watchdog
     /// re-computes instead of waking at the later idle deadline.
     generation: Cell<u64>,
@@ -42,14 +48,23 @@ impl ConnActivity {
             last_progress: Cell::new(now),
             head_started: Cell::new(None),
             active: Cell::new(0),
+            multiplexed: Cell::new(false),
+            idle_since: Cell::new(now),
             generation: Cell::new(0),
             watchdog: RefCell::new(None),
         })
     }
 
+    /// The connection speaks HTTP/2 from now on (see `multiplexed`).
+    pub(crate) fn set_multiplexed(&self, now: Instant) {
+        self.multiplexed.set(true);
+        self.head_started.set(None);
+        self.idle_since.set(now);
+    }
+
     pub(crate) fn note_read(&self, now: Instant) {
         self.last_progress.set(now);
-        if self.active.get() == 0 && self.head_started.get().is_none() {
+        if !self.multiplexed.get() && self.active.get() == 0 && self.head_started.get().is_none() {
             self.head_started.set(Some(now));
             self.generation.set(self.generation.get() + 1);
             if let Some(waker) = self.watchdog.borrow_mut().take() {
@@ -72,6 +87,9 @@ impl ConnActivity {
         if self.active.get() > 0 {
             return None;
         }
+        if self.multiplexed.get() {
+            return (now.duration_since(self.idle_since.get()) >= idle).then_some(Expiry::Idle);
+        }
         match self.head_started.get() {
             Some(started) if now.duration_since(started) >= header => Some(Expiry::Header),
             Some(_) => None,
@@ -84,6 +102,9 @@ impl ConnActivity {
     fn next_check(&self, now: Instant, header: Duration, idle: Duration) -> Instant {
         if self.active.get() > 0 {
             return now + idle;
+        }
+        if self.multiplexed.get() {
+            return self.idle_since.get() + idle;
         }
         match self.head_started.get() {
             Some(started) => started + header,
@@ -109,7 +130,9 @@ impl Drop for ActiveRequest {
     fn drop(&mut self) {
         let active = self.activity.active.get().saturating_sub(1);
         self.activity.active.set(active);
-        self.activity.last_progress.set(Instant::now());
+        let now = Instant::now();
+        self.activity.last_progress.set(now);
+        self.activity.idle_since.set(now);
     }
 }
 

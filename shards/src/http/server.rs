@@ -199,6 +199,9 @@ async fn serve_http<S>(
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
     let tuning = state.tuning;
+    if is_h2 {
+        activity.set_multiplexed(Instant::now());
+    }
     let service =
         hyper::service::service_fn(move |request| handle(state.clone(), activity.clone(), request));
     if is_h2 {

@@ -548,3 +548,51 @@ fn tls_clients_get_tls13_with_alpn_next_to_plaintext_clients() {
         200
     );
 }
+
+#[test]
+fn an_http2_connection_outlives_the_header_timeout_between_requests_and_ends_when_idle() {
+    let tuning = test_tuning();
+    let server = ServerThread::start(tuning, ScriptConfig::default());
+    let mut stream = connect(server.addr);
+    // Preface, empty SETTINGS, then PINGs for longer than the header timeout.
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .unwrap();
+    let ping = b"\x00\x00\x08\x06\x00\x00\x00\x00\x00pingpong";
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(tuning.header_read_timeout_ms * 3) {
+        stream.write_all(ping).unwrap();
+        thread::sleep(Duration::from_millis(50));
+    }
+    // Still open: read frames until a PING ACK (type 6, flag 1) shows up.
+    let mut acked = false;
+    for _ in 0..100 {
+        let mut head = [0u8; 9];
+        stream.read_exact(&mut head).unwrap();
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        stream.read_exact(&mut payload).unwrap();
+        if head[3] == 0x06 && head[4] & 1 == 1 {
+            acked = true;
+            break;
+        }
+    }
+    assert!(acked);
+    // With no stream ever opened, the connection ends at the idle timeout despite the PINGs.
+    let mut rest = Vec::new();
+    while started.elapsed() < Duration::from_secs(10) {
+        let _ = stream.write_all(ping);
+        let mut buf = [0u8; 4096];
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => rest.extend_from_slice(&buf[..n]),
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let lived = started.elapsed();
+    let idle = Duration::from_millis(tuning.idle_timeout_ms);
+    assert!(
+        lived >= idle && lived < idle + Duration::from_secs(2),
+        "{lived:?}"
+    );
+}
