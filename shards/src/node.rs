@@ -112,6 +112,9 @@ struct NodeParts {
     tuning: Tuning,
     identity: Identity,
     watcher: RegistryWatcher,
+    /// The HTTP API's decode-and-verify pool, node-wide (every shard's server shares it), when
+    /// the node's registry entry has an `http_addr`.
+    http_pool: Option<Arc<CpuPool>>,
 }
 
 /// Runs the node described by `config` until `shutdown` triggers (or SIGINT/SIGTERM, once
@@ -136,7 +139,19 @@ pub fn run_node(config: &NodeConfig, shutdown: Shutdown) -> Result<(), NodeError
     })?;
     let poll_interval = Duration::from_millis(tuning.registry.poll_interval_ms);
     let watcher = RegistryWatcher::new(&config.registry_path, poll_interval)?;
-    own_record(&watcher.current(), &config.subnet_id, identity.node_id())?;
+    let http_addr =
+        own_record(&watcher.current(), &config.subnet_id, identity.node_id())?.http_addr;
+    let http_pool = match http_addr {
+        Some(addr) => Some(Arc::new(
+            CpuPool::new(
+                tuning.http.verify_threads_count,
+                tuning.http.verify_queue_max,
+                "icn-http-verify",
+            )
+            .map_err(|source| NodeError::Http { addr, source })?,
+        )),
+        None => None,
+    };
     let shard_config = ShardConfig {
         shards: NODE_SHARDS,
         ..ShardConfig::from_tuning(&tuning.engine)
@@ -146,6 +161,7 @@ pub fn run_node(config: &NodeConfig, shutdown: Shutdown) -> Result<(), NodeError
         tuning,
         identity,
         watcher,
+        http_pool,
     })));
     let results = run_shards::<(), Result<(), NodeError>, _, _>(&shard_config, shutdown, {
         move |ctx| {
@@ -214,6 +230,7 @@ async fn run_shard(ctx: ShardContext<()>, parts: NodeParts) -> Result<(), NodeEr
         tuning,
         identity,
         watcher,
+        http_pool,
     } = parts;
     let registry = watcher.current();
     let local_id = identity.node_id();
@@ -312,15 +329,16 @@ async fn run_shard(ctx: ShardContext<()>, parts: NodeParts) -> Result<(), NodeEr
         let admin = start_admin(addr, node.clone(), local_id, started)?;
         spawn_until_shutdown(&ctx, admin.run());
     }
-    let _api = match record.http_addr {
-        Some(addr) => Some(start_api(
+    let _api = match (record.http_addr, http_pool) {
+        (Some(addr), Some(pool)) => Some(start_api(
             addr,
             &tuning,
             &identity,
+            pool,
             node.clone(),
             &http_ids,
         )?),
-        None => None,
+        _ => None,
     };
     let publish_interval = Duration::from_millis(tuning.metrics.publish_interval_ms);
     spawn_until_shutdown(&ctx, publish_loop(node.clone(), publish_interval));
@@ -397,19 +415,14 @@ fn start_api(
     addr: std::net::SocketAddr,
     tuning: &Tuning,
     identity: &Identity,
+    pool: Arc<CpuPool>,
     node: Rc<NodeShard>,
     ids: &HttpMetricIds,
 ) -> Result<HttpServer, NodeError> {
     let http_error = |source| NodeError::Http { addr, source };
-    let pool = CpuPool::new(
-        tuning.http.verify_threads_count,
-        tuning.http.verify_queue_max,
-        "icn-http-verify",
-    )
-    .map_err(http_error)?;
     let deps = HttpDeps {
         backend: Rc::new(NoReplica),
-        pool: Arc::new(pool),
+        pool,
         metrics: HttpMetrics::new(ids, &node.shard_metrics),
         render_metrics: Rc::new(move || {
             node.publish();
