@@ -31,6 +31,7 @@ pub mod pool;
 pub mod routes;
 pub mod server;
 pub mod service;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod tls;
 
