@@ -4,6 +4,7 @@ pub mod artifact;
 pub mod artifact_manager;
 pub mod consensus_manager;
 pub mod demo;
+pub mod http;
 pub mod node;
 pub mod node_config;
 pub mod node_metrics;

@@ -1,6 +1,7 @@
 //! `icn node`: one node on a glommio shard: its transport serving the built-in routes, the admin
-//! HTTP server (/metrics, /health) on its registry `metrics_addr`, a registry watcher applying new
-//! versions, and a metrics publisher.
+//! HTTP server (/metrics, /health) on its registry `metrics_addr`, the public HTTP API on its
+//! registry `http_addr` (in front of `NoReplica` until the reference replica lands), a registry
+//! watcher applying new versions, and a metrics publisher.
 //!
 //! One shard for now. Several shards need connection steering first (QUIC connection ids whose
 //! first byte names the shard, one SO_REUSEPORT socket per shard, TCP connections owned by
@@ -27,6 +28,10 @@ use icn_tuning::{LoadError, Tuning};
 
 use crate::consensus_manager::driver::PenaltySink;
 use crate::consensus_manager::Offence;
+use crate::http::tls::api_tls_context;
+use crate::http::{
+    system_clock, CpuPool, HttpDeps, HttpMetricIds, HttpMetrics, HttpServer, NoReplica,
+};
 use crate::node_config::{NodeConfig, TransportKind};
 use crate::node_metrics::{NodeMetricIds, ServiceMetrics, StatsSampler};
 use crate::node_transport::{own_record, NodeTransport, StartError};
@@ -77,6 +82,11 @@ pub enum NodeError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("HTTP API on {addr}: {source}")]
+    Http {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("shard runtime: {0}")]
     Shards(#[from] icn_engine::shard::ShardError),
     #[error("{0}")]
@@ -102,6 +112,9 @@ struct NodeParts {
     tuning: Tuning,
     identity: Identity,
     watcher: RegistryWatcher,
+    /// The HTTP API's decode-and-verify pool, node-wide (every shard's server shares it), when
+    /// the node's registry entry has an `http_addr`.
+    http_pool: Option<Arc<CpuPool>>,
 }
 
 /// Runs the node described by `config` until `shutdown` triggers (or SIGINT/SIGTERM, once
@@ -126,7 +139,19 @@ pub fn run_node(config: &NodeConfig, shutdown: Shutdown) -> Result<(), NodeError
     })?;
     let poll_interval = Duration::from_millis(tuning.registry.poll_interval_ms);
     let watcher = RegistryWatcher::new(&config.registry_path, poll_interval)?;
-    own_record(&watcher.current(), &config.subnet_id, identity.node_id())?;
+    let http_addr =
+        own_record(&watcher.current(), &config.subnet_id, identity.node_id())?.http_addr;
+    let http_pool = match http_addr {
+        Some(addr) => Some(Arc::new(
+            CpuPool::new(
+                tuning.http.verify_threads_count,
+                tuning.http.verify_queue_max,
+                "icn-http-verify",
+            )
+            .map_err(|source| NodeError::Http { addr, source })?,
+        )),
+        None => None,
+    };
     let shard_config = ShardConfig {
         shards: NODE_SHARDS,
         ..ShardConfig::from_tuning(&tuning.engine)
@@ -136,6 +161,7 @@ pub fn run_node(config: &NodeConfig, shutdown: Shutdown) -> Result<(), NodeError
         tuning,
         identity,
         watcher,
+        http_pool,
     })));
     let results = run_shards::<(), Result<(), NodeError>, _, _>(&shard_config, shutdown, {
         move |ctx| {
@@ -204,6 +230,7 @@ async fn run_shard(ctx: ShardContext<()>, parts: NodeParts) -> Result<(), NodeEr
         tuning,
         identity,
         watcher,
+        http_pool,
     } = parts;
     let registry = watcher.current();
     let local_id = identity.node_id();
@@ -213,6 +240,7 @@ async fn run_shard(ctx: ShardContext<()>, parts: NodeParts) -> Result<(), NodeEr
     let ids = NodeMetricIds::declare(&mut builder, config.transport)?;
     let p2p_ids = P2pMetricIds::declare(&mut builder)?;
     let sync_ids = StateSyncMetricIds::declare(&mut builder)?;
+    let http_ids = HttpMetricIds::declare(&mut builder)?;
     let schema = builder.build();
     let shard_metrics = ShardMetrics::new(schema.clone(), ctx.index);
     shard_metrics.set_registry_peers(member_ids(&registry, &config.subnet_id));
@@ -301,6 +329,17 @@ async fn run_shard(ctx: ShardContext<()>, parts: NodeParts) -> Result<(), NodeEr
         let admin = start_admin(addr, node.clone(), local_id, started)?;
         spawn_until_shutdown(&ctx, admin.run());
     }
+    let _api = match (record.http_addr, http_pool) {
+        (Some(addr), Some(pool)) => Some(start_api(
+            addr,
+            &tuning,
+            &identity,
+            pool,
+            node.clone(),
+            &http_ids,
+        )?),
+        _ => None,
+    };
     let publish_interval = Duration::from_millis(tuning.metrics.publish_interval_ms);
     spawn_until_shutdown(&ctx, publish_loop(node.clone(), publish_interval));
     if let (Some(state), Some(workload)) = (config.state, config.workload) {
@@ -368,6 +407,33 @@ fn start_admin(
         .map_err(|source| NodeError::Admin { addr, source })
 }
 
+/// Starts the public HTTP API on this shard (its own SO_REUSEPORT listener) in front of
+/// [`NoReplica`]: status, admission, decoding and signature checks are live; requests that
+/// need a replica get 503 until the reference replica lands. Clients that open with a TLS
+/// handshake get TLS 1.3 with the node's certificate; others get plaintext.
+fn start_api(
+    addr: std::net::SocketAddr,
+    tuning: &Tuning,
+    identity: &Identity,
+    pool: Arc<CpuPool>,
+    node: Rc<NodeShard>,
+    ids: &HttpMetricIds,
+) -> Result<HttpServer, NodeError> {
+    let http_error = |source| NodeError::Http { addr, source };
+    let deps = HttpDeps {
+        backend: Rc::new(NoReplica),
+        pool,
+        metrics: HttpMetrics::new(ids, &node.shard_metrics),
+        render_metrics: Rc::new(move || {
+            node.publish();
+            node.collector.render()
+        }),
+        clock: system_clock(),
+        tls: Some(api_tls_context(identity).map_err(|e| http_error(std::io::Error::other(e)))?),
+    };
+    HttpServer::start(addr, tuning.http, deps).map_err(http_error)
+}
+
 async fn publish_loop(node: Rc<NodeShard>, interval: Duration) {
     loop {
         node.publish();
@@ -416,8 +482,12 @@ fn announce(
         .metrics_addr
         .map(|addr| format!("http://{addr}/metrics"))
         .unwrap_or_else(|| "none (no metrics_addr in the registry)".into());
+    let api = record
+        .http_addr
+        .map(|addr| format!("http://{addr}/api/v2/status"))
+        .unwrap_or_else(|| "none (no http_addr in the registry)".into());
     println!(
-        "icn node {} ready: subnet {} transport {} on {listen}, metrics {metrics}, registry version {version}, {NODE_SHARDS} shard",
+        "icn node {} ready: subnet {} transport {} on {listen}, metrics {metrics}, API {api}, registry version {version}, {NODE_SHARDS} shard",
         node_id.to_hex(),
         config.subnet_id,
         config.transport.name(),

@@ -36,6 +36,7 @@ pub struct Tuning {
     pub peers: PeersTuning,
     pub gossip: GossipTuning,
     pub state_sync: StateSyncTuning,
+    pub http: HttpTuning,
 }
 
 /// Every section, in the order of [`Tuning`]'s fields.
@@ -50,6 +51,7 @@ pub const SECTIONS: &[SectionMeta] = &[
     PeersTuning::SECTION,
     GossipTuning::SECTION,
     StateSyncTuning::SECTION,
+    HttpTuning::SECTION,
 ];
 
 /// A rule between two integer knobs: `knob` must stand in `relation` to `other`.
@@ -142,6 +144,12 @@ pub const CROSS_RULES: &[CrossRule] = &[
         why: "each request in flight holds one bidirectional stream",
     },
     CrossRule {
+        knob: "http.backend_timeout_ms",
+        relation: Relation::LessThan,
+        other: "http.idle_timeout_ms",
+        why: "an idle connection must not be closed while its answer is still awaited",
+    },
+    CrossRule {
         knob: "engine.buffer_bytes",
         relation: Relation::AtLeast,
         other: "udp.udp_payload_bytes_max",
@@ -157,6 +165,8 @@ pub const UDP_GSO_SEND_BYTES_CAP: u64 = 65_507;
 pub const HISTOGRAM_BYTES_CAP: u64 = 4 << 20;
 /// Cap on a state sync's chunk buffers in flight: the sync's memory must not grow with a typo.
 pub const STATE_SYNC_BUFFERS_BYTES_CAP: u64 = 4 << 30;
+/// Cap on the HTTP API's request bodies buffered at once per shard.
+pub const HTTP_BODY_BUFFERS_BYTES_CAP: u64 = 4 << 30;
 /// The memlock limit the defaults are sized for (a common distribution default).
 pub const MEMLOCK_BYTES_TYPICAL: u64 = 8 << 20;
 
@@ -172,6 +182,13 @@ pub struct CapRule {
 
 /// Every cap on a derived memory figure.
 pub const CAP_RULES: &[CapRule] = &[
+    CapRule {
+        what: "HTTP body buffers",
+        knobs: "(http.call_concurrency_max + http.query_concurrency_max + http.read_state_concurrency_max) × http.body_bytes_max",
+        cap_bytes: HTTP_BODY_BUFFERS_BYTES_CAP,
+        why: "every admitted request may buffer a maximal body before it is decoded",
+        bytes: |tuning| tuning.http.body_buffers_bytes(),
+    },
     CapRule {
         what: "buffer pool",
         knobs: "engine.buffers_max × engine.buffer_bytes",
@@ -226,6 +243,14 @@ const _: () = {
     assert!(TCP_RECONNECT_BACKOFF_MAX_MS_DEFAULT >= TCP_RECONNECT_BACKOFF_INITIAL_MS_DEFAULT);
     assert!(RPC_REQUESTS_IN_FLIGHT_MAX_DEFAULT as u64 <= QUIC_BIDI_STREAMS_MAX_DEFAULT);
     assert!(ENGINE_BUFFER_BYTES_DEFAULT >= UDP_PAYLOAD_BYTES_MAX_DEFAULT);
+    assert!(HTTP_IDLE_TIMEOUT_MS_DEFAULT > HTTP_BACKEND_TIMEOUT_MS_DEFAULT);
+    assert!(
+        ((HTTP_CALL_CONCURRENCY_MAX_DEFAULT
+            + HTTP_QUERY_CONCURRENCY_MAX_DEFAULT
+            + HTTP_READ_STATE_CONCURRENCY_MAX_DEFAULT) as u64)
+            * (HTTP_BODY_BYTES_MAX_DEFAULT as u64)
+            <= HTTP_BODY_BUFFERS_BYTES_CAP
+    );
     assert!(
         (ENGINE_BUFFERS_MAX_DEFAULT as u64) * (ENGINE_BUFFER_BYTES_DEFAULT as u64)
             <= BUFFER_POOL_BYTES_CAP
@@ -260,6 +285,7 @@ impl Tuning {
         values.extend(self.peers.knob_values());
         values.extend(self.gossip.knob_values());
         values.extend(self.state_sync.knob_values());
+        values.extend(self.http.knob_values());
         values
     }
 
@@ -289,6 +315,7 @@ impl Tuning {
         self.peers.validate_ranges(&mut errors);
         self.gossip.validate_ranges(&mut errors);
         self.state_sync.validate_ranges(&mut errors);
+        self.http.validate_ranges(&mut errors);
         errors.extend(
             CROSS_RULES
                 .iter()

@@ -406,6 +406,92 @@ section! {
     }
 }
 
+section! {
+    /// The public HTTP API (IC interface specification): listeners, admission per endpoint
+    /// class, timeouts and the signature-verification pool.
+    pub struct HttpTuning in "http" {
+        /// Open API connections per shard; one more is closed at accept. Each holds at most one
+        /// request head and, per admitted request, one body (http.body_bytes_max), so this also
+        /// bounds the per-IP map. 4096 is far above what one core serves well.
+        connections_max: usize in 1..=1_000_000 = HTTP_CONNECTIONS_MAX_DEFAULT = 4096;
+        /// Open connections from one IP address per shard; one more is closed at accept, so a
+        /// single client cannot take every slot. 64 leaves room for NATed clients.
+        connections_per_ip_max: usize in 1..=1_000_000 = HTTP_CONNECTIONS_PER_IP_MAX_DEFAULT = 64;
+        /// Time for a request head to arrive once its first byte has, so a client trickling
+        /// header bytes (slowloris) holds its connection at most this long.
+        header_read_timeout_ms: u64 in 10..=600_000 = HTTP_HEADER_READ_TIMEOUT_MS_DEFAULT = 5_000;
+        /// A connection with no request in progress and no bytes moving is closed after this.
+        /// Must exceed http.backend_timeout_ms so a waiting answer is never cut.
+        idle_timeout_ms: u64 in 10..=3_600_000 = HTTP_IDLE_TIMEOUT_MS_DEFAULT = 30_000;
+        /// After the last answer, unread request bytes (a refused body) are drained before the
+        /// close so the kernel does not reset the connection and destroy the answer in
+        /// flight; at most this long ...
+        linger_timeout_ms: u64 in 0..=60_000 = HTTP_LINGER_TIMEOUT_MS_DEFAULT = 1_000;
+        /// ... and at most this many bytes (then the connection is reset anyway).
+        linger_drain_bytes_max: usize in 0..=(64 * MIB) = HTTP_LINGER_DRAIN_BYTES_MAX_DEFAULT = 4 * MIB;
+        /// Time for a whole request body to arrive once the request is admitted; later -> 408.
+        body_read_timeout_ms: u64 in 10..=600_000 = HTTP_BODY_READ_TIMEOUT_MS_DEFAULT = 10_000;
+        /// Time the backend (the replica) has to answer an admitted request; later -> 504.
+        backend_timeout_ms: u64 in 10..=600_000 = HTTP_BACKEND_TIMEOUT_MS_DEFAULT = 10_000;
+        /// Largest request body; a larger Content-Length (or a chunked body growing past it)
+        /// gets 413 before it is buffered. 4 MiB holds the IC's 2 MiB argument plus envelope.
+        body_bytes_max: usize in 1..=(64 * MIB) = HTTP_BODY_BYTES_MAX_DEFAULT = 4 * MIB;
+        /// Largest request head (HTTP/1.1 read buffer, HTTP/2 header list). hyper's minimum
+        /// read buffer is 8 KiB; 16 KiB fits any agent's headers.
+        request_head_bytes_max: usize in (8 * KIB)..=MIB = HTTP_REQUEST_HEAD_BYTES_MAX_DEFAULT = 16 * KIB;
+        /// HTTP/2 streams one connection may have open; each is one request that counts against
+        /// its class's limits like an HTTP/1.1 request.
+        h2_streams_per_connection_max: u32 in 1..=10_000 = HTTP_H2_STREAMS_PER_CONNECTION_MAX_DEFAULT = 100;
+        /// How long an admitted-to-queue request may wait for a slot of its class before it
+        /// is answered 429 after all; keeps queued latency bounded under overload.
+        queue_wait_timeout_ms: u64 in 1..=60_000 = HTTP_QUEUE_WAIT_TIMEOUT_MS_DEFAULT = 1_000;
+        /// Update calls processed at once per shard (body read, verification, backend). Each
+        /// holds up to http.body_bytes_max of body: see the "HTTP body buffers" cap. Calls are
+        /// few and expensive downstream (gossip, consensus), so fewer slots than queries.
+        call_concurrency_max: usize in 1..=100_000 = HTTP_CALL_CONCURRENCY_MAX_DEFAULT = 64;
+        /// Update calls waiting for a slot per shard; one more gets 429 before its body is read.
+        /// Waiting requests hold no body.
+        call_queue_max: usize in 0..=100_000 = HTTP_CALL_QUEUE_MAX_DEFAULT = 256;
+        /// Queries processed at once per shard; queries are the bulk of API traffic.
+        query_concurrency_max: usize in 1..=100_000 = HTTP_QUERY_CONCURRENCY_MAX_DEFAULT = 256;
+        /// Queries waiting for a slot per shard; one more gets 429 before its body is read.
+        query_queue_max: usize in 0..=100_000 = HTTP_QUERY_QUEUE_MAX_DEFAULT = 1024;
+        /// read_state requests processed at once per shard.
+        read_state_concurrency_max: usize in 1..=100_000 = HTTP_READ_STATE_CONCURRENCY_MAX_DEFAULT = 128;
+        /// read_state requests waiting for a slot per shard (agents poll it while waiting for a
+        /// call); one more gets 429.
+        read_state_queue_max: usize in 0..=100_000 = HTTP_READ_STATE_QUEUE_MAX_DEFAULT = 512;
+        /// Status requests answered at once per shard (cheap, no body).
+        status_concurrency_max: usize in 1..=100_000 = HTTP_STATUS_CONCURRENCY_MAX_DEFAULT = 64;
+        /// Status requests waiting for a slot per shard.
+        status_queue_max: usize in 0..=100_000 = HTTP_STATUS_QUEUE_MAX_DEFAULT = 256;
+        /// Threads verifying request signatures off the executors (node-wide); 0 uses one per
+        /// available core. Ed25519 verification costs ~50 µs, so one thread does ~20k/s.
+        verify_threads_count: usize in 0..=256 = HTTP_VERIFY_THREADS_COUNT_DEFAULT = 0;
+        /// Verification jobs waiting for a thread (node-wide); one more gets 429. Each holds
+        /// one decoded request (up to http.body_bytes_max).
+        verify_queue_max: usize in 1..=1_000_000 = HTTP_VERIFY_QUEUE_MAX_DEFAULT = 1024;
+        /// The latest ingress_expiry accepted, ahead of this node's clock: the interface's
+        /// 5 minutes.
+        ingress_expiry_window_ms: u64 in 1_000..=3_600_000 = HTTP_INGRESS_EXPIRY_WINDOW_MS_DEFAULT = 300_000;
+        /// Clock skew allowed on top of http.ingress_expiry_window_ms between an agent and
+        /// this node (the IC allows 60 s).
+        ingress_expiry_drift_ms: u64 in 0..=600_000 = HTTP_INGRESS_EXPIRY_DRIFT_MS_DEFAULT = 60_000;
+    }
+}
+
+impl HttpTuning {
+    /// Worst-case request-body bytes buffered at once on one shard: every body-carrying slot
+    /// holding a maximal body (queued requests hold none).
+    pub fn body_buffers_bytes(&self) -> u64 {
+        let slots = self
+            .call_concurrency_max
+            .saturating_add(self.query_concurrency_max)
+            .saturating_add(self.read_state_concurrency_max);
+        (slots as u64).saturating_mul(self.body_bytes_max as u64)
+    }
+}
+
 impl EngineTuning {
     /// Shards to start: `shard_count`, or one per available core when it is 0.
     pub fn shard_count_effective(&self) -> usize {

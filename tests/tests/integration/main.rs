@@ -6,6 +6,8 @@
 //! - `gossip_sim`: 7-node subnets gossiping under seeded faults on the memory transport;
 //! - `state_sync_sim`: state syncs on the memory transport with real stores (sizes, partial
 //!   peers, crashes, byzantine peers, a moving target, restart, incremental);
+//! - `http_api`: the public HTTP API front on loopback: an agent session and a flood at 10x
+//!   a class's capacity (429s quick, admitted latency bounded);
 //! - `netns`: QUIC between two network namespaces over a rate-capped, lossy veth pair (root);
 //! - `gossip_netns`: 5 `icn node`s in namespaces gossiping through loss, a rate cap and a
 //!   partition (root);
@@ -16,6 +18,7 @@ mod conformance;
 mod gossip_byzantine;
 mod gossip_netns;
 mod gossip_sim;
+mod http_api;
 mod netns;
 mod state_sync_netns;
 mod state_sync_sim;

@@ -1,0 +1,262 @@
+//! The HTTP API's `/metrics` families (`icn_http_*`). The server records into these handles
+//! directly on its shard (no locks on the recording path); the collector merges shards.
+//!
+//! Every metric carries at most one label (the metrics layer's rule), so "requests by class and
+//! status" is one label `request` whose values are `<class>_<status>` from a fixed set.
+
+use std::rc::Rc;
+
+use icn_engine::metrics::{
+    Aggregation, Counter, CounterId, Gauge, GaugeId, Histogram, HistogramId, LabelSpec,
+    MetricsError, MetricsSchemaBuilder, ShardMetrics,
+};
+
+use super::admission::GateObserver;
+use super::routes::EndpointClass;
+
+/// Status codes the server answers with (each gets a series per class).
+pub const STATUSES: [u16; 12] = [200, 202, 400, 403, 404, 405, 408, 413, 429, 500, 503, 504];
+
+/// Request classes for counting: the four admission classes plus `other` (operator endpoints,
+/// unknown paths).
+const REQUEST_CLASSES: [&str; 5] = ["call", "query", "read_state", "status", "other"];
+
+/// Why a request or connection was refused or cut (label `reason`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// The class's slots and queue were full (429 before the body).
+    QueueFull,
+    /// Waited in the queue longer than `http.queue_wait_timeout_ms` (429).
+    QueueTimeout,
+    /// The verification pool's queue was full (429).
+    PoolFull,
+    /// Body above `http.body_bytes_max` (413).
+    BodyTooLarge,
+    /// Body not complete within `http.body_read_timeout_ms` (408).
+    BodyTimeout,
+    /// Request head not complete within `http.header_read_timeout_ms` (connection closed).
+    HeaderTimeout,
+    /// Nothing happened for `http.idle_timeout_ms` (connection closed).
+    IdleTimeout,
+    /// Over `http.connections_per_ip_max` (connection closed at accept).
+    PerIpLimit,
+    /// Over `http.connections_max` (connection closed at accept).
+    ConnectionLimit,
+    /// Undecodable body, wrong types, bad path id, expiry out of range, canister mismatch (400).
+    BadRequest,
+    /// Signature, sender or delegation check failed (400).
+    BadSignature,
+    /// The backend did not answer within `http.backend_timeout_ms` (504).
+    BackendTimeout,
+}
+
+impl Rejection {
+    pub const ALL: [Rejection; 12] = [
+        Rejection::QueueFull,
+        Rejection::QueueTimeout,
+        Rejection::PoolFull,
+        Rejection::BodyTooLarge,
+        Rejection::BodyTimeout,
+        Rejection::HeaderTimeout,
+        Rejection::IdleTimeout,
+        Rejection::PerIpLimit,
+        Rejection::ConnectionLimit,
+        Rejection::BadRequest,
+        Rejection::BadSignature,
+        Rejection::BackendTimeout,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Rejection::QueueFull => "queue_full",
+            Rejection::QueueTimeout => "queue_timeout",
+            Rejection::PoolFull => "pool_full",
+            Rejection::BodyTooLarge => "body_too_large",
+            Rejection::BodyTimeout => "body_timeout",
+            Rejection::HeaderTimeout => "header_timeout",
+            Rejection::IdleTimeout => "idle_timeout",
+            Rejection::PerIpLimit => "per_ip_limit",
+            Rejection::ConnectionLimit => "connection_limit",
+            Rejection::BadRequest => "bad_request",
+            Rejection::BadSignature => "bad_signature",
+            Rejection::BackendTimeout => "backend_timeout",
+        }
+    }
+}
+
+/// The declared families.
+#[derive(Clone, Copy, Debug)]
+pub struct HttpMetricIds {
+    requests: CounterId,
+    rejections: CounterId,
+    connections_accepted: CounterId,
+    connections_open: GaugeId,
+    client_addresses: GaugeId,
+    in_flight: GaugeId,
+    queued: GaugeId,
+    pool_queued: GaugeId,
+    latency: HistogramId,
+}
+
+impl HttpMetricIds {
+    pub fn declare(builder: &mut MetricsSchemaBuilder) -> Result<HttpMetricIds, MetricsError> {
+        let request_labels: Vec<String> = REQUEST_CLASSES
+            .iter()
+            .flat_map(|class| STATUSES.iter().map(move |s| format!("{class}_{s}")))
+            .collect();
+        let request_labels: Vec<&str> = request_labels.iter().map(String::as_str).collect();
+        let reasons: Vec<&str> = Rejection::ALL.iter().map(|r| r.label()).collect();
+        let classes: Vec<&str> = EndpointClass::ALL.iter().map(|c| c.label()).collect();
+        let class = || Some(LabelSpec::fixed("class", &classes));
+        Ok(HttpMetricIds {
+            requests: builder.counter(
+                "icn_http_requests_total",
+                "API requests answered, by class and HTTP status (label request=<class>_<status>).",
+                Some(LabelSpec::fixed("request", &request_labels)),
+                Aggregation::Sum,
+            )?,
+            rejections: builder.counter(
+                "icn_http_rejections_total",
+                "Requests refused or connections cut by the API's bounds, by reason.",
+                Some(LabelSpec::fixed("reason", &reasons)),
+                Aggregation::Sum,
+            )?,
+            connections_accepted: builder.counter(
+                "icn_http_connections_accepted_total",
+                "API connections accepted (before the per-IP and total limits).",
+                None,
+                Aggregation::Sum,
+            )?,
+            connections_open: builder.gauge(
+                "icn_http_connections",
+                "Open API connections (bound http.connections_max per shard).",
+                None,
+                Aggregation::PerShard,
+            )?,
+            client_addresses: builder.gauge(
+                "icn_http_client_addresses",
+                "Client IP addresses with an open API connection (the per-IP map; bound http.connections_max).",
+                None,
+                Aggregation::PerShard,
+            )?,
+            in_flight: builder.gauge(
+                "icn_http_in_flight",
+                "Requests holding a slot of their class (bound http.<class>_concurrency_max).",
+                class(),
+                Aggregation::PerShard,
+            )?,
+            queued: builder.gauge(
+                "icn_http_queue_depth",
+                "Requests waiting for a slot of their class (bound http.<class>_queue_max).",
+                class(),
+                Aggregation::PerShard,
+            )?,
+            pool_queued: builder.gauge(
+                "icn_http_verify_queue_depth",
+                "Decode-and-verify jobs waiting for a pool thread (bound http.verify_queue_max, node-wide).",
+                None,
+                Aggregation::PerShard,
+            )?,
+            latency: builder.histogram(
+                "icn_http_request_latency_us",
+                "Microseconds from a request's head to its answer, by class (refusals included).",
+                class(),
+                Aggregation::Sum,
+            )?,
+        })
+    }
+}
+
+/// One shard's handles.
+#[derive(Clone)]
+pub struct HttpMetrics {
+    /// Per request class (including `other`), per status in [`STATUSES`] order.
+    requests: Rc<Vec<Vec<Counter>>>,
+    rejections: Rc<Vec<Counter>>,
+    pub(crate) connections_accepted: Counter,
+    pub(crate) connections_open: Gauge,
+    pub(crate) client_addresses: Gauge,
+    pub(crate) pool_queued: Gauge,
+    latency: Rc<Vec<Histogram>>,
+    in_flight: Rc<Vec<Gauge>>,
+    queued: Rc<Vec<Gauge>>,
+}
+
+impl HttpMetrics {
+    pub fn new(ids: &HttpMetricIds, shard: &ShardMetrics) -> HttpMetrics {
+        let requests = REQUEST_CLASSES
+            .iter()
+            .map(|class| {
+                STATUSES
+                    .iter()
+                    .map(|s| shard.counter_with(ids.requests, &format!("{class}_{s}")))
+                    .collect()
+            })
+            .collect();
+        let per_class = |id| {
+            EndpointClass::ALL
+                .iter()
+                .map(|c| shard.gauge_with(id, c.label()))
+                .collect::<Vec<_>>()
+        };
+        HttpMetrics {
+            requests: Rc::new(requests),
+            rejections: Rc::new(
+                Rejection::ALL
+                    .iter()
+                    .map(|r| shard.counter_with(ids.rejections, r.label()))
+                    .collect(),
+            ),
+            connections_accepted: shard.counter(ids.connections_accepted),
+            connections_open: shard.gauge(ids.connections_open),
+            client_addresses: shard.gauge(ids.client_addresses),
+            pool_queued: shard.gauge(ids.pool_queued),
+            latency: Rc::new(
+                EndpointClass::ALL
+                    .iter()
+                    .map(|c| shard.histogram_with(ids.latency, c.label()))
+                    .collect(),
+            ),
+            in_flight: Rc::new(per_class(ids.in_flight)),
+            queued: Rc::new(per_class(ids.queued)),
+        }
+    }
+
+    /// Counts one answered request (`class` None: operator endpoint or unknown path).
+    pub fn answered(&self, class: Option<EndpointClass>, status: u16, micros: u64) {
+        let row = class.map_or(REQUEST_CLASSES.len() - 1, EndpointClass::index);
+        if let Some(i) = STATUSES.iter().position(|s| *s == status) {
+            self.requests[row][i].inc();
+        }
+        if let Some(class) = class {
+            self.latency[class.index()].record(micros);
+        }
+    }
+
+    pub fn rejected(&self, reason: Rejection) {
+        if let Some(i) = Rejection::ALL.iter().position(|r| *r == reason) {
+            self.rejections[i].inc();
+        }
+    }
+
+    /// The observer that keeps a class's depth gauges current.
+    pub fn gate_observer(&self, class: EndpointClass) -> Box<dyn GateObserver> {
+        Box::new(GateGauges {
+            in_flight: self.in_flight[class.index()].clone(),
+            queued: self.queued[class.index()].clone(),
+        })
+    }
+}
+
+struct GateGauges {
+    in_flight: Gauge,
+    queued: Gauge,
+}
+
+impl GateObserver for GateGauges {
+    fn changed(&self, in_flight: usize, queued: usize) {
+        self.in_flight
+            .set(i64::try_from(in_flight).unwrap_or(i64::MAX));
+        self.queued.set(i64::try_from(queued).unwrap_or(i64::MAX));
+    }
+}

@@ -1,0 +1,198 @@
+//! A fixed set of threads with a bounded queue for CPU work the executors must not do:
+//! decoding request bodies and verifying their signatures (tens of microseconds each, which
+//! would add up to milliseconds of stalled I/O on a shard under load).
+//!
+//! Submitting never blocks and never grows memory: [`CpuPool::try_run`] fails with
+//! [`PoolFull`] when `queue_max` jobs are waiting, and the HTTP layer answers 429. The result
+//! comes back through a [`JobHandle`], a future that a worker thread completes and wakes
+//! (glommio accepts wakes from foreign threads). A job that panics completes its handle with
+//! [`JobFailed`] and the worker thread lives on.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::thread::JoinHandle;
+
+use crossbeam::channel::{bounded, Sender, TrySendError};
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The pool's queue was full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolFull;
+
+/// The job panicked (a bug, reported as 500).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JobFailed;
+
+pub struct CpuPool {
+    sender: Option<Sender<Job>>,
+    threads: Vec<JoinHandle<()>>,
+    queue_max: usize,
+    completed: Arc<AtomicU64>,
+}
+
+impl CpuPool {
+    /// Starts `threads` workers (0: one per available core) sharing a queue of `queue_max`.
+    pub fn new(threads: usize, queue_max: usize, name: &str) -> std::io::Result<CpuPool> {
+        let threads = if threads == 0 {
+            std::thread::available_parallelism().map_or(1, usize::from)
+        } else {
+            threads
+        };
+        let (sender, receiver) = bounded::<Job>(queue_max.max(1));
+        let completed = Arc::new(AtomicU64::new(0));
+        let handles = (0..threads)
+            .map(|i| {
+                let receiver = receiver.clone();
+                let completed = completed.clone();
+                std::thread::Builder::new()
+                    .name(format!("{name}-{i}"))
+                    .spawn(move || {
+                        for job in receiver {
+                            job();
+                            completed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    })
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Ok(CpuPool {
+            sender: Some(sender),
+            threads: handles,
+            queue_max: queue_max.max(1),
+            completed,
+        })
+    }
+
+    /// Queues `work`, or refuses it at once when the queue is full.
+    pub fn try_run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<JobHandle<T>, PoolFull> {
+        let slot = Arc::new(Mutex::new(SlotState::<T> {
+            result: None,
+            waker: None,
+        }));
+        let done = slot.clone();
+        let job: Job = Box::new(move || {
+            let result = catch_unwind(AssertUnwindSafe(work)).map_err(|_| JobFailed);
+            let waker = {
+                let mut state = done.lock().unwrap_or_else(|e| e.into_inner());
+                state.result = Some(result);
+                state.waker.take()
+            };
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+        });
+        let sender = self.sender.as_ref().ok_or(PoolFull)?;
+        match sender.try_send(job) {
+            Ok(()) => Ok(JobHandle { slot }),
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => Err(PoolFull),
+        }
+    }
+
+    /// Jobs waiting for a thread (bound: `queue_max`).
+    pub fn queued(&self) -> usize {
+        self.sender.as_ref().map_or(0, Sender::len)
+    }
+
+    pub fn queue_max(&self) -> usize {
+        self.queue_max
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads.len()
+    }
+
+    pub fn completed(&self) -> u64 {
+        self.completed.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for CpuPool {
+    fn drop(&mut self) {
+        // Closing the queue ends each worker's loop once the queued jobs are done.
+        self.sender = None;
+        for handle in self.threads.drain(..) {
+            let _ = handle.join();
+        }
+    }
+}
+
+struct SlotState<T> {
+    result: Option<Result<T, JobFailed>>,
+    waker: Option<Waker>,
+}
+
+/// The result of a queued job. Dropping it does not cancel the job (it is short by design);
+/// the result is then dropped by the worker.
+pub struct JobHandle<T> {
+    slot: Arc<Mutex<SlotState<T>>>,
+}
+
+impl<T> std::future::Future for JobHandle<T> {
+    type Output = Result<T, JobFailed>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+        match state.result.take() {
+            Some(result) => Poll::Ready(result),
+            None => {
+                state.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_lite::future::block_on;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    #[test]
+    fn runs_jobs_and_returns_results() {
+        let pool = CpuPool::new(2, 8, "test-pool").unwrap();
+        let handles: Vec<_> = (0..8u64)
+            .map(|i| pool.try_run(move || i * i).unwrap())
+            .collect();
+        let results: Vec<u64> = handles.into_iter().map(|h| block_on(h).unwrap()).collect();
+        assert_eq!(results, (0..8u64).map(|i| i * i).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn full_queue_refuses_without_blocking() {
+        let pool = CpuPool::new(1, 2, "test-pool").unwrap();
+        let (release, gate) = mpsc::channel::<()>();
+        let (started_tx, started) = mpsc::channel::<()>();
+        // Occupy the only worker, then fill the queue.
+        let busy = pool
+            .try_run(move || {
+                started_tx.send(()).unwrap();
+                gate.recv_timeout(Duration::from_secs(10)).unwrap();
+            })
+            .unwrap();
+        started.recv_timeout(Duration::from_secs(10)).unwrap();
+        let queued: Vec<_> = (0..2).map(|_| pool.try_run(|| ()).unwrap()).collect();
+        assert_eq!(pool.queued(), 2);
+        assert_eq!(pool.try_run(|| ()).err(), Some(PoolFull));
+        release.send(()).unwrap();
+        block_on(busy).unwrap();
+        for handle in queued {
+            block_on(handle).unwrap();
+        }
+        assert!(pool.try_run(|| ()).is_ok());
+    }
+
+    #[test]
+    fn a_panicking_job_fails_its_handle_and_the_worker_survives() {
+        let pool = CpuPool::new(1, 4, "test-pool").unwrap();
+        let failed = pool.try_run(|| -> u32 { panic!("job bug") }).unwrap();
+        assert_eq!(block_on(failed), Err(JobFailed));
+        assert_eq!(block_on(pool.try_run(|| 7).unwrap()), Ok(7));
+    }
+}

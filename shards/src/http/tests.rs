@@ -1,0 +1,598 @@
+//! The server over real loopback sockets: every bound of the `[http]` section reached by a raw
+//! client, plus HTTP/2 and the CBOR round trips. Each test starts its own server thread with
+//! short timeouts; every wait is bounded.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use icn_codecs::ic::{decode_value, Value};
+
+use super::io::{ConnActivity, HyperIo, LocalExec};
+use super::testing::*;
+
+fn post_cbor(addr: SocketAddr, path: &str, body: &[u8]) -> Answer {
+    request(addr, "POST", path, Some(body))
+}
+
+fn query_path() -> String {
+    format!("/api/v2/canister/{}/query", test_canister())
+}
+
+fn call_path(version: &str) -> String {
+    format!("/api/{version}/canister/{}/call", test_canister())
+}
+
+/// Decodes an answer body, which must start with the self-describe tag.
+fn decode_answer(body: &[u8]) -> Value<'_> {
+    assert!(
+        body.starts_with(&[0xd9, 0xd9, 0xf7]),
+        "no self-describe tag"
+    );
+    decode_value(body, 16).unwrap()
+}
+
+fn cbor_field<'a>(value: &'a Value<'a>, key: &str) -> &'a Value<'a> {
+    value
+        .get(key)
+        .unwrap_or_else(|| panic!("no field {key} in {value:?}"))
+}
+
+#[test]
+fn status_is_cbor_the_codecs_decode_without_a_root_key() {
+    let server = ServerThread::start(test_tuning(), ScriptConfig::default());
+    let answer = request(server.addr, "GET", "/api/v2/status", None);
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.header("content-type"), Some("application/cbor"));
+    let value = decode_answer(&answer.body);
+    assert_eq!(
+        cbor_field(&value, "ic_api_version"),
+        &Value::Text(super::IC_API_VERSION.into())
+    );
+    assert_eq!(
+        cbor_field(&value, "replica_health_status"),
+        &Value::Text("healthy".into())
+    );
+    assert!(value.get("root_key").is_none());
+    assert_eq!(
+        request(server.addr, "POST", "/api/v2/status", Some(b"")).status,
+        405
+    );
+    assert_eq!(
+        request(server.addr, "GET", "/api/v9/status", None).status,
+        404
+    );
+    assert_eq!(request(server.addr, "GET", "/health", None).text(), "ok");
+}
+
+#[test]
+fn queries_calls_and_read_state_reach_the_backend_and_answer_cbor() {
+    let server = ServerThread::start(test_tuning(), ScriptConfig::default());
+    let key = TestKey::ed25519();
+    let query = call_envelope(
+        Some(&key),
+        true,
+        test_canister(),
+        "get",
+        b"DIDL\x00\x00",
+        fresh_expiry(),
+    );
+    let answer = post_cbor(server.addr, &query_path(), &query);
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let value = decode_answer(&answer.body);
+    assert_eq!(cbor_field(&value, "status"), &Value::Text("replied".into()));
+
+    let call = call_envelope(
+        Some(&TestKey::p256()),
+        false,
+        test_canister(),
+        "inc",
+        b"",
+        fresh_expiry(),
+    );
+    assert_eq!(post_cbor(server.addr, &call_path("v2"), &call).status, 202);
+    let call = call_envelope(
+        Some(&TestKey::secp256k1(5)),
+        false,
+        test_canister(),
+        "inc",
+        b"",
+        fresh_expiry(),
+    );
+    let answer = post_cbor(server.addr, &call_path("v3"), &call);
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let value = decode_answer(&answer.body);
+    assert_eq!(cbor_field(&value, "status"), &Value::Text("replied".into()));
+    assert!(matches!(cbor_field(&value, "certificate"), Value::Bytes(_)));
+
+    let reject = call_envelope(None, false, test_canister(), "reject", b"", fresh_expiry());
+    let answer = post_cbor(server.addr, &call_path("v4"), &reject);
+    let value = decode_answer(&answer.body);
+    assert_eq!(
+        cbor_field(&value, "status"),
+        &Value::Text("non_replicated_rejection".into())
+    );
+    assert_eq!(cbor_field(&value, "reject_code"), &Value::Nat(3));
+
+    let read = read_state_envelope(None, &[&[b"time"]]);
+    let path = format!("/api/v2/canister/{}/read_state", test_canister());
+    let answer = post_cbor(server.addr, &path, &read);
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let value = decode_answer(&answer.body);
+    assert!(matches!(cbor_field(&value, "certificate"), Value::Bytes(_)));
+    let subnet = format!("/api/v3/subnet/{}/read_state", test_canister());
+    assert_eq!(post_cbor(server.addr, &subnet, &read).status, 200);
+}
+
+#[test]
+fn bad_bodies_get_400_with_a_message_naming_the_problem() {
+    let server = ServerThread::start(test_tuning(), ScriptConfig::default());
+    let garbage = post_cbor(server.addr, &query_path(), b"\xff\x00garbage");
+    assert_eq!(garbage.status, 400);
+    assert!(
+        garbage.text().contains("could not decode"),
+        "{}",
+        garbage.text()
+    );
+    // A map whose content is a number: the field is named.
+    let wrong_type = post_cbor(server.addr, &query_path(), b"\xa1\x67content\x01");
+    assert_eq!(wrong_type.status, 400);
+    assert!(
+        wrong_type.text().contains("content"),
+        "{}",
+        wrong_type.text()
+    );
+    // A call sent to the query endpoint.
+    let call = call_envelope(None, false, test_canister(), "inc", b"", fresh_expiry());
+    let answer = post_cbor(server.addr, &query_path(), &call);
+    assert!(answer.text().contains("request_type"), "{}", answer.text());
+    // Another canister than the URL's.
+    let other = call_envelope(
+        None,
+        true,
+        icn_codecs::ic::Principal::from_canister_index(1),
+        "get",
+        b"",
+        fresh_expiry(),
+    );
+    let answer = post_cbor(server.addr, &query_path(), &other);
+    assert!(
+        answer
+            .text()
+            .contains("does not match effective canister id"),
+        "{}",
+        answer.text()
+    );
+    // Expired.
+    let stale = call_envelope(
+        None,
+        true,
+        test_canister(),
+        "get",
+        b"",
+        now_ns() - 3_600_000_000_000,
+    );
+    let answer = post_cbor(server.addr, &query_path(), &stale);
+    assert_eq!(answer.status, 400);
+    assert!(answer
+        .text()
+        .contains("Specified ingress_expiry not within expected range"));
+    // A signature by another key.
+    let key = TestKey::ed25519();
+    let mut forged = call_envelope(
+        Some(&key),
+        true,
+        test_canister(),
+        "get",
+        b"",
+        fresh_expiry(),
+    );
+    let len = forged.len();
+    forged[len - 1] ^= 1; // the last byte belongs to sender_sig
+    let answer = post_cbor(server.addr, &query_path(), &forged);
+    assert_eq!(answer.status, 400);
+    assert!(
+        answer.text().contains("Failed to authenticate request"),
+        "{}",
+        answer.text()
+    );
+    // Wrong content type.
+    let mut stream = connect(server.addr);
+    let head = format!(
+        "POST {} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}",
+        query_path()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    let answer = read_answer(&mut stream).unwrap();
+    assert_eq!(answer.status, 400);
+    assert!(answer.text().contains("application/cbor"));
+    assert_eq!(
+        server
+            .seen
+            .queries
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    let metrics = request(server.addr, "GET", "/metrics", None).text();
+    assert!(
+        metrics.contains("icn_http_rejections_total{reason=\"bad_signature\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn body_size_boundary_is_exact_and_chunked_bodies_are_cut_too() {
+    let tuning = test_tuning();
+    let max = tuning.body_bytes_max;
+    let server = ServerThread::start(tuning, ScriptConfig::default());
+    // Exactly the maximum is read and decoded (400: it is not CBOR), one more is refused.
+    let at_max = post_cbor(server.addr, &query_path(), &vec![0xff; max]);
+    assert_eq!(at_max.status, 400, "{}", at_max.text());
+    let mut stream = connect(server.addr);
+    let head = format!(
+        "POST {} HTTP/1.1\r\nHost: t\r\nContent-Type: application/cbor\r\nContent-Length: {}\r\n\r\n",
+        query_path(),
+        max + 1
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    let answer = read_answer(&mut stream).unwrap();
+    assert_eq!(answer.status, 413);
+    // The same with the whole body already sent: the server drains it before closing, so the
+    // 413 arrives instead of a connection reset.
+    let mut stream = connect(server.addr);
+    let mut bytes = head.into_bytes();
+    bytes.extend(std::iter::repeat_n(0xffu8, max + 1));
+    stream.write_all(&bytes).unwrap();
+    let answer = read_answer(&mut stream).unwrap();
+    assert_eq!(answer.status, 413);
+    assert_eq!(answer.header("connection"), Some("close"));
+    // Chunked: refused as soon as the chunks pass the maximum.
+    let mut stream = connect(server.addr);
+    let head = format!(
+        "POST {} HTTP/1.1\r\nHost: t\r\nContent-Type: application/cbor\r\nTransfer-Encoding: chunked\r\n\r\n",
+        query_path()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    let chunk = vec![b'a'; 16 << 10];
+    for _ in 0..(max / chunk.len() + 1) {
+        let _ = stream.write_all(format!("{:x}\r\n", chunk.len()).as_bytes());
+        let _ = stream.write_all(&chunk);
+        let _ = stream.write_all(b"\r\n");
+    }
+    let answer = read_answer(&mut stream).unwrap();
+    assert_eq!(answer.status, 413);
+}
+
+#[test]
+fn a_slow_body_gets_408_within_the_body_deadline() {
+    let tuning = test_tuning();
+    let server = ServerThread::start(tuning, ScriptConfig::default());
+    let mut stream = connect(server.addr);
+    let head = format!(
+        "POST {} HTTP/1.1\r\nHost: t\r\nContent-Type: application/cbor\r\nContent-Length: 100\r\n\r\n0123456789",
+        query_path()
+    );
+    let started = Instant::now();
+    stream.write_all(head.as_bytes()).unwrap();
+    let answer = read_answer(&mut stream).unwrap();
+    assert_eq!(answer.status, 408);
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(tuning.body_read_timeout_ms)
+            && elapsed < Duration::from_secs(3),
+        "{elapsed:?}"
+    );
+}
+
+#[test]
+fn slow_header_clients_are_dropped_while_others_are_served() {
+    let tuning = test_tuning();
+    let server = ServerThread::start(tuning, ScriptConfig::default());
+    let addr = server.addr;
+    let slowloris: Vec<_> = (0..4)
+        .map(|_| {
+            thread::spawn(move || {
+                let mut stream = connect(addr);
+                let started = Instant::now();
+                // One header byte every 50 ms, never finishing the head.
+                let head = b"GET /api/v2/status HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+                for byte in head {
+                    if stream.write_all(&[*byte]).is_err() {
+                        break;
+                    }
+                    thread::sleep(Duration::from_millis(50));
+                    if started.elapsed() > Duration::from_secs(3) {
+                        break;
+                    }
+                }
+                let mut rest = Vec::new();
+                let _ = stream.read_to_end(&mut rest);
+                started.elapsed()
+            })
+        })
+        .collect();
+    // Meanwhile a normal client keeps being served, on one keep-alive connection.
+    let mut stream = connect(addr);
+    let deadline = Instant::now() + Duration::from_millis(600);
+    let mut served = 0;
+    while Instant::now() < deadline {
+        send_request(&mut stream, "GET", "/api/v2/status", None);
+        assert_eq!(read_answer(&mut stream).unwrap().status, 200);
+        served += 1;
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(served >= 10, "{served}");
+    for client in slowloris {
+        let held = client.join().unwrap();
+        let limit = Duration::from_millis(tuning.header_read_timeout_ms);
+        assert!(
+            held >= limit && held < limit + Duration::from_millis(700),
+            "{held:?}"
+        );
+    }
+    let metrics = request(addr, "GET", "/metrics", None).text();
+    assert!(
+        metrics.contains("icn_http_rejections_total{reason=\"header_timeout\"} 4"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_full_class_answers_429_before_reading_the_body_and_others_still_pass() {
+    let tuning = icn_tuning::HttpTuning {
+        query_concurrency_max: 1,
+        query_queue_max: 1,
+        queue_wait_timeout_ms: 2_000,
+        ..test_tuning()
+    };
+    let script = ScriptConfig {
+        query_delay: Duration::from_millis(400),
+        ..ScriptConfig::default()
+    };
+    let server = ServerThread::start(tuning, script);
+    let addr = server.addr;
+    let body = call_envelope(None, true, test_canister(), "get", b"", fresh_expiry());
+    let in_flight: Vec<_> = (0..2)
+        .map(|i| {
+            let body = body.clone();
+            thread::spawn(move || {
+                thread::sleep(Duration::from_millis(50 * i));
+                post_cbor(addr, &query_path(), &body).status
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(200));
+    // Slot and queue are taken: refused at once, with the body never sent.
+    let mut stream = connect(addr);
+    let head = format!(
+        "POST {} HTTP/1.1\r\nHost: t\r\nContent-Type: application/cbor\r\nContent-Length: 1000\r\n\r\n",
+        query_path()
+    );
+    let started = Instant::now();
+    stream.write_all(head.as_bytes()).unwrap();
+    let answer = read_answer(&mut stream).unwrap();
+    assert_eq!(answer.status, 429);
+    assert!(answer.text().contains("query capacity exhausted"));
+    assert!(
+        started.elapsed() < Duration::from_millis(200),
+        "{:?}",
+        started.elapsed()
+    );
+    // Another class is unaffected.
+    assert_eq!(request(addr, "GET", "/api/v2/status", None).status, 200);
+    let statuses: Vec<u16> = in_flight.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(statuses, vec![200, 200]);
+    let metrics = request(addr, "GET", "/metrics", None).text();
+    assert!(
+        metrics.contains("icn_http_requests_total{request=\"query_429\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_backend_that_does_not_answer_in_time_gets_504() {
+    let tuning = icn_tuning::HttpTuning {
+        backend_timeout_ms: 200,
+        ..test_tuning()
+    };
+    let script = ScriptConfig {
+        call_delay: Duration::from_secs(5),
+        ..ScriptConfig::default()
+    };
+    let server = ServerThread::start(tuning, script);
+    let body = call_envelope(None, false, test_canister(), "inc", b"", fresh_expiry());
+    let started = Instant::now();
+    let answer = post_cbor(server.addr, &call_path("v3"), &body);
+    assert_eq!(answer.status, 504);
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[test]
+fn connections_over_the_per_ip_limit_are_closed_at_accept() {
+    let tuning = icn_tuning::HttpTuning {
+        connections_per_ip_max: 2,
+        ..test_tuning()
+    };
+    let server = ServerThread::start(tuning, ScriptConfig::default());
+    let mut first = connect(server.addr);
+    let mut second = connect(server.addr);
+    send_request(&mut first, "GET", "/health", None);
+    assert_eq!(read_answer(&mut first).unwrap().status, 200);
+    send_request(&mut second, "GET", "/health", None);
+    assert_eq!(read_answer(&mut second).unwrap().status, 200);
+    let mut third = connect(server.addr);
+    let _ = third.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n");
+    let mut buf = [0u8; 64];
+    let n = third.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "the third connection was served");
+    drop(first);
+    // The slot frees once the server sees the close; retry a bounded number of times.
+    let served = (0..50).any(|_| {
+        thread::sleep(Duration::from_millis(20));
+        let mut stream = connect(server.addr);
+        send_request(&mut stream, "GET", "/health", None);
+        read_answer(&mut stream)
+            .map(|a| a.status == 200)
+            .unwrap_or(false)
+    });
+    assert!(served);
+}
+
+#[test]
+fn h2c_prior_knowledge_requests_are_served() {
+    let server = ServerThread::start(test_tuning(), ScriptConfig::default());
+    let addr = server.addr;
+    let body = call_envelope(None, true, test_canister(), "get", b"xyz", fresh_expiry());
+    glommio::LocalExecutorBuilder::default()
+        .io_memory(512 << 10)
+        .make()
+        .unwrap()
+        .run(async move {
+            let stream = glommio::net::TcpStream::connect(addr).await.unwrap();
+            let io = HyperIo::new(stream, Vec::new(), ConnActivity::new(Instant::now()));
+            let (mut sender, connection) =
+                hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(LocalExec, io)
+                    .await
+                    .unwrap();
+            let _driver = glommio::spawn_local(async move {
+                let _ = connection.await;
+            });
+            let status = http::Request::get(format!("http://{addr}/api/v2/status"))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let answer = sender.send_request(status).await.unwrap();
+            assert_eq!(answer.status(), 200);
+            assert_eq!(answer.version(), http::Version::HTTP_2);
+            let bytes = answer.into_body().collect().await.unwrap().to_bytes();
+            decode_answer(&bytes);
+            // Two queries multiplexed on the one connection.
+            let mut pending = Vec::new();
+            for _ in 0..2 {
+                let query = http::Request::post(format!("http://{addr}{}", query_path()))
+                    .header("content-type", "application/cbor")
+                    .body(Full::new(Bytes::from(body.clone())))
+                    .unwrap();
+                pending.push(sender.send_request(query));
+            }
+            for answer in pending {
+                let answer = answer.await.unwrap();
+                assert_eq!(answer.status(), 200);
+                let bytes = answer.into_body().collect().await.unwrap().to_bytes();
+                let value = decode_answer(&bytes);
+                assert_eq!(cbor_field(&value, "status"), &Value::Text("replied".into()));
+            }
+        });
+    let _ = Rc::new(());
+}
+
+#[test]
+fn tls_clients_get_tls13_with_alpn_next_to_plaintext_clients() {
+    let server = ServerThread::start(test_tuning(), ScriptConfig::default());
+    let tls13 = boring::ssl::SslVersion::TLS1_3;
+    // HTTP/1.1 over TLS, two requests on one connection.
+    let mut stream = tls_connect(server.addr, b"\x08http/1.1", tls13).unwrap();
+    assert_eq!(
+        stream.ssl().selected_alpn_protocol(),
+        Some(&b"http/1.1"[..])
+    );
+    for _ in 0..2 {
+        stream
+            .write_all(b"GET /api/v2/status HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        let answer = read_answer(&mut stream).unwrap();
+        assert_eq!(answer.status, 200);
+        decode_answer(&answer.body);
+    }
+    let body = call_envelope(
+        Some(&TestKey::ed25519()),
+        true,
+        test_canister(),
+        "get",
+        b"t",
+        fresh_expiry(),
+    );
+    let head = format!(
+        "POST {} HTTP/1.1\r\nHost: t\r\nContent-Type: application/cbor\r\nContent-Length: {}\r\n\r\n",
+        query_path(),
+        body.len()
+    );
+    stream
+        .write_all(&[head.as_bytes(), &body].concat())
+        .unwrap();
+    assert_eq!(read_answer(&mut stream).unwrap().status, 200);
+    // ALPN h2: the server speaks HTTP/2 (its first frame is SETTINGS).
+    let mut stream = tls_connect(server.addr, b"\x02h2\x08http/1.1", tls13).unwrap();
+    assert_eq!(stream.ssl().selected_alpn_protocol(), Some(&b"h2"[..]));
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .unwrap();
+    let mut frame_head = [0u8; 9];
+    stream.read_exact(&mut frame_head).unwrap();
+    assert_eq!(
+        frame_head[3], 0x04,
+        "first frame is not SETTINGS: {frame_head:?}"
+    );
+    // TLS 1.2 is refused; plaintext still works on the same port.
+    assert!(tls_connect(
+        server.addr,
+        b"\x08http/1.1",
+        boring::ssl::SslVersion::TLS1_2
+    )
+    .is_err());
+    assert_eq!(
+        request(server.addr, "GET", "/api/v2/status", None).status,
+        200
+    );
+}
+
+#[test]
+fn an_http2_connection_outlives_the_header_timeout_between_requests_and_ends_when_idle() {
+    let tuning = test_tuning();
+    let server = ServerThread::start(tuning, ScriptConfig::default());
+    let mut stream = connect(server.addr);
+    // Preface, empty SETTINGS, then PINGs for longer than the header timeout.
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .unwrap();
+    let ping = b"\x00\x00\x08\x06\x00\x00\x00\x00\x00pingpong";
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(tuning.header_read_timeout_ms * 3) {
+        stream.write_all(ping).unwrap();
+        thread::sleep(Duration::from_millis(50));
+    }
+    // Still open: read frames until a PING ACK (type 6, flag 1) shows up.
+    let mut acked = false;
+    for _ in 0..100 {
+        let mut head = [0u8; 9];
+        stream.read_exact(&mut head).unwrap();
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        stream.read_exact(&mut payload).unwrap();
+        if head[3] == 0x06 && head[4] & 1 == 1 {
+            acked = true;
+            break;
+        }
+    }
+    assert!(acked);
+    // With no stream ever opened, the connection ends at the idle timeout despite the PINGs.
+    let mut rest = Vec::new();
+    while started.elapsed() < Duration::from_secs(10) {
+        let _ = stream.write_all(ping);
+        let mut buf = [0u8; 4096];
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => rest.extend_from_slice(&buf[..n]),
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let lived = started.elapsed();
+    let idle = Duration::from_millis(tuning.idle_timeout_ms);
+    assert!(
+        lived >= idle && lived < idle + Duration::from_secs(2),
+        "{lived:?}"
+    );
+}
