@@ -21,14 +21,12 @@ use std::collections::BTreeMap;
 
 use icn_codecs::ic::hash::Hash;
 use icn_codecs::ic::{
-    blob, decode_certificate, decode_value_bounded, encode_tagged, Certificate, IcDecodeError,
-    IcLimits, LabeledTree, Lookup, Principal, Value,
+    canister_in_ranges, decode_canister_ranges, decode_certificate, decode_time,
+    encode_canister_ranges, encode_time, Certificate, IcDecodeError, IcLimits, LabeledTree, Lookup,
+    Principal,
 };
 
 use super::bls::{BlsError, PublicKey, SecretKey, Signature};
-
-/// The longest unsigned LEB128 encoding of a `u64` (64 bits in 7-bit groups).
-const LEB128_U64_BYTES_MAX: usize = 10;
 
 /// Why a certificate is not to be trusted.
 #[derive(Debug, thiserror::Error)]
@@ -45,8 +43,10 @@ pub enum CertificationError {
     CanisterNotInRange { canister: Principal },
     #[error("certificate has no /time")]
     TimeMissing,
-    #[error("certificate /time is not a LEB128 nat")]
-    TimeMalformed,
+    #[error("certificate /time: {0}")]
+    TimeMalformed(#[source] IcDecodeError),
+    #[error("delegation's canister ranges: {0}")]
+    RangesMalformed(#[source] IcDecodeError),
     /// `/time` is further than the permitted skew from the reader's clock, in either
     /// direction: an old certificate replayed, or a replica whose clock is off.
     #[error("certificate time {time_ns} ns is more than {skew_ns} ns from now ({now_ns} ns)")]
@@ -131,99 +131,6 @@ impl CertifiedState {
         }
         .encode(out);
     }
-}
-
-/// A `/time` leaf: nanoseconds since the Unix epoch, unsigned LEB128.
-pub fn encode_time(time_ns: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(LEB128_U64_BYTES_MAX);
-    let mut rest = time_ns;
-    loop {
-        let byte = (rest & 0x7f) as u8;
-        rest >>= 7;
-        if rest == 0 {
-            out.push(byte);
-            return out;
-        }
-        out.push(byte | 0x80);
-    }
-}
-
-/// Reads a `/time` leaf. Refuses encodings longer than a `u64` needs, values that overflow,
-/// and a missing final byte; a redundant trailing zero group is accepted, as agents accept it.
-pub fn decode_time(leaf: &[u8]) -> Result<u64, CertificationError> {
-    let mut value: u64 = 0;
-    for (index, &byte) in leaf.iter().enumerate() {
-        if index >= LEB128_U64_BYTES_MAX {
-            return Err(CertificationError::TimeMalformed);
-        }
-        let group = u64::from(byte & 0x7f);
-        let shift = 7 * index as u32;
-        // The tenth group holds bit 63 only.
-        if shift == 63 && group > 1 {
-            return Err(CertificationError::TimeMalformed);
-        }
-        value |= group << shift;
-        if byte & 0x80 == 0 {
-            return if index + 1 == leaf.len() {
-                Ok(value)
-            } else {
-                Err(CertificationError::TimeMalformed)
-            };
-        }
-    }
-    Err(CertificationError::TimeMalformed)
-}
-
-/// A `/subnet/<id>/canister_ranges` leaf: the self-describe tagged CBOR array of inclusive
-/// `[first, last]` canister id pairs, each id a blob.
-pub fn encode_canister_ranges(ranges: &[(Principal, Principal)]) -> Vec<u8> {
-    let value = Value::Array(
-        ranges
-            .iter()
-            .map(|(first, last)| Value::Array(vec![blob(first.as_slice()), blob(last.as_slice())]))
-            .collect(),
-    );
-    let mut out = Vec::new();
-    encode_tagged(&value, &mut out);
-    out
-}
-
-/// Reads a canister ranges leaf (from a delegation, so from a root-signed certificate, but still
-/// remote bytes: every shape error is an error).
-pub fn decode_canister_ranges(
-    leaf: &[u8],
-    limits: &IcLimits,
-) -> Result<Vec<(Principal, Principal)>, CertificationError> {
-    const FIELD: &str = "canister_ranges";
-    let bad = |detail| {
-        CertificationError::Decode(IcDecodeError::InvalidValue {
-            field: FIELD,
-            detail,
-        })
-    };
-    let mut value = decode_value_bounded(leaf, 4, limits.cbor_items_max)?;
-    if let Value::Tag(_, inner) = value {
-        value = *inner;
-    }
-    let Value::Array(ranges) = value else {
-        return Err(bad("not an array"));
-    };
-    let id = |value: &Value<'_>| match value {
-        Value::Bytes(bytes) => Principal::from_slice(bytes).map_err(|error| {
-            CertificationError::Decode(IcDecodeError::Principal {
-                field: FIELD,
-                error,
-            })
-        }),
-        _ => Err(bad("a range bound is not a blob")),
-    };
-    ranges
-        .iter()
-        .map(|range| match range {
-            Value::Array(pair) if pair.len() == 2 => Ok((id(&pair[0])?, id(&pair[1])?)),
-            _ => Err(bad("a range is not a pair")),
-        })
-        .collect()
 }
 
 /// The part of the state tree that describes the subnet itself, as read_state serves it at
@@ -330,19 +237,15 @@ impl CertificateVerifier {
                             .tree
                             .lookup(&[&b"subnet"[..], subnet, b"canister_ranges"])
                         {
-                            Lookup::Found(leaf) => decode_canister_ranges(leaf, &self.limits)?,
+                            Lookup::Found(leaf) => decode_canister_ranges(leaf, &self.limits)
+                                .map_err(CertificationError::RangesMalformed)?,
                             _ => {
                                 return Err(CertificationError::Delegation(
                                     "the delegation does not certify the subnet's canister ranges",
                                 ))
                             }
                         };
-                    // Canister ids compare as byte strings, as the IC orders them.
-                    let inside = ranges.iter().any(|(first, last)| {
-                        first.as_slice() <= canister.as_slice()
-                            && canister.as_slice() <= last.as_slice()
-                    });
-                    if !inside {
+                    if !canister_in_ranges(&canister, &ranges) {
                         return Err(CertificationError::CanisterNotInRange { canister });
                     }
                 }
@@ -351,7 +254,7 @@ impl CertificateVerifier {
         };
         check_signature(&certificate, &signer)?;
         let time_ns = match certificate.tree.lookup(&[b"time"]) {
-            Lookup::Found(leaf) => decode_time(leaf)?,
+            Lookup::Found(leaf) => decode_time(leaf).map_err(CertificationError::TimeMalformed)?,
             _ => return Err(CertificationError::TimeMissing),
         };
         if time_ns.abs_diff(now_ns) > self.skew_ns {
@@ -664,44 +567,5 @@ mod tests {
             verifier.verify(&delegated(&bytes, subnet_id), now, None),
             Err(CertificationError::Delegation(_))
         ));
-    }
-
-    #[test]
-    fn time_and_ranges_leaves_round_trip_and_malformed_ones_are_errors() {
-        for time in [0, 1, 127, 128, 1_731_399_240_000_000_000, u64::MAX] {
-            assert_eq!(decode_time(&encode_time(time)).unwrap(), time);
-        }
-        assert_eq!(encode_time(624_485), vec![0xe5, 0x8e, 0x26]);
-        for bad in [
-            &[][..],
-            &[0x80],                                                       // no final byte
-            &[0x05, 0x00], // bytes after the final one
-            &[0xff; 11],   // longer than a u64 needs
-            &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02], // 2^64
-        ] {
-            assert!(decode_time(bad).is_err(), "{bad:?}");
-        }
-        let ranges = vec![
-            (
-                Principal::from_canister_index(0),
-                Principal::from_canister_index(5),
-            ),
-            (
-                Principal::from_canister_index(9),
-                Principal::from_canister_index(9),
-            ),
-        ];
-        let limits = IcLimits::default();
-        let leaf = encode_canister_ranges(&ranges);
-        assert_eq!(decode_canister_ranges(&leaf, &limits).unwrap(), ranges);
-        for bad in [
-            &b"\x01"[..],
-            b"\x81\x01",
-            b"\x81\x81\x40",
-            b"\x81\x82\x40\x01",
-            b"\xff",
-        ] {
-            assert!(decode_canister_ranges(bad, &limits).is_err(), "{bad:?}");
-        }
     }
 }
