@@ -274,7 +274,13 @@ impl fmt::Debug for SecretKey {
 
 /// Maps a message to G1 with the IC's suite and tag.
 pub fn hash_to_g1(message: &[u8]) -> G1Projective {
-    <G1Projective as HashToCurve<ExpandMsgXmd<Sha256>>>::hash_to_curve(message, DST)
+    hash_to_g1_with_tag(message, DST)
+}
+
+/// The suite `BLS12381G1_XMD:SHA-256_SSWU_RO_` under any tag (RFC 9380's test vectors use
+/// their own).
+fn hash_to_g1_with_tag(message: &[u8], dst: &[u8]) -> G1Projective {
+    <G1Projective as HashToCurve<ExpandMsgXmd<Sha256>>>::hash_to_curve(message, dst)
 }
 
 impl PublicKey {
@@ -457,6 +463,48 @@ mod tests {
         assert!(verify_der(&der, b"", &signature.to_bytes()).is_err());
         // BLS signatures are deterministic: the same key signs the same bytes alike.
         assert_eq!(key.sign(b"certified state"), signature);
+    }
+
+    /// RFC 9380 appendix J.9.1 (suite `BLS12381G1_XMD:SHA-256_SSWU_RO_`): the points are
+    /// `x ‖ y`, which is the uncompressed encoding of a point that is not the identity.
+    #[test]
+    fn hash_to_curve_matches_the_rfc_9380_vectors() {
+        const TAG: &[u8] = b"QUUX-V01-CS02-with-BLS12381G1_XMD:SHA-256_SSWU_RO_";
+        for (message, x, y) in [
+            (
+                &b""[..],
+                "052926add2207b76ca4fa57a8734416c8dc95e24501772c814278700eed6d1e4e8cf62d9c09db0fac349612b759e79a1",
+                "08ba738453bfed09cb546dbb0783dbb3a5f1f566ed67bb6be0e8c67e2e81a4cc68ee29813bb7994998f3eae0c9c6a265",
+            ),
+            (
+                b"abc",
+                "03567bc5ef9c690c2ab2ecdf6a96ef1c139cc0b2f284dca0a9a7943388a49a3aee664ba5379a7655d3c68900be2f6903",
+                "0b9c15f3fe6e5cf4211f346271d7b01c8f3b28be689c8429c85b67af215533311f0b8dfaaa154fa6b88176c229f2885d",
+            ),
+        ] {
+            let point = G1Affine::from(hash_to_g1_with_tag(message, TAG));
+            assert_eq!(hex(&point.to_uncompressed()), format!("{x}{y}"), "{message:?}");
+        }
+        // The IC's tag gives another point for the same message.
+        assert_ne!(
+            G1Affine::from(hash_to_g1(b"abc")),
+            G1Affine::from(hash_to_g1_with_tag(b"abc", TAG))
+        );
+    }
+
+    proptest::proptest! {
+        /// Arbitrary bytes as a DER key, a raw key or a signature are errors, never panics.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..160)) {
+            let _ = PublicKey::from_der(&bytes);
+            let _ = PublicKey::from_bytes(&bytes);
+            let _ = Signature::from_bytes(&bytes);
+            let _ = SecretKey::from_bytes(&bytes);
+            let mut der = DER_PREFIX.to_vec();
+            der.extend(bytes.iter().cycle().take(PUBLIC_KEY_BYTES));
+            let signature: Vec<u8> = bytes.iter().rev().cycle().take(SIGNATURE_BYTES).copied().collect();
+            proptest::prop_assert!(verify_der(&der, &bytes, &signature).is_err());
+        }
     }
 
     #[test]
