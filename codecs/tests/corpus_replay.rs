@@ -941,6 +941,16 @@ fn ic_leaf_seeds() -> Vec<Seed> {
         seed(r, "valid", ranges.clone()),
         seed(r, "valid-untagged", ranges[3..].to_vec()),
         seed(r, "valid-empty", ic::encode_canister_ranges(&[])),
+        // An inverted range (first > last) decodes and holds nothing (found by fuzzing: the
+        // target once assumed every range held its own bounds).
+        seed(
+            r,
+            "valid-inverted-range",
+            ic::encode_canister_ranges(&[(
+                Principal::from_canister_index(9),
+                Principal::from_canister_index(2),
+            )]),
+        ),
         seed(r, "invalid-not-array", [0x01]),
         seed(r, "invalid-not-pair", [0x81, 0x81, 0x40]),
         seed(r, "invalid-bound-type", [0x81, 0x82, 0x40, 0x01]),

@@ -120,7 +120,7 @@ pub fn decode_canister_ranges(
 }
 
 /// Whether `canister` lies in one of `ranges`. Canister ids compare as byte strings, the order
-/// the IC assigns and routes them in.
+/// the IC assigns and routes them in; an inverted range (first > last) holds nothing.
 pub fn canister_in_ranges(canister: &Principal, ranges: &[(Principal, Principal)]) -> bool {
     ranges.iter().any(|(first, last)| {
         first.as_slice() <= canister.as_slice() && canister.as_slice() <= last.as_slice()
