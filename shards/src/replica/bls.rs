@@ -507,6 +507,32 @@ mod tests {
         }
     }
 
+    /// agent-rs verifies certificate signatures with `ic_verify_bls_signature`; our keys,
+    /// signatures and secret encoding must be interchangeable with its.
+    #[test]
+    fn agent_rs_verifier_accepts_our_signatures_and_we_accept_its() {
+        use ic_verify_bls_signature as agent;
+        let key = SecretKey::from_seed(&[9; 32]);
+        let message = b"\x0Dic-state-root some root hash";
+        let signature = key.sign(message);
+        let public = key.public_key();
+        assert_eq!(
+            agent::verify_bls_signature(&signature.to_bytes(), message, &public.to_bytes()),
+            Ok(())
+        );
+        assert!(
+            agent::verify_bls_signature(&signature.to_bytes(), b"other", &public.to_bytes())
+                .is_err()
+        );
+        // The same big-endian secret encoding: their key from our bytes is our key.
+        let theirs = agent::PrivateKey::deserialize(&key.to_bytes()).unwrap();
+        assert_eq!(theirs.public_key().serialize(), public.to_bytes());
+        assert_eq!(theirs.serialize(), key.to_bytes());
+        let their_signature = theirs.sign(b"from agent-rs");
+        let parsed = Signature::from_bytes(&their_signature.serialize()).unwrap();
+        assert!(public.verify(b"from agent-rs", &parsed).is_ok());
+    }
+
     #[test]
     fn seeds_determine_keys_and_generated_keys_differ() {
         let a = SecretKey::from_seed(&[1; 32]);
