@@ -14,8 +14,8 @@
 //! self-authenticating principal of that DER key ([`PublicKey::subnet_id`]).
 //!
 //! The IC's real subnets hold their key as threshold shares; the reference replica has one
-//! secret shared with the subnet's nodes (see `docs/operations.md`). [`SecretKey`] is stored in
-//! a small text file (module [`SecretKey::save`] documents the format) created with mode 0600.
+//! secret shared with the subnet's nodes. [`SecretKey`] is stored in a small text file
+//! ([`SecretKey::save`] documents the format) created with mode 0600.
 
 use std::fmt;
 use std::fs;

@@ -313,7 +313,9 @@ impl CertifiedState {
     }
 
     /// The witness for `paths` alone: every requested path's subtree in full or proven
-    /// absent, everything else pruned to its hash.
+    /// absent, everything else pruned to its hash. The paths come from a decoded read_state,
+    /// whose count and labels `IcLimits` (`paths_max`, `path_labels_max`) already bound; the
+    /// trie built from them is dropped before this returns.
     pub fn witness<P: AsRef<[u8]>>(&self, paths: &[Vec<P>]) -> HashTree<'static> {
         let mut trie = PathTrie::default();
         for path in paths {
