@@ -17,8 +17,9 @@ use crate::envelope::{
 use crate::error::DecodeError;
 use crate::frame::{FrameHeader, FrameLimits, FRAME_HEADER_BYTES};
 use crate::ic::{
-    decode_certificate, decode_hash_tree, decode_request_envelope, decode_value_bounded,
-    encode_value, hash_value, IcDecodeError, IcLimits, Principal, RequestId,
+    canister_in_ranges, decode_canister_ranges, decode_certificate, decode_hash_tree,
+    decode_request_envelope, decode_time, decode_value_bounded, encode_canister_ranges,
+    encode_time, encode_value, hash_value, IcDecodeError, IcLimits, Principal, RequestId,
 };
 use crate::limits::CodecLimits;
 use crate::payload::{
@@ -51,6 +52,8 @@ pub const TARGETS: &[&str] = &[
     "ic_hash_tree",
     "ic_certificate",
     "ic_principal_text",
+    "ic_time_leaf",
+    "ic_canister_ranges",
 ];
 
 /// The error of any target: the frame codecs' or the IC interface codecs'.
@@ -73,6 +76,8 @@ pub fn run(target: &str, data: &[u8]) -> Option<Result<(), AnyDecodeError>> {
         "ic_hash_tree" => Some(ic_hash_tree),
         "ic_certificate" => Some(ic_certificate),
         "ic_principal_text" => Some(ic_principal_text),
+        "ic_time_leaf" => Some(ic_time_leaf),
+        "ic_canister_ranges" => Some(ic_canister_ranges),
         _ => None,
     };
     if let Some(function) = ic_function {
@@ -308,5 +313,36 @@ pub fn ic_principal_text(data: &[u8]) -> Result<(), IcDecodeError> {
     })?;
     assert!(principal.to_string().eq_ignore_ascii_case(text));
     assert_eq!(Principal::from_slice(principal.as_slice()), Ok(principal));
+    Ok(())
+}
+
+/// Decodes a `/time` leaf; on success its encoding (the shortest) decodes to the same time and
+/// is no longer than the input.
+pub fn ic_time_leaf(data: &[u8]) -> Result<(), IcDecodeError> {
+    let time = decode_time(data)?;
+    let encoded = encode_time(time);
+    assert!(encoded.len() <= data.len());
+    assert_eq!(decode_time(&encoded), Ok(time));
+    Ok(())
+}
+
+/// Decodes a canister ranges leaf; on success its encoding decodes to the same ranges, and
+/// the bounds of every non-empty range lie in the ranges (an inverted range, first > last,
+/// decodes but holds nothing, as agents read it).
+pub fn ic_canister_ranges(data: &[u8]) -> Result<(), IcDecodeError> {
+    let limits = ic_limits();
+    let ranges = decode_canister_ranges(data, &limits)?;
+    let encoded = encode_canister_ranges(&ranges);
+    assert_eq!(
+        decode_canister_ranges(&encoded, &limits),
+        Ok(ranges.clone())
+    );
+    for (first, last) in &ranges {
+        if first.as_slice() <= last.as_slice() {
+            assert!(canister_in_ranges(first, &ranges) && canister_in_ranges(last, &ranges));
+        } else {
+            assert!(!canister_in_ranges(first, &[(*first, *last)]));
+        }
+    }
     Ok(())
 }

@@ -599,6 +599,7 @@ fn seeds() -> Vec<Seed> {
     seeds.extend(ic_request_seeds());
     seeds.extend(ic_tree_and_certificate_seeds());
     seeds.extend(ic_principal_text_seeds());
+    seeds.extend(ic_leaf_seeds());
     seeds
 }
 
@@ -900,6 +901,61 @@ fn ic_principal_text_seeds() -> Vec<Seed> {
         seed(t, "invalid-too-long", format!("{user}-aaaaa")),
         seed(t, "invalid-empty", ""),
         seed(t, "invalid-not-utf8", [0xff, 0xfe]),
+    ]
+}
+
+fn ic_leaf_seeds() -> Vec<Seed> {
+    let t = "ic_time_leaf";
+    let r = "ic_canister_ranges";
+    let mut max = vec![0xff; 9];
+    max.push(0x01);
+    let mut over = vec![0xff; 9];
+    over.push(0x02);
+    let ranges = ic::encode_canister_ranges(&[
+        (
+            Principal::from_canister_index(0),
+            Principal::from_canister_index(0xfffff),
+        ),
+        (
+            Principal::from_canister_index(0x200000),
+            Principal::from_canister_index(0x2fffff),
+        ),
+    ]);
+    let mut long_bound = vec![0x81, 0x82, 0x58, 30];
+    long_bound.extend_from_slice(&[0; 30]);
+    long_bound.push(0x40);
+    vec![
+        seed(t, "valid-zero", ic::encode_time(0)),
+        seed(
+            t,
+            "valid-mainnet",
+            ic::encode_time(1_733_317_186_048_345_409),
+        ),
+        seed(t, "valid-max", max),
+        seed(t, "valid-redundant-zero-group", [0x80, 0x00]),
+        seed(t, "invalid-empty", []),
+        seed(t, "invalid-unterminated", [0x80]),
+        seed(t, "invalid-trailing", [0x05, 0x00]),
+        seed(t, "invalid-too-long", [0xff; 11]),
+        seed(t, "invalid-overflow", over),
+        seed(r, "valid", ranges.clone()),
+        seed(r, "valid-untagged", ranges[3..].to_vec()),
+        seed(r, "valid-empty", ic::encode_canister_ranges(&[])),
+        // An inverted range (first > last) decodes and holds nothing (found by fuzzing: the
+        // target once assumed every range held its own bounds).
+        seed(
+            r,
+            "valid-inverted-range",
+            ic::encode_canister_ranges(&[(
+                Principal::from_canister_index(9),
+                Principal::from_canister_index(2),
+            )]),
+        ),
+        seed(r, "invalid-not-array", [0x01]),
+        seed(r, "invalid-not-pair", [0x81, 0x81, 0x40]),
+        seed(r, "invalid-bound-type", [0x81, 0x82, 0x40, 0x01]),
+        seed(r, "invalid-long-bound", long_bound),
+        seed(r, "invalid-truncated", ranges[..ranges.len() - 1].to_vec()),
     ]
 }
 

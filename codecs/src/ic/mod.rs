@@ -11,6 +11,8 @@
 //!   id and the exact bytes each signature must cover; signatures are verified elsewhere.
 //! - [`response`]: status, query, call, reject and read_state bodies, and the bytes a node signs
 //!   for a query response.
+//! - [`leaves`]: the `/time` (LEB128) and `/subnet/<id>/canister_ranges` (CBOR) leaves of the
+//!   certified state tree.
 //! - [`tree`]: [`HashTree`] (certified data): encoding, decoding, root hash, lookup, and pruned
 //!   witnesses of a [`LabeledTree`] for read_state; [`Certificate`]s.
 //!
@@ -22,6 +24,7 @@
 pub mod cbor;
 pub mod error;
 pub mod hash;
+pub mod leaves;
 pub mod limits;
 pub mod principal;
 pub mod request;
@@ -37,6 +40,9 @@ pub use cbor::{
 };
 pub use error::IcDecodeError;
 pub use hash::{hash_value, Hash, RequestId};
+pub use leaves::{
+    canister_in_ranges, decode_canister_ranges, decode_time, encode_canister_ranges, encode_time,
+};
 pub use limits::IcLimits;
 pub use principal::{Principal, PrincipalError};
 pub use request::{

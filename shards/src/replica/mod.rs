@@ -1,0 +1,13 @@
+//! The reference replica behind the public HTTP API (issue 5): a small, deterministic replica
+//! that makes the networking layer's whole path real for unmodified IC agents. It is a reference
+//! driver, not a fault-tolerant consensus protocol.
+//!
+//! - [`bls`]: the subnet's BLS12-381 key in the IC's min-sig scheme (hash-to-curve with the
+//!   IC's tag, signatures in G1, keys in G2), its DER encoding, the subnet id it names, and the
+//!   secret key file.
+//! - [`certification`]: signing each height's state tree once and cutting certificates (pruned
+//!   witness + signature) for the paths a reader asks for; the verifier agents' checks amount to
+//!   (delegation, root hash, signature, `/time` skew), used by tests.
+
+pub mod bls;
+pub mod certification;
