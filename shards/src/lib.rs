@@ -12,6 +12,7 @@ pub mod p2p;
 pub mod p2p_metrics;
 pub mod peer_manager;
 pub mod pool;
+pub mod replica;
 pub mod runtime;
 pub mod signal;
 pub mod state_sync;
