@@ -31,6 +31,10 @@ use std::path::{Path, PathBuf};
 
 use candid::de::DecoderConfig;
 use candid::utils::{ArgumentDecoder, ArgumentEncoder};
+use icn_codecs::canister_state::{
+    decode_counter_state, decode_kv_state, encode_counter_state, encode_kv_state,
+    CanisterStateError, KvStateLimits,
+};
 use icn_codecs::ic::principal::Principal;
 use icn_tuning::CanistersTuning;
 use serde_bytes::ByteBuf;
@@ -140,6 +144,16 @@ impl CanisterLimits {
             kv_list_keys_max: tuning.kv_list_keys_max,
             candid_decoding_cost_max: tuning.candid_decoding_cost_max,
             candid_skipping_cost_max: tuning.candid_skipping_cost_max,
+        }
+    }
+
+    /// The bounds a key-value state file from a peer must respect: the ones our puts enforce.
+    pub fn kv_state_limits(&self) -> KvStateLimits {
+        KvStateLimits {
+            key_bytes_max: self.kv_key_bytes_max,
+            value_bytes_max: self.kv_value_bytes_max,
+            keys_max: self.kv_keys_max,
+            store_bytes_max: self.kv_store_bytes_max,
         }
     }
 
@@ -488,11 +502,6 @@ fn candid_interface(arg: &[u8], config: &DecoderConfig, did: &str) -> MethodResu
 
 // ----- State files -----
 
-/// First bytes of every state file: a magic, the format version, then the canister kind.
-const STATE_MAGIC: &[u8; 4] = b"ICNC";
-const STATE_VERSION: u8 = 1;
-const STATE_KIND_COUNTER: u8 = 1;
-const STATE_KIND_KV: u8 = 2;
 /// Domain separator of the state hash, so it can never equal a hash of anything else.
 const STATE_HASH_DOMAIN: &[u8] = b"\x14icn-canisters-state";
 
@@ -509,8 +518,13 @@ pub struct StateFile {
 pub enum StateError {
     #[error("canister state file {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
-    #[error("canister state file {name}: {reason}")]
-    Invalid { name: String, reason: String },
+    #[error("canister state file {name}: missing")]
+    Missing { name: String },
+    #[error("canister state file {name}: {source}")]
+    Invalid {
+        name: String,
+        source: CanisterStateError,
+    },
 }
 
 impl Canisters {
@@ -521,17 +535,8 @@ impl Canisters {
 
     /// Every canister's state as deterministic bytes, in [`Canisters::canister_ids`] order.
     pub fn state_files(&self) -> Vec<StateFile> {
-        let mut counter = state_header(STATE_KIND_COUNTER);
-        counter.extend_from_slice(&self.counter.value.to_le_bytes());
-        let mut kv = state_header(STATE_KIND_KV);
-        kv.reserve(8 + self.kv.bytes + 8 * self.kv.entries.len());
-        kv.extend_from_slice(&(self.kv.entries.len() as u64).to_le_bytes());
-        for (key, value) in &self.kv.entries {
-            kv.extend_from_slice(&(key.len() as u32).to_le_bytes());
-            kv.extend_from_slice(key.as_bytes());
-            kv.extend_from_slice(&(value.len() as u32).to_le_bytes());
-            kv.extend_from_slice(value);
-        }
+        let counter = encode_counter_state(self.counter.value);
+        let kv = encode_kv_state(&self.kv.entries);
         vec![
             StateFile {
                 name: Canisters::state_file_name(&counter_canister_id()),
@@ -571,26 +576,21 @@ impl Canisters {
             files
                 .iter()
                 .find(|file| file.name == name)
-                .ok_or_else(|| StateError::Invalid {
-                    name,
-                    reason: "missing".to_string(),
-                })
+                .ok_or(StateError::Missing { name })
         };
         let counter_file = find(&counter_canister_id())?;
         let kv_file = find(&kv_canister_id())?;
-        let counter =
-            decode_counter(&counter_file.bytes).map_err(|reason| StateError::Invalid {
-                name: counter_file.name.clone(),
-                reason,
-            })?;
-        let kv = decode_kv(&kv_file.bytes, &limits).map_err(|reason| StateError::Invalid {
-            name: kv_file.name.clone(),
-            reason,
-        })?;
+        let invalid = |file: &StateFile| {
+            let name = file.name.clone();
+            move |source| StateError::Invalid { name, source }
+        };
+        let value = decode_counter_state(&counter_file.bytes).map_err(invalid(counter_file))?;
+        let (entries, bytes) =
+            decode_kv_state(&kv_file.bytes, &limits.kv_state_limits()).map_err(invalid(kv_file))?;
         Ok(Canisters {
             limits,
-            counter,
-            kv,
+            counter: Counter { value },
+            kv: KvStore { entries, bytes },
         })
     }
 
@@ -607,7 +607,7 @@ impl Canisters {
     /// Loads the state [`Canisters::write_state`] wrote. A file larger than the limits allow is
     /// refused from its length, before it is read.
     pub fn read_state(dir: &Path, limits: CanisterLimits) -> Result<Canisters, StateError> {
-        let size_max = kv_file_bytes_max(&limits);
+        let size_max = limits.kv_state_limits().file_bytes_max();
         let mut files = Vec::with_capacity(2);
         for canister in Canisters::canister_ids() {
             let name = Canisters::state_file_name(&canister);
@@ -620,23 +620,6 @@ impl Canisters {
         }
         Canisters::from_state_files(limits, &files)
     }
-}
-
-fn state_header(kind: u8) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(16);
-    bytes.extend_from_slice(STATE_MAGIC);
-    bytes.push(STATE_VERSION);
-    bytes.push(kind);
-    bytes
-}
-
-/// The largest key-value state file the limits allow (every key with its two length prefixes
-/// beside the data); also a generous bound for the counter's 14 bytes.
-fn kv_file_bytes_max(limits: &CanisterLimits) -> u64 {
-    let header = (STATE_MAGIC.len() + 2 + 8) as u64;
-    header
-        .saturating_add(limits.kv_store_bytes_max as u64)
-        .saturating_add((limits.kv_keys_max as u64).saturating_mul(8))
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
@@ -660,114 +643,6 @@ fn read_bounded(path: &Path, size_max: u64) -> io::Result<Vec<u8>> {
     // `take` guards against a file that grows between the length check and the read.
     file.take(size_max).read_to_end(&mut bytes)?;
     Ok(bytes)
-}
-
-/// A cursor over a state file that fails, never panics, on truncated input.
-struct StateReader<'a> {
-    bytes: &'a [u8],
-}
-
-impl<'a> StateReader<'a> {
-    fn take(&mut self, len: usize, what: &str) -> Result<&'a [u8], String> {
-        if self.bytes.len() < len {
-            return Err(format!(
-                "truncated {what}: {len} bytes needed, {} left",
-                self.bytes.len()
-            ));
-        }
-        let (head, rest) = self.bytes.split_at(len);
-        self.bytes = rest;
-        Ok(head)
-    }
-
-    fn u32(&mut self, what: &str) -> Result<u32, String> {
-        let bytes = self.take(4, what)?;
-        Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
-    }
-
-    fn u64(&mut self, what: &str) -> Result<u64, String> {
-        let mut array = [0; 8];
-        array.copy_from_slice(self.take(8, what)?);
-        Ok(u64::from_le_bytes(array))
-    }
-
-    fn header(&mut self, kind: u8) -> Result<(), String> {
-        let header = self.take(STATE_MAGIC.len() + 2, "header")?;
-        if &header[..4] != STATE_MAGIC {
-            return Err("not a canister state file (bad magic)".to_string());
-        }
-        if header[4] != STATE_VERSION {
-            return Err(format!("unknown format version {}", header[4]));
-        }
-        if header[5] != kind {
-            return Err(format!("canister kind {}, expected {kind}", header[5]));
-        }
-        Ok(())
-    }
-
-    fn finish(self) -> Result<(), String> {
-        if self.bytes.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("{} trailing bytes", self.bytes.len()))
-        }
-    }
-}
-
-fn decode_counter(bytes: &[u8]) -> Result<Counter, String> {
-    let mut reader = StateReader { bytes };
-    reader.header(STATE_KIND_COUNTER)?;
-    let value = reader.u64("counter value")?;
-    reader.finish()?;
-    Ok(Counter { value })
-}
-
-fn decode_kv(bytes: &[u8], limits: &CanisterLimits) -> Result<KvStore, String> {
-    let mut reader = StateReader { bytes };
-    reader.header(STATE_KIND_KV)?;
-    let count = reader.u64("key count")?;
-    if count > limits.kv_keys_max as u64 {
-        return Err(format!(
-            "{count} keys, over the limit of {}",
-            limits.kv_keys_max
-        ));
-    }
-    let mut store = KvStore::default();
-    for _ in 0..count {
-        let key_len = reader.u32("key length")? as usize;
-        if key_len > limits.kv_key_bytes_max {
-            return Err(format!(
-                "key of {key_len} bytes, over the limit of {}",
-                limits.kv_key_bytes_max
-            ));
-        }
-        let key = std::str::from_utf8(reader.take(key_len, "key")?)
-            .map_err(|_| "key is not UTF-8".to_string())?;
-        let value_len = reader.u32("value length")? as usize;
-        if value_len > limits.kv_value_bytes_max {
-            return Err(format!(
-                "value of {value_len} bytes, over the limit of {}",
-                limits.kv_value_bytes_max
-            ));
-        }
-        let value = reader.take(value_len, "value")?;
-        // Strictly increasing keys: the one encoding `state_files` writes, with no duplicates.
-        if let Some((last, _)) = store.entries.last_key_value() {
-            if last.as_str() >= key {
-                return Err(format!("key {key:?} out of order"));
-            }
-        }
-        store.bytes += key_len + value_len;
-        if store.bytes > limits.kv_store_bytes_max {
-            return Err(format!(
-                "over {} bytes of keys and values, the store's limit",
-                limits.kv_store_bytes_max
-            ));
-        }
-        store.entries.insert(key.to_string(), value.to_vec());
-    }
-    reader.finish()?;
-    Ok(store)
 }
 
 impl fmt::Display for CallOutcome {
