@@ -517,3 +517,49 @@ fn state_decoding_never_panics_on_truncated_or_shuffled_bytes() {
     );
     assert!(refused > 100);
 }
+
+/// The arguments of remote callers go straight into Candid: every truncation and every single
+/// bit flip of a valid argument to every method must give a reply or a reject, never a panic,
+/// and a reject must leave the state as it was.
+#[test]
+fn mutated_arguments_never_panic_and_rejects_change_nothing() {
+    let counter = counter_canister_id();
+    let kv = kv_canister_id();
+    let calls: Vec<(Principal, &str, Vec<u8>)> = vec![
+        (counter, "get", Encode!().unwrap()),
+        (counter, "add", Encode!(&3u64).unwrap()),
+        (kv, "get", Encode!(&"key").unwrap()),
+        (
+            kv,
+            "put",
+            Encode!(&"key", &serde_bytes::Bytes::new(b"value")).unwrap(),
+        ),
+        (kv, "delete", Encode!(&"key").unwrap()),
+        (kv, "list", Encode!(&Some("a"), &3u32).unwrap()),
+    ];
+    let mut base = Canisters::new(small_limits());
+    reply(put(&mut base, "key", b"old"));
+    let mut executed = 0;
+    for (canister, method, arg) in calls {
+        let mut variants: Vec<Vec<u8>> = (0..arg.len()).map(|len| arg[..len].to_vec()).collect();
+        for position in 0..arg.len() {
+            for bit in 0..8 {
+                let mut flipped = arg.clone();
+                flipped[position] ^= 1 << bit;
+                variants.push(flipped);
+            }
+        }
+        for variant in variants {
+            let mut canisters = base.clone();
+            match canisters.execute(&canister, method, &variant, CallKind::Update) {
+                CallOutcome::Reply(_) => {}
+                CallOutcome::Reject(reject) => {
+                    assert_eq!(canisters, base, "{method} {variant:?}: {}", reject.message);
+                    assert!(!reject.message.is_empty());
+                }
+            }
+            executed += 1;
+        }
+    }
+    assert!(executed > 500);
+}
