@@ -183,11 +183,29 @@ pub struct KvDepths {
     pub bytes: usize,
 }
 
-/// Whether a method may change state. Query methods may also be called as updates.
+/// A resolved method. Queries and updates are separate types so that the dispatch of each is
+/// exhaustive and a query can only reach code that borrows the canisters immutably.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum MethodMode {
-    Query,
-    Update,
+enum Method {
+    Query(QueryMethod),
+    Update(UpdateMethod),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum QueryMethod {
+    CounterGet,
+    KvGet,
+    KvList,
+    /// `__get_candid_interface_tmp_hack`, with the canister's interface text.
+    CandidInterface(&'static str),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum UpdateMethod {
+    CounterIncrement,
+    CounterAdd,
+    KvPut,
+    KvDelete,
 }
 
 /// The counter canister: one `nat64`.
@@ -267,135 +285,85 @@ impl Canisters {
     /// Executes a query call. Borrowing `self` immutably is what guarantees a query never
     /// changes state.
     pub fn query(&self, canister: &Principal, method: &str, arg: &[u8]) -> CallOutcome {
-        let result = match self.resolve(canister, method, CallKind::Query) {
-            Ok(_) => self.run_query(canister, method, arg),
+        let result = match resolve(canister, method, CallKind::Query) {
+            Ok(Method::Query(query)) => self.run_query(query, arg),
+            // An update method has no query export, so the IC reports it as missing.
+            Ok(Method::Update(_)) => {
+                return CallOutcome::Reject(method_not_found(canister, method, CallKind::Query))
+            }
             Err(reject) => return CallOutcome::Reject(reject),
         };
         outcome(canister, result)
     }
 
     fn update(&mut self, canister: &Principal, method: &str, arg: &[u8]) -> CallOutcome {
-        let result = match self.resolve(canister, method, CallKind::Update) {
-            Ok(MethodMode::Query) => self.run_query(canister, method, arg),
-            Ok(MethodMode::Update) => self.run_update(canister, method, arg),
+        let result = match resolve(canister, method, CallKind::Update) {
+            Ok(Method::Query(query)) => self.run_query(query, arg),
+            Ok(Method::Update(update)) => self.run_update(update, arg),
             Err(reject) => return CallOutcome::Reject(reject),
         };
         outcome(canister, result)
     }
 
-    /// Finds a method and checks it may be called this way, with the IC's rejects otherwise.
-    fn resolve(
-        &self,
-        canister: &Principal,
-        method: &str,
-        kind: CallKind,
-    ) -> Result<MethodMode, Reject> {
-        let methods: &[(&str, MethodMode)] = if *canister == counter_canister_id() {
-            &[
-                ("get", MethodMode::Query),
-                ("increment", MethodMode::Update),
-                ("add", MethodMode::Update),
-                (CANDID_INTERFACE_METHOD, MethodMode::Query),
-            ]
-        } else if *canister == kv_canister_id() {
-            &[
-                ("get", MethodMode::Query),
-                ("put", MethodMode::Update),
-                ("delete", MethodMode::Update),
-                ("list", MethodMode::Query),
-                (CANDID_INTERFACE_METHOD, MethodMode::Query),
-            ]
-        } else {
-            return Err(Reject {
-                code: RejectCode::DestinationInvalid,
-                message: format!("Canister {canister} not found"),
-                error_code: "IC0301",
-            });
+    fn run_query(&self, method: QueryMethod, arg: &[u8]) -> MethodResult {
+        let config = self.limits.decoder_config();
+        match method {
+            QueryMethod::CounterGet => {
+                decode::<()>(arg, &config)?;
+                encode((self.counter.value,))
+            }
+            QueryMethod::KvGet => {
+                let (key,) = decode::<(String,)>(arg, &config)?;
+                let value = self
+                    .kv
+                    .entries
+                    .get(&key)
+                    .map(|v| serde_bytes::Bytes::new(v));
+                encode((value,))
+            }
+            QueryMethod::KvList => {
+                let (cursor, count) = decode::<(Option<String>, u32)>(arg, &config)?;
+                encode((self.kv_list(cursor.as_deref(), count),))
+            }
+            QueryMethod::CandidInterface(did) => {
+                decode::<()>(arg, &config)?;
+                encode((did,))
+            }
+        }
+    }
+
+    fn run_update(&mut self, method: UpdateMethod, arg: &[u8]) -> MethodResult {
+        let config = self.limits.decoder_config();
+        match method {
+            UpdateMethod::CounterIncrement => {
+                decode::<()>(arg, &config)?;
+                self.counter_add(1)
+            }
+            UpdateMethod::CounterAdd => {
+                let (amount,) = decode::<(u64,)>(arg, &config)?;
+                self.counter_add(amount)
+            }
+            UpdateMethod::KvPut => {
+                let (key, value) = decode::<(String, ByteBuf)>(arg, &config)?;
+                self.kv_put(key, value.into_vec())?;
+                encode(())
+            }
+            UpdateMethod::KvDelete => {
+                let (key,) = decode::<(String,)>(arg, &config)?;
+                encode((self.kv_delete(&key),))
+            }
+        }
+    }
+
+    fn counter_add(&mut self, amount: u64) -> MethodResult {
+        let Some(value) = self.counter.value.checked_add(amount) else {
+            return Err(MethodError::Trap(format!(
+                "counter overflow: {} + {amount} does not fit in nat64",
+                self.counter.value
+            )));
         };
-        let mode = methods
-            .iter()
-            .find(|(name, _)| *name == method)
-            .map(|(_, mode)| *mode);
-        match (mode, kind) {
-            (Some(mode), CallKind::Update) => Ok(mode),
-            (Some(MethodMode::Query), CallKind::Query) => Ok(MethodMode::Query),
-            // An update method has no query export, so the IC reports it as missing.
-            (Some(MethodMode::Update), CallKind::Query) | (None, _) => Err(Reject {
-                code: RejectCode::DestinationInvalid,
-                message: format!(
-                    "Canister {canister} has no {} method '{}'",
-                    match kind {
-                        CallKind::Query => "query",
-                        CallKind::Update => "update",
-                    },
-                    method.escape_debug()
-                ),
-                error_code: "IC0536",
-            }),
-        }
-    }
-
-    fn run_query(&self, canister: &Principal, method: &str, arg: &[u8]) -> MethodResult {
-        let config = self.limits.decoder_config();
-        if *canister == counter_canister_id() {
-            match method {
-                "get" => {
-                    decode::<()>(arg, &config)?;
-                    encode((self.counter.value,))
-                }
-                _ => candid_interface(arg, &config, COUNTER_DID),
-            }
-        } else {
-            match method {
-                "get" => {
-                    let (key,) = decode::<(String,)>(arg, &config)?;
-                    let value = self
-                        .kv
-                        .entries
-                        .get(&key)
-                        .map(|v| serde_bytes::Bytes::new(v));
-                    encode((value,))
-                }
-                "list" => {
-                    let (cursor, count) = decode::<(Option<String>, u32)>(arg, &config)?;
-                    encode((self.kv_list(cursor.as_deref(), count),))
-                }
-                _ => candid_interface(arg, &config, KV_DID),
-            }
-        }
-    }
-
-    fn run_update(&mut self, canister: &Principal, method: &str, arg: &[u8]) -> MethodResult {
-        let config = self.limits.decoder_config();
-        if *canister == counter_canister_id() {
-            let amount = match method {
-                "increment" => {
-                    decode::<()>(arg, &config)?;
-                    1
-                }
-                _ => decode::<(u64,)>(arg, &config)?.0,
-            };
-            let Some(value) = self.counter.value.checked_add(amount) else {
-                return Err(MethodError::Trap(format!(
-                    "counter overflow: {} + {amount} does not fit in nat64",
-                    self.counter.value
-                )));
-            };
-            self.counter.value = value;
-            encode((value,))
-        } else {
-            match method {
-                "put" => {
-                    let (key, value) = decode::<(String, ByteBuf)>(arg, &config)?;
-                    self.kv_put(key, value.into_vec())?;
-                    encode(())
-                }
-                _ => {
-                    let (key,) = decode::<(String,)>(arg, &config)?;
-                    encode((self.kv_delete(&key),))
-                }
-            }
-        }
+        self.counter.value = value;
+        encode((value,))
     }
 
     /// Keys strictly after `cursor` (from the first key without one), at most `count` and at most
@@ -461,6 +429,42 @@ impl Canisters {
     }
 }
 
+/// Finds a method by canister and name, with the IC's rejects for a missing canister or method.
+fn resolve(canister: &Principal, method: &str, kind: CallKind) -> Result<Method, Reject> {
+    let methods: &[(&str, Method)] = if *canister == counter_canister_id() {
+        &[
+            ("get", Method::Query(QueryMethod::CounterGet)),
+            ("increment", Method::Update(UpdateMethod::CounterIncrement)),
+            ("add", Method::Update(UpdateMethod::CounterAdd)),
+            (
+                CANDID_INTERFACE_METHOD,
+                Method::Query(QueryMethod::CandidInterface(COUNTER_DID)),
+            ),
+        ]
+    } else if *canister == kv_canister_id() {
+        &[
+            ("get", Method::Query(QueryMethod::KvGet)),
+            ("put", Method::Update(UpdateMethod::KvPut)),
+            ("delete", Method::Update(UpdateMethod::KvDelete)),
+            ("list", Method::Query(QueryMethod::KvList)),
+            (
+                CANDID_INTERFACE_METHOD,
+                Method::Query(QueryMethod::CandidInterface(KV_DID)),
+            ),
+        ]
+    } else {
+        return Err(Reject {
+            code: RejectCode::DestinationInvalid,
+            message: format!("Canister {canister} not found"),
+            error_code: "IC0301",
+        });
+    };
+    match methods.iter().find(|(name, _)| *name == method) {
+        Some((_, found)) => Ok(*found),
+        None => Err(method_not_found(canister, method, kind)),
+    }
+}
+
 /// Turns a method's result into the IC's outcome, naming the canister as the IC's messages do.
 fn outcome(canister: &Principal, result: MethodResult) -> CallOutcome {
     match result {
@@ -495,9 +499,20 @@ fn encode<Args: ArgumentEncoder>(reply: Args) -> MethodResult {
         .map_err(|error| MethodError::Trap(format!("failed to encode the reply: {error}")))
 }
 
-fn candid_interface(arg: &[u8], config: &DecoderConfig, did: &str) -> MethodResult {
-    decode::<()>(arg, config)?;
-    encode((did,))
+/// The IC's reject for a method the canister does not export for this kind of call.
+fn method_not_found(canister: &Principal, method: &str, kind: CallKind) -> Reject {
+    let kind = match kind {
+        CallKind::Query => "query",
+        CallKind::Update => "update",
+    };
+    Reject {
+        code: RejectCode::DestinationInvalid,
+        message: format!(
+            "Canister {canister} has no {kind} method '{}'",
+            method.escape_debug()
+        ),
+        error_code: "IC0536",
+    }
 }
 
 // ----- State files -----
