@@ -320,6 +320,43 @@ fn hostile_arguments_hit_the_decoding_bounds() {
     arg.extend_from_slice(&[0x80, 0x80, 0x80, 0x80, 0x10]);
     let refused = reject(canisters.query(&kv, "get", &arg));
     assert_eq!(refused.code, RejectCode::CanisterError);
+    // Nested `opt` types with a value nested as deep: a shallow one fails the type check, a deep
+    // one is refused while the type table is parsed, before any recursion over the value.
+    for depth in [3, 10_000] {
+        let refused = reject(canisters.query(&kv, "get", &nested_opt_arg(depth)));
+        assert_eq!(refused.code, RejectCode::CanisterError, "depth {depth}");
+        assert!(
+            refused.message.contains("failed to decode"),
+            "{}",
+            refused.message
+        );
+    }
+}
+
+/// `DIDL` with `depth` chained `opt` types ending in `text`, and a value of that type.
+fn nested_opt_arg(depth: u32) -> Vec<u8> {
+    let mut arg = b"DIDL".to_vec();
+    leb128(&mut arg, depth);
+    for index in 1..depth {
+        arg.push(0x6e);
+        leb128(&mut arg, index);
+    }
+    arg.extend_from_slice(&[0x6e, 0x71, 0x01, 0x00]);
+    arg.extend(std::iter::repeat_n(0x01, depth as usize));
+    arg.extend_from_slice(b"\x01k");
+    arg
+}
+
+fn leb128(out: &mut Vec<u8>, mut value: u32) {
+    loop {
+        let byte = (value & 0x7f) as u8;
+        value >>= 7;
+        if value == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
 }
 
 #[test]
