@@ -9,6 +9,10 @@
 //! Re-encoding is compared by value, not by bytes: many byte layouts are valid FlatBuffers for
 //! the same value, and the fuzzer finds them.
 
+use crate::canister_state::{
+    decode_counter_state, decode_kv_state, encode_counter_state, encode_kv_state,
+    CanisterStateError, KvStateLimits,
+};
 use crate::encoder::Encoder;
 use crate::envelope::{
     decode_cancel, decode_frame, decode_goaway, decode_heartbeat, decode_request, decode_response,
@@ -54,6 +58,8 @@ pub const TARGETS: &[&str] = &[
     "ic_principal_text",
     "ic_time_leaf",
     "ic_canister_ranges",
+    "canister_counter_state",
+    "canister_kv_state",
 ];
 
 /// The error of any target: the frame codecs' or the IC interface codecs'.
@@ -63,10 +69,15 @@ pub enum AnyDecodeError {
     Frame(#[from] DecodeError),
     #[error(transparent)]
     Ic(#[from] IcDecodeError),
+    #[error(transparent)]
+    CanisterState(#[from] CanisterStateError),
 }
 
 /// A target of the IC interface codecs.
 type IcTarget = fn(&[u8]) -> Result<(), IcDecodeError>;
+
+/// A target of the canister state files.
+type StateTarget = fn(&[u8]) -> Result<(), CanisterStateError>;
 
 /// Runs the function named `target` (one of [`TARGETS`]) on `data`; `None` if there is no
 /// such target.
@@ -81,6 +92,14 @@ pub fn run(target: &str, data: &[u8]) -> Option<Result<(), AnyDecodeError>> {
         _ => None,
     };
     if let Some(function) = ic_function {
+        return Some(function(data).map_err(AnyDecodeError::from));
+    }
+    let state_function: Option<StateTarget> = match target {
+        "canister_counter_state" => Some(canister_counter_state),
+        "canister_kv_state" => Some(canister_kv_state),
+        _ => None,
+    };
+    if let Some(function) = state_function {
         return Some(function(data).map_err(AnyDecodeError::from));
     }
     let function: fn(&[u8]) -> Result<(), DecodeError> = match target {
@@ -344,5 +363,23 @@ pub fn ic_canister_ranges(data: &[u8]) -> Result<(), IcDecodeError> {
             assert!(!canister_in_ranges(first, &[(*first, *last)]));
         }
     }
+    Ok(())
+}
+
+/// Decodes a counter state file; on success its encoding is the same bytes (the encoding is
+/// unique).
+pub fn canister_counter_state(data: &[u8]) -> Result<(), CanisterStateError> {
+    let value = decode_counter_state(data)?;
+    assert_eq!(encode_counter_state(value), data);
+    Ok(())
+}
+
+/// Decodes a key-value state file with the default limits; on success its encoding is the same
+/// bytes and within the file size those limits allow.
+pub fn canister_kv_state(data: &[u8]) -> Result<(), CanisterStateError> {
+    let limits = KvStateLimits::default();
+    let (entries, _) = decode_kv_state(data, &limits)?;
+    assert_eq!(encode_kv_state(&entries), data);
+    assert!(data.len() as u64 <= limits.file_bytes_max());
     Ok(())
 }

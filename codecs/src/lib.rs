@@ -27,6 +27,7 @@
 //! values borrow from the input; nothing is copied. Encoders enforce the same limits, so what we
 //! send a peer with our limits accepts. `docs/protocol.md` describes the wire format in full.
 
+pub mod canister_state;
 pub mod encoder;
 pub mod envelope;
 pub mod error;

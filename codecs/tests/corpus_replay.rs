@@ -600,6 +600,7 @@ fn seeds() -> Vec<Seed> {
     seeds.extend(ic_tree_and_certificate_seeds());
     seeds.extend(ic_principal_text_seeds());
     seeds.extend(ic_leaf_seeds());
+    seeds.extend(canister_state_seeds());
     seeds
 }
 
@@ -882,6 +883,65 @@ fn ic_tree_and_certificate_seeds() -> Vec<Seed> {
             c,
             "invalid-truncated",
             with_delegation[..with_delegation.len() / 2].to_vec(),
+        ),
+    ]
+}
+
+fn canister_state_seeds() -> Vec<Seed> {
+    use icn_codecs::canister_state::{encode_counter_state, encode_kv_state};
+    let counter = encode_counter_state(42);
+    let entries: std::collections::BTreeMap<String, Vec<u8>> =
+        [("", &b""[..]), ("a", b"1"), ("key", b"value")]
+            .into_iter()
+            .map(|(key, value)| (key.to_string(), value.to_vec()))
+            .collect();
+    let kv = encode_kv_state(&entries);
+    let mut unordered = kv[..6].to_vec();
+    unordered.extend_from_slice(&2u64.to_le_bytes());
+    for key in [b"b", b"a"] {
+        unordered.extend_from_slice(&1u32.to_le_bytes());
+        unordered.extend_from_slice(key);
+        unordered.extend_from_slice(&0u32.to_le_bytes());
+    }
+    let mut huge_count = kv[..6].to_vec();
+    huge_count.extend_from_slice(&u64::MAX.to_le_bytes());
+    let mut long_key = kv[..6].to_vec();
+    long_key.extend_from_slice(&1u64.to_le_bytes());
+    long_key.extend_from_slice(&u32::MAX.to_le_bytes());
+    let mut trailing = counter.clone();
+    trailing.push(0);
+    vec![
+        seed("canister_counter_state", "valid", counter.clone()),
+        seed(
+            "canister_counter_state",
+            "valid-max",
+            encode_counter_state(u64::MAX),
+        ),
+        seed(
+            "canister_counter_state",
+            "invalid-truncated",
+            counter[..counter.len() - 1].to_vec(),
+        ),
+        seed("canister_counter_state", "invalid-trailing", trailing),
+        seed("canister_counter_state", "invalid-kind", kv.clone()),
+        seed("canister_kv_state", "valid", kv.clone()),
+        seed(
+            "canister_kv_state",
+            "valid-empty",
+            encode_kv_state(&Default::default()),
+        ),
+        seed(
+            "canister_kv_state",
+            "invalid-truncated",
+            kv[..kv.len() - 1].to_vec(),
+        ),
+        seed("canister_kv_state", "invalid-unordered", unordered),
+        seed("canister_kv_state", "invalid-huge-count", huge_count),
+        seed("canister_kv_state", "invalid-long-key", long_key),
+        seed(
+            "canister_kv_state",
+            "invalid-magic",
+            b"XXXX\x01\x02".to_vec(),
         ),
     ]
 }

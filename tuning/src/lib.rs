@@ -37,6 +37,7 @@ pub struct Tuning {
     pub gossip: GossipTuning,
     pub state_sync: StateSyncTuning,
     pub http: HttpTuning,
+    pub canisters: CanistersTuning,
 }
 
 /// Every section, in the order of [`Tuning`]'s fields.
@@ -52,6 +53,7 @@ pub const SECTIONS: &[SectionMeta] = &[
     GossipTuning::SECTION,
     StateSyncTuning::SECTION,
     HttpTuning::SECTION,
+    CanistersTuning::SECTION,
 ];
 
 /// A rule between two integer knobs: `knob` must stand in `relation` to `other`.
@@ -154,6 +156,18 @@ pub const CROSS_RULES: &[CrossRule] = &[
         relation: Relation::AtLeast,
         other: "udp.udp_payload_bytes_max",
         why: "a whole datagram must fit in one pooled buffer",
+    },
+    CrossRule {
+        knob: "canisters.candid_decoding_cost_max",
+        relation: Relation::AtLeast,
+        other: "canisters.kv_value_bytes_max",
+        why: "a put of the largest allowed value would fail to decode",
+    },
+    CrossRule {
+        knob: "canisters.kv_store_bytes_max",
+        relation: Relation::AtLeast,
+        other: "canisters.kv_value_bytes_max",
+        why: "the largest allowed value could never be stored",
     },
 ];
 
@@ -270,6 +284,13 @@ const _: () = {
     // hdrhistogram needs highest >= 2 × lowest; the knobs' ranges (lowest at most 100 µs,
     // latency_max_us at least 1 ms) make that hold for every valid profile, so it is no rule.
     assert!(2 * METRICS_HISTOGRAM_LOWEST_US_DEFAULT <= METRICS_LATENCY_MAX_US_DEFAULT);
+    assert!(CANISTERS_CANDID_DECODING_COST_MAX_DEFAULT >= CANISTERS_KV_VALUE_BYTES_MAX_DEFAULT);
+    assert!(CANISTERS_KV_STORE_BYTES_MAX_DEFAULT >= CANISTERS_KV_VALUE_BYTES_MAX_DEFAULT);
+    // The largest put (key, value and a type table) decodes within the default cost.
+    assert!(
+        CANISTERS_KV_KEY_BYTES_MAX_DEFAULT + CANISTERS_KV_VALUE_BYTES_MAX_DEFAULT + KIB
+            <= CANISTERS_CANDID_DECODING_COST_MAX_DEFAULT
+    );
 };
 
 impl Tuning {
@@ -286,6 +307,7 @@ impl Tuning {
         values.extend(self.gossip.knob_values());
         values.extend(self.state_sync.knob_values());
         values.extend(self.http.knob_values());
+        values.extend(self.canisters.knob_values());
         values
     }
 
@@ -316,6 +338,7 @@ impl Tuning {
         self.gossip.validate_ranges(&mut errors);
         self.state_sync.validate_ranges(&mut errors);
         self.http.validate_ranges(&mut errors);
+        self.canisters.validate_ranges(&mut errors);
         errors.extend(
             CROSS_RULES
                 .iter()

@@ -492,6 +492,42 @@ impl HttpTuning {
     }
 }
 
+section! {
+    /// The reference replica's built-in canisters (a counter and a key-value store). Every value
+    /// here decides whether a call succeeds, so it is part of the replicated state machine: every
+    /// node of a subnet must use the same values or their states diverge.
+    pub struct CanistersTuning in "canisters" {
+        /// Longest key the key-value store accepts, in bytes of UTF-8; a longer key in a put is
+        /// rejected. 1 KiB is far above any sensible key and keeps listing pages small.
+        kv_key_bytes_max: usize in 1..=(64 * KIB) = CANISTERS_KV_KEY_BYTES_MAX_DEFAULT = KIB;
+        /// Largest value the key-value store accepts; a larger one in a put is rejected. 64 KiB
+        /// fits comfortably in one ingress message (the IC allows 2 MiB) while a full store stays
+        /// small enough to checkpoint every few heights.
+        kv_value_bytes_max: usize in 1..=(2 * MIB) = CANISTERS_KV_VALUE_BYTES_MAX_DEFAULT = 64 * KIB;
+        /// Keys the key-value store holds; a put of a new key beyond it is rejected (overwriting
+        /// an existing key still works). Bounds the map's bookkeeping at about 100 bytes per key
+        /// beside the data itself (10 MiB at 100k keys).
+        kv_keys_max: usize in 1..=10_000_000 = CANISTERS_KV_KEYS_MAX_DEFAULT = 100_000;
+        /// Bytes of keys plus values the key-value store holds; a put that would exceed it is
+        /// rejected. This, not keys × largest value, is the store's memory and the size of its
+        /// state file: 64 MiB checkpoints in well under a second.
+        kv_store_bytes_max: usize in KIB..=GIB = CANISTERS_KV_STORE_BYTES_MAX_DEFAULT = 64 * MIB;
+        /// Most keys one `list` call returns, whatever the caller asks for: bounds the work and
+        /// the reply of a single query (1000 keys × 1 KiB = 1 MiB at worst).
+        kv_list_keys_max: u32 in 1..=100_000 = CANISTERS_KV_LIST_KEYS_MAX_DEFAULT = 1_000;
+        /// Work Candid may spend decoding one call's arguments, in its cost units (about one per
+        /// byte of text or blob, more per vector element and type-table byte); past it the call
+        /// fails as a trap. Must cover the largest put (key + value + header), so at least
+        /// kv_value_bytes_max; 256 KiB leaves room over the defaults while a hostile argument
+        /// cannot make a canister allocate or loop for long.
+        candid_decoding_cost_max: usize in KIB..=(64 * MIB) = CANISTERS_CANDID_DECODING_COST_MAX_DEFAULT = 256 * KIB;
+        /// Work Candid may spend skipping argument data no method asks for (extra arguments,
+        /// unknown record fields). 10 000, as Candid recommends for canister endpoints: honest
+        /// agents send nothing to skip.
+        candid_skipping_cost_max: usize in 0..=(64 * MIB) = CANISTERS_CANDID_SKIPPING_COST_MAX_DEFAULT = 10_000;
+    }
+}
+
 impl EngineTuning {
     /// Shards to start: `shard_count`, or one per available core when it is 0.
     pub fn shard_count_effective(&self) -> usize {

@@ -8,6 +8,9 @@
 //! - [`certification`]: signing each height's state tree once and cutting certificates (pruned
 //!   witness + signature) for the paths a reader asks for; the verifier agents' checks amount to
 //!   (delegation, root hash, signature, `/time` skew), used by tests.
+//! - [`canisters`]: the built-in native canisters (a counter and a key-value store) with Candid
+//!   interfaces, executed deterministically, and their state files.
 
 pub mod bls;
+pub mod canisters;
 pub mod certification;
