@@ -10,6 +10,11 @@ use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::process::Command;
 
+use icn_engine::shard::Shutdown;
+use icn_shards::node::run_node;
+use icn_shards::node_config::NodeConfig;
+use icn_shards::subnet::scrape;
+
 use crate::subnet::random_u64;
 
 /// Tools the namespace tests need, with the package that provides them on Debian.
@@ -585,6 +590,71 @@ pub fn enter_netns(netns: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// `icn node`s running in mesh namespaces, one thread each: the thread enters its node's
+/// namespace, then calls [`run_node`] (the code path of `icn node --config FILE`), so the shard
+/// threads it spawns inherit the namespace. Dropping it stops every node and waits for its
+/// thread; a node that failed fails the test (unless it is already panicking).
+pub struct MeshNodes {
+    shutdown: Shutdown,
+    threads: Vec<(usize, std::thread::JoinHandle<Result<(), String>>)>,
+    pub started: std::time::Instant,
+}
+
+impl MeshNodes {
+    pub fn start(mesh_nodes: &[MeshNode], configs: Vec<NodeConfig>) -> MeshNodes {
+        let shutdown = Shutdown::new();
+        let started = std::time::Instant::now();
+        let threads = mesh_nodes
+            .iter()
+            .zip(configs)
+            .enumerate()
+            .map(|(index, (node, config))| {
+                let (netns, shutdown) = (node.netns.clone(), shutdown.clone());
+                let thread = std::thread::spawn(move || {
+                    enter_netns(&netns)?;
+                    run_node(&config, shutdown).map_err(|e| e.to_string())
+                });
+                (index, thread)
+            })
+            .collect();
+        MeshNodes {
+            shutdown,
+            threads,
+            started,
+        }
+    }
+}
+
+impl Drop for MeshNodes {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+        let mut failures = Vec::new();
+        for (index, thread) in self.threads.drain(..) {
+            match thread.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => failures.push(format!("node {index}: {error}")),
+                Err(_) => failures.push(format!("node {index}: its thread panicked")),
+            }
+        }
+        if !failures.is_empty() && !std::thread::panicking() {
+            panic!("nodes failed: {}", failures.join("; "));
+        }
+    }
+}
+
+/// `GET /metrics` of the node in `node`'s namespace, on its loopback at `port`, from a thread
+/// inside that namespace: the exposition text, or None if it did not answer.
+pub fn scrape_metrics_in(node: &MeshNode, port: u16) -> Option<String> {
+    let netns = node.netns.clone();
+    std::thread::spawn(move || {
+        enter_netns(&netns).ok()?;
+        scrape(std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+    })
+    .join()
+    .ok()
+    .flatten()
 }
 
 #[cfg(test)]

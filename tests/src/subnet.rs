@@ -165,3 +165,20 @@ impl LocalSubnet {
 pub fn identity_dir(dir: &Path, node: usize) -> PathBuf {
     dir.join(format!("node-{node}"))
 }
+
+/// Copies a directory tree with every file hardlinked (stores of checkpoints, whose files are
+/// never written in place, so N nodes can hold one state for the disk cost of one).
+pub fn link_copy(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("{}: {e}", to.display()));
+    let entries = std::fs::read_dir(from).unwrap_or_else(|e| panic!("{}: {e}", from.display()));
+    for entry in entries {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            link_copy(&entry.path(), &target);
+        } else {
+            std::fs::hard_link(entry.path(), &target)
+                .unwrap_or_else(|e| panic!("{}: {e}", target.display()));
+        }
+    }
+}

@@ -37,12 +37,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use icn_engine::registry::{Registry, SubnetId};
-use icn_engine::shard::Shutdown;
-use icn_shards::node::run_node;
 use icn_shards::node_config::{NodeConfig, TransportKind};
 use icn_shards::p2p::{WorkloadConfig, KINDS};
-use icn_shards::subnet::scrape;
-use icn_tests::netns::{self, enter_netns, MeshNode, NetnsMesh};
+use icn_tests::netns::{self, scrape_metrics_in, MeshNode, MeshNodes, NetnsMesh};
 use icn_tests::subnet::TestDir;
 
 const NODES: usize = 5;
@@ -122,7 +119,7 @@ fn five_nodes_deliver_everything_through_loss_and_a_partition() {
         mesh.nodes[0].addr, mesh.hub
     );
     // Dropped before `mesh`: the nodes stop (on panics too) before their namespaces go.
-    let nodes = Nodes::start(&mesh.nodes, configs);
+    let nodes = MeshNodes::start(&mesh.nodes, configs);
     let started = nodes.started;
 
     let connected = wait_for(&mesh.nodes, CONNECT_TIME_MAX, mesh_is_whole)
@@ -212,67 +209,9 @@ fn node_config(dir: &Path, index: usize, subnet_id: &SubnetId, tuning: &Path) ->
     }
 }
 
-/// The running nodes; dropping them stops them and waits for their threads.
-struct Nodes {
-    shutdown: Shutdown,
-    threads: Vec<(usize, thread::JoinHandle<Result<(), String>>)>,
-    started: Instant,
-}
-
-impl Nodes {
-    fn start(mesh_nodes: &[MeshNode], configs: Vec<NodeConfig>) -> Nodes {
-        let shutdown = Shutdown::new();
-        let started = Instant::now();
-        let threads = mesh_nodes
-            .iter()
-            .zip(configs)
-            .enumerate()
-            .map(|(index, (node, config))| {
-                let (netns, shutdown) = (node.netns.clone(), shutdown.clone());
-                // The shard threads run_node spawns inherit this thread's namespace.
-                let thread = thread::spawn(move || {
-                    enter_netns(&netns)?;
-                    run_node(&config, shutdown).map_err(|e| e.to_string())
-                });
-                (index, thread)
-            })
-            .collect();
-        Nodes {
-            shutdown,
-            threads,
-            started,
-        }
-    }
-}
-
-impl Drop for Nodes {
-    fn drop(&mut self) {
-        self.shutdown.trigger();
-        let mut failures = Vec::new();
-        for (index, thread) in self.threads.drain(..) {
-            match thread.join() {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => failures.push(format!("node {index}: {error}")),
-                Err(_) => failures.push(format!("node {index}: its thread panicked")),
-            }
-        }
-        if !failures.is_empty() && !thread::panicking() {
-            panic!("nodes failed: {}", failures.join("; "));
-        }
-    }
-}
-
 /// GET /metrics of `node` from a thread inside its namespace.
 fn scrape_node(node: &MeshNode) -> Option<Reading> {
-    let netns = node.netns.clone();
-    thread::spawn(move || {
-        enter_netns(&netns).ok()?;
-        scrape(SocketAddr::from((Ipv4Addr::LOCALHOST, METRICS_PORT)))
-    })
-    .join()
-    .ok()
-    .flatten()
-    .map(|text| parse_reading(&text))
+    scrape_metrics_in(node, METRICS_PORT).map(|text| parse_reading(&text))
 }
 
 fn read_all(nodes: &[MeshNode]) -> Vec<Option<Reading>> {

@@ -21,16 +21,13 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use icn_engine::registry::{Registry, SubnetId};
-use icn_engine::shard::Shutdown;
-use icn_shards::node::run_node;
 use icn_shards::node_config::{NodeConfig, TransportKind};
 use icn_shards::p2p::{unix_us, WorkloadConfig};
 use icn_shards::state_sync::reference::StateWorkloadConfig;
 use icn_shards::state_sync::store::CheckpointStore;
 use icn_shards::state_sync::synthetic::write_state;
-use icn_shards::subnet::scrape;
-use icn_tests::netns::{self, enter_netns, MeshNode, NetnsMesh};
-use icn_tests::subnet::TestDir;
+use icn_tests::netns::{self, scrape_metrics_in, MeshNode, MeshNodes, NetnsMesh};
+use icn_tests::subnet::{link_copy, TestDir};
 
 const SOURCES: usize = 3;
 const NODES: usize = SOURCES + 1;
@@ -127,7 +124,7 @@ fn a_joiner_syncs_from_three_capped_peers_at_link_speed() {
     for config in &configs[..SOURCES] {
         link_copy(&template, &config.state_dir);
     }
-    let nodes = Nodes::start(&mesh.nodes, configs);
+    let nodes = MeshNodes::start(&mesh.nodes, configs);
     let joiner = &mesh.nodes[JOINER];
 
     // Every 100 ms: when did the joiner pass 10% and 90% of the state, and with what count.
@@ -194,20 +191,6 @@ fn a_joiner_syncs_from_three_capped_peers_at_link_speed() {
     );
 }
 
-/// Copies a store directory with hardlinked files (checkpoint files are never written in place).
-fn link_copy(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            link_copy(&entry.path(), &target);
-        } else {
-            std::fs::hard_link(entry.path(), &target).unwrap();
-        }
-    }
-}
-
 /// Identities, the registry (each node at its mesh address) and one config per node.
 fn write_subnet(dir: &Path, nodes: &[MeshNode]) -> Vec<NodeConfig> {
     let local = Registry::create_local_subnet(dir, nodes.len(), QUIC_PORT)
@@ -240,66 +223,9 @@ fn write_subnet(dir: &Path, nodes: &[MeshNode]) -> Vec<NodeConfig> {
         .collect()
 }
 
-/// The running nodes; dropping them stops them and waits for their threads.
-struct Nodes {
-    shutdown: Shutdown,
-    threads: Vec<(usize, thread::JoinHandle<Result<(), String>>)>,
-    started: Instant,
-}
-
-impl Nodes {
-    fn start(mesh_nodes: &[MeshNode], configs: Vec<NodeConfig>) -> Nodes {
-        let shutdown = Shutdown::new();
-        let started = Instant::now();
-        let threads = mesh_nodes
-            .iter()
-            .zip(configs)
-            .enumerate()
-            .map(|(index, (node, config))| {
-                let (netns, shutdown) = (node.netns.clone(), shutdown.clone());
-                let thread = thread::spawn(move || {
-                    enter_netns(&netns)?;
-                    run_node(&config, shutdown).map_err(|e| e.to_string())
-                });
-                (index, thread)
-            })
-            .collect();
-        Nodes {
-            shutdown,
-            threads,
-            started,
-        }
-    }
-}
-
-impl Drop for Nodes {
-    fn drop(&mut self) {
-        self.shutdown.trigger();
-        let mut failures = Vec::new();
-        for (index, thread) in self.threads.drain(..) {
-            match thread.join() {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => failures.push(format!("node {index}: {error}")),
-                Err(_) => failures.push(format!("node {index}: its thread panicked")),
-            }
-        }
-        if !failures.is_empty() && !thread::panicking() {
-            panic!("nodes failed: {}", failures.join("; "));
-        }
-    }
-}
-
 /// GET /metrics of `node` from a thread inside its namespace.
 fn scrape_node(node: &MeshNode) -> Option<Reading> {
-    let netns = node.netns.clone();
-    thread::spawn(move || {
-        enter_netns(&netns).ok()?;
-        scrape(SocketAddr::from((Ipv4Addr::LOCALHOST, METRICS_PORT)))
-    })
-    .join()
-    .ok()
-    .flatten()
-    .map(|text| parse_reading(&text))
+    scrape_metrics_in(node, METRICS_PORT).map(|text| parse_reading(&text))
 }
 
 fn parse_reading(text: &str) -> Reading {

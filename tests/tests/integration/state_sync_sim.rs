@@ -26,6 +26,7 @@ use icn_shards::state_sync::driver::{
 };
 use icn_shards::state_sync::store::CheckpointStore;
 use icn_shards::state_sync::synthetic::{write_state, SyntheticSpec};
+use icn_tests::subnet::link_copy;
 use icn_tuning::Tuning;
 
 const MIB: u64 = 1 << 20;
@@ -114,20 +115,6 @@ fn template(dir: &Path, spec: &SyntheticSpec, chunk_bytes: u64, heights: &[u64])
             .unwrap();
     }
     root
-}
-
-/// Copies a store directory with hardlinked files.
-fn link_copy(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            link_copy(&entry.path(), &target);
-        } else {
-            std::fs::hard_link(entry.path(), &target).unwrap();
-        }
-    }
 }
 
 /// How a node's serving side misbehaves.
