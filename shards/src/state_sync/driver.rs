@@ -696,7 +696,7 @@ impl StateSync {
                     bytes,
                 } => {
                     self.inner.tasks.borrow_mut().remove(&task);
-                    self.on_answer(peer, want, bytes, now);
+                    self.on_answer(peer, want, bytes);
                 }
                 Outcome::Failed {
                     task,
@@ -725,7 +725,7 @@ impl StateSync {
         }
     }
 
-    fn on_answer(&self, peer: NodeId, want: Want, bytes: Buf, now: Duration) {
+    fn on_answer(&self, peer: NodeId, want: Want, bytes: Buf) {
         let accepted = {
             let mut active = self.inner.active.borrow_mut();
             let Some(active) = active.as_mut() else {
@@ -742,7 +742,6 @@ impl StateSync {
             }
             Ok(Accepted::WriteChunk(chunk)) => self.write_chunk(chunk, bytes),
             Err(offence) => {
-                let _ = now;
                 let offence = match offence {
                     SyncOffence::BadChunk { .. } | SyncOffence::BadManifest(_) => {
                         Offence::InvalidArtifact

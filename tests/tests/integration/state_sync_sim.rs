@@ -198,15 +198,51 @@ fn start_node(
     }
 }
 
-fn network(sim: &Sim) -> MemoryNetwork {
-    MemoryNetwork::new(
+/// The memory network of a scenario, every message delayed by `delay` one way.
+fn network(sim: &Sim, delay: Duration) -> MemoryNetwork {
+    let network = MemoryNetwork::new(
         sim,
         MemoryConfig {
             rpc_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(5),
             ..MemoryConfig::default()
         },
-    )
+    );
+    network.set_faults(LinkFaults {
+        loss_probability: 0.0,
+        delay: Delay::fixed(delay),
+    });
+    network
+}
+
+/// Starts `count` honest nodes under `dir`; the first `sources` hold hardlinked copies of the
+/// template store.
+fn start_honest_nodes(
+    handle: &SimHandle,
+    network: &MemoryNetwork,
+    dir: &Path,
+    template_root: &Path,
+    count: u8,
+    sources: u8,
+    config: StateSyncConfig,
+) -> Vec<Node> {
+    (0..count)
+        .map(|index| {
+            let id = node_id(index);
+            let store_dir = dir.join(format!("node{index}"));
+            if index < sources {
+                link_copy(template_root, &store_dir);
+            }
+            start_node(
+                handle,
+                id,
+                &store_dir,
+                config,
+                Behaviour::Honest,
+                |router| network.join(id, router),
+            )
+        })
+        .collect()
 }
 
 /// Waits (virtual time) until every node in `syncers` adopted `height`, at most `limit`.
@@ -303,11 +339,7 @@ fn run(scenario: Scenario, dir: &TempDir) -> (Vec<StateSyncStats>, Run) {
     let template_root = template(&dir.0, &scenario.spec, scenario.chunk_bytes, &[height]);
     let mut sim = Sim::new(7);
     let handle = sim.handle();
-    let network = network(&sim);
-    network.set_faults(LinkFaults {
-        loss_probability: 0.0,
-        delay: Delay::fixed(scenario.delay),
-    });
+    let network = network(&sim, scenario.delay);
     let config = config_with(scenario.chunk_bytes, scenario.per_peer);
     let total = scenario.sources + scenario.syncers;
     let mut nodes = Vec::new();
@@ -531,24 +563,9 @@ fn serving_peers_crash_mid_sync() {
     let template_root = template(&dir.0, &spec, MIB, &[height]);
     let mut sim = Sim::new(11);
     let handle = sim.handle();
-    let network = network(&sim);
+    let network = network(&sim, Duration::ZERO);
     let config = config(MIB);
-    let mut nodes = Vec::new();
-    for index in 0..5 {
-        let id = node_id(index);
-        let store_dir = dir.0.join(format!("node{index}"));
-        if index < 4 {
-            link_copy(&template_root, &store_dir);
-        }
-        nodes.push(start_node(
-            &handle,
-            id,
-            &store_dir,
-            config,
-            Behaviour::Honest,
-            |router| network.join(id, router),
-        ));
-    }
+    let nodes = start_honest_nodes(&handle, &network, &dir.0, &template_root, 5, 4, config);
     let root = root_of(&nodes[0], height);
     let result = sim.block_on({
         let handle = handle.clone();
@@ -585,28 +602,9 @@ fn a_target_that_moves_abandons_the_old_sync_and_cleans_up() {
     let template_root = template(&dir.0, &spec, MIB, &[10, 20]);
     let mut sim = Sim::new(5);
     let handle = sim.handle();
-    let network = network(&sim);
-    network.set_faults(LinkFaults {
-        loss_probability: 0.0,
-        delay: Delay::fixed(Duration::from_millis(50)),
-    });
+    let network = network(&sim, Duration::from_millis(50));
     let config = config_with(MIB, 4);
-    let mut nodes = Vec::new();
-    for index in 0..3 {
-        let id = node_id(index);
-        let store_dir = dir.0.join(format!("node{index}"));
-        if index < 2 {
-            link_copy(&template_root, &store_dir);
-        }
-        nodes.push(start_node(
-            &handle,
-            id,
-            &store_dir,
-            config,
-            Behaviour::Honest,
-            |router| network.join(id, router),
-        ));
-    }
+    let nodes = start_honest_nodes(&handle, &network, &dir.0, &template_root, 3, 2, config);
     let (root10, root20) = (root_of(&nodes[0], 10), root_of(&nodes[0], 20));
     let sync_dir = nodes[2].store_dir.join("sync");
     let result = sim.block_on({
@@ -646,11 +644,7 @@ fn a_restart_mid_sync_fetches_only_the_chunks_not_on_disk() {
     let syncer_dir = dir.0.join("syncer");
     let mut sim = Sim::new(3);
     let handle = sim.handle();
-    let network = network(&sim);
-    network.set_faults(LinkFaults {
-        loss_probability: 0.0,
-        delay: Delay::fixed(Duration::from_millis(50)),
-    });
+    let network = network(&sim, Duration::from_millis(50));
     let config = config_with(MIB, 4);
     let (source_id, syncer_id) = (node_id(1), node_id(2));
     let source = start_node(
@@ -730,7 +724,7 @@ fn a_node_one_checkpoint_behind_fetches_only_changed_chunks() {
     let template_root = template(&dir.0, &spec, MIB, &[10, 20]);
     let mut sim = Sim::new(9);
     let handle = sim.handle();
-    let network = network(&sim);
+    let network = network(&sim, Duration::ZERO);
     let config = config(MIB);
     let mut nodes = Vec::new();
     for index in 0..3u8 {
