@@ -174,8 +174,9 @@ impl NetnsPair {
         segment_before_sending(&side.netns, &side.veth)
     }
 
-    /// Drops one in `one_in` packets arriving at `side` on its veth, at random (nft `numgen
-    /// random` in the prerouting hook), with a counter read by [`NetnsPair::dropped_packets`].
+    /// Drops one in `one_in` TCP and UDP packets arriving at `side` on its veth, at random (nft
+    /// `numgen random` in the prerouting hook), with a counter read by
+    /// [`NetnsPair::dropped_packets`].
     ///
     /// The drop is on arrival rather than in the sender's output hook: a packet dropped in the
     /// output hook fails the sender's `sendmsg` with EPERM (a local firewall, not a lossy link),
@@ -229,8 +230,11 @@ pub fn segment_before_sending(netns: &str, dev: &str) -> Result<(), String> {
     .map(drop)
 }
 
-/// Adds nft table `table` in `netns` that drops one in `one_in` packets arriving on `dev`, at
-/// random (`numgen random` in the prerouting hook), with a counter ([`table_dropped_packets`]).
+/// Adds nft table `table` in `netns` that drops one in `one_in` TCP and UDP packets arriving on
+/// `dev`, at random (`numgen random` in the prerouting hook), with a counter
+/// ([`table_dropped_packets`]). Only TCP and UDP: control traffic (ICMP, IPv6 neighbour
+/// discovery should a namespace still have IPv6) is neither lost nor counted, so the counter
+/// holds exactly the transport packets that were dropped.
 ///
 /// The drop is on arrival rather than in the sender's output hook: a packet dropped in the
 /// output hook fails the sender's `sendmsg` with EPERM (a local firewall, not a lossy link),
@@ -242,8 +246,8 @@ pub fn add_ingress_loss(netns: &str, dev: &str, table: &str, one_in: u32) -> Res
         netns,
         "nft",
         &[
-            "add", "rule", "inet", table, "in", "iifname", dev, "numgen", "random", "mod",
-            &modulus, "0", "counter", "drop",
+            "add", "rule", "inet", table, "in", "iifname", dev, "meta", "l4proto", "{", "tcp,",
+            "udp", "}", "numgen", "random", "mod", &modulus, "0", "counter", "drop",
         ],
     )
     .map(drop)
@@ -442,7 +446,7 @@ impl NetnsMesh {
         add_rate_cap(&node.netns, &node.dev, rate)
     }
 
-    /// Drops one in `one_in` packets node `index` receives, at random.
+    /// Drops one in `one_in` TCP and UDP packets node `index` receives, at random.
     pub fn add_ingress_loss(&mut self, index: usize, one_in: u32) -> Result<(), String> {
         let node = self.node(index)?.clone();
         if self.lossy.contains(&index) {
@@ -681,11 +685,12 @@ mod tests {
                 enter_netns(&target.netns).unwrap();
                 let socket = UdpSocket::bind((target.addr, PROBE_PORT)).unwrap();
                 socket
-                    .set_read_timeout(Some(Duration::from_millis(300)))
+                    .set_read_timeout(Some(Duration::from_secs(2)))
                     .unwrap();
                 bound_tx.send(()).unwrap();
                 let mut buf = [0u8; 64];
-                // Bounded: every datagram is read once, and a quiet 300 ms ends the loop.
+                // Bounded: every datagram is read once, and a quiet 2 s ends the loop (long enough
+                // that a sender stalled on a loaded machine does not end it early).
                 (0..count)
                     .take_while(|_| socket.recv(&mut buf).is_ok())
                     .count()
