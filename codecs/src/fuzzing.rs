@@ -30,6 +30,10 @@ use crate::payload::{
     decode_artifact_request, decode_chunk_request, decode_manifest_request, decode_slot_update,
     decode_slot_updates, decode_state_advert,
 };
+use crate::replica::{
+    decode_replica_block, decode_replica_share, encode_replica_block, encode_replica_share,
+    ReplicaLimits,
+};
 use crate::state::{
     decode_manifest_piece, decode_meta_manifest, encode_manifest_piece, encode_meta_manifest,
     ManifestLimits,
@@ -52,6 +56,8 @@ pub const TARGETS: &[&str] = &[
     "chunk_request",
     "meta_manifest",
     "manifest_piece",
+    "replica_block",
+    "replica_share",
     "ic_request",
     "ic_hash_tree",
     "ic_certificate",
@@ -118,6 +124,8 @@ pub fn run(target: &str, data: &[u8]) -> Option<Result<(), AnyDecodeError>> {
         "chunk_request" => chunk_request,
         "meta_manifest" => meta_manifest,
         "manifest_piece" => manifest_piece,
+        "replica_block" => replica_block,
+        "replica_share" => replica_share,
         _ => return None,
     };
     Some(function(data).map_err(AnyDecodeError::from))
@@ -248,6 +256,26 @@ pub fn manifest_piece(data: &[u8]) -> Result<(), DecodeError> {
     assert_eq!(again.as_ref(), Ok(&piece));
     // The hash is over the fields, so it survives the re-encoding.
     assert_eq!(again.map(|again| again.hash()), Ok(piece.hash()));
+    Ok(())
+}
+
+pub fn replica_block(data: &[u8]) -> Result<(), DecodeError> {
+    let limits = ReplicaLimits::default();
+    let block = decode_replica_block(data, &limits)?;
+    assert_eq!(
+        decode_replica_block(&encode_replica_block(&block), &limits),
+        Ok(block)
+    );
+    Ok(())
+}
+
+pub fn replica_share(data: &[u8]) -> Result<(), DecodeError> {
+    let limits = ReplicaLimits::default();
+    let share = decode_replica_share(data, &limits)?;
+    assert_eq!(
+        decode_replica_share(&encode_replica_share(&share), &limits),
+        Ok(share)
+    );
     Ok(())
 }
 

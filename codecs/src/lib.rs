@@ -37,6 +37,7 @@ pub mod generated;
 pub mod ic;
 pub mod limits;
 pub mod payload;
+pub mod replica;
 pub mod state;
 mod verify;
 

@@ -596,6 +596,7 @@ fn seeds() -> Vec<Seed> {
     seeds.extend(artifact_request_seeds());
     seeds.extend(state_sync_seeds());
     seeds.extend(manifest_seeds());
+    seeds.extend(replica_seeds());
     seeds.extend(ic_request_seeds());
     seeds.extend(ic_tree_and_certificate_seeds());
     seeds.extend(ic_principal_text_seeds());
@@ -1061,6 +1062,48 @@ fn sample_manifest() -> state::Manifest {
         manifest.chunks[index].hash = hasher.finish();
     }
     manifest
+}
+
+fn replica_seeds() -> Vec<Seed> {
+    use icn_codecs::replica::{
+        encode_replica_block, encode_replica_share, ReplicaBlock, ReplicaShare,
+    };
+    let block = ReplicaBlock {
+        height: 12,
+        round: 0,
+        parent: [7; 32],
+        time_ns: 1_764_000_000_000_000_000,
+        ingress: vec![[1; 32], [2; 32]],
+    };
+    let block_bytes = encode_replica_block(&block);
+    let empty = encode_replica_block(&ReplicaBlock {
+        ingress: Vec::new(),
+        ..block.clone()
+    });
+    let genesis = encode_replica_block(&ReplicaBlock {
+        height: 0,
+        ..block.clone()
+    });
+    let share_bytes = encode_replica_share(&ReplicaShare {
+        height: 12,
+        block: [9; 32],
+    });
+    vec![
+        seed("replica_block", "valid", block_bytes.clone()),
+        seed("replica_block", "valid-empty", empty),
+        seed("replica_block", "invalid-height-zero", genesis),
+        seed(
+            "replica_block",
+            "invalid-truncated",
+            block_bytes[..block_bytes.len() / 2].to_vec(),
+        ),
+        seed("replica_share", "valid", share_bytes.clone()),
+        seed(
+            "replica_share",
+            "invalid-truncated",
+            share_bytes[..share_bytes.len() - 5].to_vec(),
+        ),
+    ]
 }
 
 fn manifest_seeds() -> Vec<Seed> {

@@ -3026,5 +3026,356 @@ pub mod icn {
                 ds.finish()
             }
         }
+        pub enum ReplicaBlockOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        /// A block of the reference replica: the ingress messages (by request id, in execution order)
+        /// that its maker orders at `height`, on top of the block whose artifact hash is `parent` (all
+        /// zeros for height 1). `round` says which maker made it: the height's makers rotate over the
+        /// members sorted by id, one more per elapsed round timeout. The maker is the peer that sent
+        /// it (blocks are not relayed). `time_ns` is the maker's clock, the state's time at `height`.
+        pub struct ReplicaBlock<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for ReplicaBlock<'a> {
+            type Inner = ReplicaBlock<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> ReplicaBlock<'a> {
+            pub const VT_HEIGHT: ::flatbuffers::VOffsetT = 4;
+            pub const VT_ROUND: ::flatbuffers::VOffsetT = 6;
+            pub const VT_PARENT: ::flatbuffers::VOffsetT = 8;
+            pub const VT_TIME_NS: ::flatbuffers::VOffsetT = 10;
+            pub const VT_INGRESS: ::flatbuffers::VOffsetT = 12;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                ReplicaBlock { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args ReplicaBlockArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<ReplicaBlock<'bldr>> {
+                let mut builder = ReplicaBlockBuilder::new(_fbb);
+                builder.add_time_ns(args.time_ns);
+                builder.add_height(args.height);
+                if let Some(x) = args.ingress {
+                    builder.add_ingress(x);
+                }
+                if let Some(x) = args.parent {
+                    builder.add_parent(x);
+                }
+                builder.add_round(args.round);
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn height(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(ReplicaBlock::VT_HEIGHT, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn round(&self) -> u32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u32>(ReplicaBlock::VT_ROUND, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn parent(&self) -> &'a Hash32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<Hash32>(ReplicaBlock::VT_PARENT, None)
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn time_ns(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(ReplicaBlock::VT_TIME_NS, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn ingress(&self) -> Option<::flatbuffers::Vector<'a, Hash32>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, Hash32>>>(
+                            ReplicaBlock::VT_INGRESS,
+                            None,
+                        )
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for ReplicaBlock<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+     .visit_field::<u64>("height", Self::VT_HEIGHT, false)?
+     .visit_field::<u32>("round", Self::VT_ROUND, false)?
+     .visit_field::<Hash32>("parent", Self::VT_PARENT, true)?
+     .visit_field::<u64>("time_ns", Self::VT_TIME_NS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, Hash32>>>("ingress", Self::VT_INGRESS, false)?
+     .finish();
+                Ok(())
+            }
+        }
+        pub struct ReplicaBlockArgs<'a> {
+            pub height: u64,
+            pub round: u32,
+            pub parent: Option<&'a Hash32>,
+            pub time_ns: u64,
+            pub ingress: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, Hash32>>>,
+        }
+        impl<'a> Default for ReplicaBlockArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                ReplicaBlockArgs {
+                    height: 0,
+                    round: 0,
+                    parent: None, // required field
+                    time_ns: 0,
+                    ingress: None,
+                }
+            }
+        }
+
+        pub struct ReplicaBlockBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ReplicaBlockBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_height(&mut self, height: u64) {
+                self.fbb_
+                    .push_slot::<u64>(ReplicaBlock::VT_HEIGHT, height, 0);
+            }
+            #[inline]
+            pub fn add_round(&mut self, round: u32) {
+                self.fbb_.push_slot::<u32>(ReplicaBlock::VT_ROUND, round, 0);
+            }
+            #[inline]
+            pub fn add_parent(&mut self, parent: &Hash32) {
+                self.fbb_
+                    .push_slot_always::<&Hash32>(ReplicaBlock::VT_PARENT, parent);
+            }
+            #[inline]
+            pub fn add_time_ns(&mut self, time_ns: u64) {
+                self.fbb_
+                    .push_slot::<u64>(ReplicaBlock::VT_TIME_NS, time_ns, 0);
+            }
+            #[inline]
+            pub fn add_ingress(
+                &mut self,
+                ingress: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, Hash32>>,
+            ) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    ReplicaBlock::VT_INGRESS,
+                    ingress,
+                );
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> ReplicaBlockBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                ReplicaBlockBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<ReplicaBlock<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                self.fbb_.required(o, ReplicaBlock::VT_PARENT, "parent");
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for ReplicaBlock<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("ReplicaBlock");
+                ds.field("height", &self.height());
+                ds.field("round", &self.round());
+                ds.field("parent", &self.parent());
+                ds.field("time_ns", &self.time_ns());
+                ds.field("ingress", &self.ingress());
+                ds.finish()
+            }
+        }
+        pub enum ReplicaShareOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        /// A notarization share: the sender vouches for the block whose artifact hash is `block` at
+        /// `height`. A block executes once 2f+1 members sent one.
+        pub struct ReplicaShare<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for ReplicaShare<'a> {
+            type Inner = ReplicaShare<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> ReplicaShare<'a> {
+            pub const VT_HEIGHT: ::flatbuffers::VOffsetT = 4;
+            pub const VT_BLOCK: ::flatbuffers::VOffsetT = 6;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                ReplicaShare { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args ReplicaShareArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<ReplicaShare<'bldr>> {
+                let mut builder = ReplicaShareBuilder::new(_fbb);
+                builder.add_height(args.height);
+                if let Some(x) = args.block {
+                    builder.add_block(x);
+                }
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn height(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(ReplicaShare::VT_HEIGHT, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn block(&self) -> &'a Hash32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<Hash32>(ReplicaShare::VT_BLOCK, None)
+                        .unwrap()
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for ReplicaShare<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<u64>("height", Self::VT_HEIGHT, false)?
+                    .visit_field::<Hash32>("block", Self::VT_BLOCK, true)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct ReplicaShareArgs<'a> {
+            pub height: u64,
+            pub block: Option<&'a Hash32>,
+        }
+        impl<'a> Default for ReplicaShareArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                ReplicaShareArgs {
+                    height: 0,
+                    block: None, // required field
+                }
+            }
+        }
+
+        pub struct ReplicaShareBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ReplicaShareBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_height(&mut self, height: u64) {
+                self.fbb_
+                    .push_slot::<u64>(ReplicaShare::VT_HEIGHT, height, 0);
+            }
+            #[inline]
+            pub fn add_block(&mut self, block: &Hash32) {
+                self.fbb_
+                    .push_slot_always::<&Hash32>(ReplicaShare::VT_BLOCK, block);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> ReplicaShareBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                ReplicaShareBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<ReplicaShare<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                self.fbb_.required(o, ReplicaShare::VT_BLOCK, "block");
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for ReplicaShare<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("ReplicaShare");
+                ds.field("height", &self.height());
+                ds.field("block", &self.block());
+                ds.finish()
+            }
+        }
     } // pub mod wire
 } // pub mod icn
