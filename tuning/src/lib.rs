@@ -38,6 +38,7 @@ pub struct Tuning {
     pub state_sync: StateSyncTuning,
     pub http: HttpTuning,
     pub canisters: CanistersTuning,
+    pub replica: ReplicaTuning,
 }
 
 /// Every section, in the order of [`Tuning`]'s fields.
@@ -54,6 +55,7 @@ pub const SECTIONS: &[SectionMeta] = &[
     StateSyncTuning::SECTION,
     HttpTuning::SECTION,
     CanistersTuning::SECTION,
+    ReplicaTuning::SECTION,
 ];
 
 /// A rule between two integer knobs: `knob` must stand in `relation` to `other`.
@@ -168,6 +170,18 @@ pub const CROSS_RULES: &[CrossRule] = &[
         relation: Relation::AtLeast,
         other: "canisters.kv_value_bytes_max",
         why: "the largest allowed value could never be stored",
+    },
+    CrossRule {
+        knob: "replica.sync_call_wait_ms",
+        relation: Relation::LessThan,
+        other: "http.backend_timeout_ms",
+        why: "a synchronous call must be answered 202 before the front gives up on it with 504",
+    },
+    CrossRule {
+        knob: "replica.heights_ahead_max",
+        relation: Relation::AtMost,
+        other: "replica.heights_kept_count",
+        why: "a lagging peer's next block must still be in the pools when it asks",
     },
 ];
 
@@ -308,6 +322,7 @@ impl Tuning {
         values.extend(self.state_sync.knob_values());
         values.extend(self.http.knob_values());
         values.extend(self.canisters.knob_values());
+        values.extend(self.replica.knob_values());
         values
     }
 
@@ -339,6 +354,7 @@ impl Tuning {
         self.state_sync.validate_ranges(&mut errors);
         self.http.validate_ranges(&mut errors);
         self.canisters.validate_ranges(&mut errors);
+        self.replica.validate_ranges(&mut errors);
         errors.extend(
             CROSS_RULES
                 .iter()

@@ -578,3 +578,46 @@ impl MetricsTuning {
             .saturating_mul(8)
     }
 }
+
+section! {
+    /// The reference replica behind the public HTTP API: block pacing and maker rotation, how
+    /// much ingress it holds, and how long a synchronous call waits for its certificate. The
+    /// pacing and block bounds decide what the subnet executes, so every node of a subnet must
+    /// use the same values.
+    pub struct ReplicaTuning in "replica" {
+        /// Pause between a block executing and its successor being made: the subnet's pace. Each
+        /// height also refreshes the certified `/time`, so it bounds how stale a certificate is.
+        block_interval_ms: u64 in 10..=60_000 = REPLICA_BLOCK_INTERVAL_MS_DEFAULT = 250;
+        /// A height whose maker has made no block this long after its parent executed passes to
+        /// the next maker (one more per elapsed timeout), so a stopped node does not stop the
+        /// subnet. Well above a block's delivery time, or makers race.
+        round_timeout_ms: u64 in 100..=600_000 = REPLICA_ROUND_TIMEOUT_MS_DEFAULT = 2_000;
+        /// Ingress messages one block orders at most; a block with more is refused. 1000 ids are
+        /// 32 KiB of block.
+        block_ingress_max: usize in 1..=20_000 = REPLICA_BLOCK_INGRESS_MAX_DEFAULT = 1_000;
+        /// Ingress messages the pool holds (received over HTTP or gossiped, not yet expired or
+        /// executed); when full, calls get 429 and gossiped ingress waits.
+        ingress_pool_messages_max: usize in 1..=1_000_000 = REPLICA_INGRESS_POOL_MESSAGES_MAX_DEFAULT = 10_000;
+        /// Bytes of ingress envelopes the pool holds; when full, as above.
+        ingress_pool_bytes_max: usize in MIB..=(4 * GIB) = REPLICA_INGRESS_POOL_BYTES_MAX_DEFAULT = 64 * MIB;
+        /// Gossiped ingress messages being verified (signatures, expiry) on the verification
+        /// pool at once; more wait in the consensus manager's inbound queue.
+        ingress_verify_in_flight_max: usize in 1..=65_536 = REPLICA_INGRESS_VERIFY_IN_FLIGHT_MAX_DEFAULT = 256;
+        /// Request statuses the certified state keeps (each until its ingress expiry passes);
+        /// when full, blocks order no new ingress until some expire. Every height's tree is
+        /// rehashed in full off the shard, about 1 µs per status.
+        request_statuses_max: usize in 1..=1_000_000 = REPLICA_REQUEST_STATUSES_MAX_DEFAULT = 20_000;
+        /// How long a synchronous call (v3, v4) waits for its certified outcome before it is
+        /// answered 202 and the agent polls read_state instead.
+        sync_call_wait_ms: u64 in 0..=600_000 = REPLICA_SYNC_CALL_WAIT_MS_DEFAULT = 5_000;
+        /// Blocks and shares are accepted up to this many heights above the executed one;
+        /// further ones are refused, so a peer cannot fill the pools with far-future heights.
+        heights_ahead_max: u64 in 1..=1_000 = REPLICA_HEIGHTS_AHEAD_MAX_DEFAULT = 8;
+        /// Executed heights whose blocks, shares and ingress stay in the pools for peers that
+        /// lag behind; older ones are purged.
+        heights_kept_count: u64 in 1..=10_000 = REPLICA_HEIGHTS_KEPT_COUNT_DEFAULT = 32;
+        /// Largest gap between a block's time and this node's clock for the node to vouch for
+        /// it (the maker's clock is the state's time, which agents check against theirs).
+        block_time_skew_ms: u64 in 100..=3_600_000 = REPLICA_BLOCK_TIME_SKEW_MS_DEFAULT = 30_000;
+    }
+}
