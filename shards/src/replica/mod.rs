@@ -14,3 +14,6 @@
 pub mod bls;
 pub mod canisters;
 pub mod certification;
+pub mod chain;
+pub mod ingress;
+pub mod pool;
