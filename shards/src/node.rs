@@ -39,6 +39,8 @@ use crate::p2p::{P2p, HEIGHTS_KEPT_DEFAULT};
 use crate::p2p_metrics::{P2pMetricIds, P2pSampler};
 use crate::peer_manager::driver::{PeerManagerHandle, RegistrySource};
 use crate::peer_manager::PeerManagerConfig;
+use crate::replica::driver::{Replica, ReplicaBackend, ReplicaConfig, ReplicaKeys};
+use crate::replica::metrics::{ReplicaMetricIds, ReplicaSampler};
 use crate::runtime::{GlommioRuntime, Runtime};
 use crate::state_sync::driver::{FileIo, StateSync, StateSyncConfig};
 use crate::state_sync::metrics::{StateSyncMetricIds, StateSyncSampler};
@@ -91,6 +93,8 @@ pub enum NodeError {
     Shards(#[from] icn_engine::shard::ShardError),
     #[error("{0}")]
     Workload(String),
+    #[error("subnet key: {0}")]
+    SubnetKey(String),
     #[error("state directory {dir}: {source}")]
     State {
         dir: PathBuf,
@@ -178,6 +182,23 @@ pub fn run_node(config: &NodeConfig, shutdown: Shutdown) -> Result<(), NodeError
     results.into_iter().collect()
 }
 
+/// The subnet's BLS key from the node's identity directory, if it holds one: with it (and an
+/// API address) the node runs the reference replica, without it the API answers 503.
+fn load_subnet_key(
+    config: &NodeConfig,
+    _registry: &Registry,
+) -> Result<Option<crate::replica::bls::SecretKey>, NodeError> {
+    let path = config
+        .identity_dir
+        .join(crate::replica::bls::SECRET_KEY_FILE_NAME);
+    if !path.exists() {
+        return Ok(None);
+    }
+    crate::replica::bls::SecretKey::load(&path)
+        .map(Some)
+        .map_err(|e| NodeError::SubnetKey(format!("{}: {e}", path.display())))
+}
+
 /// The node's routes; `metrics` counts every answered request.
 pub fn service_router(metrics: Option<ServiceMetrics>) -> Router {
     let echo_metrics = metrics.clone();
@@ -205,6 +226,9 @@ struct NodeShard {
     p2p_sampler: P2pSampler,
     sync: StateSync,
     sync_sampler: StateSyncSampler,
+    /// The reference replica, when the node has the subnet's key and an API address.
+    replica: Option<Rc<Replica>>,
+    replica_sampler: Option<ReplicaSampler>,
     peers: PeerManagerHandle,
     /// The registry version in force (the peer manager reads it on every change).
     registry: Rc<RefCell<Arc<Registry>>>,
@@ -219,6 +243,9 @@ impl NodeShard {
         self.sampler.sample();
         self.p2p_sampler.sample();
         self.sync_sampler.sample();
+        if let Some(sampler) = &self.replica_sampler {
+            sampler.sample();
+        }
         // A mismatch would be a wiring bug in this file; the scrape then shows the last good data.
         let _ = self.shard_metrics.publish(&self.collector);
     }
@@ -241,6 +268,7 @@ async fn run_shard(ctx: ShardContext<()>, parts: NodeParts) -> Result<(), NodeEr
     let p2p_ids = P2pMetricIds::declare(&mut builder)?;
     let sync_ids = StateSyncMetricIds::declare(&mut builder)?;
     let http_ids = HttpMetricIds::declare(&mut builder)?;
+    let replica_ids = ReplicaMetricIds::declare(&mut builder)?;
     let schema = builder.build();
     let shard_metrics = ShardMetrics::new(schema.clone(), ctx.index);
     shard_metrics.set_registry_peers(member_ids(&registry, &config.subnet_id));
@@ -287,10 +315,28 @@ async fn run_shard(ctx: ShardContext<()>, parts: NodeParts) -> Result<(), NodeEr
         penalty_log(peers.penalty_sink()),
     );
     sync.set_progress_sink(console_sink());
-    let router = sync.routes(p2p.routes(service_router(Some(ServiceMetrics::new(
+    let replica = match (&http_pool, load_subnet_key(&config, &registry)?) {
+        (Some(pool), Some(subnet)) => Some(Replica::new(
+            ReplicaConfig::from_tuning(&tuning, local_id),
+            &tuning,
+            ReplicaKeys {
+                subnet,
+                node: identity.key().to_owned(),
+            },
+            &member_ids(&registry, &config.subnet_id),
+            runtime.clone(),
+            pool.clone(),
+            penalty_log(peers.penalty_sink()),
+        )),
+        _ => None,
+    };
+    let mut router = sync.routes(p2p.routes(service_router(Some(ServiceMetrics::new(
         &ids,
         &shard_metrics,
     )))));
+    if let Some(replica) = &replica {
+        router = replica.routes(router);
+    }
     let transport = Rc::new(NodeTransport::start(
         config.transport,
         &identity,
@@ -308,6 +354,12 @@ async fn run_shard(ctx: ShardContext<()>, parts: NodeParts) -> Result<(), NodeEr
         p2p.start_workload(workload, local_id, members.clone());
     }
     sync.start(transport.clone());
+    if let Some(replica) = &replica {
+        replica.start(transport.clone());
+    }
+    let replica_sampler = replica
+        .as_ref()
+        .map(|replica| ReplicaSampler::new(replica.clone(), &replica_ids, &shard_metrics));
     let p2p_sampler = P2pSampler::new(p2p.clone(), peers.clone(), &p2p_ids, &shard_metrics);
     let sync_sampler = StateSyncSampler::new(sync.clone(), &sync_ids, &shard_metrics);
     let node = Rc::new(NodeShard {
@@ -317,6 +369,8 @@ async fn run_shard(ctx: ShardContext<()>, parts: NodeParts) -> Result<(), NodeEr
         p2p_sampler,
         sync: sync.clone(),
         sync_sampler,
+        replica,
+        replica_sampler,
         peers,
         registry: current_registry,
         members,
@@ -352,9 +406,18 @@ async fn run_shard(ctx: ShardContext<()>, parts: NodeParts) -> Result<(), NodeEr
         &ctx,
         registry_loop(node.clone(), watcher, config.subnet_id.clone()),
     );
-    announce(local_id, &config, &record, registry.version());
+    announce(
+        local_id,
+        &config,
+        &record,
+        registry.version(),
+        node.replica.as_ref().map(|r| r.subnet_id()),
+    );
 
     ctx.shutdown.wait().await;
+    if let Some(replica) = &node.replica {
+        replica.stop().await;
+    }
     node.sync.stop().await;
     node.p2p.stop().await;
     node.peers.stop().await;
@@ -420,8 +483,12 @@ fn start_api(
     ids: &HttpMetricIds,
 ) -> Result<HttpServer, NodeError> {
     let http_error = |source| NodeError::Http { addr, source };
+    let backend: Rc<dyn crate::http::Backend> = match &node.replica {
+        Some(replica) => Rc::new(ReplicaBackend(replica.clone())),
+        None => Rc::new(NoReplica),
+    };
     let deps = HttpDeps {
-        backend: Rc::new(NoReplica),
+        backend,
         pool,
         metrics: HttpMetrics::new(ids, &node.shard_metrics),
         render_metrics: Rc::new(move || {
@@ -453,6 +520,9 @@ async fn registry_loop(node: Rc<NodeShard>, mut watcher: RegistryWatcher, subnet
             node.shard_metrics
                 .set_registry_peers(member_ids(&next, &subnet));
             *node.members.borrow_mut() = member_ids(&next, &subnet);
+            if let Some(replica) = &node.replica {
+                replica.set_members(&member_ids(&next, &subnet));
+            }
             node.sampler.set_registry_version(next.version());
             println!("registry version {} adopted", next.version());
         }
@@ -473,6 +543,7 @@ fn announce(
     config: &NodeConfig,
     record: &icn_engine::registry::NodeRecord,
     version: u64,
+    replica_subnet: Option<icn_codecs::ic::Principal>,
 ) {
     let listen = match config.transport {
         TransportKind::Quic => record.quic_addr,
@@ -486,8 +557,12 @@ fn announce(
         .http_addr
         .map(|addr| format!("http://{addr}/api/v2/status"))
         .unwrap_or_else(|| "none (no http_addr in the registry)".into());
+    let replica = match replica_subnet {
+        Some(subnet) => format!("reference replica of subnet principal {subnet}"),
+        None => "no replica (no subnet key)".into(),
+    };
     println!(
-        "icn node {} ready: subnet {} transport {} on {listen}, metrics {metrics}, API {api}, registry version {version}, {NODE_SHARDS} shard",
+        "icn node {} ready: subnet {} transport {} on {listen}, metrics {metrics}, API {api}, {replica}, registry version {version}, {NODE_SHARDS} shard",
         node_id.to_hex(),
         config.subnet_id,
         config.transport.name(),

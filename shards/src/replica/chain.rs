@@ -312,6 +312,14 @@ impl Chain {
 
     /// A block the block pool validated; `from` is the peer that sent it (`None`: this node).
     pub fn on_block(&mut self, artifact: &Artifact, from: Option<NodeId>) -> Result<(), Refused> {
+        let result = self.accept_block(artifact, from);
+        if result.is_err() {
+            self.stats.invalid += 1;
+        }
+        result
+    }
+
+    fn accept_block(&mut self, artifact: &Artifact, from: Option<NodeId>) -> Result<(), Refused> {
         let maker = from.unwrap_or(self.config.local);
         let block = decode_replica_block(&artifact.payload, &self.config.limits())
             .map_err(Refused::Decode)?;
@@ -338,6 +346,14 @@ impl Chain {
 
     /// A share the share pool validated; `from` as for [`Chain::on_block`].
     pub fn on_share(&mut self, artifact: &Artifact, from: Option<NodeId>) -> Result<(), Refused> {
+        let result = self.accept_share(artifact, from);
+        if result.is_err() {
+            self.stats.invalid += 1;
+        }
+        result
+    }
+
+    fn accept_share(&mut self, artifact: &Artifact, from: Option<NodeId>) -> Result<(), Refused> {
         let sharer = from.unwrap_or(self.config.local);
         let share = decode_replica_share(&artifact.payload, &self.config.limits())
             .map_err(Refused::Decode)?;

@@ -274,6 +274,14 @@ impl IngressPool {
             .collect()
     }
 
+    /// A call taken for verification that could not be verified now (the verification pool
+    /// was full): back to the unvalidated section, for a later attempt.
+    pub fn retry_later(&mut self, artifact: Artifact, from: NodeId) {
+        self.verifying.remove(artifact.id());
+        self.unvalidated
+            .insert(artifact.id().clone(), (artifact, from));
+    }
+
     /// The outcome of verifying a gossiped call.
     pub fn verified(&mut self, artifact: Artifact, outcome: Result<CallContent<'static>, String>) {
         self.verifying.remove(artifact.id());

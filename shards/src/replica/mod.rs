@@ -15,5 +15,7 @@ pub mod bls;
 pub mod canisters;
 pub mod certification;
 pub mod chain;
+pub mod driver;
 pub mod ingress;
+pub mod metrics;
 pub mod pool;

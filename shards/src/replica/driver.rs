@@ -1,0 +1,841 @@
+//! The reference replica on a shard: three artifact kinds gossiped by their own consensus
+//! managers (ingress 3, blocks 4, notarization shares 5), the [`Chain`] stepped every
+//! [`TICK`] and whenever a pool has news, signature checks of gossiped ingress and the
+//! certification of each executed height on the node's CPU pool (never on the shard), and the
+//! [`Backend`] the public HTTP API calls.
+//!
+//! What runs where:
+//! - on the shard: pool bookkeeping, the chain's decisions and canister execution (native
+//!   Rust, microseconds per call), building each height's state tree;
+//! - on the CPU pool: verifying gossiped ingress (decode, request id, expiry, signature),
+//!   hashing and BLS-signing each height's tree (one signature per height, shared by every
+//!   reader), and Ed25519-signing query responses.
+//!
+//! When the pool is busy, certification skips to the newest executed height (a reader only ever
+//! needs the latest); ingress verification waits in the pool's unvalidated section; queries and
+//! calls get 429.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use boring::pkey::{PKey, Private};
+use boring::sign::Signer;
+use futures_lite::future::or;
+use icn_codecs::ic::{
+    query_response_signing_bytes, IcLimits, Principal, QueryOutcome, Reject as WireReject,
+    RequestId,
+};
+use icn_engine::{NodeId, Priority, Router, Transport};
+use icn_tuning::Tuning;
+
+use super::bls::{PublicKey, SecretKey};
+use super::canisters::{CallOutcome, CanisterLimits, Canisters};
+use super::certification::{CertifiedState, StateCertifier};
+use super::chain::{node_principal, Chain, ChainConfig, ChainStats, ExecutedState};
+use super::ingress::{
+    verify_ingress, AddError, IngressCheck, IngressLimits, IngressPool, IngressStats,
+};
+use super::pool::{ConsensusPool, HeightWindow};
+use crate::artifact::{ArtifactKind, ArtifactPool};
+use crate::artifact_manager::ArtifactManager;
+use crate::consensus_manager::driver::PenaltySink;
+use crate::consensus_manager::{ConsensusManager, GossipConfig, GossipHandle, Offence};
+use crate::http::backend::{
+    Backend, BackendError, BackendStatus, CallReply, CallRequest, CallVersion, LocalBoxFuture,
+    OwnedNodeSignature, OwnedReject, QueryReply, QueryRequest, QueryResult, ReadStateReply,
+    ReadStateRequest, ReadStateTarget,
+};
+use crate::http::CpuPool;
+use crate::runtime::{Runtime, TaskHandle};
+use crate::signal::Signal;
+
+pub const REPLICA_INGRESS: ArtifactKind = ArtifactKind(3);
+pub const REPLICA_BLOCK: ArtifactKind = ArtifactKind(4);
+pub const REPLICA_SHARE: ArtifactKind = ArtifactKind(5);
+/// The replica's kinds with their metrics labels.
+pub const REPLICA_KINDS: [(ArtifactKind, &str); 3] = [
+    (REPLICA_INGRESS, "replica_ingress"),
+    (REPLICA_BLOCK, "replica_block"),
+    (REPLICA_SHARE, "replica_share"),
+];
+
+/// How often the chain is stepped without news (round timeouts, block pacing).
+pub const TICK: Duration = Duration::from_millis(5);
+/// How often a waiting synchronous call looks for its certified status.
+const SYNC_CALL_POLL: Duration = Duration::from_millis(5);
+/// How often an artifact manager applies its pool without being poked.
+const APPLY_INTERVAL: Duration = Duration::from_millis(20);
+
+/// The replica's settings, from tuning.
+#[derive(Clone, Copy, Debug)]
+pub struct ReplicaConfig {
+    pub chain: ChainConfig,
+    pub ingress: IngressLimits,
+    pub ingress_check: IngressCheck,
+    pub verify_in_flight_max: usize,
+    pub heights_ahead_max: u64,
+    pub heights_kept: u64,
+    pub sync_call_wait: Duration,
+    pub canisters: CanisterLimits,
+    pub inbound_batch_max: usize,
+}
+
+impl ReplicaConfig {
+    pub fn from_tuning(tuning: &Tuning, local: NodeId) -> ReplicaConfig {
+        let replica = &tuning.replica;
+        let ms = Duration::from_millis;
+        ReplicaConfig {
+            chain: ChainConfig {
+                local,
+                block_interval: ms(replica.block_interval_ms),
+                round_timeout: ms(replica.round_timeout_ms),
+                block_ingress_max: replica.block_ingress_max,
+                request_statuses_max: replica.request_statuses_max,
+                block_time_skew_ns: replica.block_time_skew_ms.saturating_mul(1_000_000),
+            },
+            ingress: IngressLimits {
+                messages_max: replica.ingress_pool_messages_max,
+                bytes_max: replica.ingress_pool_bytes_max,
+            },
+            ingress_check: IngressCheck {
+                limits: IcLimits::default(),
+                expiry_window_ns: tuning
+                    .http
+                    .ingress_expiry_window_ms
+                    .saturating_mul(1_000_000),
+                expiry_drift_ns: tuning
+                    .http
+                    .ingress_expiry_drift_ms
+                    .saturating_mul(1_000_000),
+            },
+            verify_in_flight_max: replica.ingress_verify_in_flight_max,
+            heights_ahead_max: replica.heights_ahead_max,
+            heights_kept: replica.heights_kept_count,
+            sync_call_wait: ms(replica.sync_call_wait_ms),
+            canisters: CanisterLimits::from_tuning(&tuning.canisters),
+            inbound_batch_max: tuning.gossip.inbound_batch_artifacts_max,
+        }
+    }
+}
+
+/// The keys a replica signs with.
+pub struct ReplicaKeys {
+    /// The subnet's BLS key (every node holds it: no threshold signing).
+    pub subnet: SecretKey,
+    /// The node's own Ed25519 key (its identity), for query responses.
+    pub node: PKey<Private>,
+}
+
+/// A height's certified state.
+pub struct Certified {
+    pub height: u64,
+    pub time_ns: u64,
+    pub state: CertifiedState,
+}
+
+/// Counters of the driver (the chain and pools keep their own).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplicaStats {
+    pub certified: u64,
+    /// Heights executed but never certified because a newer one was ready first.
+    pub certifications_skipped: u64,
+    pub verify_refused_full: u64,
+    pub queries: u64,
+    pub calls_accepted: u64,
+    pub calls_refused_full: u64,
+}
+
+/// A snapshot for metrics.
+#[derive(Clone, Debug)]
+pub struct ReplicaSnapshot {
+    pub executed_height: u64,
+    pub certified_height: u64,
+    pub chain: ChainStats,
+    pub stats: ReplicaStats,
+    pub ingress: IngressStats,
+    pub ingress_messages: usize,
+    pub ingress_bytes: usize,
+    pub ingress_limits: IngressLimits,
+    pub ingress_verifying: usize,
+    pub request_statuses: usize,
+    pub request_statuses_max: usize,
+    pub block_pool: usize,
+    pub share_pool: usize,
+}
+
+struct Kind {
+    gossip: GossipHandle,
+    manager: RefCell<Option<ArtifactManager>>,
+}
+
+pub struct Replica {
+    config: ReplicaConfig,
+    runtime: Rc<dyn Runtime>,
+    window: Rc<HeightWindow>,
+    chain: Rc<RefCell<Chain>>,
+    ingress: Rc<RefCell<IngressPool>>,
+    blocks: Rc<RefCell<ConsensusPool>>,
+    shares: Rc<RefCell<ConsensusPool>>,
+    kinds: Vec<Kind>,
+    certifier: Arc<StateCertifier>,
+    subnet_key: PublicKey,
+    node_key: PKey<Private>,
+    node_principal: Principal,
+    cpu: Arc<CpuPool>,
+    certified: RefCell<Option<Rc<Certified>>>,
+    certifying: Cell<bool>,
+    /// Executed heights and the calls they ordered, until their calls leave the ingress pool.
+    executed_log: RefCell<VecDeque<(u64, Vec<RequestId>)>>,
+    penalties: PenaltySink,
+    wake: Rc<Signal>,
+    stopped: Cell<bool>,
+    task: RefCell<Option<TaskHandle>>,
+    stats: Cell<ReplicaStats>,
+}
+
+fn unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+impl Replica {
+    /// Builds the replica of `members` (the subnet, this node included); nothing runs until
+    /// [`Replica::start`].
+    pub fn new(
+        config: ReplicaConfig,
+        tuning: &Tuning,
+        keys: ReplicaKeys,
+        members: &[NodeId],
+        runtime: Rc<dyn Runtime>,
+        cpu: Arc<CpuPool>,
+        penalties: PenaltySink,
+    ) -> Rc<Replica> {
+        let now = runtime.now();
+        let genesis = ExecutedState::genesis(Canisters::new(config.canisters), 0);
+        let chain = Rc::new(RefCell::new(Chain::new(
+            config.chain,
+            members,
+            genesis,
+            now,
+        )));
+        let executed = {
+            let chain = chain.clone();
+            Rc::new(move |id: &RequestId| {
+                chain
+                    .try_borrow()
+                    .is_ok_and(|chain| chain.state().statuses.contains_key(id))
+            })
+        };
+        let window = HeightWindow::new(config.heights_ahead_max);
+        let ingress = Rc::new(RefCell::new(IngressPool::new(
+            REPLICA_INGRESS,
+            config.ingress,
+            executed,
+        )));
+        let blocks = Rc::new(RefCell::new(ConsensusPool::new(
+            REPLICA_BLOCK,
+            window.clone(),
+            true,
+        )));
+        let shares = Rc::new(RefCell::new(ConsensusPool::new(
+            REPLICA_SHARE,
+            window.clone(),
+            true,
+        )));
+        let pools: [(Rc<RefCell<dyn ArtifactPool>>, Priority); 3] = [
+            (ingress.clone(), Priority::Normal),
+            (blocks.clone(), Priority::High),
+            (shares.clone(), Priority::High),
+        ];
+        let kinds = pools
+            .into_iter()
+            .map(|(pool, priority)| Kind {
+                gossip: ConsensusManager::new(
+                    GossipConfig::from_tuning(tuning, priority),
+                    runtime.clone(),
+                    pool,
+                    penalties.clone(),
+                ),
+                manager: RefCell::new(None),
+            })
+            .collect();
+        let subnet_key = keys.subnet.public_key();
+        Rc::new(Replica {
+            config,
+            runtime,
+            window,
+            chain,
+            ingress,
+            blocks,
+            shares,
+            kinds,
+            certifier: Arc::new(StateCertifier::new(keys.subnet)),
+            subnet_key,
+            node_principal: node_principal(&local_of(&config)),
+            node_key: keys.node,
+            cpu,
+            certified: RefCell::new(None),
+            certifying: Cell::new(false),
+            executed_log: RefCell::new(VecDeque::new()),
+            penalties,
+            wake: Rc::new(Signal::new()),
+            stopped: Cell::new(false),
+            task: RefCell::new(None),
+            stats: Cell::new(ReplicaStats::default()),
+        })
+    }
+
+    /// Adds the three kinds' gossip routes to `router`.
+    pub fn routes(&self, mut router: Router) -> Router {
+        for kind in &self.kinds {
+            router = kind.gossip.routes(router);
+        }
+        router
+    }
+
+    /// Starts gossip over `transport` and the replica's loop.
+    pub fn start<T: Transport + 'static>(self: &Rc<Self>, transport: Rc<T>) {
+        for kind in &self.kinds {
+            kind.gossip.start(transport.clone());
+            let manager = ArtifactManager::start(
+                kind.gossip.clone(),
+                self.config.inbound_batch_max,
+                APPLY_INTERVAL,
+            );
+            *kind.manager.borrow_mut() = Some(manager);
+        }
+        let replica = self.clone();
+        let task = self
+            .runtime
+            .spawn(Box::pin(async move { replica.run().await }));
+        *self.task.borrow_mut() = Some(task);
+    }
+
+    /// Stops the loop, the artifact managers and gossip, and waits for them.
+    pub async fn stop(&self) {
+        self.stopped.set(true);
+        self.wake.notify();
+        let task = self.task.borrow_mut().take();
+        if let Some(task) = task {
+            task.join().await;
+        }
+        for kind in &self.kinds {
+            let manager = kind.manager.borrow_mut().take();
+            if let Some(mut manager) = manager {
+                manager.stop().await;
+            }
+            kind.gossip.stop().await;
+        }
+    }
+
+    /// The registry changed the subnet's members.
+    pub fn set_members(&self, members: &[NodeId]) {
+        self.chain.borrow_mut().set_members(members);
+        self.wake.notify();
+    }
+
+    pub fn subnet_public_key(&self) -> &PublicKey {
+        &self.subnet_key
+    }
+
+    pub fn subnet_id(&self) -> Principal {
+        self.subnet_key.subnet_id()
+    }
+
+    pub fn certified(&self) -> Option<Rc<Certified>> {
+        self.certified.borrow().clone()
+    }
+
+    pub fn gossip(&self) -> impl Iterator<Item = (&'static str, &GossipHandle)> {
+        REPLICA_KINDS
+            .iter()
+            .zip(&self.kinds)
+            .map(|((_, label), kind)| (*label, &kind.gossip))
+    }
+
+    pub fn snapshot(&self) -> ReplicaSnapshot {
+        let chain = self.chain.borrow();
+        let ingress = self.ingress.borrow();
+        ReplicaSnapshot {
+            executed_height: chain.state().height,
+            certified_height: self.certified().map_or(0, |c| c.height),
+            chain: chain.stats(),
+            stats: self.stats.get(),
+            ingress: ingress.stats(),
+            ingress_messages: ingress.len(),
+            ingress_bytes: ingress.bytes(),
+            ingress_limits: ingress.limits(),
+            ingress_verifying: ingress.verifying_len(),
+            request_statuses: chain.state().statuses.len(),
+            request_statuses_max: self.config.chain.request_statuses_max,
+            block_pool: self.blocks.borrow().validated_len(),
+            share_pool: self.shares.borrow().validated_len(),
+        }
+    }
+
+    fn update_stats(&self, change: impl FnOnce(&mut ReplicaStats)) {
+        let mut stats = self.stats.get();
+        change(&mut stats);
+        self.stats.set(stats);
+    }
+
+    /// Makes `kind`'s artifact manager apply its pool now (it has something to send).
+    fn poke(&self, kind: ArtifactKind) {
+        let Some(index) = REPLICA_KINDS.iter().position(|(k, _)| *k == kind) else {
+            return;
+        };
+        if let Some(manager) = self.kinds[index].manager.borrow().as_ref() {
+            manager.poke();
+        }
+    }
+
+    async fn run(self: Rc<Self>) {
+        while !self.stopped.get() {
+            self.step();
+            let sleep = self.runtime.sleep(TICK);
+            or(self.wake.wait(), sleep).await;
+        }
+    }
+
+    /// One pass: feed validated blocks and shares to the chain, verify gossiped ingress, step
+    /// the chain, and act on what it decided.
+    fn step(self: &Rc<Self>) {
+        let new_blocks = self.blocks.borrow_mut().take_new();
+        let new_shares = self.shares.borrow_mut().take_new();
+        {
+            let mut chain = self.chain.borrow_mut();
+            for (artifact, from) in &new_blocks {
+                if let (Err(_), Some(peer)) = (chain.on_block(artifact, *from), from) {
+                    (self.penalties)(*peer, Offence::InvalidArtifact);
+                }
+            }
+            for (artifact, from) in &new_shares {
+                if let (Err(_), Some(peer)) = (chain.on_share(artifact, *from), from) {
+                    (self.penalties)(*peer, Offence::InvalidArtifact);
+                }
+            }
+        }
+        self.verify_gossiped_ingress();
+        let now = self.runtime.now();
+        let output = {
+            let ingress = self.ingress.borrow();
+            self.chain.borrow_mut().step(now, unix_ns(), &ingress)
+        };
+        if let Some(block) = output.block {
+            self.blocks.borrow_mut().produce(block);
+            self.poke(REPLICA_BLOCK);
+        }
+        if let Some(share) = output.share {
+            self.shares.borrow_mut().produce(share);
+            self.poke(REPLICA_SHARE);
+        }
+        // What the chain itself produced came back through the pools' `new` queues; it ignores
+        // the second sight, so drain them now rather than next step.
+        self.blocks.borrow_mut().take_new();
+        self.shares.borrow_mut().take_new();
+        if !output.executed.is_empty() {
+            self.after_execution(output.executed);
+        }
+    }
+
+    fn after_execution(self: &Rc<Self>, executed: Vec<(u64, Vec<RequestId>)>) {
+        let (height, time_ns) = {
+            let chain = self.chain.borrow();
+            (chain.state().height, chain.state().time_ns)
+        };
+        self.window.set_executed(height);
+        let floor = height.saturating_sub(self.config.heights_kept);
+        self.blocks.borrow_mut().purge_below(floor);
+        self.shares.borrow_mut().purge_below(floor);
+        {
+            let mut log = self.executed_log.borrow_mut();
+            log.extend(executed);
+            let mut ingress = self.ingress.borrow_mut();
+            while log.front().is_some_and(|(h, _)| *h < floor) {
+                if let Some((_, ids)) = log.pop_front() {
+                    ingress.remove_executed(&ids);
+                }
+            }
+            ingress
+                .remove_expired(time_ns.saturating_sub(self.config.ingress_check.expiry_drift_ns));
+        }
+        self.poke(REPLICA_INGRESS);
+        self.poke(REPLICA_BLOCK);
+        self.poke(REPLICA_SHARE);
+        self.certify_latest();
+    }
+
+    /// Certifies the newest executed height on the CPU pool, unless a certification is in
+    /// flight (its end certifies whatever is newest then).
+    fn certify_latest(self: &Rc<Self>) {
+        if self.certifying.get() {
+            return;
+        }
+        let (height, time_ns, tree) = {
+            let chain = self.chain.borrow();
+            let state = chain.state();
+            if self.certified().is_some_and(|c| c.height >= state.height) {
+                return;
+            }
+            (
+                state.height,
+                state.time_ns,
+                state.tree(&self.subnet_key, &canister_ranges(), chain.members()),
+            )
+        };
+        let certifier = self.certifier.clone();
+        let Ok(job) = self.cpu.try_run(move || certifier.certify(tree)) else {
+            // The pool is full: the next executed height tries again.
+            self.update_stats(|s| s.certifications_skipped += 1);
+            return;
+        };
+        self.certifying.set(true);
+        let replica = self.clone();
+        self.runtime.spawn(Box::pin(async move {
+            let result = job.await;
+            replica.certifying.set(false);
+            if let Ok(state) = result {
+                let previous = replica.certified().map_or(0, |c| c.height);
+                replica.update_stats(|s| {
+                    s.certified += 1;
+                    s.certifications_skipped += height.saturating_sub(previous + 1);
+                });
+                *replica.certified.borrow_mut() = Some(Rc::new(Certified {
+                    height,
+                    time_ns,
+                    state,
+                }));
+            }
+            if !replica.stopped.get() {
+                replica.certify_latest();
+            }
+        }));
+    }
+
+    /// Sends gossiped ingress to the CPU pool for verification, within the in-flight bound.
+    fn verify_gossiped_ingress(self: &Rc<Self>) {
+        let room = {
+            let ingress = self.ingress.borrow();
+            self.config
+                .verify_in_flight_max
+                .saturating_sub(ingress.verifying_len())
+                .min(ingress.unvalidated_len())
+        };
+        if room == 0 {
+            return;
+        }
+        let taken = self.ingress.borrow_mut().take_unverified(room);
+        let check = self.config.ingress_check;
+        for (artifact, from) in taken {
+            let job_artifact = artifact.clone();
+            let now = unix_ns();
+            let job = self.cpu.try_run(move || {
+                verify_ingress(job_artifact.id(), &job_artifact.payload, &check, now)
+            });
+            let replica = self.clone();
+            match job {
+                Ok(job) => {
+                    self.runtime.spawn(Box::pin(async move {
+                        let outcome = job
+                            .await
+                            .unwrap_or_else(|_| Err("verification panicked".into()));
+                        replica.ingress.borrow_mut().verified(artifact, outcome);
+                        replica.wake.notify();
+                    }));
+                }
+                Err(_) => {
+                    // The pool is full: put it back for a later step.
+                    self.update_stats(|s| s.verify_refused_full += 1);
+                    let mut ingress = self.ingress.borrow_mut();
+                    ingress.retry_later(artifact, from);
+                }
+            }
+        }
+    }
+
+    /// The certificate revealing `paths` (plus `/time`) at the newest certified height.
+    fn certificate(&self, mut paths: Vec<Vec<Vec<u8>>>) -> Result<Vec<u8>, BackendError> {
+        let certified = self.certified().ok_or_else(|| {
+            BackendError::Unavailable("no height is certified yet, the replica is starting".into())
+        })?;
+        paths.push(vec![b"time".to_vec()]);
+        Ok(certified.state.certificate(&paths))
+    }
+
+    /// The certificate of a request's status, once the status is certified.
+    fn certified_status(&self, id: &RequestId) -> Option<Vec<u8>> {
+        let certified = self.certified()?;
+        let height = self.chain.borrow().state().statuses.get(id)?.height;
+        if height > certified.height {
+            return None;
+        }
+        let paths = vec![
+            vec![b"request_status".to_vec(), id.0.to_vec()],
+            vec![b"time".to_vec()],
+        ];
+        Some(certified.state.certificate(&paths))
+    }
+
+    async fn call(self: Rc<Self>, request: CallRequest) -> Result<CallReply, BackendError> {
+        let canister = request.content.canister_id;
+        if !Canisters::canister_ids().contains(&canister) {
+            return Ok(CallReply::Rejected(OwnedReject {
+                reject_code: 3,
+                reject_message: format!("Canister {canister} not found"),
+                error_code: Some("IC0301".into()),
+            }));
+        }
+        let id = request.request_id;
+        let executed = self.chain.borrow().state().statuses.contains_key(&id);
+        if !executed {
+            let added = self.ingress.borrow_mut().add_local(
+                id,
+                request.content,
+                icn_engine::Buf::from_vec(request.envelope.to_vec()),
+            );
+            match added {
+                Ok(()) => {
+                    self.update_stats(|s| s.calls_accepted += 1);
+                    self.poke(REPLICA_INGRESS);
+                    self.wake.notify();
+                }
+                Err(AddError::Full) => {
+                    self.update_stats(|s| s.calls_refused_full += 1);
+                    return Err(BackendError::Overloaded(
+                        "the ingress pool is full, retry later".into(),
+                    ));
+                }
+            }
+        }
+        if request.version == CallVersion::V2 {
+            return Ok(CallReply::Accepted);
+        }
+        let deadline = self.runtime.now() + self.config.sync_call_wait;
+        loop {
+            if let Some(certificate) = self.certified_status(&id) {
+                return Ok(CallReply::Certified { certificate });
+            }
+            if self.runtime.now() >= deadline || self.stopped.get() {
+                return Ok(CallReply::Accepted);
+            }
+            self.runtime.sleep(SYNC_CALL_POLL).await;
+        }
+    }
+
+    async fn query(self: Rc<Self>, request: QueryRequest) -> Result<QueryReply, BackendError> {
+        self.update_stats(|s| s.queries += 1);
+        let content = &request.content;
+        let outcome = self.chain.borrow().state().canisters.query(
+            &content.canister_id,
+            &content.method_name,
+            &content.arg,
+        );
+        let result = match outcome {
+            CallOutcome::Reply(arg) => QueryResult::Replied { arg },
+            CallOutcome::Reject(reject) => QueryResult::Rejected(OwnedReject {
+                reject_code: reject.code.as_u64(),
+                reject_message: reject.message,
+                error_code: Some(reject.error_code.to_string()),
+            }),
+        };
+        let key = self.node_key.clone();
+        let request_id = request.request_id;
+        let signed = result.clone();
+        let job = self
+            .cpu
+            .try_run(move || sign_query(&key, &signed, &request_id, unix_ns()))
+            .map_err(|_| {
+                BackendError::Overloaded("signing capacity exhausted, retry later".into())
+            })?;
+        let (timestamp, signature) = job
+            .await
+            .map_err(|_| BackendError::Internal("query signing failed".into()))?
+            .map_err(BackendError::Internal)?;
+        Ok(QueryReply {
+            outcome: result,
+            signatures: vec![OwnedNodeSignature {
+                timestamp,
+                signature,
+                identity: self.node_principal,
+            }],
+        })
+    }
+
+    fn read_state(&self, request: ReadStateRequest) -> Result<ReadStateReply, BackendError> {
+        let paths: Vec<Vec<Vec<u8>>> = request
+            .content
+            .paths
+            .iter()
+            .map(|path| path.iter().map(|label| label.to_vec()).collect())
+            .collect();
+        match request.target {
+            ReadStateTarget::Subnet(subnet) => {
+                if subnet != self.subnet_id() {
+                    return Err(BackendError::NotFound(format!(
+                        "subnet {subnet} is not this node's subnet ({})",
+                        self.subnet_id()
+                    )));
+                }
+                for path in &paths {
+                    match path.first().map(Vec::as_slice) {
+                        Some(b"time" | b"subnet" | b"canister_ranges") => {}
+                        _ => {
+                            return Err(BackendError::NotFound(format!(
+                                "path {} cannot be read through the subnet endpoint",
+                                show_path(path)
+                            )))
+                        }
+                    }
+                }
+            }
+            ReadStateTarget::Canister(canister) => {
+                self.check_canister_paths(&paths, &canister, &request.content.sender)?;
+            }
+        }
+        Ok(ReadStateReply {
+            certificate: self.certificate(paths)?,
+        })
+    }
+
+    /// The interface specification's access rules for a canister read_state.
+    fn check_canister_paths(
+        &self,
+        paths: &[Vec<Vec<u8>>],
+        canister: &Principal,
+        sender: &Principal,
+    ) -> Result<(), BackendError> {
+        let mut request_id: Option<&[u8]> = None;
+        for path in paths {
+            match path.first().map(Vec::as_slice) {
+                Some(b"time" | b"subnet" | b"canister_ranges") => {}
+                Some(b"canister") => {
+                    if path.get(1).map(Vec::as_slice) != Some(canister.as_slice()) {
+                        return Err(BackendError::Forbidden(format!(
+                            "path {} names another canister than the effective canister id {canister}",
+                            show_path(path)
+                        )));
+                    }
+                }
+                Some(b"request_status") => {
+                    let Some(id) = path.get(1) else {
+                        return Err(BackendError::Forbidden(
+                            "request_status paths must name a request id".into(),
+                        ));
+                    };
+                    if request_id.is_some_and(|first| first != id.as_slice()) {
+                        return Err(BackendError::Forbidden(
+                            "a read_state may ask for the status of one request id only".into(),
+                        ));
+                    }
+                    request_id = Some(id);
+                    let Ok(id) = <[u8; 32]>::try_from(id.as_slice()) else {
+                        continue;
+                    };
+                    let chain = self.chain.borrow();
+                    if let Some(status) = chain.state().statuses.get(&RequestId(id)) {
+                        if status.sender != *sender {
+                            return Err(BackendError::Forbidden(
+                                "the request's sender is not the sender of this read_state".into(),
+                            ));
+                        }
+                        if status.canister != *canister {
+                            return Err(BackendError::Forbidden(format!(
+                                "the request was not sent to the effective canister id {canister}"
+                            )));
+                        }
+                    }
+                }
+                _ => {
+                    return Err(BackendError::NotFound(format!(
+                        "path {} is not in the state tree",
+                        show_path(path)
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn local_of(config: &ReplicaConfig) -> NodeId {
+    config.chain.local
+}
+
+/// The subnet's canister range: the built-in canisters' ids.
+pub fn canister_ranges() -> Vec<(Principal, Principal)> {
+    let ids = Canisters::canister_ids();
+    vec![(ids[0], ids[ids.len() - 1])]
+}
+
+fn show_path(path: &[Vec<u8>]) -> String {
+    let labels: Vec<String> = path
+        .iter()
+        .map(|label| match std::str::from_utf8(label) {
+            Ok(text) if text.chars().all(|c| c.is_ascii_graphic()) => text.to_string(),
+            _ => label.iter().map(|b| format!("{b:02x}")).collect(),
+        })
+        .collect();
+    format!("/{}", labels.join("/"))
+}
+
+/// Signs a query response with the node's Ed25519 key: the timestamp and the signature.
+fn sign_query(
+    key: &PKey<Private>,
+    result: &QueryResult,
+    request_id: &RequestId,
+    timestamp: u64,
+) -> Result<(u64, Vec<u8>), String> {
+    let outcome = match result {
+        QueryResult::Replied { arg } => QueryOutcome::Replied { arg },
+        QueryResult::Rejected(reject) => QueryOutcome::Rejected(WireReject {
+            reject_code: reject.reject_code,
+            reject_message: &reject.reject_message,
+            error_code: reject.error_code.as_deref(),
+        }),
+    };
+    let message = query_response_signing_bytes(&outcome, timestamp, request_id);
+    let mut signer = Signer::new_without_digest(key).map_err(|e| e.to_string())?;
+    let signature = signer
+        .sign_oneshot_to_vec(&message)
+        .map_err(|e| e.to_string())?;
+    Ok((timestamp, signature))
+}
+
+/// The HTTP API's view of a replica.
+pub struct ReplicaBackend(pub Rc<Replica>);
+
+impl Backend for ReplicaBackend {
+    fn status(&self) -> BackendStatus {
+        let certified = self.0.certified();
+        BackendStatus {
+            root_key: Some(self.0.subnet_key.to_der().to_vec()),
+            replica_health_status: if certified.is_some() {
+                "healthy"
+            } else {
+                "starting"
+            },
+            certified_height: certified.map(|c| c.height),
+        }
+    }
+
+    fn call(&self, request: CallRequest) -> LocalBoxFuture<'_, Result<CallReply, BackendError>> {
+        Box::pin(self.0.clone().call(request))
+    }
+
+    fn query(&self, request: QueryRequest) -> LocalBoxFuture<'_, Result<QueryReply, BackendError>> {
+        Box::pin(self.0.clone().query(request))
+    }
+
+    fn read_state(
+        &self,
+        request: ReadStateRequest,
+    ) -> LocalBoxFuture<'_, Result<ReadStateReply, BackendError>> {
+        let result = self.0.read_state(request);
+        Box::pin(async move { result })
+    }
+}
