@@ -7,6 +7,7 @@
 //! version = 1
 //! [[subnets]]
 //! id = "local"
+//! public_key = "308182301d06..."                # optional; the subnet's DER public key in hex
 //! [[subnets.nodes]]
 //! node_id = "<64 hex chars: the raw Ed25519 public key>"
 //! cert_pem = "-----BEGIN CERTIFICATE-----..."   # optional; checked against node_id
@@ -15,6 +16,11 @@
 //! http_addr = "127.0.0.1:4102"                  # optional
 //! metrics_addr = "127.0.0.1:4103"               # optional
 //! ```
+//!
+//! The subnet's public key is opaque bytes here: the engine only carries it, bounded by
+//! [`SUBNET_PUBLIC_KEY_BYTES_MAX`], so that nodes and tools agree on it through the same versioned
+//! file as on membership. What the bytes mean (the reference replica stores a DER-encoded
+//! BLS12-381 key that certifies the subnet's state) is for the layer that signs and verifies.
 //!
 //! Nothing here touches an executor: [`RegistryWatcher::poll_changed`] is a plain method that a
 //! shard driver calls every [`RegistryWatcher::poll_interval`].
@@ -32,6 +38,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::identity::{self, Identity, IdentityError};
 use crate::transport::NodeId;
+
+/// Longest subnet public key a registry entry may carry. The reference replica's DER-encoded
+/// BLS12-381 key is 133 bytes; the bound leaves room for other key types while keeping a
+/// corrupt or hostile registry file from making every node hold megabytes per subnet.
+pub const SUBNET_PUBLIC_KEY_BYTES_MAX: usize = 1024;
 
 /// The name of a subnet, as written in the registry.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -60,6 +71,9 @@ pub struct NodeRecord {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Subnet {
     pub id: SubnetId,
+    /// The subnet's public key (DER), when it has one: what clients verify the subnet's
+    /// certificates against. Opaque to the engine; at most [`SUBNET_PUBLIC_KEY_BYTES_MAX`] bytes.
+    pub public_key: Option<Vec<u8>>,
     pub nodes: Vec<NodeRecord>,
 }
 
@@ -101,6 +115,9 @@ struct RegistryFile {
 #[serde(deny_unknown_fields)]
 struct SubnetFile {
     id: String,
+    /// Lowercase hex of the DER public key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    public_key: Option<String>,
     #[serde(default)]
     nodes: Vec<NodeFile>,
 }
@@ -124,6 +141,7 @@ impl Registry {
     pub fn new(version: u64, subnets: Vec<Subnet>) -> Result<Registry, RegistryError> {
         let index = build_index(&subnets)?;
         for subnet in &subnets {
+            check_public_key(subnet)?;
             for node in &subnet.nodes {
                 check_cert(subnet, node)?;
             }
@@ -165,8 +183,14 @@ impl Registry {
                 .enumerate()
                 .map(|(i, node)| parse_node(&subnet.id, i, node))
                 .collect::<Result<Vec<_>, _>>()?;
+            let public_key = subnet
+                .public_key
+                .as_deref()
+                .map(|text| parse_public_key(&subnet.id, text))
+                .transpose()?;
             subnets.push(Subnet {
                 id: SubnetId(subnet.id),
+                public_key,
                 nodes,
             });
         }
@@ -209,6 +233,11 @@ impl Registry {
         &self.subnets
     }
 
+    /// The entry of `subnet`, when the registry lists it.
+    pub fn subnet(&self, subnet: &SubnetId) -> Option<&Subnet> {
+        self.subnets.iter().find(|s| &s.id == subnet)
+    }
+
     pub fn subnet_of(&self, node: NodeId) -> Option<&SubnetId> {
         self.index.get(&node).map(|&(s, _)| &self.subnets[s].id)
     }
@@ -243,6 +272,7 @@ impl Registry {
             Some(s) => s.nodes.push(record),
             None => subnets.push(Subnet {
                 id: subnet.clone(),
+                public_key: None,
                 nodes: vec![record],
             }),
         }
@@ -261,6 +291,28 @@ impl Registry {
         for subnet in &mut subnets {
             subnet.nodes.retain(|n| n.node_id != node);
         }
+        Registry::new(self.version + 1, subnets)
+    }
+
+    /// A new version in which `subnet` has `public_key` (replacing the one it had, if any).
+    ///
+    /// The registry never generates keys: whoever owns the key scheme (the reference replica's
+    /// tools) makes the key pair, hands the secret to the subnet's nodes and records the public
+    /// half here, so the engine stays free of any particular signature scheme.
+    pub fn with_subnet_public_key(
+        &self,
+        subnet: &SubnetId,
+        public_key: Vec<u8>,
+    ) -> Result<Registry, RegistryError> {
+        let mut subnets = self.subnets.clone();
+        let entry = subnets
+            .iter_mut()
+            .find(|s| &s.id == subnet)
+            .ok_or_else(|| RegistryError::Invalid {
+                entry: format!("subnet {subnet}"),
+                message: "is not in the registry".into(),
+            })?;
+        entry.public_key = Some(public_key);
         Registry::new(self.version + 1, subnets)
     }
 
@@ -306,6 +358,7 @@ impl Registry {
             1,
             vec![Subnet {
                 id: SubnetId("local".into()),
+                public_key: None,
                 nodes,
             }],
         )?;
@@ -357,6 +410,62 @@ fn check_cert(subnet: &Subnet, node: &NodeRecord) -> Result<(), RegistryError> {
     Ok(())
 }
 
+fn check_public_key(subnet: &Subnet) -> Result<(), RegistryError> {
+    match &subnet.public_key {
+        Some(key) if key.is_empty() || key.len() > SUBNET_PUBLIC_KEY_BYTES_MAX => {
+            Err(RegistryError::Invalid {
+                entry: format!("subnet {}", subnet.id),
+                message: format!(
+                    "public_key is {} bytes; it must be 1 to {SUBNET_PUBLIC_KEY_BYTES_MAX}",
+                    key.len()
+                ),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Decodes the hex `public_key` of a subnet entry. The length is checked before decoding so an
+/// oversized field is refused without allocating for it; [`check_public_key`] checks the bytes
+/// of registries built in code the same way.
+fn parse_public_key(subnet: &str, text: &str) -> Result<Vec<u8>, RegistryError> {
+    let invalid = |message: String| RegistryError::Invalid {
+        entry: format!("subnet {subnet}"),
+        message,
+    };
+    let text = text.trim();
+    if text.len() > 2 * SUBNET_PUBLIC_KEY_BYTES_MAX {
+        return Err(invalid(format!(
+            "public_key has {} hex characters; at most {} are allowed",
+            text.len(),
+            2 * SUBNET_PUBLIC_KEY_BYTES_MAX
+        )));
+    }
+    if text.len() % 2 != 0 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(invalid(
+            "public_key is not hex (an even number of 0-9, a-f characters)".into(),
+        ));
+    }
+    Ok(text
+        .as_bytes()
+        .chunks_exact(2)
+        .map(|pair| (hex_value(pair[0]) << 4) | hex_value(pair[1]))
+        .collect())
+}
+
+/// The value of one ASCII hex digit; the caller has checked that it is one.
+fn hex_value(digit: u8) -> u8 {
+    match digit {
+        b'0'..=b'9' => digit - b'0',
+        b'a'..=b'f' => digit - b'a' + 10,
+        _ => digit - b'A' + 10,
+    }
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn parse_node(subnet: &str, position: usize, node: NodeFile) -> Result<NodeRecord, RegistryError> {
     let entry = format!("subnet {subnet} node #{position} ({})", node.node_id);
     let invalid = |message: String| RegistryError::Invalid {
@@ -386,6 +495,7 @@ fn parse_node(subnet: &str, position: usize, node: NodeFile) -> Result<NodeRecor
 fn subnet_to_file(subnet: &Subnet) -> SubnetFile {
     SubnetFile {
         id: subnet.id.0.clone(),
+        public_key: subnet.public_key.as_deref().map(to_hex),
         nodes: subnet
             .nodes
             .iter()
@@ -565,6 +675,80 @@ mod tests {
         fs::write(&path, "version = ").unwrap();
         let err = Registry::load(&path).unwrap_err().to_string();
         assert!(err.contains("broken.toml"), "{err}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn subnet_public_key_round_trips_and_is_optional() {
+        let (dir, v1) = local(2);
+        let subnet = SubnetId("local".into());
+        assert_eq!(v1.subnet(&subnet).unwrap().public_key, None);
+        assert!(
+            !v1.to_toml().contains("public_key"),
+            "an absent key is not written"
+        );
+        assert_eq!(Registry::from_toml(&v1.to_toml()).unwrap(), v1);
+        assert!(v1.subnet(&SubnetId("other".into())).is_none());
+
+        let key: Vec<u8> = (0..=255u8).chain([0x0a, 0xf0]).collect();
+        let v2 = v1.with_subnet_public_key(&subnet, key.clone()).unwrap();
+        assert_eq!(v2.version(), 2);
+        assert_eq!(v2.subnet(&subnet).unwrap().public_key, Some(key.clone()));
+        let text = v2.to_toml();
+        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        assert!(text.contains(&format!("public_key = \"{hex}\"")), "{text}");
+        let path = dir.join("registry.toml");
+        v2.save(&path).unwrap();
+        assert_eq!(Registry::load(&path).unwrap(), v2);
+        // Upper-case hex is read as well; it is written back in lower case.
+        let upper = Registry::from_toml(&text.replace(&hex, &hex.to_uppercase())).unwrap();
+        assert_eq!(upper, v2);
+
+        // Keys survive other changes, and a subnet must exist to get one.
+        let v3 = v2.remove_node(v2.nodes(&subnet)[0].node_id).unwrap();
+        assert_eq!(v3.subnet(&subnet).unwrap().public_key, Some(key));
+        let err = v1
+            .with_subnet_public_key(&SubnetId("other".into()), vec![1])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("subnet other"), "{err}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bad_subnet_public_keys_are_refused_with_the_subnet_named() {
+        let (dir, v1) = local(1);
+        let subnet = SubnetId("local".into());
+        let text = v1
+            .with_subnet_public_key(&subnet, vec![0xab; 4])
+            .unwrap()
+            .to_toml();
+        for (bad, expected) in [
+            ("abababzz", "not hex"),
+            ("abababa", "not hex"),
+            ("", "0 bytes"),
+            (
+                &"ab".repeat(SUBNET_PUBLIC_KEY_BYTES_MAX + 1),
+                "hex characters",
+            ),
+        ] {
+            let err = Registry::from_toml(&text.replace("abababab", bad))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("subnet local") && err.contains("public_key") && err.contains(expected),
+                "{bad:?}: {err}"
+            );
+        }
+        // The bound is inclusive, and registries built in code are held to it too.
+        let longest = "cd".repeat(SUBNET_PUBLIC_KEY_BYTES_MAX);
+        assert!(Registry::from_toml(&text.replace("abababab", &longest)).is_ok());
+        let err = v1
+            .with_subnet_public_key(&subnet, vec![0; SUBNET_PUBLIC_KEY_BYTES_MAX + 1])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("subnet local") && err.contains("1025 bytes"), "{err}");
+        assert!(v1.with_subnet_public_key(&subnet, Vec::new()).is_err());
         fs::remove_dir_all(&dir).unwrap();
     }
 
