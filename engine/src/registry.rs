@@ -736,7 +736,9 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(
-                err.contains("subnet local") && err.contains("public_key") && err.contains(expected),
+                err.contains("subnet local")
+                    && err.contains("public_key")
+                    && err.contains(expected),
                 "{bad:?}: {err}"
             );
         }
@@ -747,7 +749,10 @@ mod tests {
             .with_subnet_public_key(&subnet, vec![0; SUBNET_PUBLIC_KEY_BYTES_MAX + 1])
             .unwrap_err()
             .to_string();
-        assert!(err.contains("subnet local") && err.contains("1025 bytes"), "{err}");
+        assert!(
+            err.contains("subnet local") && err.contains("1025 bytes"),
+            "{err}"
+        );
         assert!(v1.with_subnet_public_key(&subnet, Vec::new()).is_err());
         fs::remove_dir_all(&dir).unwrap();
     }

@@ -18,6 +18,8 @@ use icn_shards::demo::{self, DemoError, DemoOptions, LOCAL_SUBNET};
 use icn_shards::node::run_node;
 use icn_shards::node_config::{NodeConfig, TransportKind};
 use icn_shards::p2p::WorkloadConfig;
+use icn_shards::replica::bls::SECRET_KEY_FILE_NAME;
+use icn_shards::replica::keys;
 use icn_shards::state_sync::reference::StateWorkloadConfig;
 use icn_shards::state_sync::store::{
     compute_manifest, hash_hex, verify_checkpoint, CheckpointStore,
@@ -146,9 +148,10 @@ struct SynthArgs {
 
 #[derive(Subcommand)]
 enum RegistryCommand {
-    /// Generate N identities and a version-1 registry of one subnet on 127.0.0.1.
+    /// Generate N identities, one subnet BLS key shared by all of them, and a version-1 registry
+    /// of one subnet on 127.0.0.1 that lists the key's public half.
     Create {
-        /// Folder for node-<i>/ identities and registry.toml.
+        /// Folder for node-<i>/ identities (each with the subnet key file) and registry.toml.
         #[arg(long)]
         dir: PathBuf,
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1000))]
@@ -160,7 +163,9 @@ enum RegistryCommand {
         #[arg(long, default_value = LOCAL_SUBNET)]
         subnet: String,
     },
-    /// Add a node (its identity folder and addresses) as a new registry version.
+    /// Add a node (its identity folder and addresses) as a new registry version. When the subnet
+    /// has a key and the folder lacks it, a matching key file in a sibling folder (another
+    /// node-<i>/) is copied in; otherwise the command says how to copy it.
     Add {
         #[arg(long)]
         registry: PathBuf,
@@ -522,11 +527,34 @@ fn registry(command: RegistryCommand) -> Result<(), Failure> {
                 metrics_addr: metrics,
             };
             let next = current.add_node(&subnet, record).map_err(Failure::failed)?;
+            let copied = keys::copy_subnet_key_from_sibling(&node_dir, &next, &subnet)
+                .map_err(Failure::failed)?;
+            // The new member must hold exactly the key the registry lists (or none when it lists
+            // none); a missing file is only a hint, since the operator may copy it later.
+            let key_note = match keys::load_subnet_key(&node_dir, &next, &subnet) {
+                Ok(_) => None,
+                Err(error @ keys::SubnetKeyError::MissingFile { .. }) => Some(format!(
+                    "{error}\n  e.g. install -m 600 <a member's identity dir>/{SECRET_KEY_FILE_NAME} {}/",
+                    node_dir.display()
+                )),
+                Err(error) => return Err(Failure::failed(error)),
+            };
             save_and_print(
                 &next,
                 &registry,
                 &format!("added {}", identity.node_id().to_hex()),
-            )
+            )?;
+            if let Some(from) = copied {
+                println!(
+                    "subnet key: copied {} into {}",
+                    from.display(),
+                    node_dir.display()
+                );
+            }
+            if let Some(note) = key_note {
+                println!("subnet key: {note}");
+            }
+            Ok(())
         }
         RegistryCommand::Remove { registry, node } => {
             let current = Registry::load(&registry).map_err(Failure::failed)?;
@@ -567,16 +595,14 @@ fn registry_create(
             .ok_or_else(|| Failure::failed("no free range of loopback ports found"))?,
     };
     std::fs::create_dir_all(dir).map_err(|e| Failure::failed(format!("{}: {e}", dir.display())))?;
-    let mut registry =
-        Registry::create_local_subnet(dir, nodes, base_port).map_err(Failure::failed)?;
-    if subnet != LOCAL_SUBNET {
-        let mut subnets = registry.subnets().to_vec();
-        subnets[0].id = SubnetId(subnet);
-        registry = Registry::new(registry.version(), subnets).map_err(Failure::failed)?;
-        registry.save(&path).map_err(Failure::failed)?;
-    }
+    let registry = keys::create_local_subnet(dir, nodes, base_port, &SubnetId(subnet))
+        .map_err(Failure::failed)?;
     print!("{}", describe(&registry));
     println!("written to {}", path.display());
+    println!(
+        "subnet key: {} in every node-<i>/ (mode 0600; keep it secret: it signs for the subnet)",
+        SECRET_KEY_FILE_NAME
+    );
     Ok(())
 }
 

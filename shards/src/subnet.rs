@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use icn_engine::registry::{Registry, SubnetId};
+use icn_engine::registry::SubnetId;
 use icn_engine::shard::Shutdown;
 use icn_tuning::Tuning;
 
@@ -26,6 +26,7 @@ use crate::demo::{
 };
 use crate::node_config::{NodeConfig, TransportKind};
 use crate::p2p::WorkloadConfig;
+use crate::replica::keys;
 use crate::state_sync::reference::StateWorkloadConfig;
 
 /// Nodes a local subnet may have (13 is the IC's usual subnet size).
@@ -82,8 +83,9 @@ pub fn run_subnet(
         None => free_base_port(members)
             .ok_or_else(|| DemoError::Setup("no free range of loopback ports found".into()))?,
     };
-    let registry = Registry::create_local_subnet(&dir.0, members, base_port)
-        .map_err(setup("creating the local registry"))?;
+    let registry =
+        keys::create_local_subnet(&dir.0, members, base_port, &SubnetId(LOCAL_SUBNET.into()))
+            .map_err(setup("creating the local registry and subnet key"))?;
     let tuning_path = dir.0.join("tuning.toml");
     std::fs::write(
         &tuning_path,

@@ -196,6 +196,7 @@ impl TcpPair {
         };
         let subnet = Subnet {
             id: SubnetId("bench".to_string()),
+            public_key: None,
             nodes: vec![record(&ids.server)?, record(&ids.client)?],
         };
         let registry = Registry::new(1, vec![subnet]).map_err(|e| e.to_string())?;

@@ -268,6 +268,7 @@ mod tests {
             .collect();
         let subnet = Subnet {
             id: SubnetId("test".into()),
+            public_key: None,
             nodes,
         };
         Arc::new(Registry::new(version, vec![subnet]).unwrap())

@@ -10,6 +10,9 @@
 //!   (delegation, root hash, signature, `/time` skew), used by tests.
 //! - [`canisters`]: the built-in native canisters (a counter and a key-value store) with Candid
 //!   interfaces, executed deterministically, and their state files.
+//! - [`keys`]: the subnet key's files: generated for a new local subnet into every member's
+//!   identity directory, copied to a joining node, and checked against the registry's public key
+//!   when a node loads it.
 
 pub mod bls;
 pub mod canisters;
@@ -17,5 +20,6 @@ pub mod certification;
 pub mod chain;
 pub mod driver;
 pub mod ingress;
+pub mod keys;
 pub mod metrics;
 pub mod pool;

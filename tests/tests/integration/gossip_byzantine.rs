@@ -436,6 +436,7 @@ fn registry(ids: &[NodeId]) -> Arc<Registry> {
         .collect();
     let subnet = Subnet {
         id: SubnetId(SUBNET.into()),
+        public_key: None,
         nodes,
     };
     Arc::new(Registry::new(1, vec![subnet]).expect("valid registry"))
