@@ -441,7 +441,7 @@ fn parse_public_key(subnet: &str, text: &str) -> Result<Vec<u8>, RegistryError> 
             2 * SUBNET_PUBLIC_KEY_BYTES_MAX
         )));
     }
-    if text.len() % 2 != 0 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !text.len().is_multiple_of(2) || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(invalid(
             "public_key is not hex (an even number of 0-9, a-f characters)".into(),
         ));

@@ -93,7 +93,7 @@ fn keygen_writes_a_private_key_and_refuses_to_overwrite() {
 }
 
 #[test]
-fn registry_changes_produce_versions_one_two_three() {
+fn registry_changes_produce_versions_and_hand_out_the_subnet_key() {
     let dir = TempDir::new("registry");
     let registry = dir.0.join("registry.toml");
     let create = icn(&[
@@ -107,6 +107,23 @@ fn registry_changes_produce_versions_one_two_three() {
     assert_eq!(create.status.code(), Some(0), "{}", text(&create.stderr));
     assert!(text(&create.stdout).contains("registry version 1"));
     assert!(text(&create.stdout).contains("subnet local (2 nodes)"));
+    // One subnet key, its secret in every node's folder and its public half in the registry.
+    let key_file = |node_dir: &Path| node_dir.join("subnet_bls_key.pem");
+    let node0_key = std::fs::read_to_string(key_file(&dir.0.join("node-0"))).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(key_file(&dir.0.join("node-1"))).unwrap(),
+        node0_key
+    );
+    let mode = std::fs::metadata(key_file(&dir.0.join("node-0")))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let toml = std::fs::read_to_string(&registry).unwrap();
+    assert!(
+        toml.contains("public_key = \"308182301d06"),
+        "a DER BLS key: {toml}"
+    );
 
     let extra = dir.0.join("extra");
     let keygen = icn(&["keygen", "--out", path_arg(&extra)]);
@@ -125,6 +142,16 @@ fn registry_changes_produce_versions_one_two_three() {
     ]);
     assert_eq!(add.status.code(), Some(0), "{}", text(&add.stderr));
     assert!(text(&add.stdout).contains("registry version 2: added"));
+    // The joining node's folder sits beside node-<i>/: the key is copied from there.
+    assert!(
+        text(&add.stdout).contains("subnet key: copied"),
+        "{}",
+        text(&add.stdout)
+    );
+    assert_eq!(
+        std::fs::read_to_string(key_file(&extra)).unwrap(),
+        node0_key
+    );
 
     let again = icn(&[
         "registry",
@@ -172,6 +199,36 @@ fn registry_changes_produce_versions_one_two_three() {
     ]);
     assert_eq!(missing.status.code(), Some(1));
     assert!(text(&missing.stderr).contains("is not in the registry"));
+    // A node whose folder has no keyed sibling is added with a line saying what to copy.
+    let apart = TempDir::new("registry-apart");
+    let lone = apart.0.join("lone");
+    assert!(icn(&["keygen", "--out", path_arg(&lone)]).status.success());
+    let lone_add = icn(&[
+        "registry",
+        "add",
+        "--registry",
+        path_arg(&registry),
+        "--node-dir",
+        path_arg(&lone),
+        "--quic",
+        "127.0.0.1:5110",
+        "--tcp",
+        "127.0.0.1:5111",
+    ]);
+    assert_eq!(
+        lone_add.status.code(),
+        Some(0),
+        "{}",
+        text(&lone_add.stderr)
+    );
+    let said = text(&lone_add.stdout);
+    assert!(
+        said.contains("registry version 4: added")
+            && said.contains("subnet_bls_key.pem is missing")
+            && said.contains("install -m 600"),
+        "{said}"
+    );
+    assert!(!key_file(&lone).exists());
 }
 
 #[test]

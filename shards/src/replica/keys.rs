@@ -422,6 +422,24 @@ mod tests {
             None
         );
 
+        // Only a stale sibling: nothing is copied, and loading then names the missing file.
+        let apart = TempDir::new("sibling-apart");
+        let apart_stale = apart.0.join("stale");
+        fs::create_dir_all(&apart_stale).unwrap();
+        SecretKey::from_seed(&[8; 32])
+            .save(&secret_key_path(&apart_stale))
+            .unwrap();
+        let lonely = apart.0.join("joiner");
+        fs::create_dir_all(&lonely).unwrap();
+        assert_eq!(
+            copy_subnet_key_from_sibling(&lonely, &registry, &subnet).unwrap(),
+            None
+        );
+        assert!(matches!(
+            load_subnet_key(&lonely, &registry, &subnet),
+            Err(SubnetKeyError::MissingFile { .. })
+        ));
+
         // A subnet without a registry key gets nothing, even with key files around.
         let (keyless_dir, keyless_registry) = keyless("sibling-keyless");
         SecretKey::from_seed(&[7; 32])
