@@ -182,21 +182,15 @@ pub fn run_node(config: &NodeConfig, shutdown: Shutdown) -> Result<(), NodeError
     results.into_iter().collect()
 }
 
-/// The subnet's BLS key from the node's identity directory, if it holds one: with it (and an
-/// API address) the node runs the reference replica, without it the API answers 503.
+/// The subnet's BLS key from the node's identity directory, checked against the registry's
+/// public key for the subnet: with it (and an API address) the node runs the reference replica;
+/// a subnet without a key runs none and its API answers 503.
 fn load_subnet_key(
     config: &NodeConfig,
-    _registry: &Registry,
+    registry: &Registry,
 ) -> Result<Option<crate::replica::bls::SecretKey>, NodeError> {
-    let path = config
-        .identity_dir
-        .join(crate::replica::bls::SECRET_KEY_FILE_NAME);
-    if !path.exists() {
-        return Ok(None);
-    }
-    crate::replica::bls::SecretKey::load(&path)
-        .map(Some)
-        .map_err(|e| NodeError::SubnetKey(format!("{}: {e}", path.display())))
+    crate::replica::keys::load_subnet_key(&config.identity_dir, registry, &config.subnet_id)
+        .map_err(|e| NodeError::SubnetKey(e.to_string()))
 }
 
 /// The node's routes; `metrics` counts every answered request.
