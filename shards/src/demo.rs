@@ -29,7 +29,6 @@ use icn_tuning::Tuning;
 use crate::node::{ROUTE_SINK, SINK_RESPONSE_BYTES};
 use crate::node_config::{NodeConfig, TransportKind};
 use crate::node_transport::NodeTransport;
-use crate::replica::keys;
 
 /// The subnet every local registry made here uses.
 pub const LOCAL_SUBNET: &str = "local";
@@ -200,9 +199,8 @@ pub fn run_demo(options: &DemoOptions, exe: &Path, shutdown: Shutdown) -> Result
         None => free_base_port(members)
             .ok_or_else(|| DemoError::Setup("no free range of loopback ports found".into()))?,
     };
-    let registry =
-        keys::create_local_subnet(&dir.0, members, base_port, &SubnetId(LOCAL_SUBNET.into()))
-            .map_err(setup("creating the local registry and subnet key"))?;
+    let registry = Registry::create_local_subnet(&dir.0, members, base_port)
+        .map_err(setup("creating the local registry"))?;
     let tuning_path = dir.0.join("tuning.toml");
     std::fs::write(
         &tuning_path,
