@@ -27,7 +27,7 @@ pub struct ReplicaLimits {
 
 impl ReplicaLimits {
     /// A block's fixed fields plus 32 bytes per ingress id, with room for the table layout.
-    pub const BLOCK_OVERHEAD_BYTES: usize = 128;
+    pub const BLOCK_OVERHEAD_BYTES: usize = 256;
     /// Default for [`ReplicaLimits::block_ingress_max`] (the tuning default).
     pub const BLOCK_INGRESS_MAX_DEFAULT: usize = 1_000;
     /// Largest encoded share (fixed fields only).
@@ -61,7 +61,7 @@ impl Default for ReplicaLimits {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReplicaBlock {
     pub height: u64,
-    pub round: u32,
+    pub round: u64,
     /// The artifact hash of the parent block; all zeros for height 1.
     pub parent: Hash,
     /// The maker's clock in nanoseconds since 1970: the state's time at this height.
@@ -70,11 +70,13 @@ pub struct ReplicaBlock {
     pub ingress: Vec<Hash>,
 }
 
-/// A notarization share for the block whose artifact hash is `block`.
+/// A notarization share by `node` for the block whose artifact hash is `block`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReplicaShare {
     pub height: u64,
     pub block: Hash,
+    /// The sharing node's id (its raw Ed25519 public key).
+    pub node: Hash,
 }
 
 pub fn encode_replica_block(block: &ReplicaBlock) -> Vec<u8> {
@@ -126,11 +128,13 @@ pub fn decode_replica_block(
 pub fn encode_replica_share(share: &ReplicaShare) -> Vec<u8> {
     let mut builder = FlatBufferBuilder::with_capacity(ReplicaLimits::SHARE_BYTES_MAX);
     let block = wire::Hash32(share.block);
+    let node = wire::Hash32(share.node);
     let root = wire::ReplicaShare::create(
         &mut builder,
         &wire::ReplicaShareArgs {
             height: share.height,
             block: Some(&block),
+            node: Some(&node),
         },
     );
     builder.finish_minimal(root);
@@ -159,6 +163,7 @@ pub fn decode_replica_share(
     Ok(ReplicaShare {
         height: table.height(),
         block: table.block().0,
+        node: table.node().0,
     })
 }
 
@@ -189,6 +194,7 @@ mod tests {
         let share = ReplicaShare {
             height: 9,
             block: [5; 32],
+            node: [6; 32],
         };
         let bytes = encode_replica_share(&share);
         assert!(bytes.len() <= ReplicaLimits::SHARE_BYTES_MAX);

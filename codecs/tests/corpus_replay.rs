@@ -1087,6 +1087,7 @@ fn replica_seeds() -> Vec<Seed> {
     let share_bytes = encode_replica_share(&ReplicaShare {
         height: 12,
         block: [9; 32],
+        node: [4; 32],
     });
     vec![
         seed("replica_block", "valid", block_bytes.clone()),

@@ -3071,6 +3071,7 @@ pub mod icn {
             ) -> ::flatbuffers::WIPOffset<ReplicaBlock<'bldr>> {
                 let mut builder = ReplicaBlockBuilder::new(_fbb);
                 builder.add_time_ns(args.time_ns);
+                builder.add_round(args.round);
                 builder.add_height(args.height);
                 if let Some(x) = args.ingress {
                     builder.add_ingress(x);
@@ -3078,7 +3079,6 @@ pub mod icn {
                 if let Some(x) = args.parent {
                     builder.add_parent(x);
                 }
-                builder.add_round(args.round);
                 builder.finish()
             }
 
@@ -3094,13 +3094,13 @@ pub mod icn {
                 }
             }
             #[inline]
-            pub fn round(&self) -> u32 {
+            pub fn round(&self) -> u64 {
                 // Safety:
                 // Created from valid Table for this object
                 // which contains a valid value in this slot
                 unsafe {
                     self._tab
-                        .get::<u32>(ReplicaBlock::VT_ROUND, Some(0))
+                        .get::<u64>(ReplicaBlock::VT_ROUND, Some(0))
                         .unwrap()
                 }
             }
@@ -3149,7 +3149,7 @@ pub mod icn {
             ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
                 v.visit_table(pos)?
      .visit_field::<u64>("height", Self::VT_HEIGHT, false)?
-     .visit_field::<u32>("round", Self::VT_ROUND, false)?
+     .visit_field::<u64>("round", Self::VT_ROUND, false)?
      .visit_field::<Hash32>("parent", Self::VT_PARENT, true)?
      .visit_field::<u64>("time_ns", Self::VT_TIME_NS, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, Hash32>>>("ingress", Self::VT_INGRESS, false)?
@@ -3159,7 +3159,7 @@ pub mod icn {
         }
         pub struct ReplicaBlockArgs<'a> {
             pub height: u64,
-            pub round: u32,
+            pub round: u64,
             pub parent: Option<&'a Hash32>,
             pub time_ns: u64,
             pub ingress: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, Hash32>>>,
@@ -3188,8 +3188,8 @@ pub mod icn {
                     .push_slot::<u64>(ReplicaBlock::VT_HEIGHT, height, 0);
             }
             #[inline]
-            pub fn add_round(&mut self, round: u32) {
-                self.fbb_.push_slot::<u32>(ReplicaBlock::VT_ROUND, round, 0);
+            pub fn add_round(&mut self, round: u64) {
+                self.fbb_.push_slot::<u64>(ReplicaBlock::VT_ROUND, round, 0);
             }
             #[inline]
             pub fn add_parent(&mut self, parent: &Hash32) {
@@ -3243,8 +3243,10 @@ pub mod icn {
         pub enum ReplicaShareOffset {}
         #[derive(Copy, Clone, PartialEq)]
 
-        /// A notarization share: the sender vouches for the block whose artifact hash is `block` at
-        /// `height`. A block executes once 2f+1 members sent one.
+        /// A notarization share: node `node` (its id, the raw Ed25519 public key) vouches for the block
+        /// whose artifact hash is `block` at `height`. A block executes once 2f+1 members sent one.
+        /// Shares are not relayed, so `node` must be the peer that sent it; naming it also keeps two
+        /// nodes' shares for one block distinct artifacts.
         pub struct ReplicaShare<'a> {
             pub _tab: ::flatbuffers::Table<'a>,
         }
@@ -3262,6 +3264,7 @@ pub mod icn {
         impl<'a> ReplicaShare<'a> {
             pub const VT_HEIGHT: ::flatbuffers::VOffsetT = 4;
             pub const VT_BLOCK: ::flatbuffers::VOffsetT = 6;
+            pub const VT_NODE: ::flatbuffers::VOffsetT = 8;
 
             #[inline]
             pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -3279,6 +3282,9 @@ pub mod icn {
             ) -> ::flatbuffers::WIPOffset<ReplicaShare<'bldr>> {
                 let mut builder = ReplicaShareBuilder::new(_fbb);
                 builder.add_height(args.height);
+                if let Some(x) = args.node {
+                    builder.add_node(x);
+                }
                 if let Some(x) = args.block {
                     builder.add_block(x);
                 }
@@ -3307,6 +3313,17 @@ pub mod icn {
                         .unwrap()
                 }
             }
+            #[inline]
+            pub fn node(&self) -> &'a Hash32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<Hash32>(ReplicaShare::VT_NODE, None)
+                        .unwrap()
+                }
+            }
         }
 
         impl ::flatbuffers::Verifiable for ReplicaShare<'_> {
@@ -3318,6 +3335,7 @@ pub mod icn {
                 v.visit_table(pos)?
                     .visit_field::<u64>("height", Self::VT_HEIGHT, false)?
                     .visit_field::<Hash32>("block", Self::VT_BLOCK, true)?
+                    .visit_field::<Hash32>("node", Self::VT_NODE, true)?
                     .finish();
                 Ok(())
             }
@@ -3325,6 +3343,7 @@ pub mod icn {
         pub struct ReplicaShareArgs<'a> {
             pub height: u64,
             pub block: Option<&'a Hash32>,
+            pub node: Option<&'a Hash32>,
         }
         impl<'a> Default for ReplicaShareArgs<'a> {
             #[inline]
@@ -3332,6 +3351,7 @@ pub mod icn {
                 ReplicaShareArgs {
                     height: 0,
                     block: None, // required field
+                    node: None,  // required field
                 }
             }
         }
@@ -3352,6 +3372,11 @@ pub mod icn {
                     .push_slot_always::<&Hash32>(ReplicaShare::VT_BLOCK, block);
             }
             #[inline]
+            pub fn add_node(&mut self, node: &Hash32) {
+                self.fbb_
+                    .push_slot_always::<&Hash32>(ReplicaShare::VT_NODE, node);
+            }
+            #[inline]
             pub fn new(
                 _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
             ) -> ReplicaShareBuilder<'a, 'b, A> {
@@ -3365,6 +3390,7 @@ pub mod icn {
             pub fn finish(self) -> ::flatbuffers::WIPOffset<ReplicaShare<'a>> {
                 let o = self.fbb_.end_table(self.start_);
                 self.fbb_.required(o, ReplicaShare::VT_BLOCK, "block");
+                self.fbb_.required(o, ReplicaShare::VT_NODE, "node");
                 ::flatbuffers::WIPOffset::new(o.value())
             }
         }
@@ -3374,6 +3400,7 @@ pub mod icn {
                 let mut ds = f.debug_struct("ReplicaShare");
                 ds.field("height", &self.height());
                 ds.field("block", &self.block());
+                ds.field("node", &self.node());
                 ds.finish()
             }
         }

@@ -4,21 +4,27 @@
 //!
 //! The protocol is a reference driver for the networking layer, not a Byzantine fault-tolerant
 //! consensus (docs/ARCHITECTURE.md says what it does not survive):
-//! - Heights follow execution: height `h + 1` is proposed once a node executed `h`. Its maker
-//!   in round `r` is the member at `(h + 1 + r) mod n` of the members sorted by id; round `r`
-//!   starts `r` round timeouts after the node executed `h`, so a stopped maker is passed over.
-//!   Round 0's maker waits `block_interval` first: that paces the subnet.
+//! - Heights follow execution: height `h + 1` is proposed once a node executed `h`. Rounds run
+//!   on the wall clock from the parent's time, so every node (with synchronized clocks) agrees
+//!   on the round whenever it joined: round 0 starts `block_interval` after the parent's time
+//!   (that paces the subnet), round `r` `r` round timeouts later. The maker of round `r` is the
+//!   member at `(h + 1 + r) mod n` of the members sorted by id, so a stopped maker is passed
+//!   over after one round timeout. (The genesis state's time is 0, so height 1's rounds count
+//!   from the epoch: a large, but common, number.)
 //! - A block names its parent (the hash of the block executed at `h`) and orders ingress by
-//!   request id. A node sends one notarization share per height, for the lowest-round block it
-//!   holds that extends its own executed tip, comes from that round's maker, carries a time
-//!   later than its parent's and close to the node's clock, names at most `block_ingress_max`
-//!   distinct calls, none executed yet, and all validated in its own ingress pool.
+//!   request id. A node sends a notarization share for the lowest-round block it holds whose
+//!   round has started, that extends its own executed tip, comes from that round's maker,
+//!   carries a time later than its parent's and close to the node's clock, and names at most
+//!   `block_ingress_max` distinct calls, none executed yet and all validated in its own ingress
+//!   pool. It shares once per height, except that two rounds after its share, if the height
+//!   has still not executed, it moves its share to a lower-round block it has since received
+//!   (shares that split between two rounds' blocks would otherwise stall the height forever).
 //! - A block executes once `n - f` members (f = (n - 1) / 3; 3 of 4) sent shares for it and the
 //!   node holds every ingress it names. With one share per node per height, two blocks of one
 //!   height can never both gather `n - f` shares from honest nodes, so every node executes the
-//!   same chain. If shares split between two rounds' blocks so that neither gathers a quorum,
-//!   the height stalls (counted in [`ChainStats::stalled_rounds`]); that needs a maker to be
-//!   slower than a round timeout and is the protocol's known liveness gap.
+//!   same chain. The moved share weakens that: it is safe as long as shares arrive within two
+//!   round timeouts (a quorum for the first block is then seen by all before anyone moves).
+//!   This is a reference driver's trade, documented in docs/ARCHITECTURE.md.
 //!
 //! Execution is deterministic: every call's outcome depends only on the state and the block.
 //! Calls already executed (by request id) or expired at the block's time are skipped, so an
@@ -198,8 +204,11 @@ pub struct ChainStats {
     pub calls_rejected: u64,
     /// Ordered calls skipped: already executed, or expired at the block's time.
     pub calls_skipped: u64,
-    /// Rounds that passed without a block executing (a silent or slow maker).
+    /// Rounds that passed before a height executed (a silent or slow maker), summed over the
+    /// heights after the first.
     pub stalled_rounds: u64,
+    /// Shares moved to a lower-round block after a split (see the module docs).
+    pub shares_moved: u64,
 }
 
 /// Why a received artifact was refused (the peer is penalized for it).
@@ -208,6 +217,14 @@ pub enum Refused {
     Decode(DecodeError),
     NotMember,
     WrongMaker,
+    /// A share naming another node than the peer that sent it.
+    NotSharer,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct SharedVote {
+    block_round: u64,
+    sent_in_round: u64,
 }
 
 struct BlockEntry {
@@ -234,23 +251,16 @@ pub struct Chain {
     state: ExecutedState,
     blocks: BTreeMap<u64, Vec<BlockEntry>>,
     shares: BTreeMap<(u64, Hash), BTreeSet<NodeId>>,
-    /// The block this node vouched for, per height.
-    shared: BTreeMap<u64, Hash>,
+    /// The block this node vouched for last, per height, and that block's round and the round
+    /// the share was sent in.
+    shared: BTreeMap<u64, SharedVote>,
     /// (height, round) of the blocks this node made.
-    made: BTreeSet<(u64, u32)>,
-    /// When this node executed its current height (monotonic).
-    height_started: Duration,
-    last_round: u32,
+    made: BTreeSet<(u64, u64)>,
     stats: ChainStats,
 }
 
 impl Chain {
-    pub fn new(
-        config: ChainConfig,
-        members: &[NodeId],
-        state: ExecutedState,
-        now: Duration,
-    ) -> Chain {
+    pub fn new(config: ChainConfig, members: &[NodeId], state: ExecutedState) -> Chain {
         let mut chain = Chain {
             config,
             members: Vec::new(),
@@ -259,8 +269,6 @@ impl Chain {
             shares: BTreeMap::new(),
             shared: BTreeMap::new(),
             made: BTreeSet::new(),
-            height_started: now,
-            last_round: 0,
             stats: ChainStats::default(),
         };
         chain.set_members(members);
@@ -294,20 +302,24 @@ impl Chain {
     }
 
     /// The maker of `height` in `round`.
-    pub fn maker_of(&self, height: u64, round: u32) -> Option<NodeId> {
+    pub fn maker_of(&self, height: u64, round: u64) -> Option<NodeId> {
         if self.members.is_empty() {
             return None;
         }
         let n = self.members.len() as u64;
-        let index = (height.wrapping_add(u64::from(round))) % n;
+        let index = (height % n + round % n) % n;
         Some(self.members[index as usize])
     }
 
-    /// The round this node is in for the next height.
-    pub fn round(&self, now: Duration) -> u32 {
-        let elapsed = now.saturating_sub(self.height_started);
-        let timeout = self.config.round_timeout.as_nanos().max(1);
-        u32::try_from(elapsed.as_nanos() / timeout).unwrap_or(u32::MAX)
+    /// The round of the next height at wall-clock `wall_ns`; `None` before round 0 starts
+    /// (`block_interval` after the executed state's time).
+    pub fn round_at(&self, wall_ns: u64) -> Option<u64> {
+        let start = self
+            .state
+            .time_ns
+            .saturating_add(duration_ns(self.config.block_interval));
+        let elapsed = wall_ns.checked_sub(start)?;
+        Some(elapsed / duration_ns(self.config.round_timeout).max(1))
     }
 
     /// A block the block pool validated; `from` is the peer that sent it (`None`: this node).
@@ -357,6 +369,9 @@ impl Chain {
         let sharer = from.unwrap_or(self.config.local);
         let share = decode_replica_share(&artifact.payload, &self.config.limits())
             .map_err(Refused::Decode)?;
+        if share.node != sharer.0 {
+            return Err(Refused::NotSharer);
+        }
         if !self.members.contains(&sharer) {
             return Err(Refused::NotMember);
         }
@@ -373,8 +388,8 @@ impl Chain {
     }
 
     /// Executes what can be executed, then makes this node's block and share for the next
-    /// height if it is due. `now` is monotonic, `wall_ns` the clock blocks carry.
-    pub fn step(&mut self, now: Duration, wall_ns: u64, ingress: &IngressPool) -> StepOutput {
+    /// height if they are due. `wall_ns` is this node's clock (nanoseconds since 1970).
+    pub fn step(&mut self, wall_ns: u64, ingress: &IngressPool) -> StepOutput {
         let mut output = StepOutput::default();
         while let Some(index) = self.executable(ingress, &mut output.missing_ingress) {
             let next = self.state.height + 1;
@@ -386,22 +401,20 @@ impl Chain {
                 .iter()
                 .map(|id| RequestId(*id))
                 .collect();
+            if next > 1 {
+                self.stats.stalled_rounds += entry.block.round;
+            }
             self.execute(&entry, ingress);
             output.executed.push((next, ordered));
-            self.height_started = now;
-            self.last_round = 0;
             output.missing_ingress.clear();
         }
         let next = self.state.height + 1;
-        let round = self.round(now);
-        if round > self.last_round {
-            self.stats.stalled_rounds += u64::from(round - self.last_round);
-            self.last_round = round;
-        }
+        let Some(round) = self.round_at(wall_ns) else {
+            return output;
+        };
         if self.maker_of(next, round) == Some(self.config.local)
             && self.members.contains(&self.config.local)
             && !self.made.contains(&(next, round))
-            && (round > 0 || now.saturating_sub(self.height_started) >= self.config.block_interval)
         {
             let artifact = self.make_block(next, round, wall_ns, ingress);
             self.made.insert((next, round));
@@ -411,14 +424,32 @@ impl Chain {
             let _ = self.on_block(&artifact, None);
             output.block = Some(artifact);
         }
-        if self.members.contains(&self.config.local) && !self.shared.contains_key(&next) {
-            if let Some(hash) = self.vote(next, round, wall_ns, ingress) {
+        if self.members.contains(&self.config.local) {
+            // Below this round a block may get this node's share: any round at first; after a
+            // share, only lower rounds, and only two rounds after it was sent.
+            let below = match self.shared.get(&next) {
+                None => Some(round + 1),
+                Some(vote) if round >= vote.sent_in_round + 2 => Some(vote.block_round),
+                Some(_) => None,
+            };
+            let choice = below.and_then(|below| self.vote(next, below, wall_ns, ingress));
+            if let Some((hash, block_round)) = choice {
                 let share = encode_replica_share(&ReplicaShare {
                     height: next,
                     block: hash,
+                    node: self.config.local.0,
                 });
                 let artifact = make_artifact(next, Buf::from_vec(share));
-                self.shared.insert(next, hash);
+                let moved = self.shared.insert(
+                    next,
+                    SharedVote {
+                        block_round,
+                        sent_in_round: round,
+                    },
+                );
+                if moved.is_some() {
+                    self.stats.shares_moved += 1;
+                }
                 self.stats.shares_sent += 1;
                 let _ = self.on_share(&artifact, None);
                 output.share = Some(artifact);
@@ -460,14 +491,21 @@ impl Chain {
         None
     }
 
-    /// The block this node vouches for at `next`, if one is eligible (see the module docs).
-    fn vote(&self, next: u64, round: u32, wall_ns: u64, ingress: &IngressPool) -> Option<Hash> {
+    /// The lowest-round eligible block at `next` whose round is below `below` (see the module
+    /// docs): its hash and round.
+    fn vote(
+        &self,
+        next: u64,
+        below: u64,
+        wall_ns: u64,
+        ingress: &IngressPool,
+    ) -> Option<(Hash, u64)> {
         let entries = self.blocks.get(&next)?;
         entries
             .iter()
-            .filter(|entry| entry.block.round <= round)
+            .filter(|entry| entry.block.round < below)
             .find(|entry| self.eligible(&entry.block, wall_ns, ingress))
-            .map(|entry| entry.hash)
+            .map(|entry| (entry.hash, entry.block.round))
     }
 
     fn eligible(&self, block: &ReplicaBlock, wall_ns: u64, ingress: &IngressPool) -> bool {
@@ -485,7 +523,7 @@ impl Chain {
         })
     }
 
-    fn make_block(&self, height: u64, round: u32, wall_ns: u64, ingress: &IngressPool) -> Artifact {
+    fn make_block(&self, height: u64, round: u64, wall_ns: u64, ingress: &IngressPool) -> Artifact {
         let time_ns = wall_ns.max(self.state.time_ns.saturating_add(1));
         let room = self
             .config
@@ -569,6 +607,10 @@ impl Chain {
     }
 }
 
+fn duration_ns(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// The SHA-256 part of an artifact id made by [`make_artifact`].
 pub fn artifact_hash(artifact: &Artifact) -> Hash {
     let mut hash = [0; 32];
@@ -588,15 +630,21 @@ mod tests {
 
     use super::*;
     use crate::artifact::ArtifactKind;
+    use crate::artifact::ArtifactPool;
     use crate::replica::canisters::{counter_canister_id, CanisterLimits};
     use crate::replica::ingress::IngressLimits;
+    use crate::replica::pool::{ConsensusPool, HeightWindow};
 
     const MS: Duration = Duration::from_millis(1);
     const T0: u64 = 1_764_000_000_000_000_000;
 
+    /// A node as the driver runs it: its chain, and pools that dedupe and bound what arrives.
     struct Node {
         chain: Chain,
         ingress: IngressPool,
+        window: Rc<HeightWindow>,
+        blocks: ConsensusPool,
+        shares: ConsensusPool,
         up: bool,
     }
 
@@ -606,7 +654,11 @@ mod tests {
         let members: Vec<NodeId> = (1..=n).map(|i| NodeId([i; 32])).collect();
         members
             .iter()
-            .map(|local| Node {
+            .map(|local| (local, HeightWindow::new(8)))
+            .map(|(local, window)| Node {
+                blocks: ConsensusPool::new(ArtifactKind(4), window.clone(), true),
+                shares: ConsensusPool::new(ArtifactKind(5), window.clone(), true),
+                window,
                 chain: Chain::new(
                     ChainConfig {
                         local: *local,
@@ -618,7 +670,6 @@ mod tests {
                     },
                     &members,
                     ExecutedState::genesis(Canisters::new(CanisterLimits::default()), T0),
-                    Duration::ZERO,
                 ),
                 ingress: IngressPool::new(
                     ArtifactKind(3),
@@ -649,7 +700,6 @@ mod tests {
     fn run(nodes: &mut [Node], from_ms: u64, ms: u64) -> u64 {
         let mut made = 0;
         for t in from_ms..from_ms + ms {
-            let now = Duration::from_millis(t);
             let wall = T0 + t * 1_000_000;
             for i in 0..nodes.len() {
                 if !nodes[i].up {
@@ -657,18 +707,36 @@ mod tests {
                 }
                 let out = {
                     let node = &mut nodes[i];
-                    node.chain.step(now, wall, &node.ingress)
+                    node.blocks.apply(Duration::ZERO);
+                    node.shares.apply(Duration::ZERO);
+                    for (artifact, from) in node.blocks.take_new() {
+                        node.chain.on_block(&artifact, from).unwrap();
+                    }
+                    for (artifact, from) in node.shares.take_new() {
+                        node.chain.on_share(&artifact, from).unwrap();
+                    }
+                    let out = node.chain.step(wall, &node.ingress);
+                    node.window.set_executed(node.chain.state().height);
+                    if let Some(block) = &out.block {
+                        node.blocks.produce(block.clone());
+                    }
+                    if let Some(share) = &out.share {
+                        node.shares.produce(share.clone());
+                    }
+                    node.blocks.take_new();
+                    node.shares.take_new();
+                    out
                 };
-                let from = Some(nodes[i].chain.config.local);
+                let from = nodes[i].chain.config.local;
                 let receivers: Vec<usize> = (0..nodes.len())
                     .filter(|j| *j != i && nodes[*j].up)
                     .collect();
                 for j in receivers {
                     if let Some(block) = &out.block {
-                        nodes[j].chain.on_block(block, from).unwrap();
+                        nodes[j].blocks.insert_unvalidated(from, block.clone());
                     }
                     if let Some(share) = &out.share {
-                        nodes[j].chain.on_share(share, from).unwrap();
+                        nodes[j].shares.insert_unvalidated(from, share.clone());
                     }
                 }
                 made += u64::from(out.block.is_some());
@@ -756,7 +824,6 @@ mod tests {
             nodes[0].chain.config,
             nodes[0].chain.members(),
             nodes[0].chain.state().clone(),
-            Duration::ZERO,
         );
         let block = ReplicaBlock {
             height: 1,

@@ -215,14 +215,8 @@ impl Replica {
         cpu: Arc<CpuPool>,
         penalties: PenaltySink,
     ) -> Rc<Replica> {
-        let now = runtime.now();
         let genesis = ExecutedState::genesis(Canisters::new(config.canisters), 0);
-        let chain = Rc::new(RefCell::new(Chain::new(
-            config.chain,
-            members,
-            genesis,
-            now,
-        )));
+        let chain = Rc::new(RefCell::new(Chain::new(config.chain, members, genesis)));
         let executed = {
             let chain = chain.clone();
             Rc::new(move |id: &RequestId| {
@@ -421,10 +415,9 @@ impl Replica {
             }
         }
         self.verify_gossiped_ingress();
-        let now = self.runtime.now();
         let output = {
             let ingress = self.ingress.borrow();
-            self.chain.borrow_mut().step(now, unix_ns(), &ingress)
+            self.chain.borrow_mut().step(unix_ns(), &ingress)
         };
         if let Some(block) = output.block {
             self.blocks.borrow_mut().produce(block);
