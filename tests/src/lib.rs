@@ -7,9 +7,12 @@
 //!   that run a scenario on each.
 //! - [`routes`]: the handlers the conformance scenarios call, with probes that record what ran.
 //! - [`netns`]: network namespaces joined by a veth pair (root only), for impaired-link tests.
+//! - [`processes`]: a local subnet of real `icn node` processes on loopback, for clients of the
+//!   public HTTP API.
 
 pub mod net;
 pub mod netns;
+pub mod processes;
 pub mod routes;
 pub mod runtime;
 pub mod subnet;

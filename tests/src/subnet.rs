@@ -154,6 +154,13 @@ impl LocalSubnet {
         self.record(node).tcp_addr
     }
 
+    /// The public HTTP API address of `node`; local registries always give one.
+    pub fn http_addr(&self, node: usize) -> SocketAddr {
+        self.record(node)
+            .http_addr
+            .expect("local registries give every node an HTTP API address")
+    }
+
     fn record(&self, node: usize) -> &icn_engine::registry::NodeRecord {
         self.registry
             .node(self.id(node))

@@ -8,6 +8,9 @@
 //!   peers, crashes, byzantine peers, a moving target, restart, incremental);
 //! - `http_api`: the public HTTP API front on loopback: an agent session and a flood at 10x
 //!   a class's capacity (429s quick, admitted latency bounded);
+//! - `ic_agent`: the IC's own agent (`ic-agent` from crates.io, unmodified) against a 4-node
+//!   subnet of `icn node` processes: status, root key, verified queries, synchronous and
+//!   polled updates, read_state, rejects, an update sent to two nodes executing once;
 //! - `netns`: QUIC between two network namespaces over a rate-capped, lossy veth pair (root);
 //! - `gossip_netns`: 5 `icn node`s in namespaces gossiping through loss, a rate cap and a
 //!   partition (root);
@@ -19,6 +22,7 @@ mod gossip_byzantine;
 mod gossip_netns;
 mod gossip_sim;
 mod http_api;
+mod ic_agent;
 mod netns;
 mod state_sync_netns;
 mod state_sync_sim;

@@ -1,0 +1,227 @@
+//! A local subnet of real `icn node` processes on loopback, as an external client meets one.
+//!
+//! The other harnesses run nodes as threads of the test (or simulate them); a client test such
+//! as the one with the IC's own agent must instead reach what an operator runs: the `icn`
+//! executable, one process per node, started from a config file and serving the public HTTP API
+//! in plain HTTP on its registry `http_addr`. [`ProcessSubnet::start`] writes the identities and
+//! the registry ([`LocalSubnet`]), one config per node, starts the processes and returns once
+//! every node's `/api/v2/status` answers 200; dropping it stops them (SIGTERM, then SIGKILL) and
+//! removes the directory.
+//!
+//! The `icn` executable is not built by `cargo test -p icn-tests` (cargo builds a package's
+//! binaries only for that package's own tests), so it is looked up next to the test binary, as
+//! `cargo build --workspace --all-targets` (what CI runs first) or `cargo build -p icn-shards
+//! --bin icn` leave it, or taken from `ICN_BIN`.
+
+use std::fs::File;
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use icn_engine::registry::SubnetId;
+use icn_shards::http::testing::{read_answer, send_request};
+use icn_shards::node_config::{NodeConfig, TransportKind};
+
+use crate::subnet::{identity_dir, LocalSubnet};
+
+/// How long every node of a starting subnet has to answer its status endpoint (a node binds its
+/// listeners within a few hundred milliseconds; the margin is for a loaded 2-core CI machine).
+pub const NODES_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a node has to exit after SIGTERM before it is killed (`icn node` stops within 1 s).
+pub const NODE_STOP_TIMEOUT: Duration = Duration::from_secs(3);
+/// Between two status probes of a node that is not ready yet.
+const READY_POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// One status probe's connect and read bound.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// The end of a node's log quoted when it failed to start.
+const LOG_TAIL_BYTES: usize = 4 << 10;
+
+/// The nodes share the machine's cores with each other and with the test; pinned, every node's
+/// shard would sit on the first core.
+const TUNING_TOML: &str = "[engine]\npin_cores = false\n";
+
+/// The `icn` executable: `ICN_BIN` if set, else `icn` in the target directory the running test
+/// binary was built into (`target/<profile>/deps/<test>` -> `target/<profile>/icn`).
+pub fn icn_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("ICN_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("the test binary's own path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binaries live in target/<profile>/deps");
+    let path = profile_dir.join("icn");
+    assert!(
+        path.is_file(),
+        "no `icn` executable at {}: build it with `cargo build -p icn-shards --bin icn` \
+         (CI's `cargo build --workspace --all-targets` does) or set ICN_BIN",
+        path.display()
+    );
+    path
+}
+
+/// A running subnet of `icn node` processes; stopped and removed on drop.
+pub struct ProcessSubnet {
+    /// Children in node order; emptied by drop before `subnet` (and its directory) goes.
+    children: Vec<Child>,
+    subnet: LocalSubnet,
+}
+
+impl ProcessSubnet {
+    /// Starts `nodes` nodes over QUIC on free loopback ports and waits until each one's status
+    /// endpoint answers 200. Panics, quoting the node's log, if one exits or stays silent for
+    /// [`NODES_READY_TIMEOUT`].
+    pub fn start(label: &str, nodes: usize) -> ProcessSubnet {
+        let exe = icn_binary();
+        let subnet = LocalSubnet::create(label, nodes);
+        let dir = subnet.dir();
+        let tuning = dir.join("tuning.toml");
+        std::fs::write(&tuning, TUNING_TOML).unwrap_or_else(|e| panic!("tuning: {e}"));
+        let subnet_id = subnet.subnet_id();
+        let mut running = ProcessSubnet {
+            children: Vec::with_capacity(nodes),
+            subnet,
+        };
+        for index in 0..nodes {
+            let child = spawn_node(&exe, running.subnet.dir(), index, &subnet_id, &tuning);
+            running.children.push(child);
+        }
+        running.wait_ready();
+        running
+    }
+
+    pub fn subnet(&self) -> &LocalSubnet {
+        &self.subnet
+    }
+
+    pub fn len(&self) -> usize {
+        self.subnet.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.subnet.is_empty()
+    }
+
+    /// Node `node`'s public HTTP API address.
+    pub fn http_addr(&self, node: usize) -> SocketAddr {
+        self.subnet.http_addr(node)
+    }
+
+    /// Node `node`'s public HTTP API as an agent's URL (plain HTTP).
+    pub fn url(&self, node: usize) -> String {
+        format!("http://{}", self.http_addr(node))
+    }
+
+    /// Where node `node`'s stdout and stderr go.
+    pub fn log_path(&self, node: usize) -> PathBuf {
+        log_path(self.subnet.dir(), node)
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + NODES_READY_TIMEOUT;
+        for index in 0..self.children.len() {
+            let addr = self.http_addr(index);
+            loop {
+                if status_answers(addr) {
+                    break;
+                }
+                if let Ok(Some(status)) = self.children[index].try_wait() {
+                    panic!(
+                        "node {index} exited ({status}) before its status endpoint on {addr} \
+                         answered; its log:\n{}",
+                        log_tail(&self.log_path(index))
+                    );
+                }
+                if Instant::now() >= deadline {
+                    panic!(
+                        "node {index}'s status endpoint on {addr} did not answer 200 within \
+                         {NODES_READY_TIMEOUT:?}; its log:\n{}",
+                        log_tail(&self.log_path(index))
+                    );
+                }
+                std::thread::sleep(READY_POLL_INTERVAL);
+            }
+        }
+    }
+}
+
+impl Drop for ProcessSubnet {
+    fn drop(&mut self) {
+        for child in &self.children {
+            // SAFETY: kill(2) on a pid we spawned and have not reaped yet (the pid cannot have
+            // been reused); no memory is involved.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + NODE_STOP_TIMEOUT;
+        for child in &mut self.children {
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if matches!(child.try_wait(), Ok(None)) {
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+        self.children.clear();
+    }
+}
+
+/// Writes node `index`'s config (no workload: the node serves the HTTP API and its replica)
+/// and starts `icn node --config` on it, its output appended to its log file.
+fn spawn_node(exe: &Path, dir: &Path, index: usize, subnet_id: &SubnetId, tuning: &Path) -> Child {
+    let config = NodeConfig {
+        identity_dir: identity_dir(dir, index),
+        registry_path: dir.join("registry.toml"),
+        subnet_id: subnet_id.clone(),
+        transport: TransportKind::Quic,
+        tuning_profile: Some(tuning.to_path_buf()),
+        workload: None,
+        state_dir: identity_dir(dir, index).join("state"),
+        state: None,
+    };
+    let path = dir.join(format!("node-{index}.toml"));
+    std::fs::write(&path, config.to_toml()).unwrap_or_else(|e| panic!("node config: {e}"));
+    let log = File::create(log_path(dir, index)).unwrap_or_else(|e| panic!("node log: {e}"));
+    let log_err = log.try_clone().unwrap_or_else(|e| panic!("node log: {e}"));
+    Command::new(exe)
+        .arg("node")
+        .arg("--config")
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {} node: {e}", exe.display()))
+}
+
+fn log_path(dir: &Path, node: usize) -> PathBuf {
+    dir.join(format!("node-{node}.log"))
+}
+
+/// Whether `GET /api/v2/status` on `addr` answers 200 within [`PROBE_TIMEOUT`]; a node that is
+/// not listening yet refuses the connection, which is a plain "no".
+fn status_answers(addr: SocketAddr) -> bool {
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, PROBE_TIMEOUT) else {
+        return false;
+    };
+    if stream.set_read_timeout(Some(PROBE_TIMEOUT)).is_err() {
+        return false;
+    }
+    send_request(&mut stream, "GET", "/api/v2/status", None);
+    matches!(read_answer(&mut stream), Ok(answer) if answer.status == 200)
+}
+
+/// The last [`LOG_TAIL_BYTES`] of a node's log, for a failure message.
+fn log_tail(path: &Path) -> String {
+    let mut text = Vec::new();
+    if let Ok(mut file) = File::open(path) {
+        let _ = file.read_to_end(&mut text);
+    }
+    let start = text.len().saturating_sub(LOG_TAIL_BYTES);
+    String::from_utf8_lossy(&text[start..]).into_owned()
+}
