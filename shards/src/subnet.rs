@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use icn_engine::registry::SubnetId;
+use icn_engine::registry::{Registry, SubnetId};
 use icn_engine::shard::Shutdown;
 use icn_tuning::Tuning;
 
@@ -118,6 +118,7 @@ pub fn run_subnet(
         options.workload.ingress_bytes,
         dir.0.join("registry.toml").display()
     );
+    print_api_example(&registry);
     if let Some(state) = &options.state {
         let spec = state.spec();
         println!(
@@ -154,6 +155,35 @@ pub fn run_subnet(
     drop(children);
     drop(dir);
     result
+}
+
+/// Where the subnet's public HTTP API answers, and an `ic-agent` call to paste against it.
+fn print_api_example(registry: &Registry) {
+    let subnet = &registry.subnets()[0];
+    let apis: Vec<String> = subnet
+        .nodes
+        .iter()
+        .filter_map(|node| node.http_addr)
+        .map(|addr| format!("http://{addr}"))
+        .collect();
+    let Some(first) = apis.first() else {
+        return;
+    };
+    let principal = subnet
+        .public_key
+        .as_deref()
+        .and_then(|der| crate::replica::bls::PublicKey::from_der(der).ok())
+        .map(|key| key.subnet_id().to_string())
+        .unwrap_or_else(|| "none".into());
+    println!(
+        "icn subnet: IC HTTP API on {} (subnet principal {principal}); canisters: counter {} (get, increment, add), key-value {} (get, put, delete, list)",
+        apis.join(" "),
+        crate::replica::canisters::counter_canister_id(),
+        crate::replica::canisters::kv_canister_id(),
+    );
+    println!(
+        "icn subnet: try it with ic-agent (README \"Talk to it\"): Agent::builder().with_url(\"{first}\"), fetch_root_key(), update(counter, \"increment\").call_and_wait()"
+    );
 }
 
 fn spawn_node(

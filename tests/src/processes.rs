@@ -71,12 +71,13 @@ pub struct ProcessSubnet {
 }
 
 impl ProcessSubnet {
-    /// Starts `nodes` nodes over QUIC on free loopback ports and waits until each one's status
-    /// endpoint answers 200. Panics, quoting the node's log, if one exits or stays silent for
+    /// Starts `nodes` nodes over QUIC on free loopback ports, with the subnet's BLS key (so
+    /// each runs the reference replica), and waits until each one's status endpoint answers
+    /// 200. Panics, quoting the node's log, if one exits or stays silent for
     /// [`NODES_READY_TIMEOUT`].
     pub fn start(label: &str, nodes: usize) -> ProcessSubnet {
         let exe = icn_binary();
-        let subnet = LocalSubnet::create(label, nodes);
+        let subnet = LocalSubnet::create_with_subnet_key(label, nodes);
         let dir = subnet.dir();
         let tuning = dir.join("tuning.toml");
         std::fs::write(&tuning, TUNING_TOML).unwrap_or_else(|e| panic!("tuning: {e}"));

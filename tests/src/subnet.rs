@@ -97,6 +97,26 @@ impl LocalSubnet {
         let dir = TestDir::new(label);
         let registry = Registry::create_local_subnet(dir.path(), nodes, base_port)
             .unwrap_or_else(|e| panic!("create_local_subnet in {}: {e}", dir.path().display()));
+        LocalSubnet::load(dir, registry, nodes)
+    }
+
+    /// A subnet on free loopback ports whose registry lists a BLS subnet key and whose node
+    /// folders hold its secret (what `icn subnet` makes): `icn node` runs the reference replica
+    /// on each member.
+    pub fn create_with_subnet_key(label: &str, nodes: usize) -> LocalSubnet {
+        let dir = TestDir::new(label);
+        let subnet = SubnetId("local".into());
+        let registry = icn_shards::replica::keys::create_local_subnet(
+            dir.path(),
+            nodes,
+            free_base_port(nodes),
+            &subnet,
+        )
+        .unwrap_or_else(|e| panic!("create_local_subnet in {}: {e}", dir.path().display()));
+        LocalSubnet::load(dir, registry, nodes)
+    }
+
+    fn load(dir: TestDir, registry: Registry, nodes: usize) -> LocalSubnet {
         let identities = (0..nodes)
             .map(|i| {
                 Identity::load(&identity_dir(dir.path(), i))

@@ -18,9 +18,9 @@
 //!   executed) and `UncertifiedReject` when the call endpoint refused it before consensus
 //!   (`non_replicated_rejection`).
 //!
-//! Everything but the status test needs the reference replica behind the API; until it lands a
-//! node answers status (without a root key) and 503 to everything else, so those tests are
-//! ignored and, run with `--ignored`, fail at `fetch_root_key`.
+//! The nodes run the reference replica (their registry lists the subnet's BLS key and their
+//! identity folders hold it), so every call goes through gossip, a block, 3 of 4 shares,
+//! execution and certification before the agent sees its reply.
 
 use std::future::Future;
 use std::io::Read;
@@ -71,11 +71,16 @@ fn run<F: Future>(body: F) -> F::Output {
 
 /// A fresh Ed25519 identity (a new key from the OS's randomness).
 fn ed25519_identity() -> BasicIdentity {
+    BasicIdentity::from_raw_key(&ed25519_seed())
+}
+
+/// A fresh Ed25519 secret key (to build the same identity for two agents).
+fn ed25519_seed() -> [u8; 32] {
     let mut seed = [0u8; 32];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut random| random.read_exact(&mut seed))
         .expect("reading /dev/urandom");
-    BasicIdentity::from_raw_key(&seed)
+    seed
 }
 
 /// An agent on node `node`'s URL, anonymous unless given an identity, with query signature
@@ -210,7 +215,6 @@ fn status_reports_the_interface_version_and_the_replica_health() {
 }
 
 #[test]
-#[ignore = "needs the reference replica (issue 5)"]
 fn queries_are_answered_with_node_signatures_the_agent_verifies() {
     let _heavy = icn_tests::heavy_test_lock();
     let subnet = ProcessSubnet::start("ic-agent-query", NODES);
@@ -232,7 +236,6 @@ fn queries_are_answered_with_node_signatures_the_agent_verifies() {
 }
 
 #[test]
-#[ignore = "needs the reference replica (issue 5)"]
 fn updates_through_the_synchronous_endpoint_return_certified_replies() {
     let _heavy = icn_tests::heavy_test_lock();
     let subnet = ProcessSubnet::start("ic-agent-sync-call", NODES);
@@ -263,7 +266,6 @@ fn updates_through_the_synchronous_endpoint_return_certified_replies() {
 }
 
 #[test]
-#[ignore = "needs the reference replica (issue 5)"]
 fn updates_through_the_asynchronous_endpoint_are_polled_to_their_reply() {
     let _heavy = icn_tests::heavy_test_lock();
     let subnet = ProcessSubnet::start("ic-agent-async-call", NODES);
@@ -293,12 +295,12 @@ fn updates_through_the_asynchronous_endpoint_are_polled_to_their_reply() {
 }
 
 #[test]
-#[ignore = "needs the reference replica (issue 5)"]
 fn read_state_of_request_status_time_and_subnet_paths() {
     let _heavy = icn_tests::heavy_test_lock();
     let subnet = ProcessSubnet::start("ic-agent-read-state", NODES);
     run(async {
-        let agent = replica_agent(&subnet, 0, Some(ed25519_identity())).await;
+        let seed = ed25519_seed();
+        let agent = replica_agent(&subnet, 0, Some(BasicIdentity::from_raw_key(&seed))).await;
         let signed = agent
             .update(&counter(), "increment")
             .with_arg(Encode!().unwrap())
@@ -314,8 +316,15 @@ fn read_state_of_request_status_time_and_subnet_paths() {
             })
             .expect("increment");
 
-        // The request status, from another node: every node certifies the same state.
-        let other = replica_agent(&subnet, 1, None).await;
+        // The request status, from another node: every node certifies the same state. Only the
+        // request's sender may read it (the interface specification's rule): an anonymous
+        // reader is refused with 403.
+        let stranger = replica_agent(&subnet, 1, None).await;
+        match stranger.request_status_raw(&request_id, counter()).await {
+            Err(AgentError::HttpError(payload)) => assert_eq!(payload.status, 403),
+            other => panic!("another sender read the request status: {other:?}"),
+        }
+        let other = replica_agent(&subnet, 1, Some(BasicIdentity::from_raw_key(&seed))).await;
         let (status, _) = other
             .request_status_raw(&request_id, counter())
             .await
@@ -380,7 +389,6 @@ fn read_state_of_request_status_time_and_subnet_paths() {
 }
 
 #[test]
-#[ignore = "needs the reference replica (issue 5)"]
 fn an_unknown_method_is_rejected_with_destination_invalid() {
     let _heavy = icn_tests::heavy_test_lock();
     let subnet = ProcessSubnet::start("ic-agent-reject", NODES);
@@ -426,7 +434,6 @@ fn an_unknown_method_is_rejected_with_destination_invalid() {
 }
 
 #[test]
-#[ignore = "needs the reference replica (issue 5)"]
 fn the_key_value_store_puts_gets_lists_and_deletes() {
     let _heavy = icn_tests::heavy_test_lock();
     let subnet = ProcessSubnet::start("ic-agent-kv", NODES);
@@ -504,7 +511,6 @@ fn the_key_value_store_puts_gets_lists_and_deletes() {
 }
 
 #[test]
-#[ignore = "needs the reference replica (issue 5)"]
 fn the_same_signed_update_sent_to_two_nodes_executes_once() {
     let _heavy = icn_tests::heavy_test_lock();
     let subnet = ProcessSubnet::start("ic-agent-dedup", NODES);
