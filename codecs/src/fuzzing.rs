@@ -31,8 +31,8 @@ use crate::payload::{
     decode_slot_updates, decode_state_advert,
 };
 use crate::replica::{
-    decode_replica_block, decode_replica_share, encode_replica_block, encode_replica_share,
-    ReplicaLimits,
+    decode_chain_state, decode_replica_block, decode_replica_share, encode_chain_state,
+    encode_replica_block, encode_replica_share, ChainStateLimits, ReplicaLimits,
 };
 use crate::state::{
     decode_manifest_piece, decode_meta_manifest, encode_manifest_piece, encode_meta_manifest,
@@ -58,6 +58,7 @@ pub const TARGETS: &[&str] = &[
     "manifest_piece",
     "replica_block",
     "replica_share",
+    "replica_chain_state",
     "ic_request",
     "ic_hash_tree",
     "ic_certificate",
@@ -126,6 +127,7 @@ pub fn run(target: &str, data: &[u8]) -> Option<Result<(), AnyDecodeError>> {
         "manifest_piece" => manifest_piece,
         "replica_block" => replica_block,
         "replica_share" => replica_share,
+        "replica_chain_state" => replica_chain_state,
         _ => return None,
     };
     Some(function(data).map_err(AnyDecodeError::from))
@@ -275,6 +277,16 @@ pub fn replica_share(data: &[u8]) -> Result<(), DecodeError> {
     assert_eq!(
         decode_replica_share(&encode_replica_share(&share), &limits),
         Ok(share)
+    );
+    Ok(())
+}
+
+pub fn replica_chain_state(data: &[u8]) -> Result<(), DecodeError> {
+    let limits = ChainStateLimits::default();
+    let state = decode_chain_state(data, &limits)?;
+    assert_eq!(
+        decode_chain_state(&encode_chain_state(&state), &limits),
+        Ok(state)
     );
     Ok(())
 }

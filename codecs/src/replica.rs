@@ -167,6 +167,201 @@ pub fn decode_replica_share(
     })
 }
 
+/// Bounds on a replica checkpoint's chain file, from the receiving node's own settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChainStateLimits {
+    /// Largest file.
+    pub bytes_max: usize,
+    /// Most request statuses.
+    pub statuses_max: usize,
+}
+
+impl ChainStateLimits {
+    fn verifier_options(&self) -> VerifierOptions {
+        VerifierOptions {
+            max_depth: 8,
+            max_tables: self.statuses_max.saturating_add(8),
+            max_apparent_size: self.bytes_max,
+            ignore_missing_null_terminator: false,
+        }
+    }
+}
+
+impl Default for ChainStateLimits {
+    fn default() -> Self {
+        ChainStateLimits {
+            bytes_max: 256 << 20,
+            statuses_max: 1_000_000,
+        }
+    }
+}
+
+/// A request status as a checkpoint stores it; principals stay raw bytes here (the replica
+/// parses them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredStatus {
+    pub request_id: Hash,
+    pub sender: Vec<u8>,
+    pub canister: Vec<u8>,
+    pub ingress_expiry: u64,
+    pub height: u64,
+    pub outcome: StoredOutcome,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoredOutcome {
+    Replied(Vec<u8>),
+    Rejected {
+        code: u8,
+        message: String,
+        error_code: String,
+    },
+}
+
+/// The chain file of a replica checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainState {
+    pub height: u64,
+    pub tip: Hash,
+    pub time_ns: u64,
+    /// In request id order, each id once.
+    pub statuses: Vec<StoredStatus>,
+}
+
+pub fn encode_chain_state(state: &ChainState) -> Vec<u8> {
+    let estimate = 64
+        + state
+            .statuses
+            .iter()
+            .map(|s| 128 + s.sender.len() + s.canister.len() + outcome_bytes(&s.outcome))
+            .sum::<usize>();
+    let mut builder = FlatBufferBuilder::with_capacity(estimate);
+    let statuses: Vec<_> = state
+        .statuses
+        .iter()
+        .map(|status| {
+            let sender = builder.create_vector(&status.sender);
+            let canister = builder.create_vector(&status.canister);
+            let (replied, reply, code, message, error_code) = match &status.outcome {
+                StoredOutcome::Replied(reply) => {
+                    (true, Some(builder.create_vector(reply)), 0, None, None)
+                }
+                StoredOutcome::Rejected {
+                    code,
+                    message,
+                    error_code,
+                } => (
+                    false,
+                    None,
+                    *code,
+                    Some(builder.create_string(message)),
+                    Some(builder.create_string(error_code)),
+                ),
+            };
+            let request_id = wire::Hash32(status.request_id);
+            wire::ReplicaStatus::create(
+                &mut builder,
+                &wire::ReplicaStatusArgs {
+                    request_id: Some(&request_id),
+                    sender: Some(sender),
+                    canister: Some(canister),
+                    ingress_expiry: status.ingress_expiry,
+                    height: status.height,
+                    replied,
+                    reply,
+                    reject_code: code,
+                    reject_message: message,
+                    error_code,
+                },
+            )
+        })
+        .collect();
+    let statuses = builder.create_vector(&statuses);
+    let tip = wire::Hash32(state.tip);
+    let root = wire::ReplicaChainState::create(
+        &mut builder,
+        &wire::ReplicaChainStateArgs {
+            height: state.height,
+            tip: Some(&tip),
+            time_ns: state.time_ns,
+            statuses: Some(statuses),
+        },
+    );
+    builder.finish_minimal(root);
+    builder.finished_data().to_vec()
+}
+
+fn outcome_bytes(outcome: &StoredOutcome) -> usize {
+    match outcome {
+        StoredOutcome::Replied(reply) => reply.len(),
+        StoredOutcome::Rejected {
+            message,
+            error_code,
+            ..
+        } => message.len() + error_code.len(),
+    }
+}
+
+/// Decodes a chain file; statuses must be in strictly increasing request id order (so each id
+/// is there once and two nodes' files of one state are equal).
+pub fn decode_chain_state(
+    bytes: &[u8],
+    limits: &ChainStateLimits,
+) -> Result<ChainState, DecodeError> {
+    check_decode_limit("chain_state_bytes_max", bytes.len(), limits.bytes_max)?;
+    let table =
+        flatbuffers::root_with_opts::<wire::ReplicaChainState>(&limits.verifier_options(), bytes)?;
+    let tables = table.statuses().unwrap_or_default();
+    check_decode_limit("statuses_max", tables.len(), limits.statuses_max)?;
+    let mut statuses: Vec<StoredStatus> = Vec::with_capacity(tables.len());
+    for status in tables.iter() {
+        let request_id = status.request_id().0;
+        if statuses
+            .last()
+            .is_some_and(|previous| previous.request_id >= request_id)
+        {
+            return Err(DecodeError::Invalid {
+                kind: "ReplicaChainState",
+                detail: "request statuses out of order or repeated",
+            });
+        }
+        let outcome = if status.replied() {
+            StoredOutcome::Replied(
+                status
+                    .reply()
+                    .map(|r| r.bytes().to_vec())
+                    .unwrap_or_default(),
+            )
+        } else {
+            StoredOutcome::Rejected {
+                code: status.reject_code(),
+                message: status.reject_message().unwrap_or_default().to_string(),
+                error_code: status.error_code().unwrap_or_default().to_string(),
+            }
+        };
+        statuses.push(StoredStatus {
+            request_id,
+            sender: status
+                .sender()
+                .map(|b| b.bytes().to_vec())
+                .unwrap_or_default(),
+            canister: status
+                .canister()
+                .map(|b| b.bytes().to_vec())
+                .unwrap_or_default(),
+            ingress_expiry: status.ingress_expiry(),
+            height: status.height(),
+            outcome,
+        });
+    }
+    Ok(ChainState {
+        height: table.height(),
+        tip: table.tip().0,
+        time_ns: table.time_ns(),
+        statuses,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,6 +394,52 @@ mod tests {
         let bytes = encode_replica_share(&share);
         assert!(bytes.len() <= ReplicaLimits::SHARE_BYTES_MAX);
         assert_eq!(decode_replica_share(&bytes, &limits), Ok(share));
+    }
+
+    #[test]
+    fn chain_states_round_trip_and_refuse_disorder() {
+        let status = |id: u8, outcome| StoredStatus {
+            request_id: [id; 32],
+            sender: vec![4],
+            canister: vec![0, 0, 0, 0, 0, 0, 0, 0, 1, 1],
+            ingress_expiry: 99,
+            height: 3,
+            outcome,
+        };
+        let state = ChainState {
+            height: 5,
+            tip: [8; 32],
+            time_ns: 77,
+            statuses: vec![
+                status(1, StoredOutcome::Replied(b"DIDL".to_vec())),
+                status(
+                    2,
+                    StoredOutcome::Rejected {
+                        code: 3,
+                        message: "no such method".into(),
+                        error_code: "IC0536".into(),
+                    },
+                ),
+            ],
+        };
+        let limits = ChainStateLimits::default();
+        let bytes = encode_chain_state(&state);
+        assert_eq!(decode_chain_state(&bytes, &limits), Ok(state.clone()));
+        let mut disordered = state.clone();
+        disordered.statuses.reverse();
+        assert!(matches!(
+            decode_chain_state(&encode_chain_state(&disordered), &limits),
+            Err(DecodeError::Invalid { .. })
+        ));
+        let tight = ChainStateLimits {
+            statuses_max: 1,
+            ..limits
+        };
+        assert!(matches!(
+            decode_chain_state(&bytes, &tight),
+            Err(DecodeError::LimitExceeded { .. })
+        ));
+        assert!(decode_chain_state(b"garbage", &limits).is_err());
     }
 
     #[test]

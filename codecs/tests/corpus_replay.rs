@@ -1089,7 +1089,43 @@ fn replica_seeds() -> Vec<Seed> {
         block: [9; 32],
         node: [4; 32],
     });
+    use icn_codecs::replica::{encode_chain_state, ChainState, StoredOutcome, StoredStatus};
+    let chain = encode_chain_state(&ChainState {
+        height: 40,
+        tip: [3; 32],
+        time_ns: 1_764_000_000_000_000_000,
+        statuses: vec![
+            StoredStatus {
+                request_id: [1; 32],
+                sender: vec![4],
+                canister: vec![0, 0, 0, 0, 0, 0, 0, 0, 1, 1],
+                ingress_expiry: 1_764_000_100_000_000_000,
+                height: 39,
+                outcome: StoredOutcome::Replied(
+                    b"DIDL\x00\x01\x78\x05\x00\x00\x00\x00\x00\x00\x00".to_vec(),
+                ),
+            },
+            StoredStatus {
+                request_id: [2; 32],
+                sender: vec![4],
+                canister: vec![0, 0, 0, 0, 0, 0, 0, 0, 1, 1],
+                ingress_expiry: 1_764_000_100_000_000_000,
+                height: 40,
+                outcome: StoredOutcome::Rejected {
+                    code: 3,
+                    message: "no such method".into(),
+                    error_code: "IC0536".into(),
+                },
+            },
+        ],
+    });
     vec![
+        seed("replica_chain_state", "valid", chain.clone()),
+        seed(
+            "replica_chain_state",
+            "invalid-truncated",
+            chain[..chain.len() / 2].to_vec(),
+        ),
         seed("replica_block", "valid", block_bytes.clone()),
         seed("replica_block", "valid-empty", empty),
         seed("replica_block", "invalid-height-zero", genesis),

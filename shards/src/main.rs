@@ -261,9 +261,6 @@ struct SubnetArgs {
     /// 0 turns the state and state sync off.
     #[arg(long, default_value_t = 64)]
     state_mib: u32,
-    /// A checkpoint every this many heights.
-    #[arg(long, default_value_t = StateWorkloadConfig::default().checkpoint_interval_heights)]
-    checkpoint_interval_heights: u64,
     /// Extra registry members started later with no state: they sync it, then follow.
     #[arg(long, default_value_t = 0)]
     joiners: usize,
@@ -462,7 +459,6 @@ fn subnet(args: SubnetArgs) -> Result<(), Failure> {
         base_port: args.base_port,
         tuning_profile: args.tuning,
         state: (args.state_mib > 0).then(|| StateWorkloadConfig {
-            checkpoint_interval_heights: args.checkpoint_interval_heights,
             large_files: args.state_mib,
             large_file_bytes: 1 << 20,
             ..StateWorkloadConfig::default()

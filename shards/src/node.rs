@@ -39,6 +39,7 @@ use crate::p2p::{P2p, HEIGHTS_KEPT_DEFAULT};
 use crate::p2p_metrics::{P2pMetricIds, P2pSampler};
 use crate::peer_manager::driver::{PeerManagerHandle, RegistrySource};
 use crate::peer_manager::PeerManagerConfig;
+use crate::replica::checkpoint::run_replica_checkpoints;
 use crate::replica::driver::{Replica, ReplicaBackend, ReplicaConfig, ReplicaKeys};
 use crate::replica::metrics::{ReplicaMetricIds, ReplicaSampler};
 use crate::runtime::{GlommioRuntime, Runtime};
@@ -390,11 +391,23 @@ async fn run_shard(ctx: ShardContext<()>, parts: NodeParts) -> Result<(), NodeEr
     };
     let publish_interval = Duration::from_millis(tuning.metrics.publish_interval_ms);
     spawn_until_shutdown(&ctx, publish_loop(node.clone(), publish_interval));
-    if let (Some(state), Some(workload)) = (config.state, config.workload) {
-        spawn_until_shutdown(
+    match (&node.replica, config.state, config.workload) {
+        // The replica's checkpoints are the node's state (with the [state] table's synthetic
+        // files as ballast); the wall-clock reference state runs only without a replica.
+        (Some(replica), state, _) => spawn_until_shutdown(
+            &ctx,
+            run_replica_checkpoints(
+                sync,
+                replica.clone(),
+                state.map(|state| state.spec()),
+                runtime,
+            ),
+        ),
+        (None, Some(state), Some(workload)) => spawn_until_shutdown(
             &ctx,
             run_reference_state(sync, state, workload.block_interval_ms, runtime),
-        );
+        ),
+        (None, _, _) => {}
     }
     spawn_until_shutdown(
         &ctx,

@@ -121,11 +121,13 @@ pub fn run_subnet(
     print_api_example(&registry);
     if let Some(state) = &options.state {
         let spec = state.spec();
+        // The nodes run the reference replica (the subnet has a key), so checkpoints follow
+        // its executed heights: its state plus these synthetic files as ballast.
         println!(
-            "icn subnet: reference state of {:.1} MiB in {} files, a checkpoint every {} heights{}",
+            "icn subnet: replica checkpoints every {} executed heights, each with {:.1} MiB of reference state in {} files{}",
+            tuning.replica.checkpoint_interval_count,
             spec.state_bytes() as f64 / f64::from(1u32 << 20),
             spec.file_count(),
-            state.checkpoint_interval_heights,
             if options.joiners > 0 {
                 format!(
                     "; {} joiner(s) start after {} s and sync it",

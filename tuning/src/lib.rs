@@ -178,6 +178,12 @@ pub const CROSS_RULES: &[CrossRule] = &[
         why: "a synchronous call must be answered 202 before the front gives up on it with 504",
     },
     CrossRule {
+        knob: "replica.checkpoint_interval_count",
+        relation: Relation::LessThan,
+        other: "replica.heights_kept_count",
+        why: "a node that synced a checkpoint must find the blocks after it in its peers' pools",
+    },
+    CrossRule {
         knob: "replica.heights_ahead_max",
         relation: Relation::AtMost,
         other: "replica.heights_kept_count",

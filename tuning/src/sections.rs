@@ -616,6 +616,10 @@ section! {
         /// Executed heights whose blocks, shares and ingress stay in the pools for peers that
         /// lag behind; older ones are purged.
         heights_kept_count: u64 in 1..=10_000 = REPLICA_HEIGHTS_KEPT_COUNT_DEFAULT = 32;
+        /// Heights between two checkpoints of the replica's state (canisters, request statuses,
+        /// chain tip), which state sync serves to nodes too far behind to replay blocks. Below
+        /// heights_kept_count, so a node that synced a checkpoint finds the blocks after it.
+        checkpoint_interval_count: u64 in 1..=10_000 = REPLICA_CHECKPOINT_INTERVAL_COUNT_DEFAULT = 10;
         /// Largest gap between a block's time and this node's clock for the node to vouch for
         /// it (the maker's clock is the state's time, which agents check against theirs).
         block_time_skew_ms: u64 in 100..=3_600_000 = REPLICA_BLOCK_TIME_SKEW_MS_DEFAULT = 30_000;

@@ -3404,5 +3404,580 @@ pub mod icn {
                 ds.finish()
             }
         }
+        pub enum ReplicaStatusOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        /// One certified request status in a replica checkpoint (see `ReplicaChainState`).
+        pub struct ReplicaStatus<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for ReplicaStatus<'a> {
+            type Inner = ReplicaStatus<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> ReplicaStatus<'a> {
+            pub const VT_REQUEST_ID: ::flatbuffers::VOffsetT = 4;
+            pub const VT_SENDER: ::flatbuffers::VOffsetT = 6;
+            pub const VT_CANISTER: ::flatbuffers::VOffsetT = 8;
+            pub const VT_INGRESS_EXPIRY: ::flatbuffers::VOffsetT = 10;
+            pub const VT_HEIGHT: ::flatbuffers::VOffsetT = 12;
+            pub const VT_REPLIED: ::flatbuffers::VOffsetT = 14;
+            pub const VT_REPLY: ::flatbuffers::VOffsetT = 16;
+            pub const VT_REJECT_CODE: ::flatbuffers::VOffsetT = 18;
+            pub const VT_REJECT_MESSAGE: ::flatbuffers::VOffsetT = 20;
+            pub const VT_ERROR_CODE: ::flatbuffers::VOffsetT = 22;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                ReplicaStatus { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args ReplicaStatusArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<ReplicaStatus<'bldr>> {
+                let mut builder = ReplicaStatusBuilder::new(_fbb);
+                builder.add_height(args.height);
+                builder.add_ingress_expiry(args.ingress_expiry);
+                if let Some(x) = args.error_code {
+                    builder.add_error_code(x);
+                }
+                if let Some(x) = args.reject_message {
+                    builder.add_reject_message(x);
+                }
+                if let Some(x) = args.reply {
+                    builder.add_reply(x);
+                }
+                if let Some(x) = args.canister {
+                    builder.add_canister(x);
+                }
+                if let Some(x) = args.sender {
+                    builder.add_sender(x);
+                }
+                if let Some(x) = args.request_id {
+                    builder.add_request_id(x);
+                }
+                builder.add_reject_code(args.reject_code);
+                builder.add_replied(args.replied);
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn request_id(&self) -> &'a Hash32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<Hash32>(ReplicaStatus::VT_REQUEST_ID, None)
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn sender(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(
+                            ReplicaStatus::VT_SENDER,
+                            None,
+                        )
+                }
+            }
+            #[inline]
+            pub fn canister(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(
+                            ReplicaStatus::VT_CANISTER,
+                            None,
+                        )
+                }
+            }
+            #[inline]
+            pub fn ingress_expiry(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(ReplicaStatus::VT_INGRESS_EXPIRY, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn height(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(ReplicaStatus::VT_HEIGHT, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn replied(&self) -> bool {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<bool>(ReplicaStatus::VT_REPLIED, Some(false))
+                        .unwrap()
+                }
+            }
+            /// The Candid reply when `replied`.
+            #[inline]
+            pub fn reply(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(
+                            ReplicaStatus::VT_REPLY,
+                            None,
+                        )
+                }
+            }
+            /// The reject when not `replied`.
+            #[inline]
+            pub fn reject_code(&self) -> u8 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u8>(ReplicaStatus::VT_REJECT_CODE, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn reject_message(&self) -> Option<&'a str> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(
+                        ReplicaStatus::VT_REJECT_MESSAGE,
+                        None,
+                    )
+                }
+            }
+            #[inline]
+            pub fn error_code(&self) -> Option<&'a str> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(
+                        ReplicaStatus::VT_ERROR_CODE,
+                        None,
+                    )
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for ReplicaStatus<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<Hash32>("request_id", Self::VT_REQUEST_ID, true)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>(
+                        "sender",
+                        Self::VT_SENDER,
+                        false,
+                    )?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>(
+                        "canister",
+                        Self::VT_CANISTER,
+                        false,
+                    )?
+                    .visit_field::<u64>("ingress_expiry", Self::VT_INGRESS_EXPIRY, false)?
+                    .visit_field::<u64>("height", Self::VT_HEIGHT, false)?
+                    .visit_field::<bool>("replied", Self::VT_REPLIED, false)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>(
+                        "reply",
+                        Self::VT_REPLY,
+                        false,
+                    )?
+                    .visit_field::<u8>("reject_code", Self::VT_REJECT_CODE, false)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "reject_message",
+                        Self::VT_REJECT_MESSAGE,
+                        false,
+                    )?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "error_code",
+                        Self::VT_ERROR_CODE,
+                        false,
+                    )?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct ReplicaStatusArgs<'a> {
+            pub request_id: Option<&'a Hash32>,
+            pub sender: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+            pub canister: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+            pub ingress_expiry: u64,
+            pub height: u64,
+            pub replied: bool,
+            pub reply: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+            pub reject_code: u8,
+            pub reject_message: Option<::flatbuffers::WIPOffset<&'a str>>,
+            pub error_code: Option<::flatbuffers::WIPOffset<&'a str>>,
+        }
+        impl<'a> Default for ReplicaStatusArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                ReplicaStatusArgs {
+                    request_id: None, // required field
+                    sender: None,
+                    canister: None,
+                    ingress_expiry: 0,
+                    height: 0,
+                    replied: false,
+                    reply: None,
+                    reject_code: 0,
+                    reject_message: None,
+                    error_code: None,
+                }
+            }
+        }
+
+        pub struct ReplicaStatusBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ReplicaStatusBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_request_id(&mut self, request_id: &Hash32) {
+                self.fbb_
+                    .push_slot_always::<&Hash32>(ReplicaStatus::VT_REQUEST_ID, request_id);
+            }
+            #[inline]
+            pub fn add_sender(
+                &mut self,
+                sender: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, u8>>,
+            ) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    ReplicaStatus::VT_SENDER,
+                    sender,
+                );
+            }
+            #[inline]
+            pub fn add_canister(
+                &mut self,
+                canister: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, u8>>,
+            ) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    ReplicaStatus::VT_CANISTER,
+                    canister,
+                );
+            }
+            #[inline]
+            pub fn add_ingress_expiry(&mut self, ingress_expiry: u64) {
+                self.fbb_
+                    .push_slot::<u64>(ReplicaStatus::VT_INGRESS_EXPIRY, ingress_expiry, 0);
+            }
+            #[inline]
+            pub fn add_height(&mut self, height: u64) {
+                self.fbb_
+                    .push_slot::<u64>(ReplicaStatus::VT_HEIGHT, height, 0);
+            }
+            #[inline]
+            pub fn add_replied(&mut self, replied: bool) {
+                self.fbb_
+                    .push_slot::<bool>(ReplicaStatus::VT_REPLIED, replied, false);
+            }
+            #[inline]
+            pub fn add_reply(
+                &mut self,
+                reply: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, u8>>,
+            ) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    ReplicaStatus::VT_REPLY,
+                    reply,
+                );
+            }
+            #[inline]
+            pub fn add_reject_code(&mut self, reject_code: u8) {
+                self.fbb_
+                    .push_slot::<u8>(ReplicaStatus::VT_REJECT_CODE, reject_code, 0);
+            }
+            #[inline]
+            pub fn add_reject_message(
+                &mut self,
+                reject_message: ::flatbuffers::WIPOffset<&'b str>,
+            ) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    ReplicaStatus::VT_REJECT_MESSAGE,
+                    reject_message,
+                );
+            }
+            #[inline]
+            pub fn add_error_code(&mut self, error_code: ::flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    ReplicaStatus::VT_ERROR_CODE,
+                    error_code,
+                );
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> ReplicaStatusBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                ReplicaStatusBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<ReplicaStatus<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                self.fbb_
+                    .required(o, ReplicaStatus::VT_REQUEST_ID, "request_id");
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for ReplicaStatus<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("ReplicaStatus");
+                ds.field("request_id", &self.request_id());
+                ds.field("sender", &self.sender());
+                ds.field("canister", &self.canister());
+                ds.field("ingress_expiry", &self.ingress_expiry());
+                ds.field("height", &self.height());
+                ds.field("replied", &self.replied());
+                ds.field("reply", &self.reply());
+                ds.field("reject_code", &self.reject_code());
+                ds.field("reject_message", &self.reject_message());
+                ds.field("error_code", &self.error_code());
+                ds.finish()
+            }
+        }
+        pub enum ReplicaChainStateOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        /// The reference replica's chain and request statuses at a checkpoint's height (file
+        /// `replica/chain` of the checkpoint; the canisters' state files sit beside it). A node that
+        /// syncs the checkpoint resumes execution from here.
+        pub struct ReplicaChainState<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for ReplicaChainState<'a> {
+            type Inner = ReplicaChainState<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> ReplicaChainState<'a> {
+            pub const VT_HEIGHT: ::flatbuffers::VOffsetT = 4;
+            pub const VT_TIP: ::flatbuffers::VOffsetT = 6;
+            pub const VT_TIME_NS: ::flatbuffers::VOffsetT = 8;
+            pub const VT_STATUSES: ::flatbuffers::VOffsetT = 10;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                ReplicaChainState { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args ReplicaChainStateArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<ReplicaChainState<'bldr>> {
+                let mut builder = ReplicaChainStateBuilder::new(_fbb);
+                builder.add_time_ns(args.time_ns);
+                builder.add_height(args.height);
+                if let Some(x) = args.statuses {
+                    builder.add_statuses(x);
+                }
+                if let Some(x) = args.tip {
+                    builder.add_tip(x);
+                }
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn height(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(ReplicaChainState::VT_HEIGHT, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn tip(&self) -> &'a Hash32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<Hash32>(ReplicaChainState::VT_TIP, None)
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn time_ns(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(ReplicaChainState::VT_TIME_NS, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn statuses(
+                &self,
+            ) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ReplicaStatus<'a>>>>
+            {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ReplicaStatus>>,
+                    >>(ReplicaChainState::VT_STATUSES, None)
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for ReplicaChainState<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<u64>("height", Self::VT_HEIGHT, false)?
+                    .visit_field::<Hash32>("tip", Self::VT_TIP, true)?
+                    .visit_field::<u64>("time_ns", Self::VT_TIME_NS, false)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ReplicaStatus>>,
+                    >>("statuses", Self::VT_STATUSES, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct ReplicaChainStateArgs<'a> {
+            pub height: u64,
+            pub tip: Option<&'a Hash32>,
+            pub time_ns: u64,
+            pub statuses: Option<
+                ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ReplicaStatus<'a>>>,
+                >,
+            >,
+        }
+        impl<'a> Default for ReplicaChainStateArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                ReplicaChainStateArgs {
+                    height: 0,
+                    tip: None, // required field
+                    time_ns: 0,
+                    statuses: None,
+                }
+            }
+        }
+
+        pub struct ReplicaChainStateBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ReplicaChainStateBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_height(&mut self, height: u64) {
+                self.fbb_
+                    .push_slot::<u64>(ReplicaChainState::VT_HEIGHT, height, 0);
+            }
+            #[inline]
+            pub fn add_tip(&mut self, tip: &Hash32) {
+                self.fbb_
+                    .push_slot_always::<&Hash32>(ReplicaChainState::VT_TIP, tip);
+            }
+            #[inline]
+            pub fn add_time_ns(&mut self, time_ns: u64) {
+                self.fbb_
+                    .push_slot::<u64>(ReplicaChainState::VT_TIME_NS, time_ns, 0);
+            }
+            #[inline]
+            pub fn add_statuses(
+                &mut self,
+                statuses: ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<'b, ::flatbuffers::ForwardsUOffset<ReplicaStatus<'b>>>,
+                >,
+            ) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    ReplicaChainState::VT_STATUSES,
+                    statuses,
+                );
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> ReplicaChainStateBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                ReplicaChainStateBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<ReplicaChainState<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                self.fbb_.required(o, ReplicaChainState::VT_TIP, "tip");
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for ReplicaChainState<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("ReplicaChainState");
+                ds.field("height", &self.height());
+                ds.field("tip", &self.tip());
+                ds.field("time_ns", &self.time_ns());
+                ds.field("statuses", &self.statuses());
+                ds.finish()
+            }
+        }
     } // pub mod wire
 } // pub mod icn

@@ -110,6 +110,28 @@ impl ExecutedState {
         }
     }
 
+    /// A state from its parts (a checkpoint read back).
+    pub fn from_parts(
+        height: u64,
+        tip: Hash,
+        time_ns: u64,
+        canisters: Canisters,
+        statuses: BTreeMap<RequestId, RequestStatus>,
+    ) -> ExecutedState {
+        let by_expiry = statuses
+            .iter()
+            .map(|(id, status)| (status.ingress_expiry, *id))
+            .collect();
+        ExecutedState {
+            height,
+            tip,
+            time_ns,
+            canisters,
+            statuses,
+            by_expiry,
+        }
+    }
+
     /// Drops the statuses whose ingress expiry is before `time_ns`.
     fn prune_statuses(&mut self, time_ns: u64) {
         let kept = self.by_expiry.split_off(&(time_ns, RequestId([0; 32])));
@@ -320,6 +342,17 @@ impl Chain {
             .saturating_add(duration_ns(self.config.block_interval));
         let elapsed = wall_ns.checked_sub(start)?;
         Some(elapsed / duration_ns(self.config.round_timeout).max(1))
+    }
+
+    /// Replaces the executed state with `state` (a synced checkpoint ahead of this node):
+    /// execution resumes from its height, and everything about older heights is dropped.
+    pub fn adopt(&mut self, state: ExecutedState) {
+        let height = state.height;
+        self.state = state;
+        self.blocks = self.blocks.split_off(&(height + 1));
+        self.shares = self.shares.split_off(&(height + 1, [0; 32]));
+        self.shared = self.shared.split_off(&(height + 1));
+        self.made = self.made.split_off(&(height + 1, 0));
     }
 
     /// A block the block pool validated; `from` is the peer that sent it (`None`: this node).

@@ -78,6 +78,7 @@ pub struct ReplicaConfig {
     pub verify_in_flight_max: usize,
     pub heights_ahead_max: u64,
     pub heights_kept: u64,
+    pub checkpoint_interval: u64,
     pub sync_call_wait: Duration,
     pub canisters: CanisterLimits,
     pub inbound_batch_max: usize,
@@ -114,6 +115,7 @@ impl ReplicaConfig {
             verify_in_flight_max: replica.ingress_verify_in_flight_max,
             heights_ahead_max: replica.heights_ahead_max,
             heights_kept: replica.heights_kept_count,
+            checkpoint_interval: replica.checkpoint_interval_count,
             sync_call_wait: ms(replica.sync_call_wait_ms),
             canisters: CanisterLimits::from_tuning(&tuning.canisters),
             inbound_batch_max: tuning.gossip.inbound_batch_artifacts_max,
@@ -189,6 +191,8 @@ pub struct Replica {
     certifying: Cell<bool>,
     /// Executed heights and the calls they ordered, until their calls leave the ingress pool.
     executed_log: RefCell<VecDeque<(u64, Vec<RequestId>)>>,
+    /// The state at the newest checkpoint height executed and not yet taken for a checkpoint.
+    checkpoint_due: RefCell<Option<ExecutedState>>,
     penalties: PenaltySink,
     wake: Rc<Signal>,
     stopped: Cell<bool>,
@@ -276,6 +280,7 @@ impl Replica {
             certified: RefCell::new(None),
             certifying: Cell::new(false),
             executed_log: RefCell::new(VecDeque::new()),
+            checkpoint_due: RefCell::new(None),
             penalties,
             wake: Rc::new(Signal::new()),
             stopped: Cell::new(false),
@@ -339,6 +344,39 @@ impl Replica {
 
     pub fn subnet_id(&self) -> Principal {
         self.subnet_key.subnet_id()
+    }
+
+    pub fn config(&self) -> &ReplicaConfig {
+        &self.config
+    }
+
+    pub fn executed_height(&self) -> u64 {
+        self.chain.borrow().state().height
+    }
+
+    /// The subnet's members as the chain sees them.
+    pub fn members(&self) -> Vec<NodeId> {
+        self.chain.borrow().members().to_vec()
+    }
+
+    /// The state of the newest executed checkpoint height (a multiple of
+    /// `replica.checkpoint_interval_count`), once: the caller writes the checkpoint.
+    pub fn take_checkpoint_due(&self) -> Option<ExecutedState> {
+        self.checkpoint_due.borrow_mut().take()
+    }
+
+    /// Resumes from `state`, a checkpoint ahead of the executed height (synced from peers or
+    /// this node's own after a restart). Older ones are ignored.
+    pub fn adopt(self: &Rc<Self>, state: ExecutedState) {
+        if state.height <= self.executed_height() {
+            return;
+        }
+        let height = state.height;
+        self.chain.borrow_mut().adopt(state);
+        self.after_execution(vec![(height, Vec::new())]);
+        // A checkpoint of the adopted height exists already.
+        self.checkpoint_due.borrow_mut().take();
+        self.wake.notify();
     }
 
     pub fn certified(&self) -> Option<Rc<Certified>> {
@@ -441,6 +479,20 @@ impl Replica {
             let chain = self.chain.borrow();
             (chain.state().height, chain.state().time_ns)
         };
+        let interval = self.config.checkpoint_interval.max(1);
+        if let Some(due) = executed
+            .iter()
+            .map(|(h, _)| *h)
+            .filter(|h| h % interval == 0)
+            .max()
+        {
+            // Only the newest executed height's state is at hand: a step that executed past a
+            // checkpoint height without stopping on it (rare: several heights at once) skips
+            // that checkpoint.
+            if due == height {
+                *self.checkpoint_due.borrow_mut() = Some(self.chain.borrow().state().clone());
+            }
+        }
         self.window.set_executed(height);
         let floor = height.saturating_sub(self.config.heights_kept);
         self.blocks.borrow_mut().purge_below(floor);

@@ -18,6 +18,7 @@ pub mod bls;
 pub mod canisters;
 pub mod certification;
 pub mod chain;
+pub mod checkpoint;
 pub mod driver;
 pub mod ingress;
 pub mod keys;
