@@ -76,22 +76,50 @@ impl ProcessSubnet {
     /// 200. Panics, quoting the node's log, if one exits or stays silent for
     /// [`NODES_READY_TIMEOUT`].
     pub fn start(label: &str, nodes: usize) -> ProcessSubnet {
-        let exe = icn_binary();
-        let subnet = LocalSubnet::create_with_subnet_key(label, nodes);
+        ProcessSubnet::start_some(label, nodes, nodes, "")
+    }
+
+    /// A subnet of `members` registry members of which the first `started` start now; the
+    /// others start with [`ProcessSubnet::start_next`]. `tuning` is appended to every node's
+    /// tuning profile (TOML tables, e.g. a faster `[replica]`).
+    pub fn start_some(label: &str, members: usize, started: usize, tuning: &str) -> ProcessSubnet {
+        assert!(started <= members);
+        let subnet = LocalSubnet::create_with_subnet_key(label, members);
         let dir = subnet.dir();
-        let tuning = dir.join("tuning.toml");
-        std::fs::write(&tuning, TUNING_TOML).unwrap_or_else(|e| panic!("tuning: {e}"));
-        let subnet_id = subnet.subnet_id();
+        std::fs::write(dir.join("tuning.toml"), format!("{TUNING_TOML}{tuning}"))
+            .unwrap_or_else(|e| panic!("tuning: {e}"));
         let mut running = ProcessSubnet {
-            children: Vec::with_capacity(nodes),
+            children: Vec::with_capacity(members),
             subnet,
         };
-        for index in 0..nodes {
-            let child = spawn_node(&exe, running.subnet.dir(), index, &subnet_id, &tuning);
-            running.children.push(child);
+        for _ in 0..started {
+            running.spawn_next();
         }
         running.wait_ready();
         running
+    }
+
+    /// Starts the next registry member that is not running yet and waits until it answers.
+    pub fn start_next(&mut self) {
+        assert!(
+            self.children.len() < self.subnet.len(),
+            "every member runs already"
+        );
+        self.spawn_next();
+        self.wait_ready();
+    }
+
+    fn spawn_next(&mut self) {
+        let index = self.children.len();
+        let dir = self.subnet.dir();
+        let child = spawn_node(
+            &icn_binary(),
+            dir,
+            index,
+            &self.subnet.subnet_id(),
+            &dir.join("tuning.toml"),
+        );
+        self.children.push(child);
     }
 
     pub fn subnet(&self) -> &LocalSubnet {

@@ -550,3 +550,77 @@ fn the_same_signed_update_sent_to_two_nodes_executes_once() {
         assert_eq!(counter_value(&agent).await, before + 2);
     });
 }
+
+/// A node's value of an unlabelled metric, read from `/metrics` on its API port.
+fn metric(subnet: &ProcessSubnet, node: usize, name: &str) -> u64 {
+    let answer = request(subnet.http_addr(node), "GET", "/metrics", None);
+    let text = String::from_utf8_lossy(&answer.body).into_owned();
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .map(|value| value as u64)
+        .unwrap_or_else(|| panic!("node {node} has no {name}"))
+}
+
+/// A member that starts after its peers purged the blocks it would need catches up through a
+/// replica checkpoint (state sync) and then serves the subnet's state: the agent's query on it
+/// returns the counter the others incremented, and it keeps executing with them.
+#[test]
+fn a_late_member_syncs_a_replica_checkpoint_and_serves_the_subnets_state() {
+    // Fast heights and a short history, so the first blocks are purged within seconds.
+    const TUNING: &str = "[replica]\nblock_interval_ms = 40\nheights_kept_count = 12\n\
+                          checkpoint_interval_count = 5\nheights_ahead_max = 4\n";
+    const LATE_WAIT: Duration = Duration::from_secs(45);
+    let _heavy = icn_tests::heavy_test_lock();
+    let mut subnet = ProcessSubnet::start_some("ic-agent-late", 5, 4, TUNING);
+    let increments = 3;
+    run(async {
+        let agent = replica_agent(&subnet, 0, None).await;
+        for _ in 0..increments {
+            agent
+                .update(&counter(), "increment")
+                .with_arg(Encode!().unwrap())
+                .call_and_wait()
+                .await
+                .expect("increment");
+        }
+    });
+    // Past the kept history: block 1 is gone from every pool.
+    let start = std::time::Instant::now();
+    while metric(&subnet, 0, "icn_replica_executed_height") < 40 {
+        assert!(start.elapsed() < LATE_WAIT, "the subnet stopped executing");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    subnet.start_next();
+    let late = 4;
+    let start = std::time::Instant::now();
+    loop {
+        let target = metric(&subnet, 0, "icn_replica_executed_height");
+        let reached = metric(&subnet, late, "icn_replica_executed_height");
+        if reached >= target {
+            break;
+        }
+        assert!(
+            start.elapsed() < LATE_WAIT,
+            "the late member is at height {reached}, the subnet at {target}; its log:\n{}",
+            std::fs::read_to_string(subnet.log_path(late)).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        metric(&subnet, late, "icn_state_sync_syncs_completed_total") >= 1,
+        "the late member caught up without a checkpoint: blocks were not purged"
+    );
+    run(async {
+        let late_agent = replica_agent(&subnet, late, None).await;
+        assert_eq!(counter_value(&late_agent).await, increments);
+        // And it executes new calls with the others.
+        let reply = late_agent
+            .update(&counter(), "increment")
+            .with_arg(Encode!().unwrap())
+            .call_and_wait()
+            .await
+            .expect("increment through the late member");
+        assert_eq!(decode_nat64(&reply), increments + 1);
+    });
+}
