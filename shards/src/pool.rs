@@ -73,6 +73,17 @@ pub fn make_artifact(height: u64, payload: Buf) -> Artifact {
     }
 }
 
+/// Whether `payload` is the artifact `advert` names, as [`make_artifact`] names artifacts: the
+/// height in the attributes matches the id's, and the length and SHA-256 are the advert's.
+pub fn content_matches(advert: &Advert, payload: &[u8]) -> bool {
+    let Some(height) = height_of(&advert.id) else {
+        return false;
+    };
+    advert.attributes.as_slice() == height.to_le_bytes()
+        && payload.len() as u64 == advert.size_bytes
+        && boring::sha::sha256(payload) == advert.id.as_bytes()[8..]
+}
+
 /// The height an id names, if it has the pool's shape.
 pub fn height_of(id: &ArtifactId) -> Option<u64> {
     if id.len() != ID_BYTES {
@@ -177,12 +188,7 @@ impl MemoryPool {
     }
 
     fn content_matches(advert: &Advert, payload: &[u8]) -> bool {
-        let Some(height) = height_of(&advert.id) else {
-            return false;
-        };
-        advert.attributes.as_slice() == height.to_le_bytes()
-            && payload.len() as u64 == advert.size_bytes
-            && boring::sha::sha256(payload) == advert.id.as_bytes()[8..]
+        content_matches(advert, payload)
     }
 }
 

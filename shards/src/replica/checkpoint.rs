@@ -25,6 +25,7 @@ use super::chain::{ExecutedState, RequestOutcome, RequestStatus};
 use super::driver::Replica;
 use crate::runtime::Runtime;
 use crate::state_sync::driver::StateSync;
+use crate::state_sync::reference::offered_states;
 use crate::state_sync::synthetic::{write_state, SyntheticSpec};
 
 /// The folder of a checkpoint that holds the replica's files.
@@ -266,19 +267,7 @@ pub async fn run_replica_checkpoints(
         }
         let members = replica.members().len();
         let quorum = members.saturating_sub(1) / 3 + 1;
-        let mut offered: Vec<(u64, [u8; 32], usize)> = Vec::new();
-        for (_, advert) in sync.peer_adverts() {
-            if advert.partial {
-                continue;
-            }
-            match offered
-                .iter_mut()
-                .find(|(height, root, _)| *height == advert.height && *root == advert.root_hash)
-            {
-                Some(entry) => entry.2 += 1,
-                None => offered.push((advert.height, advert.root_hash, 1)),
-            }
-        }
+        let offered = offered_states(&sync);
         if let Some((height, root)) =
             sync_target(replica.executed_height(), interval, quorum, &offered)
         {

@@ -21,7 +21,7 @@ use std::time::Duration;
 use icn_engine::NodeId;
 
 use crate::artifact::{Advert, Artifact, ArtifactId, ArtifactKind, ArtifactPool, Transmit, Want};
-use crate::pool::height_of;
+use crate::pool::{content_matches, height_of};
 
 /// Artifacts one sender may have validated at one height: a maker makes one block per round it
 /// is the maker of, and an honest node sends one share per height, so 4 leaves room for rounds
@@ -166,15 +166,6 @@ impl ConsensusPool {
     fn holds(&self, height: u64, id: &ArtifactId) -> bool {
         self.validated.contains_key(&(height, id.clone()))
     }
-
-    fn content_matches(advert: &Advert, payload: &[u8]) -> bool {
-        let Some(height) = height_of(&advert.id) else {
-            return false;
-        };
-        advert.attributes.as_slice() == height.to_le_bytes()
-            && payload.len() as u64 == advert.size_bytes
-            && boring::sha::sha256(payload) == advert.id.as_bytes()[8..]
-    }
 }
 
 impl ArtifactPool for ConsensusPool {
@@ -199,7 +190,7 @@ impl ArtifactPool for ConsensusPool {
     }
 
     fn matches(&self, advert: &Advert, payload: &[u8]) -> bool {
-        Self::content_matches(advert, payload)
+        content_matches(advert, payload)
     }
 
     fn insert_unvalidated(&mut self, from: NodeId, artifact: Artifact) {
@@ -218,7 +209,7 @@ impl ArtifactPool for ConsensusPool {
         // Deterministic order (HashMap order is not), so simulations replay exactly.
         incoming.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         for (id, (artifact, from)) in incoming {
-            let valid = Self::content_matches(&artifact.advert, &artifact.payload);
+            let valid = content_matches(&artifact.advert, &artifact.payload);
             let Some(height) = height_of(&id).filter(|_| valid) else {
                 self.stats.invalid += 1;
                 continue;

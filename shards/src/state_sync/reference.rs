@@ -156,6 +156,24 @@ pub fn decide(
     }
 }
 
+/// The whole states the peers advertise: (height, root hash, how many peers advertise it).
+pub fn offered_states(sync: &StateSync) -> Vec<(u64, [u8; 32], usize)> {
+    let mut offered: Vec<(u64, [u8; 32], usize)> = Vec::new();
+    for (_, advert) in sync.peer_adverts() {
+        if advert.partial {
+            continue;
+        }
+        match offered
+            .iter_mut()
+            .find(|(height, root, _)| *height == advert.height && *root == advert.root_hash)
+        {
+            Some(entry) => entry.2 += 1,
+            None => offered.push((advert.height, advert.root_hash, 1)),
+        }
+    }
+    offered
+}
+
 /// Runs the reference state workload until the task is dropped.
 pub async fn run_reference_state(
     sync: StateSync,
@@ -168,19 +186,7 @@ pub async fn run_reference_state(
     let tick = Duration::from_millis(block_interval_ms.clamp(10, 1_000));
     loop {
         let now_height = unix_us() / 1_000 / block_interval_ms;
-        let mut offered: Vec<(u64, [u8; 32], usize)> = Vec::new();
-        for (_, advert) in sync.peer_adverts() {
-            if advert.partial {
-                continue;
-            }
-            match offered
-                .iter_mut()
-                .find(|(height, root, _)| *height == advert.height && *root == advert.root_hash)
-            {
-                Some(entry) => entry.2 += 1,
-                None => offered.push((advert.height, advert.root_hash, 1)),
-            }
-        }
+        let offered = offered_states(&sync);
         let step = decide(
             &config,
             now_height,
