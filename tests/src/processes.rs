@@ -5,8 +5,8 @@
 //! executable, one process per node, started from a config file and serving the public HTTP API
 //! in plain HTTP on its registry `http_addr`. [`ProcessSubnet::start`] writes the identities and
 //! the registry ([`LocalSubnet`]), one config per node, starts the processes and returns once
-//! every node's `/api/v2/status` answers 200; dropping it stops them (SIGTERM, then SIGKILL) and
-//! removes the directory.
+//! every node's `/api/v2/status` answers 200 and says "healthy" (its replica certified a
+//! height); dropping it stops them (SIGTERM, then SIGKILL) and removes the directory.
 //!
 //! The `icn` executable is not built by `cargo test -p icn-tests` (cargo builds a package's
 //! binaries only for that package's own tests), so it is looked up next to the test binary, as
@@ -72,8 +72,8 @@ pub struct ProcessSubnet {
 
 impl ProcessSubnet {
     /// Starts `nodes` nodes over QUIC on free loopback ports, with the subnet's BLS key (so
-    /// each runs the reference replica), and waits until each one's status endpoint answers
-    /// 200. Panics, quoting the node's log, if one exits or stays silent for
+    /// each runs the reference replica), and waits until each one's status endpoint answers 200
+    /// "healthy". Panics, quoting the node's log, if one exits or stays silent for
     /// [`NODES_READY_TIMEOUT`].
     pub fn start(label: &str, nodes: usize) -> ProcessSubnet {
         ProcessSubnet::start_some(label, nodes, nodes, "")
@@ -166,7 +166,7 @@ impl ProcessSubnet {
                 }
                 if Instant::now() >= deadline {
                     panic!(
-                        "node {index}'s status endpoint on {addr} did not answer 200 within \
+                        "node {index}'s status endpoint on {addr} did not answer 200 \"healthy\" within \
                          {NODES_READY_TIMEOUT:?}; its log:\n{}",
                         log_tail(&self.log_path(index))
                     );
@@ -232,8 +232,9 @@ fn log_path(dir: &Path, node: usize) -> PathBuf {
     dir.join(format!("node-{node}.log"))
 }
 
-/// Whether `GET /api/v2/status` on `addr` answers 200 within [`PROBE_TIMEOUT`]; a node that is
-/// not listening yet refuses the connection, which is a plain "no".
+/// Whether `GET /api/v2/status` on `addr` answers 200 with `replica_health_status` "healthy"
+/// within [`PROBE_TIMEOUT`]; a node that is not listening yet refuses the connection, which is a
+/// plain "no".
 fn status_answers(addr: SocketAddr) -> bool {
     let Ok(mut stream) = TcpStream::connect_timeout(&addr, PROBE_TIMEOUT) else {
         return false;
@@ -242,7 +243,10 @@ fn status_answers(addr: SocketAddr) -> bool {
         return false;
     }
     send_request(&mut stream, "GET", "/api/v2/status", None);
-    matches!(read_answer(&mut stream), Ok(answer) if answer.status == 200)
+    // The CBOR map holds the text "healthy" once the replica certified a height: before that,
+    // read_state (which agents need for a query's node keys) has nothing to answer with.
+    matches!(read_answer(&mut stream), Ok(answer)
+        if answer.status == 200 && answer.body.windows(7).any(|w| w == b"healthy"))
 }
 
 /// The last [`LOG_TAIL_BYTES`] of a node's log, for a failure message.

@@ -498,10 +498,15 @@ impl Replica {
         self.blocks.borrow_mut().purge_below(floor);
         self.shares.borrow_mut().purge_below(floor);
         {
+            // Executed calls stay for peers up to the height window behind (they may still
+            // need them to execute); a peer further behind syncs a checkpoint instead. Keeping
+            // them for all of `heights_kept` would fill the pool with executed calls at high
+            // call rates.
+            let ingress_floor = height.saturating_sub(self.config.heights_ahead_max);
             let mut log = self.executed_log.borrow_mut();
             log.extend(executed);
             let mut ingress = self.ingress.borrow_mut();
-            while log.front().is_some_and(|(h, _)| *h < floor) {
+            while log.front().is_some_and(|(h, _)| *h < ingress_floor) {
                 if let Some((_, ids)) = log.pop_front() {
                     ingress.remove_executed(&ids);
                 }
