@@ -6,8 +6,8 @@
 //!
 //! It runs as a child process of `icn-bench` (the hidden `http-axum-serve` subcommand) so its
 //! CPU time and peak resident memory are its own, as an `icn node`'s are. The CPU work of a
-//! query runs on tokio's blocking pool (every core), as the IC moves verification and execution
-//! off its async workers. Each stage is timed with `Instant` and the sums are served on
+//! query runs on tokio's blocking pool, one thread per core, as the IC moves verification and
+//! execution off its async workers. Each stage is timed with `Instant` and the sums are served on
 //! `GET /bench/stages`: icn's `/metrics` has no per-stage timings, so this breakdown is the
 //! baseline's, labelled as such in the report.
 //!
@@ -103,7 +103,12 @@ struct Node {
 /// The hidden `http-axum-serve` subcommand: serves on `listen` until killed, after printing
 /// `listening <addr>` on stdout.
 pub fn serve_main(listen: SocketAddr) -> i32 {
+    // CPU-bound work belongs on a pool of one thread per core (tokio's documentation points to
+    // a rayon-like pool; icn's verification and signing pools are fixed too): the default of
+    // 512 blocking threads would only add context switches and memory.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(cores)
         .enable_all()
         .build()
     {

@@ -133,6 +133,8 @@ pub struct LoadOutcome {
     pub first_error: Option<String>,
     /// Requests never sent because a one-shot pool ran out.
     pub pool_exhausted: u64,
+    /// Open loop: requests due within the window (rate x duration).
+    pub due: Option<u64>,
 }
 
 #[derive(Default)]
@@ -176,6 +178,9 @@ async fn run_async(spec: LoadSpec, pool: Arc<RequestPool>) -> LoadOutcome {
     // closed loop's last requests, an overloaded server's queue draining).
     let last = shared.last_answer.map_or(end, |last| last.max(end));
     shared.outcome.elapsed = last - start;
+    if let Pacing::Open { rate_per_s } = spec.pacing {
+        shared.outcome.due = Some((rate_per_s * spec.duration.as_secs_f64()).ceil() as u64);
+    }
     shared.outcome
 }
 
@@ -204,7 +209,10 @@ async fn connection_loop(
         let due = match spec.pacing {
             Pacing::Open { rate_per_s } => {
                 let due = start + Duration::from_secs_f64(index as f64 / rate_per_s);
-                if due >= end {
+                // A request still unsent when the window closes is not sent late: a generator
+                // that fell behind would otherwise run on long after the window (its shortfall
+                // shows as `not_sent`).
+                if due >= end || Instant::now() >= end {
                     return;
                 }
                 tokio::time::sleep_until(due.into()).await;

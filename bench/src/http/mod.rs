@@ -49,9 +49,11 @@ pub const REPETITIONS_FULL: usize = 3;
 /// Connections of the closed loop that finds a system's peak: half of icn's query concurrency
 /// limit, enough to keep every core busy without queueing in the gate.
 pub const PEAK_FIND_CONNECTIONS: usize = 128;
-/// Connections of the open-loop runs at and above the peak: eight loopback source addresses of
-/// [`load::CONNECTIONS_PER_SOURCE_IP`] each.
-pub const OPEN_LOOP_CONNECTIONS: usize = 512;
+/// Connections of the open-loop runs at and above the peak: 32 loopback source addresses of
+/// [`load::CONNECTIONS_PER_SOURCE_IP`] each. More than a query class admits and queues
+/// (256 + 1,024), so at ten times the peak the servers' gates, not the generator, decide what
+/// is refused.
+pub const OPEN_LOOP_CONNECTIONS: usize = 2048;
 /// Connections of the unloaded runs.
 pub const UNLOADED_CONNECTIONS: usize = 8;
 /// Requests per second of `query-unloaded` and `update-unloaded`.
@@ -298,6 +300,10 @@ fn record(outcome: &LoadOutcome, pacing: Pacing) -> RunRecord {
     }
     if let Pacing::Open { rate_per_s } = pacing {
         record.extra.insert("target_rate_per_s".into(), rate_per_s);
+    }
+    if let Some(due) = outcome.due {
+        let not_sent = due.saturating_sub(outcome.sent + outcome.pool_exhausted);
+        record.extra.insert("not_sent".into(), not_sent as f64);
     }
     record
 }
@@ -548,7 +554,7 @@ pub fn suite_config(quick: bool, repetitions: usize, peaks: Value) -> Value {
             "query_concurrency_max": icn_tuning::HTTP_QUERY_CONCURRENCY_MAX_DEFAULT,
             "query_queue_max": icn_tuning::HTTP_QUERY_QUEUE_MAX_DEFAULT,
             "backend_timeout_ms": icn_tuning::HTTP_BACKEND_TIMEOUT_MS_DEFAULT,
-            "cpu_work": "tokio spawn_blocking (every core)",
+            "cpu_work": "tokio spawn_blocking, max_blocking_threads = cores",
         },
         "icn": {
             "binary": icn::icn_binary().map(|p| p.display().to_string()).unwrap_or_else(|e| e),

@@ -23,6 +23,9 @@ pub fn one_line(run: &RunRecord) -> String {
     if let Some(rejected) = run.extra.get("rejected_per_s").filter(|r| **r > 0.0) {
         parts.push(format!("{rejected:.0} 429/s"));
     }
+    if let Some(not_sent) = run.extra.get("not_sent").filter(|n| **n > 0.0) {
+        parts.push(format!("{not_sent:.0} not sent"));
+    }
     parts.push(format!("{} errors", run.errors));
     if let Some(error) = &run.first_error {
         parts.push(format!("first error: {error}"));
@@ -43,7 +46,7 @@ pub fn render(report: &SuiteReport) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<11} {:<16} {:>9} {:>9} {:>8} {:>8} {:>9} {:>9} {:>8} {:>8} {:>7} {:>6}",
+        "{:<11} {:<16} {:>9} {:>9} {:>8} {:>8} {:>9} {:>9} {:>8} {:>8} {:>7} {:>6} {:>8}",
         "system",
         "case",
         "target/s",
@@ -55,14 +58,15 @@ pub fn render(report: &SuiteReport) -> String {
         "429 p99",
         "RSS MiB",
         "cpu",
-        "errors"
+        "errors",
+        "not sent"
     );
     for point in &report.runs {
         let run = &point.median;
         let latency = run.latency_us;
         let _ = writeln!(
             out,
-            "{:<11} {:<16} {:>9} {:>9} {:>8} {:>8} {:>9} {:>9} {:>8} {:>8} {:>7} {:>6}",
+            "{:<11} {:<16} {:>9} {:>9} {:>8} {:>8} {:>9} {:>9} {:>8} {:>8} {:>7} {:>6} {:>8}",
             point.system,
             point.case,
             optional(run.extra.get("target_rate_per_s").copied(), 0),
@@ -74,14 +78,16 @@ pub fn render(report: &SuiteReport) -> String {
             optional(run.reject_latency_us.map(|l| l.p99), 0),
             optional(run.peak_rss_bytes.map(|b| b as f64 / BYTES_PER_MIB), 0),
             optional(run.extra.get("server_cpu_cores").copied(), 2),
-            run.errors
+            run.errors,
+            optional(run.extra.get("not_sent").copied(), 0)
         );
     }
     let _ = writeln!(
         out,
         "(ok/s: 2xx answers per second; latency of 2xx answers from when each was due; 429: \
          refused answers; RSS: servers' peak resident memory in the run; cpu: servers' cores busy; \
-         update cases run on icn only: the baseline has no consensus)"
+         not sent: due requests the generator had no free connection for; update cases run on \
+         icn only: the baseline has no consensus)"
     );
     if !report.ratios.is_empty() {
         let _ = writeln!(
