@@ -308,6 +308,21 @@ fn record(outcome: &LoadOutcome, pacing: Pacing) -> RunRecord {
     record
 }
 
+/// Raises the soft open-files limit to the hard one: the generator holds
+/// [`OPEN_LOOP_CONNECTIONS`] sockets, and the baseline child (which inherits the limit) as many,
+/// more than a common default soft limit of 1,024.
+fn raise_open_files_limit() {
+    // SAFETY: rlimit is plain old data; getrlimit fills it and setrlimit reads it.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 /// Runs every selected case of every selected system; `progress` hears one line per run.
 /// Returns the points and, per system, the peak rates the open-loop cases were derived from.
 pub fn run_points(
@@ -317,6 +332,7 @@ pub fn run_points(
     quick: bool,
     progress: &mut dyn FnMut(&str),
 ) -> (Vec<PointReport>, Value) {
+    raise_open_files_limit();
     let durations = Durations::standard(quick);
     let mut points = Vec::new();
     let mut peaks = serde_json::Map::new();
