@@ -371,6 +371,29 @@ mod tests {
     }
 
     #[test]
+    fn http_arguments_parse() {
+        let cli = Cli::try_parse_from([
+            "icn-bench",
+            "http",
+            "--quick",
+            "--json",
+            "--systems",
+            "icn,axum-tokio",
+            "--cases",
+            "query-10x",
+        ])
+        .unwrap();
+        let Suite::Http(args) = cli.suite else {
+            panic!("http arguments parse as the http suite");
+        };
+        assert!(args.quick && args.json);
+        assert_eq!(args.systems, ["icn", "axum-tokio"]);
+        let cli = Cli::try_parse_from(["icn-bench", "http-axum-serve", "--listen", "127.0.0.1:0"])
+            .unwrap();
+        assert!(matches!(cli.suite, Suite::HttpAxumServe { listen } if listen.port() == 0));
+    }
+
+    #[test]
     fn selection_refuses_unknown_and_missing_systems() {
         let chosen = select_systems(
             transport::registered_systems(),
