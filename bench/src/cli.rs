@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::gossip::{self, GossipSpec};
 use crate::host::{HostInfo, Placement};
+use crate::http;
 use crate::report::{self, SuiteReport};
 use crate::sync::{self, SyncState};
 use crate::transport::{self, case, CaseKind, CaseSpec, System};
@@ -32,6 +33,15 @@ enum Suite {
     /// State sync of a synthetic checkpoint from 1, 3 or 6 peers on loopback: icn against a
     /// quinn + tokio chunk fetcher and the local read + hash + write ceiling.
     Sync(SuiteArgs),
+    /// The public HTTP API under query and update load (open loop, up to 10x the peak): icn
+    /// nodes running the reference replica against axum + tokio doing the same work per query.
+    Http(SuiteArgs),
+    /// Internal: the axum-tokio baseline server of the http suite, as a child process.
+    #[command(hide = true)]
+    HttpAxumServe {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -65,6 +75,8 @@ pub fn main() -> i32 {
         Suite::Transport(args) => run_transport(args),
         Suite::Gossip(args) => run_gossip(args),
         Suite::Sync(args) => run_sync(args),
+        Suite::Http(args) => run_http(args),
+        Suite::HttpAxumServe { listen } => return crate::http::axum_tokio::serve_main(listen),
     };
     match result {
         Ok(errors) if errors > 0 => {
@@ -198,6 +210,36 @@ fn run_sync(args: SuiteArgs) -> Result<u64, String> {
     finish(&report, &args, sync::table::render)
 }
 
+/// Runs the http suite and writes its report; returns the total error count.
+fn run_http(args: SuiteArgs) -> Result<u64, String> {
+    let systems = http::select_systems(&args.systems)?;
+    let cases = http::select_cases(&args.cases)?;
+    let repetitions = if args.quick {
+        http::REPETITIONS_QUICK
+    } else {
+        http::REPETITIONS_FULL
+    };
+    let started_utc = report::utc_stamp(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs()),
+    );
+    let (runs, peaks) = http::run_points(&systems, &cases, repetitions, args.quick, &mut |line| {
+        eprintln!("{line}")
+    });
+    let ratios = report::ratios(&runs, &http::RATIO_PAIRS);
+    let report = SuiteReport {
+        suite: "http".into(),
+        quick: args.quick,
+        started_utc,
+        host: HostInfo::detect(),
+        config: http::suite_config(args.quick, repetitions, peaks),
+        runs,
+        ratios,
+    };
+    finish(&report, &args, http::table::render)
+}
+
 /// Prints the table, writes the JSON and SVG, prints the JSON line if asked; returns the error
 /// count.
 fn finish(
@@ -326,6 +368,29 @@ mod tests {
         assert!(args.quick && args.json);
         assert_eq!(args.systems, ["icn", "raw-ceiling"]);
         assert_eq!(args.cases, ["peers3"]);
+    }
+
+    #[test]
+    fn http_arguments_parse() {
+        let cli = Cli::try_parse_from([
+            "icn-bench",
+            "http",
+            "--quick",
+            "--json",
+            "--systems",
+            "icn,axum-tokio",
+            "--cases",
+            "query-10x",
+        ])
+        .unwrap();
+        let Suite::Http(args) = cli.suite else {
+            panic!("http arguments parse as the http suite");
+        };
+        assert!(args.quick && args.json);
+        assert_eq!(args.systems, ["icn", "axum-tokio"]);
+        let cli = Cli::try_parse_from(["icn-bench", "http-axum-serve", "--listen", "127.0.0.1:0"])
+            .unwrap();
+        assert!(matches!(cli.suite, Suite::HttpAxumServe { listen } if listen.port() == 0));
     }
 
     #[test]

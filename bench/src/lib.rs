@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod gossip;
 pub mod host;
+pub mod http;
 pub mod report;
 pub mod stats;
 pub mod sync;

@@ -24,6 +24,9 @@ pub struct RunRecord {
     pub ops_per_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency_us: Option<LatencySummary>,
+    /// Latency of refused (429) answers, for suites that shed load (BENCH.md, `http`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reject_latency_us: Option<LatencySummary>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_s_per_gib: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -54,6 +57,7 @@ impl RunRecord {
                 .latency
                 .as_ref()
                 .and_then(|latency| latency.summary()),
+            reject_latency_us: None,
             cpu_s_per_gib: measurement
                 .cpu
                 .filter(|_| measurement.bytes > 0)
@@ -144,6 +148,9 @@ pub struct Ratio {
     pub baseline: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub goodput_ratio: Option<f64>,
+    /// Operations per second (for `http`: 2xx answers per second).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ops_ratio: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub p99_ratio: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -179,6 +186,7 @@ pub fn ratios(points: &[PointReport], pairs: &[(&str, &str)]) -> Vec<Ratio> {
                 system: system.to_string(),
                 baseline: baseline.to_string(),
                 goodput_ratio: divide(a.goodput_bytes_per_s, b.goodput_bytes_per_s),
+                ops_ratio: divide(a.ops_per_s, b.ops_per_s),
                 p99_ratio: divide(a.latency_us.map(|l| l.p99), b.latency_us.map(|l| l.p99)),
                 cpu_per_gib_ratio: divide(a.cpu_s_per_gib, b.cpu_s_per_gib),
             };

@@ -1,0 +1,157 @@
+//! The `icn` system: real `icn node` processes running the reference replica, started the way
+//! an operator starts them (identities, a registry with the subnet key, one config per node),
+//! on free loopback ports.
+//!
+//! `tests/src/processes.rs` does the same for the integration tests, but nothing may depend on
+//! the tests crate, so this is the bench's own small launcher over the same pieces
+//! (`replica::keys::create_local_subnet`, `NodeConfig`). The executable is `ICN_BIN`, or `icn`
+//! beside the running `icn-bench` (`cargo build --release -p icn-shards --bin icn`).
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use icn_engine::registry::SubnetId;
+use icn_shards::node_config::{NodeConfig, TransportKind};
+
+use super::ServerProcesses;
+
+/// How long every node has to answer `/api/v2/status` and then a query with 200 (the replica
+/// answers queries once it has executed a height).
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+const READY_POLL: Duration = Duration::from_millis(50);
+/// Nodes share the machine's 2 cores with the generator; pinned, every node's shard would sit
+/// on the first core. The report records the cores.
+const TUNING_TOML: &str = "[engine]\npin_cores = false\n";
+
+/// The `icn` executable to start.
+pub fn icn_binary() -> Result<PathBuf, String> {
+    if let Some(path) = std::env::var_os("ICN_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
+    let path = exe.with_file_name("icn");
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "no icn executable at {}: run `cargo build --release -p icn-shards --bin icn` or set \
+             ICN_BIN",
+            path.display()
+        ))
+    }
+}
+
+/// Starts `nodes` nodes with the subnet key and returns once each answers a signed query.
+pub fn start(nodes: usize) -> Result<ServerProcesses, String> {
+    let exe = icn_binary()?;
+    let dir = std::env::temp_dir().join(format!(
+        "icn-bench-http-{}-{}",
+        std::process::id(),
+        icn_shards::http::testing::now_ns()
+    ));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let subnet = SubnetId("local".into());
+    let registry = icn_shards::replica::keys::create_local_subnet(
+        &dir,
+        nodes,
+        free_base_port(nodes)?,
+        &subnet,
+    )
+    .map_err(|e| format!("subnet in {}: {e}", dir.display()))?;
+    let tuning = dir.join("tuning.toml");
+    std::fs::write(&tuning, TUNING_TOML).map_err(|e| format!("tuning: {e}"))?;
+    let mut processes = ServerProcesses::new(Vec::new(), Some(dir.clone()));
+    for (index, record) in registry.nodes(&subnet).iter().enumerate() {
+        let addr = record
+            .http_addr
+            .ok_or_else(|| format!("node {index} has no http_addr"))?;
+        processes.addrs.push(addr);
+        processes
+            .children
+            .push(spawn_node(&exe, &dir, index, &subnet, &tuning)?);
+    }
+    wait_ready(&mut processes, &dir)?;
+    Ok(processes)
+}
+
+fn spawn_node(
+    exe: &Path,
+    dir: &Path,
+    index: usize,
+    subnet: &SubnetId,
+    tuning: &Path,
+) -> Result<std::process::Child, String> {
+    let identity_dir = dir.join(format!("node-{index}"));
+    let config = NodeConfig {
+        identity_dir: identity_dir.clone(),
+        registry_path: dir.join("registry.toml"),
+        subnet_id: subnet.clone(),
+        transport: TransportKind::Quic,
+        tuning_profile: Some(tuning.to_path_buf()),
+        workload: None,
+        state_dir: identity_dir.join("state"),
+        state: None,
+    };
+    let path = dir.join(format!("node-{index}.toml"));
+    std::fs::write(&path, config.to_toml()).map_err(|e| format!("node config: {e}"))?;
+    let log = std::fs::File::create(dir.join(format!("node-{index}.log")))
+        .map_err(|e| format!("node log: {e}"))?;
+    let log_err = log.try_clone().map_err(|e| format!("node log: {e}"))?;
+    Command::new(exe)
+        .arg("node")
+        .arg("--config")
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", exe.display()))
+}
+
+/// Waits until every node answers a signed query with 200 (status alone answers before the
+/// replica has a state to query).
+fn wait_ready(processes: &mut ServerProcesses, dir: &Path) -> Result<(), String> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let probe = super::load::RequestPool::build(super::load::Endpoint::Query, 1);
+    for index in 0..processes.addrs.len() {
+        let addr = processes.addrs[index];
+        loop {
+            let answered = super::plain_exchange(addr, &probe.requests[0]).map(|a| a.status);
+            if matches!(answered, Ok(200)) {
+                break;
+            }
+            if let Ok(Some(status)) = processes.children[index].try_wait() {
+                return Err(format!(
+                    "node {index} exited ({status}); log in {}",
+                    dir.display()
+                ));
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "node {index} on {addr} answered no query within {READY_TIMEOUT:?}"
+                ));
+            }
+            std::thread::sleep(READY_POLL);
+        }
+    }
+    Ok(())
+}
+
+/// A block of `4 * nodes` free loopback ports (QUIC, TCP, HTTP, metrics per node).
+fn free_base_port(nodes: usize) -> Result<u16, String> {
+    let span = (4 * nodes) as u16;
+    let seed = icn_shards::http::testing::now_ns();
+    for attempt in 0..64u64 {
+        let base = 20_000 + ((seed / 1000 + attempt * 7919) % 30_000) as u16;
+        let free = (base..base + span).all(|port| {
+            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+            TcpListener::bind(addr).is_ok() && UdpSocket::bind(addr).is_ok()
+        });
+        if free {
+            return Ok(base);
+        }
+    }
+    Err(format!("no block of {span} free loopback ports"))
+}

@@ -1,0 +1,435 @@
+//! The load generator of the http suite: pre-built HTTP/1.1 requests carrying pre-signed
+//! envelopes, sent open loop (at a fixed rate, whatever the answers do) or closed loop (to find
+//! the peak), over keep-alive connections spread across loopback source addresses.
+//!
+//! The client is a few lines of HTTP/1.1 over tokio's `TcpStream` rather than a general client:
+//! every request is a fixed byte string built before the run, so the generator's own cost per
+//! request is one write and one parse of a status line and two headers, and the server under
+//! test gets the CPU.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use icn_codecs::ic::Principal;
+use icn_shards::http::testing::{call_envelope, TestKey};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::stats::LatencyRecorder;
+
+/// Connections opened from one loopback source address: icn's `http.connections_per_ip_max`
+/// default, so the generator never meets the per-IP limit (it measures the classes' gates).
+pub const CONNECTIONS_PER_SOURCE_IP: usize = icn_tuning::HTTP_CONNECTIONS_PER_IP_MAX_DEFAULT;
+/// One request's bound; a request still unanswered then counts as an error and its connection
+/// is dropped (icn's backend deadline is 10 s, so a sane server never reaches it).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// The most bytes of an answer head the client reads before calling the answer malformed.
+const ANSWER_HEAD_BYTES_MAX: usize = 16 << 10;
+/// The most body bytes of one answer the client accepts.
+const ANSWER_BODY_BYTES_MAX: usize = 1 << 20;
+
+/// Which endpoint a pool's requests go to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `POST /api/v2/canister/<id>/query`: the counter's `get`.
+    Query,
+    /// `POST /api/v3/canister/<id>/call` (synchronous): the counter's `increment`.
+    SyncCall,
+}
+
+/// Complete HTTP/1.1 requests, each with its own signed envelope (distinct nonces).
+pub struct RequestPool {
+    pub requests: Vec<Vec<u8>>,
+    /// Whether a request may be sent more than once (queries) or not (updates, which a replica
+    /// executes once per request id).
+    pub reusable: bool,
+}
+
+impl RequestPool {
+    /// `count` requests to the counter canister from one Ed25519 sender, each signed (the
+    /// envelope's nonce is the signing time in nanoseconds, so every one differs).
+    pub fn build(endpoint: Endpoint, count: usize) -> RequestPool {
+        let key = TestKey::ed25519();
+        let canister = icn_shards::replica::canisters::counter_canister_id();
+        let expiry = icn_shards::http::testing::fresh_expiry();
+        let (query, method, path) = match endpoint {
+            Endpoint::Query => (true, "get", format!("/api/v2/canister/{canister}/query")),
+            Endpoint::SyncCall => (
+                false,
+                "increment",
+                format!("/api/v3/canister/{canister}/call"),
+            ),
+        };
+        let arg = candid_empty_args();
+        let requests = (0..count)
+            .map(|_| {
+                let body = call_envelope(Some(&key), query, canister, method, &arg, expiry);
+                http_request(&path, &body)
+            })
+            .collect();
+        RequestPool {
+            requests,
+            reusable: endpoint == Endpoint::Query,
+        }
+    }
+}
+
+/// Candid `()`: the magic and two empty tables.
+fn candid_empty_args() -> Vec<u8> {
+    b"DIDL\x00\x00".to_vec()
+}
+
+fn http_request(path: &str, body: &[u8]) -> Vec<u8> {
+    let mut out = format!(
+        "POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/cbor\r\n\
+         content-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+/// The principal the axum baseline and icn both answer for (used by tests and the config).
+pub fn target_canister() -> Principal {
+    icn_shards::replica::canisters::counter_canister_id()
+}
+
+/// How the generator paces requests.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Pacing {
+    /// Request `i` is due at `start + i / rate`; latency counts from when it was due, so time a
+    /// request waited for a free connection is the server's (no coordinated omission).
+    Open { rate_per_s: f64 },
+    /// Every connection sends its next request as soon as the last one was answered.
+    Closed,
+}
+
+/// One load run's parameters.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadSpec {
+    pub addr: SocketAddr,
+    pub pacing: Pacing,
+    pub connections: usize,
+    pub duration: Duration,
+}
+
+/// What one load run saw.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOutcome {
+    pub elapsed: Duration,
+    pub sent: u64,
+    /// 2xx answers, their body bytes and latencies.
+    pub ok: u64,
+    pub ok_bytes: u64,
+    pub ok_latency: LatencyRecorder,
+    /// 429 answers and their latencies.
+    pub rejected: u64,
+    pub reject_latency: LatencyRecorder,
+    /// Other statuses, I/O failures, timeouts, malformed answers.
+    pub errors: u64,
+    pub first_error: Option<String>,
+    /// Requests never sent because a one-shot pool ran out.
+    pub pool_exhausted: u64,
+    /// Open loop: requests due within the window (rate x duration).
+    pub due: Option<u64>,
+}
+
+#[derive(Default)]
+struct Shared {
+    outcome: LoadOutcome,
+    last_answer: Option<Instant>,
+}
+
+/// Runs one load on a multi-thread tokio runtime of its own (one worker per core: the
+/// generator shares the machine with the server, as every system's generator does).
+pub fn run(spec: LoadSpec, pool: Arc<RequestPool>) -> LoadOutcome {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime for the load generator");
+    runtime.block_on(run_async(spec, pool))
+}
+
+async fn run_async(spec: LoadSpec, pool: Arc<RequestPool>) -> LoadOutcome {
+    let shared = Arc::new(Mutex::new(Shared::default()));
+    let next = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let end = start + spec.duration;
+    let mut tasks = Vec::with_capacity(spec.connections);
+    for connection in 0..spec.connections {
+        let source = source_ip(connection);
+        let (shared, next, pool) = (shared.clone(), next.clone(), pool.clone());
+        tasks.push(tokio::spawn(async move {
+            connection_loop(spec, source, start, end, &shared, &next, &pool).await;
+        }));
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+    let mut shared = Arc::try_unwrap(shared)
+        .map_err(|_| ())
+        .expect("every connection task has ended")
+        .into_inner()
+        .expect("no connection task panicked holding the lock");
+    // The window is the planned one, stretched to the last answer when answers came later (a
+    // closed loop's last requests, an overloaded server's queue draining).
+    let last = shared.last_answer.map_or(end, |last| last.max(end));
+    shared.outcome.elapsed = last - start;
+    if let Pacing::Open { rate_per_s } = spec.pacing {
+        shared.outcome.due = Some((rate_per_s * spec.duration.as_secs_f64()).ceil() as u64);
+    }
+    shared.outcome
+}
+
+/// Source address of connection `index`: 127.0.0.1, then .2, ... every
+/// [`CONNECTIONS_PER_SOURCE_IP`] connections.
+fn source_ip(index: usize) -> IpAddr {
+    let host = 1 + (index / CONNECTIONS_PER_SOURCE_IP) as u32;
+    IpAddr::V4(Ipv4Addr::from(
+        u32::from(Ipv4Addr::new(127, 0, 0, 0)) + host,
+    ))
+}
+
+async fn connection_loop(
+    spec: LoadSpec,
+    source: IpAddr,
+    start: Instant,
+    end: Instant,
+    shared: &Mutex<Shared>,
+    next: &AtomicU64,
+    pool: &RequestPool,
+) {
+    let mut stream: Option<TcpStream> = None;
+    let mut buf = Vec::with_capacity(4096);
+    loop {
+        let index = next.fetch_add(1, Ordering::Relaxed);
+        let due = match spec.pacing {
+            Pacing::Open { rate_per_s } => {
+                let due = start + Duration::from_secs_f64(index as f64 / rate_per_s);
+                // A request still unsent when the window closes is not sent late: a generator
+                // that fell behind would otherwise run on long after the window (its shortfall
+                // shows as `not_sent`).
+                if due >= end || Instant::now() >= end {
+                    return;
+                }
+                tokio::time::sleep_until(due.into()).await;
+                due
+            }
+            Pacing::Closed => {
+                let now = Instant::now();
+                if now >= end {
+                    return;
+                }
+                now
+            }
+        };
+        let slot = index as usize;
+        let request = if pool.reusable {
+            &pool.requests[slot % pool.requests.len()]
+        } else if let Some(request) = pool.requests.get(slot) {
+            request
+        } else {
+            lock(shared).outcome.pool_exhausted += 1;
+            return;
+        };
+        let answer = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            exchange(&mut stream, spec.addr, source, request, &mut buf),
+        )
+        .await
+        .unwrap_or_else(|_| Err("no answer within the request timeout".to_string()));
+        let now = Instant::now();
+        let latency = now - due;
+        let mut shared = lock(shared);
+        shared.last_answer = Some(now);
+        let outcome = &mut shared.outcome;
+        outcome.sent += 1;
+        match answer {
+            Ok((status, body_bytes)) if (200..300).contains(&status) => {
+                outcome.ok += 1;
+                outcome.ok_bytes += body_bytes as u64;
+                outcome.ok_latency.record(latency);
+            }
+            Ok((429, _)) => {
+                outcome.rejected += 1;
+                outcome.reject_latency.record(latency);
+            }
+            Ok((status, _)) => {
+                outcome.errors += 1;
+                outcome
+                    .first_error
+                    .get_or_insert_with(|| format!("HTTP status {status}"));
+            }
+            Err(error) => {
+                stream = None;
+                outcome.errors += 1;
+                outcome.first_error.get_or_insert(error);
+            }
+        }
+    }
+}
+
+fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+    shared
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Sends one request on the connection (opening it when there is none) and reads the answer:
+/// (status, body length). A connection the server asked to close is dropped after the answer.
+async fn exchange(
+    stream: &mut Option<TcpStream>,
+    addr: SocketAddr,
+    source: IpAddr,
+    request: &[u8],
+    buf: &mut Vec<u8>,
+) -> Result<(u16, usize), String> {
+    if stream.is_none() {
+        *stream = Some(
+            connect(addr, source)
+                .await
+                .map_err(|e| format!("connect: {e}"))?,
+        );
+    }
+    let conn = stream.as_mut().expect("connected above");
+    conn.write_all(request)
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    buf.clear();
+    let (head_len, answer) = loop {
+        if let Some(parsed) = parse_head(buf)? {
+            break parsed;
+        }
+        if buf.len() > ANSWER_HEAD_BYTES_MAX {
+            return Err("answer head too long".into());
+        }
+        read_more(conn, buf).await?;
+    };
+    if answer.content_length > ANSWER_BODY_BYTES_MAX {
+        return Err(format!("answer body of {} bytes", answer.content_length));
+    }
+    while buf.len() < head_len + answer.content_length {
+        read_more(conn, buf).await?;
+    }
+    if answer.close {
+        *stream = None;
+    }
+    Ok((answer.status, answer.content_length))
+}
+
+async fn read_more(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(), String> {
+    let mut chunk = [0u8; 4096];
+    let n = conn
+        .read(&mut chunk)
+        .await
+        .map_err(|e| format!("read: {e}"))?;
+    if n == 0 {
+        return Err("connection closed before the whole answer".into());
+    }
+    buf.extend_from_slice(&chunk[..n]);
+    Ok(())
+}
+
+async fn connect(addr: SocketAddr, source: IpAddr) -> std::io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(source, 0))?;
+    let stream = socket.connect(addr).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct AnswerHead {
+    status: u16,
+    content_length: usize,
+    close: bool,
+}
+
+/// Parses an HTTP/1.1 answer head once it is complete: `None` while it is not, an error for
+/// anything this client does not speak (chunked bodies, a missing length).
+fn parse_head(buf: &[u8]) -> Result<Option<(usize, AnswerHead)>, String> {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Ok(None);
+    };
+    let head = std::str::from_utf8(&buf[..end]).map_err(|_| "answer head is not UTF-8")?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or("");
+    let status: u16 = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
+    let mut content_length = None;
+    let mut close = false;
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            content_length = Some(value.parse().map_err(|_| "bad content-length")?);
+        } else if name.eq_ignore_ascii_case("connection") {
+            close = value.eq_ignore_ascii_case("close");
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(format!("transfer-encoding {value} is not supported"));
+        }
+    }
+    let content_length = content_length.ok_or("answer without content-length")?;
+    Ok(Some((
+        end + 4,
+        AnswerHead {
+            status,
+            content_length,
+            close,
+        },
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answer_heads_parse() {
+        assert_eq!(parse_head(b"HTTP/1.1 200 OK\r\ncontent-le").unwrap(), None);
+        let (len, head) = parse_head(
+            b"HTTP/1.1 429 Too Many\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(len, 63);
+        assert_eq!(
+            head,
+            AnswerHead {
+                status: 429,
+                content_length: 5,
+                close: true
+            }
+        );
+        assert!(parse_head(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n").is_err());
+        assert!(parse_head(b"HTTP/1.1 200 OK\r\n\r\n").is_err());
+        assert!(parse_head(b"garbage\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn sources_spread_over_loopback_addresses() {
+        assert_eq!(source_ip(0), IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)));
+        assert_eq!(
+            source_ip(CONNECTIONS_PER_SOURCE_IP),
+            IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))
+        );
+    }
+
+    #[test]
+    fn pools_hold_distinct_signed_requests() {
+        let pool = RequestPool::build(Endpoint::SyncCall, 3);
+        assert!(!pool.reusable);
+        assert_eq!(pool.requests.len(), 3);
+        assert_ne!(pool.requests[0], pool.requests[1]);
+        let text = String::from_utf8_lossy(&pool.requests[0]);
+        assert!(text.starts_with(&format!("POST /api/v3/canister/{}/call", target_canister())));
+    }
+}
