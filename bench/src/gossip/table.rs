@@ -3,6 +3,7 @@
 
 use std::fmt::Write;
 
+use crate::report::table::{finish_summary, header_line};
 use crate::report::{RunRecord, SuiteReport};
 use crate::transport::load::OTHER_PROCESSES_CORES;
 
@@ -28,24 +29,13 @@ pub fn one_line(run: &RunRecord) -> String {
     if let Some(cpu) = run.cpu_s_per_gib {
         parts.push(format!("{cpu:.2} CPU-s/GiB"));
     }
-    parts.push(format!("{} errors", run.errors));
-    if let Some(error) = &run.first_error {
-        parts.push(format!("first error: {error}"));
-    }
-    parts.join(", ")
+    finish_summary(parts, run)
 }
 
 /// The per-point table followed by the ratios.
 pub fn render(report: &SuiteReport) -> String {
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "gossip suite ({}), {} on {} cores, kernel {}",
-        if report.quick { "quick" } else { "full" },
-        report.host.cpu,
-        report.host.cores,
-        report.host.kernel
-    );
+    let _ = writeln!(out, "{}", header_line("gossip", "", report));
     let _ = writeln!(
         out,
         "{:<12} {:<9} {:>9} {:>11} {:>9} {:>9} {:>9} {:>10} {:>8} {:>6} {:>7}",

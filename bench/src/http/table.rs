@@ -4,6 +4,7 @@
 
 use std::fmt::Write;
 
+use crate::report::table::{finish_summary, header_line};
 use crate::report::{RunRecord, SuiteReport};
 
 const BYTES_PER_MIB: f64 = (1u64 << 20) as f64;
@@ -26,24 +27,13 @@ pub fn one_line(run: &RunRecord) -> String {
     if let Some(not_sent) = run.extra.get("not_sent").filter(|n| **n > 0.0) {
         parts.push(format!("{not_sent:.0} not sent"));
     }
-    parts.push(format!("{} errors", run.errors));
-    if let Some(error) = &run.first_error {
-        parts.push(format!("first error: {error}"));
-    }
-    parts.join(", ")
+    finish_summary(parts, run)
 }
 
 /// The per-point table, the ratios, and the baseline's stage breakdown.
 pub fn render(report: &SuiteReport) -> String {
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "http suite ({}), {} on {} cores (unpinned), kernel {}",
-        if report.quick { "quick" } else { "full" },
-        report.host.cpu,
-        report.host.cores,
-        report.host.kernel
-    );
+    let _ = writeln!(out, "{}", header_line("http", " (unpinned)", report));
     let _ = writeln!(
         out,
         "{:<11} {:<16} {:>9} {:>9} {:>8} {:>8} {:>9} {:>9} {:>8} {:>8} {:>7} {:>6} {:>8}",

@@ -5,17 +5,31 @@ use std::fmt::Write;
 use super::SuiteReport;
 use crate::transport::load::OTHER_PROCESSES_CORES;
 
-/// The per-point table followed by the ratios.
-pub fn render(report: &SuiteReport) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "transport suite ({}), {} on {} cores, kernel {}",
+/// A suite table's first line: the suite, its mode and the host (`placement` follows the core
+/// count, e.g. " (unpinned)").
+pub fn header_line(suite: &str, placement: &str, report: &SuiteReport) -> String {
+    format!(
+        "{suite} suite ({}), {} on {} cores{placement}, kernel {}",
         if report.quick { "quick" } else { "full" },
         report.host.cpu,
         report.host.cores,
         report.host.kernel
-    );
+    )
+}
+
+/// The end of a run's one-line summary: its error count and first error, joined with `parts`.
+pub fn finish_summary(mut parts: Vec<String>, run: &crate::report::RunRecord) -> String {
+    parts.push(format!("{} errors", run.errors));
+    if let Some(error) = &run.first_error {
+        parts.push(format!("first error: {error}"));
+    }
+    parts.join(", ")
+}
+
+/// The per-point table followed by the ratios.
+pub fn render(report: &SuiteReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{}", header_line("transport", "", report));
     let _ = writeln!(
         out,
         "{:<15} {:<13} {:>9} {:>11} {:>9} {:>9} {:>9} {:>9} {:>10} {:>6} {:>7}",

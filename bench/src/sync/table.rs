@@ -3,6 +3,7 @@
 
 use std::fmt::Write;
 
+use crate::report::table::finish_summary;
 use crate::report::{RunRecord, SuiteReport};
 use crate::transport::load::OTHER_PROCESSES_CORES;
 
@@ -24,11 +25,7 @@ pub fn one_line(run: &RunRecord) -> String {
     if let Some(rss) = run.peak_rss_bytes {
         parts.push(format!("RSS +{:.0} MiB", rss as f64 / BYTES_PER_MIB));
     }
-    parts.push(format!("{} errors", run.errors));
-    if let Some(error) = &run.first_error {
-        parts.push(format!("first error: {error}"));
-    }
-    parts.join(", ")
+    finish_summary(parts, run)
 }
 
 /// The per-point table followed by the ratios and their targets.
