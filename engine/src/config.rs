@@ -112,6 +112,7 @@ impl ShardConfig {
             io_memory_bytes: engine.io_memory_bytes,
             channel_capacity: engine.cross_shard_channel_messages_max,
             spin_before_park: spin_before_park(engine),
+            preempt_timer: Duration::from_micros(engine.preempt_timer_us),
         }
     }
 }

@@ -38,6 +38,8 @@ pub struct ShardConfig {
     pub channel_capacity: usize,
     /// How long an idle executor busy-polls before sleeping in io_uring (None: sleeps at once).
     pub spin_before_park: Option<Duration>,
+    /// Longest an executor runs tasks before polling its rings (completions, foreign wakes).
+    pub preempt_timer: Duration,
 }
 
 impl Default for ShardConfig {
@@ -48,6 +50,7 @@ impl Default for ShardConfig {
             io_memory_bytes: 512 << 10,
             channel_capacity: 1024,
             spin_before_park: None,
+            preempt_timer: Duration::from_millis(10),
         }
     }
 }
@@ -247,7 +250,7 @@ where
         let builder = LocalExecutorBuilder::new(placement(config, &cpus, index))
             .name(&format!("icn-shard-{index}"))
             .io_memory(config.io_memory_bytes)
-            .preempt_timer(Duration::from_millis(10));
+            .preempt_timer(config.preempt_timer);
         let builder = with_spin_before_park(builder, config.spin_before_park);
         let body = body.clone();
         let shutdown = shutdown.clone();
@@ -339,6 +342,7 @@ mod tests {
             channel_capacity: 4,
             // Spinning executors must still exchange messages and stop.
             spin_before_park: Some(Duration::from_micros(50)),
+            preempt_timer: Duration::from_millis(10),
         };
         let shutdown = Shutdown::new();
         let results = run_shards::<u64, (usize, u64), _, _>(&config, shutdown, |ctx| async move {
@@ -365,6 +369,7 @@ mod tests {
             io_memory_bytes: 256 << 10,
             channel_capacity: 4,
             spin_before_park: None,
+            preempt_timer: Duration::from_millis(10),
         };
         let shutdown = Shutdown::new();
         let trigger = shutdown.clone();

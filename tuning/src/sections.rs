@@ -42,6 +42,11 @@ section! {
         /// per lone RPC). CPU cost: up to this much busy time per idle gap, so a shard whose
         /// traffic trickles in every few hundred µs burns its whole core; 0 turns it off.
         spin_before_park_us: u64 in 0..=10_000 = ENGINE_SPIN_BEFORE_PARK_US_DEFAULT = 100;
+        /// Longest a shard runs tasks before it polls its rings again. I/O completions and
+        /// wakes from other threads (the CPU pool's finished jobs) wait at most this long while
+        /// the shard is busy, so under an HTTP flood every step of an admitted request can be
+        /// delayed by it. 10 ms favoured batching; each poll costs about a microsecond.
+        preempt_timer_us: u64 in 100..=100_000 = ENGINE_PREEMPT_TIMER_US_DEFAULT = 10_000;
     }
 }
 
@@ -445,6 +450,16 @@ section! {
         /// How long an admitted-to-queue request may wait for a slot of its class before it
         /// is answered 429 after all; keeps queued latency bounded under overload.
         queue_wait_timeout_ms: u64 in 1..=60_000 = HTTP_QUEUE_WAIT_TIMEOUT_MS_DEFAULT = 1_000;
+        /// Target for the time an admitted query or read_state request spends in the server
+        /// (admission to answer). When even the fastest request of an interval takes longer,
+        /// requests are waiting on each other: the class's limit shrinks and the excess is
+        /// refused (429) at once instead of queueing. 5 ms is tens of times a query's own
+        /// work (about 150 µs of CPU). 0 turns the control off (fixed limits only).
+        delay_target_ms: u64 in 0..=10_000 = HTTP_DELAY_TARGET_MS_DEFAULT = 5;
+        /// How often the delay control reconsiders a class's limit (shrinking by a quarter or
+        /// growing by an eighth each time): CoDel's 100 ms, many requests per interval under
+        /// load yet quick to react to a flood.
+        delay_interval_ms: u64 in 1..=60_000 = HTTP_DELAY_INTERVAL_MS_DEFAULT = 100;
         /// Update calls processed at once per shard (body read, verification, backend). Each
         /// holds up to http.body_bytes_max of body: see the "HTTP body buffers" cap. Calls are
         /// few and expensive downstream (gossip, consensus), so fewer slots than queries.

@@ -155,3 +155,90 @@ fn free_base_port(nodes: usize) -> Result<u16, String> {
     }
     Err(format!("no block of {span} free loopback ports"))
 }
+
+/// Stage names of `icn_http_stage_us` the report keeps (`icn_stage_<name>_us`), in the order
+/// a query passes them.
+pub const STAGES: [&str; 10] = [
+    "admission",
+    "body",
+    "verify_wait",
+    "decode",
+    "verify",
+    "backend",
+    "execute",
+    "sign_wait",
+    "sign",
+    "encode",
+];
+
+/// Refusal reasons of `icn_http_rejections_total` the report keeps as
+/// `icn_rejected_<reason>`.
+pub const REJECTION_REASONS: [&str; 4] = ["queue_full", "queue_timeout", "congested", "pool_full"];
+
+/// The node's `/metrics` text.
+pub fn read_metrics(addr: SocketAddr) -> Option<String> {
+    let answer =
+        super::plain_exchange(addr, b"GET /metrics HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n").ok()?;
+    (answer.status == 200).then(|| String::from_utf8_lossy(&answer.body).into_owned())
+}
+
+/// The value of the sample `name{label="value"}` (or `name` without labels).
+fn sample(metrics: &str, name: &str, label: Option<(&str, &str)>) -> Option<f64> {
+    let key = match label {
+        Some((label, value)) => format!("{name}{{{label}=\"{value}\"}} "),
+        None => format!("{name} "),
+    };
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(key.as_str()))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+/// Between two readings of `/metrics`: the average microseconds per answered query of each
+/// stage, the refusals by reason, and the query class's admission limit at the end.
+pub fn metric_deltas(before: &str, after: &str) -> Vec<(String, f64)> {
+    let delta = |name: &str, label: Option<(&str, &str)>| {
+        sample(after, name, label).unwrap_or(0.0) - sample(before, name, label).unwrap_or(0.0)
+    };
+    let mut out = Vec::new();
+    for stage in STAGES {
+        let count = delta("icn_http_stage_us_count", Some(("stage", stage)));
+        if count > 0.0 {
+            let sum = delta("icn_http_stage_us_sum", Some(("stage", stage)));
+            out.push((format!("icn_stage_{stage}_us"), sum / count));
+        }
+    }
+    for reason in REJECTION_REASONS {
+        let count = delta("icn_http_rejections_total", Some(("reason", reason)));
+        out.push((format!("icn_rejected_{reason}"), count));
+    }
+    if let Some(limit) = sample(after, "icn_http_admission_limit", Some(("class", "query"))) {
+        out.push(("icn_query_admission_limit".into(), limit));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_deltas_average_stages_and_count_refusals() {
+        let before = "icn_http_stage_us_sum{stage=\"verify\"} 1000\n\
+                      icn_http_stage_us_count{stage=\"verify\"} 10\n\
+                      icn_http_rejections_total{reason=\"congested\"} 5\n";
+        let after = "icn_http_stage_us_sum{stage=\"verify\"} 6000\n\
+                     icn_http_stage_us_count{stage=\"verify\"} 110\n\
+                     icn_http_stage_us_sum{stage=\"sign\"} 0\n\
+                     icn_http_stage_us_count{stage=\"sign\"} 0\n\
+                     icn_http_rejections_total{reason=\"congested\"} 25\n\
+                     icn_http_admission_limit{class=\"query\"} 48\n";
+        let deltas = metric_deltas(before, after);
+        let get = |name: &str| deltas.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
+        assert_eq!(get("icn_stage_verify_us"), Some(50.0));
+        assert_eq!(get("icn_stage_sign_us"), None);
+        assert_eq!(get("icn_rejected_congested"), Some(20.0));
+        assert_eq!(get("icn_rejected_queue_full"), Some(0.0));
+        assert_eq!(get("icn_query_admission_limit"), Some(48.0));
+    }
+}

@@ -248,6 +248,7 @@ fn measure(
     let stages_before = (system == "axum-tokio")
         .then(|| axum_tokio::read_stages(addr))
         .flatten();
+    let metrics_before = (system == "icn").then(|| icn::read_metrics(addr)).flatten();
     let cpu_before = total_cpu_seconds(&pids);
     let spec = LoadSpec {
         addr,
@@ -264,6 +265,9 @@ fn measure(
             "server_cpu_cores".into(),
             cpu / outcome.elapsed.as_secs_f64(),
         );
+    }
+    if let (Some(before), Some(after)) = (metrics_before, icn::read_metrics(addr)) {
+        record.extra.extend(icn::metric_deltas(&before, &after));
     }
     if let (Some(before), Some(after)) = (stages_before, axum_tokio::read_stages(addr)) {
         record
@@ -564,7 +568,8 @@ pub fn suite_config(quick: bool, repetitions: usize, peaks: Value) -> Value {
         "latency": "2xx answers, from when the request was due (open loop) or sent (closed loop)",
         "peak_rss_bytes": "VmHWM of the server process(es), reset before each run, summed over nodes",
         "server_cpu_cores": "server processes' CPU seconds per second of the run",
-        "axum_stage_us": "the baseline's own per-query stage times (Instant timers); icn's /metrics has no stage timings",
+        "axum_stage_us": "the baseline's own per-query stage times (Instant timers)",
+        "icn_stage_us": "icn's icn_http_stage_us per answered query, from node 0's /metrics before and after the run (execute, sign_wait and sign are parts of backend)",
         "axum-tokio": {
             "layers": "HandleError -> load_shed -> buffer(query_queue_max) -> concurrency_limit(query_concurrency_max) -> timeout(backend_timeout_ms)",
             "query_concurrency_max": icn_tuning::HTTP_QUERY_CONCURRENCY_MAX_DEFAULT,

@@ -94,33 +94,49 @@ pub fn render(report: &SuiteReport) -> String {
             );
         }
     }
-    let stages: Vec<(&str, &RunRecord)> = report
+    let stages: Vec<(&str, &str, &RunRecord)> = report
         .runs
         .iter()
-        .filter(|p| p.median.extra.contains_key("axum_stage_sign_us"))
-        .map(|p| (p.case.as_str(), &p.median))
+        .filter(|p| {
+            p.median.extra.contains_key("axum_stage_sign_us")
+                || p.median.extra.contains_key("icn_stage_sign_us")
+        })
+        .map(|p| (p.system.as_str(), p.case.as_str(), &p.median))
         .collect();
     if !stages.is_empty() {
         let _ = writeln!(
             out,
-            "\nwhere a query's time goes, measured in the axum-tokio baseline (us per query; icn's \
-             /metrics has no stage timings):"
+            "\nwhere a query's time goes (us per answered query; queue: waiting for a slot and \
+             for pool threads; icn from its icn_http_stage_us, axum-tokio from its own timers):"
         );
         let _ = writeln!(
             out,
-            "  {:<16} {:>8} {:>12} {:>8} {:>8} {:>8} {:>8}",
-            "case", "queue", "decode+hash", "verify", "execute", "sign", "encode"
+            "  {:<11} {:<16} {:>8} {:>12} {:>8} {:>8} {:>8} {:>8}",
+            "system", "case", "queue", "decode+hash", "verify", "execute", "sign", "encode"
         );
-        for (case, run) in stages {
-            let get = |stage: &str| {
-                optional(run.extra.get(&format!("axum_stage_{stage}_us")).copied(), 1)
+        for (system, case, run) in stages {
+            let value = |name: String| run.extra.get(&name).copied();
+            let (queue, decode, prefix) = if system == "icn" {
+                let waits = ["admission", "verify_wait", "sign_wait"]
+                    .iter()
+                    .map(|s| value(format!("icn_stage_{s}_us")))
+                    .try_fold(0.0, |sum, v| v.map(|v| sum + v));
+                (waits, value("icn_stage_decode_us".into()), "icn_stage")
+            } else {
+                (
+                    value("axum_stage_queue_us".into()),
+                    value("axum_stage_decode_hash_us".into()),
+                    "axum_stage",
+                )
             };
+            let get = |stage: &str| optional(value(format!("{prefix}_{stage}_us")), 1);
             let _ = writeln!(
                 out,
-                "  {:<16} {:>8} {:>12} {:>8} {:>8} {:>8} {:>8}",
+                "  {:<11} {:<16} {:>8} {:>12} {:>8} {:>8} {:>8} {:>8}",
+                system,
                 case,
-                get("queue"),
-                get("decode_hash"),
+                optional(queue, 1),
+                optional(decode, 1),
                 get("verify"),
                 get("execute"),
                 get("sign"),

@@ -75,6 +75,21 @@ pub struct QueryRequest {
 pub struct QueryReply {
     pub outcome: QueryResult,
     pub signatures: Vec<OwnedNodeSignature>,
+    /// Where the backend's time went, when it measures it (`icn_http_stage_us`).
+    pub timings: Option<QueryTimings>,
+}
+
+/// Microseconds a backend spent on one query, by stage.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueryTimings {
+    /// Executing the query.
+    pub execute_us: u64,
+    /// Waiting for a thread to sign the answer.
+    pub sign_wait_us: u64,
+    /// Of that wait, the time queued behind other jobs ([`super::CpuPool::try_run_measured`]).
+    pub sign_queued_us: u64,
+    /// Signing the answer.
+    pub sign_us: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -21,6 +21,66 @@ pub const STATUSES: [u16; 12] = [200, 202, 400, 403, 404, 405, 408, 413, 429, 50
 /// unknown paths).
 const REQUEST_CLASSES: [&str; 5] = ["call", "query", "read_state", "status", "other"];
 
+/// Where an answered query's or read_state request's time went (label `stage` of
+/// `icn_http_stage_us`), in the order a request passes them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Waiting for a slot of the class (0 when one was free).
+    Admission,
+    /// Receiving the body.
+    Body,
+    /// Waiting for a verification-pool thread.
+    VerifyWait,
+    /// CBOR decoding and the request id's hash (on the pool).
+    Decode,
+    /// Expiry and signature checks (on the pool).
+    Verify,
+    /// The backend: for a query, execution, the wait for a signing thread and signing.
+    Backend,
+    /// Of the backend's time, executing the query on the shard.
+    Execute,
+    /// Of the backend's time, waiting for a pool thread to sign the answer.
+    SignWait,
+    /// Of the backend's time, signing the answer (on the pool).
+    Sign,
+    /// Encoding the answer's CBOR (writing it is hyper's, after this).
+    Encode,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 10] = [
+        Stage::Admission,
+        Stage::Body,
+        Stage::VerifyWait,
+        Stage::Decode,
+        Stage::Verify,
+        Stage::Backend,
+        Stage::Execute,
+        Stage::SignWait,
+        Stage::Sign,
+        Stage::Encode,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Stage::Admission => "admission",
+            Stage::Body => "body",
+            Stage::VerifyWait => "verify_wait",
+            Stage::Decode => "decode",
+            Stage::Verify => "verify",
+            Stage::Backend => "backend",
+            Stage::Execute => "execute",
+            Stage::SignWait => "sign_wait",
+            Stage::Sign => "sign",
+            Stage::Encode => "encode",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// Why a request or connection was refused or cut (label `reason`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rejection {
@@ -28,6 +88,9 @@ pub enum Rejection {
     QueueFull,
     /// Waited in the queue longer than `http.queue_wait_timeout_ms` (429).
     QueueTimeout,
+    /// The class was congested (`http.delay_target_ms` exceeded): refused at once or taken
+    /// out of the queue (429).
+    Congested,
     /// The verification pool's queue was full (429).
     PoolFull,
     /// Body above `http.body_bytes_max` (413).
@@ -51,9 +114,10 @@ pub enum Rejection {
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 12] = [
+    pub const ALL: [Rejection; 13] = [
         Rejection::QueueFull,
         Rejection::QueueTimeout,
+        Rejection::Congested,
         Rejection::PoolFull,
         Rejection::BodyTooLarge,
         Rejection::BodyTimeout,
@@ -70,6 +134,7 @@ impl Rejection {
         match self {
             Rejection::QueueFull => "queue_full",
             Rejection::QueueTimeout => "queue_timeout",
+            Rejection::Congested => "congested",
             Rejection::PoolFull => "pool_full",
             Rejection::BodyTooLarge => "body_too_large",
             Rejection::BodyTimeout => "body_timeout",
@@ -95,7 +160,9 @@ pub struct HttpMetricIds {
     in_flight: GaugeId,
     queued: GaugeId,
     pool_queued: GaugeId,
+    limit: GaugeId,
     latency: HistogramId,
+    stages: HistogramId,
 }
 
 impl HttpMetricIds {
@@ -108,6 +175,7 @@ impl HttpMetricIds {
         let reasons: Vec<&str> = Rejection::ALL.iter().map(|r| r.label()).collect();
         let classes: Vec<&str> = EndpointClass::ALL.iter().map(|c| c.label()).collect();
         let class = || Some(LabelSpec::fixed("class", &classes));
+        let stages: Vec<&str> = Stage::ALL.iter().map(|s| s.label()).collect();
         Ok(HttpMetricIds {
             requests: builder.counter(
                 "icn_http_requests_total",
@@ -157,10 +225,22 @@ impl HttpMetricIds {
                 None,
                 Aggregation::PerShard,
             )?,
+            limit: builder.gauge(
+                "icn_http_admission_limit",
+                "Requests a class admits at once: http.<class>_concurrency_max, or less while the delay control (http.delay_target_ms) holds it down.",
+                class(),
+                Aggregation::PerShard,
+            )?,
             latency: builder.histogram(
                 "icn_http_request_latency_us",
                 "Microseconds from a request's head to its answer, by class (refusals included).",
                 class(),
+                Aggregation::Sum,
+            )?,
+            stages: builder.histogram(
+                "icn_http_stage_us",
+                "Microseconds answered queries and read_state requests spent in each stage (admission, body, verify_wait, decode, verify, backend, execute, sign_wait, sign, encode).",
+                Some(LabelSpec::fixed("stage", &stages)),
                 Aggregation::Sum,
             )?,
         })
@@ -178,8 +258,10 @@ pub struct HttpMetrics {
     pub(crate) client_addresses: Gauge,
     pub(crate) pool_queued: Gauge,
     latency: Rc<Vec<Histogram>>,
+    stages: Rc<Vec<Histogram>>,
     in_flight: Rc<Vec<Gauge>>,
     queued: Rc<Vec<Gauge>>,
+    limit: Rc<Vec<Gauge>>,
 }
 
 impl HttpMetrics {
@@ -217,9 +299,21 @@ impl HttpMetrics {
                     .map(|c| shard.histogram_with(ids.latency, c.label()))
                     .collect(),
             ),
+            stages: Rc::new(
+                Stage::ALL
+                    .iter()
+                    .map(|s| shard.histogram_with(ids.stages, s.label()))
+                    .collect(),
+            ),
             in_flight: Rc::new(per_class(ids.in_flight)),
             queued: Rc::new(per_class(ids.queued)),
+            limit: Rc::new(per_class(ids.limit)),
         }
+    }
+
+    /// Records one request's time in `stage`.
+    pub fn stage(&self, stage: Stage, micros: u64) {
+        self.stages[stage.index()].record(micros);
     }
 
     /// Counts one answered request (`class` None: operator endpoint or unknown path).
@@ -244,6 +338,7 @@ impl HttpMetrics {
         Box::new(GateGauges {
             in_flight: self.in_flight[class.index()].clone(),
             queued: self.queued[class.index()].clone(),
+            limit: self.limit[class.index()].clone(),
         })
     }
 }
@@ -251,6 +346,7 @@ impl HttpMetrics {
 struct GateGauges {
     in_flight: Gauge,
     queued: Gauge,
+    limit: Gauge,
 }
 
 impl GateObserver for GateGauges {
@@ -258,5 +354,9 @@ impl GateObserver for GateGauges {
         self.in_flight
             .set(i64::try_from(in_flight).unwrap_or(i64::MAX));
         self.queued.set(i64::try_from(queued).unwrap_or(i64::MAX));
+    }
+
+    fn limit_changed(&self, limit: usize) {
+        self.limit.set(i64::try_from(limit).unwrap_or(i64::MAX));
     }
 }

@@ -41,9 +41,9 @@ mod tests;
 pub use backend::{
     Backend, BackendError, BackendStatus, CallReply, CallRequest, CallVersion, LocalBoxFuture,
     NoReplica, OwnedNodeSignature, OwnedReject, QueryReply, QueryRequest, QueryResult,
-    ReadStateReply, ReadStateRequest, ReadStateTarget,
+    QueryTimings, ReadStateReply, ReadStateRequest, ReadStateTarget,
 };
-pub use metrics::{HttpMetricIds, HttpMetrics, Rejection};
+pub use metrics::{HttpMetricIds, HttpMetrics, Rejection, Stage};
 pub use pool::CpuPool;
 pub use routes::{EndpointClass, Route};
 pub use server::{bind_listener, HttpServer};

@@ -7,16 +7,24 @@
 //! comes back through a [`JobHandle`], a future that a worker thread completes and wakes
 //! (glommio accepts wakes from foreign threads). A job that panics completes its handle with
 //! [`JobFailed`] and the worker thread lives on.
+//!
+//! [`CpuPool::try_run_measured`] also reports how long the job queued: the time from submission
+//! to a worker taking it, counted only when the job found every worker busy (a worker took it
+//! straight after finishing another job). A job that found a worker idle did not queue; its
+//! delay is the operating system waking that worker, which no admission decision can shorten.
+//! The HTTP server's delay control counts only real queueing.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crossbeam::channel::{bounded, Sender, TrySendError};
 
-type Job = Box<dyn FnOnce() + Send>;
+/// A queued job; the flag says whether it found every worker busy.
+type Job = Box<dyn FnOnce(bool) + Send>;
 
 /// The pool's queue was full.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,9 +58,24 @@ impl CpuPool {
                 std::thread::Builder::new()
                     .name(format!("{name}-{i}"))
                     .spawn(move || {
-                        for job in receiver {
-                            job();
+                        // A job already waiting when this worker comes back from the last
+                        // one has queued; one the worker blocks for (or finds on starting)
+                        // has not.
+                        let mut busy = false;
+                        loop {
+                            let next = if busy {
+                                receiver.try_recv().map(|job| (job, true)).ok()
+                            } else {
+                                None
+                            };
+                            let Some((job, queued)) =
+                                next.or_else(|| receiver.recv().ok().map(|job| (job, false)))
+                            else {
+                                break;
+                            };
+                            job(queued);
                             completed.fetch_add(1, Ordering::Relaxed);
+                            busy = true;
                         }
                     })
             })
@@ -70,13 +93,37 @@ impl CpuPool {
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<JobHandle<T>, PoolFull> {
+        self.submit(move |_| work())
+    }
+
+    /// Like [`CpuPool::try_run`], and the result comes with the time the job queued behind
+    /// other jobs (zero when it found a worker idle; module docs).
+    pub fn try_run_measured<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<JobHandle<(T, Duration)>, PoolFull> {
+        let submitted = Instant::now();
+        self.submit(move |queued| {
+            let wait = if queued {
+                submitted.elapsed()
+            } else {
+                Duration::ZERO
+            };
+            (work(), wait)
+        })
+    }
+
+    fn submit<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(bool) -> T + Send + 'static,
+    ) -> Result<JobHandle<T>, PoolFull> {
         let slot = Arc::new(Mutex::new(SlotState::<T> {
             result: None,
             waker: None,
         }));
         let done = slot.clone();
-        let job: Job = Box::new(move || {
-            let result = catch_unwind(AssertUnwindSafe(work)).map_err(|_| JobFailed);
+        let job: Job = Box::new(move |queued| {
+            let result = catch_unwind(AssertUnwindSafe(|| work(queued))).map_err(|_| JobFailed);
             let waker = {
                 let mut state = done.lock().unwrap_or_else(|e| e.into_inner());
                 state.result = Some(result);
@@ -152,7 +199,6 @@ mod tests {
     use super::*;
     use futures_lite::future::block_on;
     use std::sync::mpsc;
-    use std::time::Duration;
 
     #[test]
     fn runs_jobs_and_returns_results() {
@@ -186,6 +232,29 @@ mod tests {
             block_on(handle).unwrap();
         }
         assert!(pool.try_run(|| ()).is_ok());
+    }
+
+    #[test]
+    fn only_jobs_that_found_every_worker_busy_count_as_queued() {
+        let pool = CpuPool::new(1, 4, "test-pool").unwrap();
+        // An idle worker takes the first job: it did not queue, however long the wake took.
+        let (_, wait) = block_on(pool.try_run_measured(|| ()).unwrap()).unwrap();
+        assert_eq!(wait, Duration::ZERO);
+        let (release, gate) = mpsc::channel::<()>();
+        let (started_tx, started) = mpsc::channel::<()>();
+        let busy = pool
+            .try_run_measured(move || {
+                started_tx.send(()).unwrap();
+                gate.recv_timeout(Duration::from_secs(10)).unwrap();
+            })
+            .unwrap();
+        started.recv_timeout(Duration::from_secs(10)).unwrap();
+        let behind = pool.try_run_measured(|| ()).unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        release.send(()).unwrap();
+        block_on(busy).unwrap();
+        let (_, wait) = block_on(behind).unwrap();
+        assert!(wait >= Duration::from_millis(30), "{wait:?}");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures_lite::{future, AsyncRead, AsyncReadExt, AsyncWrite};
 use glommio::net::{TcpListener, TcpStream};
+use glommio::{Latency, Shares};
 use hyper::server::conn::{http1, http2};
 use icn_tuning::HttpTuning;
 
@@ -24,6 +25,13 @@ use super::tls;
 /// The first byte of a TLS connection (a handshake record): such connections get TLS when the
 /// server has a certificate, all others are plaintext.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// Scheduler shares of the connections' task queue (glommio's default queue has 1000) ...
+const CONNECTION_SHARES: usize = 1000;
+/// ... and of the admitted requests' queue, which also asks to run within
+/// [`ADMITTED_LATENCY`] of becoming runnable.
+const ADMITTED_SHARES: usize = 1000;
+const ADMITTED_LATENCY: Duration = Duration::from_millis(1);
 
 /// The HTTP/2 connection preface a client with prior knowledge (h2c) starts with.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -48,7 +56,24 @@ impl HttpServer {
         let listener = bind_listener(addr)?;
         let local_addr = listener.local_addr().map_err(io::Error::from)?;
         let state = ServerState::new(tuning, deps);
-        let accept = glommio::spawn_local(accept_loop(listener, state.clone()));
+        let executor = glommio::executor();
+        // Connections (reading heads, answering refusals) run at a tenth of the default
+        // shares; admitted requests continue at the default shares and ask for the executor
+        // within a millisecond, so a flood of refused requests cannot starve admitted ones
+        // or the node's other work (gossip, consensus).
+        let connections = executor.create_task_queue(
+            Shares::Static(CONNECTION_SHARES),
+            Latency::NotImportant,
+            "icn-http-connections",
+        );
+        let admitted = executor.create_task_queue(
+            Shares::Static(ADMITTED_SHARES),
+            Latency::Matters(ADMITTED_LATENCY),
+            "icn-http-admitted",
+        );
+        state.admitted_queue.set(Some(admitted));
+        let accept = glommio::spawn_local_into(accept_loop(listener, state.clone()), connections)
+            .map_err(|e| io::Error::other(e.to_string()))?;
         Ok(HttpServer {
             local_addr,
             state,

@@ -8,6 +8,7 @@
 //! under its own deadline (504). Every answer is counted by class and status, and every
 //! refusal by reason.
 
+use std::cell::Cell;
 use std::convert::Infallible;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use futures_lite::future;
+use glommio::TaskQueueHandle;
 use http::header::{ALLOW, CONNECTION, CONTENT_TYPE};
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -26,14 +28,14 @@ use icn_codecs::ic::{
 };
 use icn_tuning::HttpTuning;
 
-use super::admission::{Admission, ClassGate, IpLimiter};
+use super::admission::{Admission, ClassGate, DelayControl, IpLimiter, Permit};
 use super::auth::{authenticate, check_ingress_expiry};
 use super::backend::{
     owned_call, owned_read_state, Backend, BackendError, CallReply, CallRequest, CallVersion,
     OwnedReject, QueryRequest, QueryResult, ReadStateRequest, ReadStateTarget,
 };
 use super::io::ConnActivity;
-use super::metrics::{HttpMetrics, Rejection};
+use super::metrics::{HttpMetrics, Rejection, Stage};
 use super::pool::CpuPool;
 use super::routes::{route, EndpointClass, Route, RouteError};
 
@@ -79,12 +81,35 @@ pub struct ServerState {
     gates: [Rc<ClassGate>; 4],
     pub(crate) ip_limiter: Rc<IpLimiter>,
     pub(crate) deps: HttpDeps,
+    /// The task queue admitted requests continue in (set by [`super::HttpServer::start`];
+    /// None: they run in the connection's task).
+    pub(crate) admitted_queue: Cell<Option<TaskQueueHandle>>,
 }
 
 impl ServerState {
     pub fn new(tuning: HttpTuning, deps: HttpDeps) -> Rc<ServerState> {
+        // Queries and read_state requests are short: their time in the server is work plus
+        // waiting, and the delay control sheds the waiting. Calls wait for consensus (seconds
+        // by design) and status answers are trivial, so those keep fixed limits.
+        let delay = (tuning.delay_target_ms > 0).then(|| DelayControl {
+            target: Duration::from_millis(tuning.delay_target_ms),
+            interval: Duration::from_millis(tuning.delay_interval_ms),
+            // Two jobs per pool thread keep every thread busy while requests move between
+            // the shard and the pool.
+            limit_min: deps.pool.threads().saturating_mul(2).max(4),
+        });
         let gate = |class: EndpointClass, concurrency, queue| {
-            ClassGate::new(concurrency, queue, Some(deps.metrics.gate_observer(class)))
+            let control = match class {
+                EndpointClass::Query | EndpointClass::ReadState => delay,
+                EndpointClass::Call | EndpointClass::Status => None,
+            };
+            ClassGate::with_control(
+                concurrency,
+                queue,
+                control,
+                Some(deps.metrics.gate_observer(class)),
+                Instant::now,
+            )
         };
         let gates = [
             gate(
@@ -118,6 +143,7 @@ impl ServerState {
             gates,
             ip_limiter: IpLimiter::new(tuning.connections_per_ip_max),
             deps,
+            admitted_queue: Cell::new(None),
         })
     }
 
@@ -163,7 +189,7 @@ pub async fn handle<B>(
     request: Request<B>,
 ) -> Result<HttpResponse, Infallible>
 where
-    B: http_body::Body<Data = Bytes> + Unpin,
+    B: http_body::Body<Data = Bytes> + Unpin + 'static,
     B::Error: std::fmt::Display,
 {
     let _active = activity.request_started();
@@ -218,7 +244,7 @@ async fn serve<B>(
     request: Request<B>,
 ) -> Result<HttpResponse, Refusal>
 where
-    B: http_body::Body<Data = Bytes> + Unpin,
+    B: http_body::Body<Data = Bytes> + Unpin + 'static,
     B::Error: std::fmt::Display,
 {
     let class = match (route, route.class()) {
@@ -251,7 +277,19 @@ where
         }
         check_content_type(&parts.headers)?;
     }
-    let _permit = match state.gate(class).admit() {
+    let mut stages = StageTimes::new();
+    let congested = || {
+        Refusal::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "{} requests are waiting longer than the {} ms target, retry later",
+                class.label(),
+                state.tuning.delay_target_ms
+            ),
+            Some(Rejection::Congested),
+        )
+    };
+    let permit = match state.gate(class).admit() {
         Admission::Now(permit) => permit,
         Admission::Queued(queued) => {
             let wait = Duration::from_millis(state.tuning.queue_wait_timeout_ms);
@@ -273,19 +311,66 @@ where
                 Some(Rejection::QueueFull),
             ))
         }
+        Admission::Congested => return Err(congested()),
     };
+    stages.lap(Stage::Admission);
     if route == Route::Status {
         return Ok(status_response(state));
     }
+    match state.admitted_queue.get() {
+        // The admitted request's work continues in the shard's admitted task queue, which
+        // the executor prefers over the connections' queue: under a flood, answering the
+        // excess with 429s must not starve the requests already let in.
+        Some(queue) => {
+            let task = glommio::spawn_local_into(
+                serve_admitted(state.clone(), route, body, permit, stages),
+                queue,
+            )
+            .map_err(|e| {
+                Refusal::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("could not schedule the request: {e}"),
+                    None,
+                )
+            })?;
+            task.await
+        }
+        None => serve_admitted(state.clone(), route, body, permit, stages).await,
+    }
+}
+
+/// An admitted request from its body to its answer (the permit is held throughout).
+async fn serve_admitted<B>(
+    state: Rc<ServerState>,
+    route: Route,
+    body: B,
+    permit: Permit,
+    mut stages: StageTimes,
+) -> Result<HttpResponse, Refusal>
+where
+    B: http_body::Body<Data = Bytes> + Unpin + 'static,
+    B::Error: std::fmt::Display,
+{
+    let state = &state;
     let body = read_body(state, body).await?;
+    stages.lap(Stage::Body);
     let now = (state.deps.clock)();
     let tuning = state.tuning;
     let limits = state.limits;
     let job_body = body.clone();
+    let submitted = Instant::now();
     let job = state
         .deps
         .pool
-        .try_run(move || decode_and_verify(&job_body, route, &limits, &tuning, now))
+        .try_run_measured(move || {
+            let mut pool_times = PoolTimes {
+                wait: submitted.elapsed(),
+                ..PoolTimes::default()
+            };
+            let verified =
+                decode_and_verify(&job_body, route, &limits, &tuning, now, &mut pool_times);
+            (verified, pool_times)
+        })
         .map_err(|_| {
             Refusal::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -299,13 +384,19 @@ where
     let depth = PoolDepthSample(state);
     let verified = job.await;
     drop(depth);
-    let verified = verified.map_err(|_| {
+    let ((verified, pool_times), queued) = verified.map_err(|_| {
         Refusal::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "verification failed",
             None,
         )
-    })??;
+    })?;
+    let verified = verified?;
+    permit.add_wait(queued);
+    stages.record(Stage::VerifyWait, pool_times.wait);
+    stages.record(Stage::Decode, pool_times.decode);
+    stages.record(Stage::Verify, pool_times.verify);
+    stages.restart();
     let deadline = Duration::from_millis(state.tuning.backend_timeout_ms);
     let backend = state.deps.backend.clone();
     let answer = match (verified, route) {
@@ -327,6 +418,13 @@ where
                 content,
             };
             let reply = with_deadline(deadline, backend.query(request)).await?;
+            stages.lap(Stage::Backend);
+            if let Some(timings) = reply.timings {
+                permit.add_wait(Duration::from_micros(timings.sign_queued_us));
+                stages.record_us(Stage::Execute, timings.execute_us);
+                stages.record_us(Stage::SignWait, timings.sign_wait_us);
+                stages.record_us(Stage::Sign, timings.sign_us);
+            }
             let outcome = match &reply.outcome {
                 QueryResult::Replied { arg } => QueryOutcome::Replied { arg },
                 QueryResult::Rejected(reject) => QueryOutcome::Rejected(borrow_reject(reject)),
@@ -342,6 +440,8 @@ where
                 .collect();
             let mut out = Vec::new();
             encode_query_response(&outcome, &signatures, &mut out);
+            stages.lap(Stage::Encode);
+            stages.publish(state.metrics());
             cbor(StatusCode::OK, out)
         }
         (Verified::ReadState(content, request_id), Route::CanisterReadState(id))
@@ -357,8 +457,11 @@ where
                 content,
             };
             let reply = with_deadline(deadline, backend.read_state(request)).await?;
+            stages.lap(Stage::Backend);
             let mut out = Vec::new();
             encode_read_state_response(&reply.certificate, &mut out);
+            stages.lap(Stage::Encode);
+            stages.publish(state.metrics());
             cbor(StatusCode::OK, out)
         }
         _ => {
@@ -370,6 +473,57 @@ where
         }
     };
     Ok(answer)
+}
+
+/// The stage times of one request, published to `icn_http_stage_us` only when it is answered
+/// (a refused request's partial times would skew the breakdown).
+struct StageTimes {
+    mark: Instant,
+    times: Vec<(Stage, u64)>,
+}
+
+impl StageTimes {
+    fn new() -> StageTimes {
+        StageTimes {
+            mark: Instant::now(),
+            times: Vec::with_capacity(Stage::ALL.len()),
+        }
+    }
+
+    /// Ends `stage` now: its time is the time since the previous lap.
+    fn lap(&mut self, stage: Stage) {
+        let now = Instant::now();
+        self.record(stage, now.saturating_duration_since(self.mark));
+        self.mark = now;
+    }
+
+    /// Starts timing afresh (after stages measured elsewhere).
+    fn restart(&mut self) {
+        self.mark = Instant::now();
+    }
+
+    fn record(&mut self, stage: Stage, time: Duration) {
+        self.record_us(stage, u64::try_from(time.as_micros()).unwrap_or(u64::MAX));
+    }
+
+    fn record_us(&mut self, stage: Stage, micros: u64) {
+        self.times.push((stage, micros));
+    }
+
+    fn publish(&self, metrics: &HttpMetrics) {
+        for &(stage, micros) in &self.times {
+            metrics.stage(stage, micros);
+        }
+    }
+}
+
+/// Times measured on the verification pool.
+#[derive(Default)]
+struct PoolTimes {
+    /// From submission to a worker starting the job (queueing and the worker's wake-up).
+    wait: Duration,
+    decode: Duration,
+    verify: Duration,
 }
 
 /// Samples the verification pool's queue depth into its gauge when dropped.
@@ -475,9 +629,13 @@ fn decode_and_verify(
     limits: &IcLimits,
     tuning: &HttpTuning,
     now: u64,
+    times: &mut PoolTimes,
 ) -> Result<Verified, Refusal> {
+    let started = Instant::now();
     let envelope = decode_request_envelope(body, limits)
         .map_err(|e| Refusal::bad_request(format!("could not decode the request body: {e}")))?;
+    let decoded = Instant::now();
+    times.decode = decoded - started;
     let expected = match route {
         Route::Call(..) => "call",
         Route::Query(_) => "query",
@@ -520,6 +678,7 @@ fn decode_and_verify(
             Some(Rejection::BadSignature),
         )
     })?;
+    times.verify = decoded.elapsed();
     let id = envelope.request_id;
     Ok(match &envelope.content {
         RequestContent::Call(c) => Verified::Call(owned_call(c), id),

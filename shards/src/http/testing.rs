@@ -123,6 +123,7 @@ impl Backend for ScriptedBackend {
                     arg: request.content.arg.into_owned(),
                 },
                 signatures: Vec::new(),
+                timings: None,
             })
         })
     }

@@ -19,7 +19,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use boring::pkey::{PKey, Private};
 use boring::sign::Signer;
@@ -45,8 +45,8 @@ use crate::consensus_manager::driver::PenaltySink;
 use crate::consensus_manager::{ConsensusManager, GossipConfig, GossipHandle, Offence};
 use crate::http::backend::{
     Backend, BackendError, BackendStatus, CallReply, CallRequest, CallVersion, LocalBoxFuture,
-    OwnedNodeSignature, OwnedReject, QueryReply, QueryRequest, QueryResult, ReadStateReply,
-    ReadStateRequest, ReadStateTarget,
+    OwnedNodeSignature, OwnedReject, QueryReply, QueryRequest, QueryResult, QueryTimings,
+    ReadStateReply, ReadStateRequest, ReadStateTarget,
 };
 use crate::http::CpuPool;
 use crate::runtime::{Runtime, TaskHandle};
@@ -680,6 +680,7 @@ impl Replica {
     async fn query(self: Rc<Self>, request: QueryRequest) -> Result<QueryReply, BackendError> {
         self.update_stats(|s| s.queries += 1);
         let content = &request.content;
+        let started = Instant::now();
         let outcome = self.chain.borrow().state().canisters.query(
             &content.canister_id,
             &content.method_name,
@@ -693,19 +694,26 @@ impl Replica {
                 error_code: Some(reject.error_code.to_string()),
             }),
         };
+        let executed = Instant::now();
         let key = self.node_key.clone();
         let request_id = request.request_id;
         let signed = result.clone();
         let job = self
             .cpu
-            .try_run(move || sign_query(&key, &signed, &request_id, unix_ns()))
+            .try_run_measured(move || {
+                let start = Instant::now();
+                let signature = sign_query(&key, &signed, &request_id, unix_ns());
+                (signature, start.elapsed())
+            })
             .map_err(|_| {
                 BackendError::Overloaded("signing capacity exhausted, retry later".into())
             })?;
-        let (timestamp, signature) = job
+        let ((signature, signing), queued) = job
             .await
-            .map_err(|_| BackendError::Internal("query signing failed".into()))?
-            .map_err(BackendError::Internal)?;
+            .map_err(|_| BackendError::Internal("query signing failed".into()))?;
+        let (timestamp, signature) = signature.map_err(BackendError::Internal)?;
+        let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let signed_total = executed.elapsed();
         Ok(QueryReply {
             outcome: result,
             signatures: vec![OwnedNodeSignature {
@@ -713,6 +721,12 @@ impl Replica {
                 signature,
                 identity: self.node_principal,
             }],
+            timings: Some(QueryTimings {
+                execute_us: micros(executed - started),
+                sign_wait_us: micros(signed_total.saturating_sub(signing)),
+                sign_queued_us: micros(queued),
+                sign_us: micros(signing),
+            }),
         })
     }
 
