@@ -68,8 +68,13 @@ const FLOOD_RUN: Duration = Duration::from_secs(3);
 /// The flood must offer at least this many times the measured capacity.
 const OVERLOAD_FACTOR: f64 = 10.0;
 /// A refusal decided at the gate or the pool does no backend work: on a loaded 2-core machine it
-/// still takes a scheduling slice or two, hence the generous bound.
+/// still takes a scheduling slice or two, and a pipelined one waits for the answers ahead of it
+/// on its connection, hence the generous bound.
 const QUICK_REFUSAL_P99: Duration = Duration::from_millis(250);
+/// How many times its unloaded p99 an admitted query's own service may take under the flood...
+const ADMITTED_SLOWDOWN_MAX: u32 = 20;
+/// ... plus this, for steps delayed by the flood's threads on the same cores.
+const SHARED_CORES_SLACK: Duration = Duration::from_secs(1);
 /// Between two samples of the node's memory and gauges during a flood.
 const SAMPLE_INTERVAL: Duration = Duration::from_millis(50);
 /// One answer's read bound on the client (well above the backend's deadline: a request the node
@@ -796,16 +801,20 @@ fn a_query_flood_at_ten_times_capacity_is_shed_quickly_and_admitted_queries_stay
         );
     }
     // Every admitted query was answered correctly, within its bound: at most the queue wait
-    // (after that it is refused) plus its own service time, which the flood may stretch by
-    // sharing the machine's cores.
+    // (after that it is refused) plus its own service time. The flood stretches the service
+    // time: each of a query's steps on the shard (body, after verification, after signing,
+    // the answer) waits behind the refusals the shard is serving, and the machine's cores are
+    // shared with the flood's threads (100-200 ms measured on a 2-core machine), hence the
+    // multiple of the unloaded p99 and the constant for the shared cores.
     assert!(flood.count(200) > 0, "{summary}");
     for record in flood.records().filter(|r| r.status == 200) {
         assert_eq!(query_reply(&record.body), Ok(0), "{summary}");
     }
     let admitted = flood.latencies(|r| r.status == 200);
     let admitted_p99 = percentile(&admitted, 0.99);
-    let admitted_bound =
-        Duration::from_millis(QUEUE_WAIT_MS) + unloaded_p99 * 20 + Duration::from_millis(100);
+    let admitted_bound = Duration::from_millis(QUEUE_WAIT_MS)
+        + unloaded_p99 * ADMITTED_SLOWDOWN_MAX
+        + SHARED_CORES_SLACK;
     assert!(
         admitted_p99 < admitted_bound,
         "admitted p99 {admitted_p99:?}, bound {admitted_bound:?}: {summary}"
