@@ -838,6 +838,13 @@ fn a_query_flood_at_ten_times_capacity_is_shed_quickly_and_admitted_queries_stay
     assert!(peaks.verify_queue <= VERIFY_QUEUE as u64, "{peaks:?}");
     assert_memory_bounded(&subnet, memory_before, &peaks);
     let text = metrics(addr);
+    // The node's own view of the query latencies (head to answer), for comparison with the
+    // client's when reading a run's output.
+    let server_side: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("icn_http_request_latency_us") && l.contains("query"))
+        .collect();
+    eprintln!("query flood, server side: {server_side:?}");
     assert!(
         metric_max(&text, "icn_http_rejections_total", "reason=\"queue_full\"").unwrap_or(0) > 0,
         "{text}"
