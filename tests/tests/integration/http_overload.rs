@@ -10,9 +10,10 @@
 //! so every call it accepts is executed by it alone) on one shard with small `[http]` limits, so
 //! that a flood from the test process saturates it even on a loaded 2-core machine.
 //!
-//! The flood is closed loop on many keep-alive connections (each sends its next request as soon
-//! as the last is answered): a 429 is cheap, so refused connections come back at once and the
-//! offered load is many times the admitted rate. The test measures capacity first (the same
+//! The flood is closed loop on many keep-alive connections (each sends its next requests as soon
+//! as the last are answered; queries pipelined several deep, calls one at a time): a 429 is
+//! cheap, so refused connections come back at once and the offered load is many times the
+//! admitted rate. The test measures capacity first (the same
 //! requests on as many connections as the node has slots) and asserts that the flood offered at
 //! least ten times that. Latency bounds are generous multiples: this is a correctness test on a
 //! shared machine, not a benchmark (`icn-bench http` measures).
