@@ -40,7 +40,21 @@ const LOG_TAIL_BYTES: usize = 4 << 10;
 
 /// The nodes share the machine's cores with each other and with the test; pinned, every node's
 /// shard would sit on the first core.
-const TUNING_TOML: &str = "[engine]\npin_cores = false\n";
+const ENGINE_TABLE: &str = "[engine]\n";
+const UNPINNED: &str = "pin_cores = false\n";
+
+/// The tuning file of a test subnet: `extra` with `engine.pin_cores = false`. TOML allows a table
+/// once, so when `extra` has an `[engine]` table of its own (a test choosing the shard count),
+/// the line goes into that table instead of a second one.
+fn tuning_toml(extra: &str) -> String {
+    match extra.find(ENGINE_TABLE) {
+        Some(at) if at == 0 || extra[..at].ends_with('\n') => {
+            let (head, tail) = extra.split_at(at + ENGINE_TABLE.len());
+            format!("{head}{UNPINNED}{tail}")
+        }
+        _ => format!("{ENGINE_TABLE}{UNPINNED}{extra}"),
+    }
+}
 
 /// The `icn` executable: `ICN_BIN` if set, else `icn` in the target directory the running test
 /// binary was built into (`target/<profile>/deps/<test>` -> `target/<profile>/icn`).
@@ -80,13 +94,14 @@ impl ProcessSubnet {
     }
 
     /// A subnet of `members` registry members of which the first `started` start now; the
-    /// others start with [`ProcessSubnet::start_next`]. `tuning` is appended to every node's
-    /// tuning profile (TOML tables, e.g. a faster `[replica]`).
+    /// others start with [`ProcessSubnet::start_next`]. `tuning` is every node's tuning profile
+    /// (TOML tables, e.g. a faster `[replica]`); the harness adds `engine.pin_cores = false`, to
+    /// the `[engine]` table when `tuning` has one.
     pub fn start_some(label: &str, members: usize, started: usize, tuning: &str) -> ProcessSubnet {
         assert!(started <= members);
         let subnet = LocalSubnet::create_with_subnet_key(label, members);
         let dir = subnet.dir();
-        std::fs::write(dir.join("tuning.toml"), format!("{TUNING_TOML}{tuning}"))
+        std::fs::write(dir.join("tuning.toml"), tuning_toml(tuning))
             .unwrap_or_else(|e| panic!("tuning: {e}"));
         let mut running = ProcessSubnet {
             children: Vec::with_capacity(members),
@@ -142,6 +157,11 @@ impl ProcessSubnet {
     /// Node `node`'s public HTTP API as an agent's URL (plain HTTP).
     pub fn url(&self, node: usize) -> String {
         format!("http://{}", self.http_addr(node))
+    }
+
+    /// Node `node`'s process id, for reading its memory use from `/proc/<pid>/status`.
+    pub fn pid(&self, node: usize) -> u32 {
+        self.children[node].id()
     }
 
     /// Where node `node`'s stdout and stderr go.
@@ -257,4 +277,25 @@ fn log_tail(path: &Path) -> String {
     }
     let start = text.len().saturating_sub(LOG_TAIL_BYTES);
     String::from_utf8_lossy(&text[start..]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tuning_toml;
+
+    #[test]
+    fn the_unpinned_line_joins_an_engine_table_of_the_tests_own() {
+        assert_eq!(
+            tuning_toml("[replica]\nblock_interval_ms = 40\n"),
+            "[engine]\npin_cores = false\n[replica]\nblock_interval_ms = 40\n"
+        );
+        assert_eq!(
+            tuning_toml("[http]\nx = 1\n[engine]\nshard_count = 1\n"),
+            "[http]\nx = 1\n[engine]\npin_cores = false\nshard_count = 1\n"
+        );
+        assert_eq!(
+            tuning_toml("[engine]\nshard_count = 1\n"),
+            "[engine]\npin_cores = false\nshard_count = 1\n"
+        );
+    }
 }

@@ -8,6 +8,9 @@
 //!   peers, crashes, byzantine peers, a moving target, restart, incremental);
 //! - `http_api`: the public HTTP API front on loopback: an agent session and a flood at 10x
 //!   a class's capacity (429s quick, admitted latency bounded);
+//! - `http_overload`: query and update floods at ten times capacity against a one-node subnet
+//!   of a real `icn node`: quick 429s, admitted requests correct and bounded in latency, memory
+//!   and the ingress pool within their limits, every admitted call executed once;
 //! - `ic_agent`: the IC's own agent (`ic-agent` from crates.io, unmodified) against a 4-node
 //!   subnet of `icn node` processes: status, root key, verified queries, synchronous and
 //!   polled updates, read_state, rejects, an update sent to two nodes executing once;
@@ -22,6 +25,7 @@ mod gossip_byzantine;
 mod gossip_netns;
 mod gossip_sim;
 mod http_api;
+mod http_overload;
 mod ic_agent;
 mod netns;
 mod state_sync_netns;
