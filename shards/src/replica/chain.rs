@@ -263,8 +263,9 @@ pub struct StepOutput {
     pub share: Option<Artifact>,
     /// Heights executed in this step, with the calls each ordered.
     pub executed: Vec<(u64, Vec<RequestId>)>,
-    /// Calls a notarized block names that this node does not hold (it cannot execute yet).
-    pub missing_ingress: Vec<RequestId>,
+    /// Calls a notarized block names that this node does not hold (it cannot execute yet),
+    /// each with that block's maker, the peer most likely to hold it: the driver fetches them.
+    pub missing_ingress: Vec<(RequestId, Option<NodeId>)>,
 }
 
 pub struct Chain {
@@ -494,7 +495,11 @@ impl Chain {
     /// The index (in `blocks[next]`) of a block that can execute now: it extends the tip, has a
     /// quorum of shares, and every call it names is here. Calls a notarized block misses are
     /// added to `missing`.
-    fn executable(&self, ingress: &IngressPool, missing: &mut Vec<RequestId>) -> Option<usize> {
+    fn executable(
+        &self,
+        ingress: &IngressPool,
+        missing: &mut Vec<(RequestId, Option<NodeId>)>,
+    ) -> Option<usize> {
         let next = self.state.height + 1;
         let quorum = self.quorum();
         let entries = self.blocks.get(&next)?;
@@ -509,12 +514,14 @@ impl Chain {
             if shares < quorum {
                 continue;
             }
-            let absent: Vec<RequestId> = entry
+            let maker = self.maker_of(next, entry.block.round);
+            let absent: Vec<(RequestId, Option<NodeId>)> = entry
                 .block
                 .ingress
                 .iter()
                 .map(|id| RequestId(*id))
                 .filter(|id| !ingress.contains(id))
+                .map(|id| (id, maker))
                 .collect();
             if absent.is_empty() {
                 return Some(index);

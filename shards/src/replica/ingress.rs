@@ -59,6 +59,8 @@ pub struct IngressStats {
     pub verified: u64,
     /// Gossiped ingress that failed decoding, expiry or signature checks.
     pub invalid: u64,
+    /// Fetched from a peer (a notarized block named them) and verified.
+    pub fetched: u64,
     /// Refused because the pool was full.
     pub refused_full: u64,
     pub executed_removed: u64,
@@ -149,6 +151,67 @@ pub fn verify_ingress(
     )?;
     authenticate(&decoded, Some(&content.canister_id), now_ns).map_err(|e| e.to_string())?;
     Ok(owned_call(content))
+}
+
+/// Why a fetched envelope was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FetchedRefusal {
+    /// The peer sent something it should not have: bytes that do not decode, a request that is
+    /// not a call, a request id not asked for, or a signature that does not verify. The peer
+    /// is penalized.
+    Wrong(String),
+    /// The call's expiry is outside the window at this node's clock: possibly a matter of
+    /// clocks, not of the peer's honesty, so it is refused without a penalty.
+    Expired(String),
+}
+
+/// A fetched call that passed verification, ready for [`IngressPool::add_fetched`].
+#[derive(Clone, Debug)]
+pub struct FetchedCall {
+    pub request_id: RequestId,
+    pub artifact: Artifact,
+    pub content: CallContent<'static>,
+}
+
+/// Verifies an envelope a peer sent in answer to an ingress fetch for `asked`: it must decode
+/// to a call whose recomputed request id is one of `asked`, within the expiry window at
+/// `now_ns`, signed by its sender: the checks gossiped ingress gets ([`verify_ingress`]), with
+/// the request id taken from the bytes rather than an advert. CPU-heavy: runs on the
+/// verification pool.
+pub fn verify_fetched(
+    asked: &[RequestId],
+    envelope: Buf,
+    check: &IngressCheck,
+    now_ns: u64,
+) -> Result<FetchedCall, FetchedRefusal> {
+    let wrong = FetchedRefusal::Wrong;
+    let decoded = decode_request_envelope(&envelope, &check.limits)
+        .map_err(|e| wrong(format!("does not decode: {e}")))?;
+    let RequestContent::Call(content) = &decoded.content else {
+        return Err(wrong(format!(
+            "is a {}, not a call",
+            decoded.content.request_type()
+        )));
+    };
+    if !asked.contains(&decoded.request_id) {
+        return Err(wrong("names a request id that was not asked for".into()));
+    }
+    check_ingress_expiry(
+        content.ingress_expiry,
+        now_ns,
+        check.expiry_window_ns,
+        check.expiry_drift_ns,
+    )
+    .map_err(FetchedRefusal::Expired)?;
+    authenticate(&decoded, Some(&content.canister_id), now_ns).map_err(|e| wrong(e.to_string()))?;
+    let request_id = decoded.request_id;
+    let content = owned_call(content);
+    let artifact = ingress_artifact(&request_id, content.ingress_expiry, envelope.clone());
+    Ok(FetchedCall {
+        request_id,
+        artifact,
+        content,
+    })
 }
 
 /// Why a call was not added.
@@ -306,6 +369,23 @@ impl IngressPool {
         }
         self.stats.verified += 1;
         self.insert(request_id, entry);
+    }
+
+    /// A fetched call that passed [`verify_fetched`]: validated at once (not offered to peers:
+    /// like gossiped ingress, it is not relayed). Returns whether the pool holds the call now
+    /// (or it was executed already); false when the pool is full.
+    pub fn add_fetched(&mut self, call: FetchedCall) -> bool {
+        if self.validated.contains_key(&call.request_id) || (self.executed)(&call.request_id) {
+            return true;
+        }
+        let entry = self.entry(call.artifact, call.content);
+        if self.is_full_for(entry.bytes()) {
+            self.stats.refused_full += 1;
+            return false;
+        }
+        self.stats.fetched += 1;
+        self.insert(call.request_id, entry);
+        true
     }
 
     /// Validated calls not yet executed, oldest first, at most `max`, that have not expired at
