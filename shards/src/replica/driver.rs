@@ -14,6 +14,12 @@
 //! When the pool is busy, certification skips to the newest executed height (a reader only ever
 //! needs the latest); ingress verification waits in the pool's unvalidated section; queries and
 //! calls get 429.
+//!
+//! Ingress a notarized block names and this node lacks is fetched over the route
+//! [`INGRESS_FETCH_ROUTE`] ([`super::fetch`] decides what to ask of whom): the answer is decoded
+//! on the shard (a bounded FlatBuffer), every envelope verified on the CPU pool like gossiped
+//! ingress ([`verify_fetched`]), and a peer that answers with anything but what was asked is
+//! penalized (`InvalidArtifact`, or `BadMessage` for an answer that does not decode).
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -28,28 +34,35 @@ use icn_codecs::ic::{
     query_response_signing_bytes, IcLimits, Principal, QueryOutcome, Reject as WireReject,
     RequestId,
 };
-use icn_engine::{NodeId, Priority, Router, Transport};
+use icn_codecs::replica::{
+    decode_ingress_fetch_request, decode_ingress_fetch_response, encode_ingress_fetch_request,
+    encode_ingress_fetch_response, IngressFetchLimits,
+};
+use icn_engine::transport::LocalBoxFuture as TransportFuture;
+use icn_engine::{Buf, NodeId, Priority, RequestContext, Route, Router, RpcError, Transport};
 use icn_tuning::Tuning;
 
 use super::bls::{PublicKey, SecretKey};
 use super::canisters::{CallOutcome, CanisterLimits, Canisters};
 use super::certification::{CertifiedState, StateCertifier};
 use super::chain::{node_principal, Chain, ChainConfig, ChainStats, ExecutedState};
+use super::fetch::{FetchConfig, FetchRequest, FetchStats, IngressFetcher};
 use super::ingress::{
-    verify_ingress, AddError, IngressCheck, IngressLimits, IngressPool, IngressStats,
+    verify_fetched, verify_ingress, AddError, FetchedRefusal, IngressCheck, IngressLimits,
+    IngressPool, IngressStats,
 };
 use super::pool::{ConsensusPool, HeightWindow};
 use crate::artifact::{ArtifactKind, ArtifactPool};
 use crate::artifact_manager::ArtifactManager;
 use crate::consensus_manager::driver::PenaltySink;
-use crate::consensus_manager::{ConsensusManager, GossipConfig, GossipHandle, Offence};
+use crate::consensus_manager::{Backoff, ConsensusManager, GossipConfig, GossipHandle, Offence};
 use crate::http::backend::{
     Backend, BackendError, BackendStatus, CallReply, CallRequest, CallVersion, LocalBoxFuture,
     OwnedNodeSignature, OwnedReject, QueryReply, QueryRequest, QueryResult, ReadStateReply,
     ReadStateRequest, ReadStateTarget,
 };
 use crate::http::CpuPool;
-use crate::runtime::{Runtime, TaskHandle};
+use crate::runtime::{timeout, Runtime, TaskHandle};
 use crate::signal::Signal;
 
 pub const REPLICA_INGRESS: ArtifactKind = ArtifactKind(3);
@@ -61,6 +74,10 @@ pub const REPLICA_KINDS: [(ArtifactKind, &str); 3] = [
     (REPLICA_BLOCK, "replica_block"),
     (REPLICA_SHARE, "replica_share"),
 ];
+
+/// Route of ingress fetch requests (`replica/ingress`): an `IngressFetchRequest` answered with
+/// an `IngressFetchResponse`.
+pub const INGRESS_FETCH_ROUTE: Route = Route(0x400);
 
 /// How often the chain is stepped without news (round timeouts, block pacing).
 pub const TICK: Duration = Duration::from_millis(5);
@@ -82,6 +99,8 @@ pub struct ReplicaConfig {
     pub sync_call_wait: Duration,
     pub canisters: CanisterLimits,
     pub inbound_batch_max: usize,
+    pub fetch: FetchConfig,
+    pub fetch_limits: IngressFetchLimits,
 }
 
 impl ReplicaConfig {
@@ -119,6 +138,20 @@ impl ReplicaConfig {
             sync_call_wait: ms(replica.sync_call_wait_ms),
             canisters: CanisterLimits::from_tuning(&tuning.canisters),
             inbound_batch_max: tuning.gossip.inbound_batch_artifacts_max,
+            fetch: FetchConfig {
+                ids_per_request_max: replica.ingress_fetch_ids_max,
+                in_flight_max: replica.ingress_fetch_in_flight_max,
+                tracked_max: replica.ingress_fetch_tracked_max,
+                timeout: ms(replica.ingress_fetch_timeout_ms),
+                backoff: Backoff {
+                    initial: ms(replica.ingress_fetch_backoff_initial_ms),
+                    max: ms(replica.ingress_fetch_backoff_max_ms),
+                },
+            },
+            fetch_limits: IngressFetchLimits {
+                ids_max: replica.ingress_fetch_ids_max,
+                response_bytes_max: replica.ingress_fetch_response_bytes_max,
+            },
         }
     }
 }
@@ -166,6 +199,19 @@ pub struct ReplicaSnapshot {
     pub request_statuses_max: usize,
     pub block_pool: usize,
     pub share_pool: usize,
+    pub fetch: FetchStats,
+    pub fetch_in_flight: usize,
+    pub fetch_in_flight_max: usize,
+    pub fetch_tracked: usize,
+    pub fetch_tracked_max: usize,
+}
+
+/// What the ingress fetch needs of the transport, captured by [`Replica::start`] (the
+/// transport's `rpc` is an `async fn`, so the trait cannot be held as an object).
+#[derive(Clone)]
+struct FetchLink {
+    rpc: Rc<dyn Fn(NodeId, Buf) -> TransportFuture<Result<Buf, RpcError>>>,
+    peers: Rc<dyn Fn() -> Vec<NodeId>>,
 }
 
 struct Kind {
@@ -194,6 +240,8 @@ pub struct Replica {
     /// The state at the newest checkpoint height executed and not yet taken for a checkpoint.
     checkpoint_due: RefCell<Option<ExecutedState>>,
     penalties: PenaltySink,
+    fetcher: RefCell<IngressFetcher>,
+    fetch_link: RefCell<Option<FetchLink>>,
     wake: Rc<Signal>,
     stopped: Cell<bool>,
     task: RefCell<Option<TaskHandle>>,
@@ -282,6 +330,8 @@ impl Replica {
             executed_log: RefCell::new(VecDeque::new()),
             checkpoint_due: RefCell::new(None),
             penalties,
+            fetcher: RefCell::new(IngressFetcher::new(config.fetch)),
+            fetch_link: RefCell::new(None),
             wake: Rc::new(Signal::new()),
             stopped: Cell::new(false),
             task: RefCell::new(None),
@@ -289,16 +339,82 @@ impl Replica {
         })
     }
 
-    /// Adds the three kinds' gossip routes to `router`.
-    pub fn routes(&self, mut router: Router) -> Router {
+    /// Adds the three kinds' gossip routes and the ingress fetch route to `router`.
+    pub fn routes(self: &Rc<Self>, mut router: Router) -> Router {
         for kind in &self.kinds {
             router = kind.gossip.routes(router);
         }
-        router
+        self.fetch_route(router)
+    }
+
+    /// Adds the ingress fetch route alone (tests build routers kind by kind).
+    pub fn fetch_route(self: &Rc<Self>, router: Router) -> Router {
+        let replica = self.clone();
+        router.route(
+            INGRESS_FETCH_ROUTE,
+            move |ctx: RequestContext, body: Buf| {
+                let result = replica.serve_ingress_fetch(ctx, body);
+                async move { result }
+            },
+        )
+    }
+
+    /// Answers an ingress fetch from the validated ingress pool: each id asked for once, in the
+    /// order asked, until the answer would exceed `ingress_fetch_response_bytes_max`. Runs on
+    /// the shard: the work is a map lookup and a copy per id, bounded by the request's limits.
+    fn serve_ingress_fetch(&self, ctx: RequestContext, body: Buf) -> Result<Buf, RpcError> {
+        let limits = self.config.fetch_limits;
+        let ids = decode_ingress_fetch_request(&body, &limits).map_err(|error| {
+            (self.penalties)(ctx.peer, Offence::BadMessage);
+            RpcError::PeerMisbehaved(error.to_string())
+        })?;
+        let ingress = self.ingress.borrow();
+        let mut room = limits
+            .response_bytes_max
+            .saturating_sub(IngressFetchLimits::RESPONSE_OVERHEAD_BYTES);
+        let mut found: Vec<Buf> = Vec::new();
+        for (index, id) in ids.iter().enumerate() {
+            if ids[..index].contains(id) {
+                continue;
+            }
+            let Some(entry) = ingress.get(&RequestId(*id)) else {
+                continue;
+            };
+            let cost = IngressFetchLimits::envelope_cost(entry.artifact.payload.len());
+            if cost > room {
+                break;
+            }
+            room -= cost;
+            found.push(entry.artifact.payload.clone());
+        }
+        drop(ingress);
+        let envelopes: Vec<&[u8]> = found.iter().map(|buf| &buf[..]).collect();
+        let answer = encode_ingress_fetch_response(&envelopes);
+        self.fetcher.borrow_mut().stats_mut().served += 1;
+        Ok(Buf::from_vec(answer))
     }
 
     /// Starts gossip over `transport` and the replica's loop.
     pub fn start<T: Transport + 'static>(self: &Rc<Self>, transport: Rc<T>) {
+        let rpc_transport = transport.clone();
+        let peers_transport = transport.clone();
+        *self.fetch_link.borrow_mut() = Some(FetchLink {
+            rpc: Rc::new(move |peer, body| {
+                let transport = rpc_transport.clone();
+                Box::pin(async move {
+                    transport
+                        .rpc(peer, INGRESS_FETCH_ROUTE, Priority::High, body)
+                        .await
+                })
+            }),
+            peers: Rc::new(move || {
+                peers_transport
+                    .peers()
+                    .into_iter()
+                    .map(|(peer, _)| peer)
+                    .collect()
+            }),
+        });
         for kind in &self.kinds {
             kind.gossip.start(transport.clone());
             let manager = ArtifactManager::start(
@@ -407,6 +523,11 @@ impl Replica {
             request_statuses_max: self.config.chain.request_statuses_max,
             block_pool: self.blocks.borrow().validated_len(),
             share_pool: self.shares.borrow().validated_len(),
+            fetch: self.fetcher.borrow().stats(),
+            fetch_in_flight: self.fetcher.borrow().in_flight(),
+            fetch_in_flight_max: self.config.fetch.in_flight_max,
+            fetch_tracked: self.fetcher.borrow().tracked(),
+            fetch_tracked_max: self.config.fetch.tracked_max,
         }
     }
 
@@ -472,6 +593,134 @@ impl Replica {
         if !output.executed.is_empty() {
             self.after_execution(output.executed);
         }
+        self.fetch_missing(&output.missing_ingress);
+    }
+
+    /// Hands what the chain misses to the fetcher and sends the requests it decides on, each
+    /// as a task with a deadline.
+    fn fetch_missing(self: &Rc<Self>, missing: &[(RequestId, Option<NodeId>)]) {
+        let Some(link) = self.fetch_link.borrow().clone() else {
+            return;
+        };
+        let now = self.runtime.now();
+        let requests = {
+            let mut fetcher = self.fetcher.borrow_mut();
+            fetcher.set_missing(missing);
+            if fetcher.tracked() == 0 {
+                return;
+            }
+            let local = self.config.chain.local;
+            let members = self.members();
+            let mut peers: Vec<NodeId> = (link.peers)()
+                .into_iter()
+                .filter(|peer| *peer != local && members.contains(peer))
+                .collect();
+            peers.sort_unstable();
+            peers.dedup();
+            fetcher.poll(now, &peers)
+        };
+        for request in requests {
+            let replica = self.clone();
+            let link = link.clone();
+            self.runtime.spawn(Box::pin(async move {
+                replica.clone().fetch(link, request).await;
+                replica.wake.notify();
+            }));
+        }
+    }
+
+    /// One fetch: the request, the answer's verification on the CPU pool, the pool insertion,
+    /// and the report to the fetcher (and the peer's penalty when it sent something wrong).
+    async fn fetch(self: Rc<Self>, link: FetchLink, request: FetchRequest) {
+        let FetchRequest { fetch, peer, ids } = request;
+        let raw: Vec<[u8; 32]> = ids.iter().map(|id| id.0).collect();
+        let body = Buf::from_vec(encode_ingress_fetch_request(&raw));
+        let answer = timeout(
+            &*self.runtime,
+            self.config.fetch.timeout,
+            (link.rpc)(peer, body),
+        )
+        .await;
+        let bytes = match answer {
+            Some(Ok(bytes)) => bytes,
+            _ => {
+                let now = self.runtime.now();
+                self.fetcher.borrow_mut().on_failure(now, fetch);
+                return;
+            }
+        };
+        let envelopes = match decode_ingress_fetch_response(&bytes, &self.config.fetch_limits) {
+            Ok(envelopes) => envelopes
+                .into_iter()
+                .map(Buf::copy_from_slice)
+                .collect::<Vec<_>>(),
+            Err(_) => {
+                (self.penalties)(peer, Offence::BadMessage);
+                let now = self.runtime.now();
+                self.fetcher.borrow_mut().on_failure(now, fetch);
+                return;
+            }
+        };
+        drop(bytes);
+        let check = self.config.ingress_check;
+        let now_ns = unix_ns();
+        let asked = ids.clone();
+        let job = self.cpu.try_run(move || {
+            let mut seen: Vec<RequestId> = Vec::new();
+            envelopes
+                .into_iter()
+                .map(|envelope| {
+                    let call = verify_fetched(&asked, envelope, &check, now_ns)?;
+                    if seen.contains(&call.request_id) {
+                        return Err(FetchedRefusal::Wrong("sent twice".into()));
+                    }
+                    seen.push(call.request_id);
+                    Ok(call)
+                })
+                .collect::<Vec<_>>()
+        });
+        let outcomes = match job {
+            Ok(job) => job.await,
+            Err(_) => {
+                // No verification capacity now: not the peer's fault; try again later.
+                self.update_stats(|s| s.verify_refused_full += 1);
+                let now = self.runtime.now();
+                self.fetcher.borrow_mut().on_failure(now, fetch);
+                return;
+            }
+        };
+        let Ok(outcomes) = outcomes else {
+            let now = self.runtime.now();
+            self.fetcher.borrow_mut().on_failure(now, fetch);
+            return;
+        };
+        let mut received = Vec::new();
+        let mut wrong = false;
+        let mut invalid = 0;
+        for outcome in outcomes {
+            match outcome {
+                Ok(call) => {
+                    let id = call.request_id;
+                    if self.ingress.borrow_mut().add_fetched(call) {
+                        received.push(id);
+                    }
+                }
+                Err(FetchedRefusal::Wrong(_)) => {
+                    wrong = true;
+                    invalid += 1;
+                }
+                Err(FetchedRefusal::Expired(_)) => invalid += 1,
+            }
+        }
+        if wrong {
+            (self.penalties)(peer, Offence::InvalidArtifact);
+        }
+        let now = self.runtime.now();
+        let mut fetcher = self.fetcher.borrow_mut();
+        let stats = fetcher.stats_mut();
+        stats.received += received.len() as u64;
+        stats.invalid += invalid;
+        fetcher.on_answer(now, fetch, &received);
     }
 
     fn after_execution(self: &Rc<Self>, executed: Vec<(u64, Vec<RequestId>)>) {
