@@ -206,11 +206,14 @@ pub struct ReplicaSnapshot {
     pub fetch_tracked_max: usize,
 }
 
+/// Sends one ingress fetch request to a peer.
+type FetchRpc = Rc<dyn Fn(NodeId, Buf) -> TransportFuture<Result<Buf, RpcError>>>;
+
 /// What the ingress fetch needs of the transport, captured by [`Replica::start`] (the
 /// transport's `rpc` is an `async fn`, so the trait cannot be held as an object).
 #[derive(Clone)]
 struct FetchLink {
-    rpc: Rc<dyn Fn(NodeId, Buf) -> TransportFuture<Result<Buf, RpcError>>>,
+    rpc: FetchRpc,
     peers: Rc<dyn Fn() -> Vec<NodeId>>,
 }
 
@@ -1136,5 +1139,243 @@ impl Backend for ReplicaBackend {
     ) -> LocalBoxFuture<'_, Result<ReadStateReply, BackendError>> {
         let result = self.0.read_state(request);
         Box::pin(async move { result })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use icn_codecs::ic::{decode_request_envelope, RequestContent};
+    use icn_engine::sim::Sim;
+    use icn_engine::transport::memory::{MemoryConfig, MemoryNetwork};
+
+    use super::*;
+    use crate::http::backend::owned_call;
+    use crate::http::testing::{call_envelope, fresh_expiry, TestKey};
+    use crate::replica::canisters::counter_canister_id;
+    use crate::runtime::SimRuntime;
+
+    /// (the node that penalized, the peer, the offence).
+    type PenaltyLog = Rc<RefCell<Vec<(NodeId, NodeId, Offence)>>>;
+    /// (the node that answered an ingress fetch, whether it lied).
+    type ServeLog = Rc<RefCell<Vec<(NodeId, bool)>>>;
+
+    /// A 4-node subnet in the simulator, over the memory transport, with a real CPU pool. Node
+    /// 3 has no ingress gossip routes, so it never receives a call by gossip: it can only
+    /// fetch. Nodes 0-2 answer fetches through a wrapper that logs who answered and answers
+    /// with a decoy envelope (a validly signed call nobody asked for) while `lies` is above 0.
+    struct Subnet {
+        sim: Sim,
+        _network: MemoryNetwork,
+        replicas: Vec<Rc<Replica>>,
+        penalties: PenaltyLog,
+        served: ServeLog,
+        _cpu: Arc<CpuPool>,
+    }
+
+    const LACKING: usize = 3;
+
+    fn subnet(lies: u32) -> Subnet {
+        let sim = Sim::new(1);
+        let network = MemoryNetwork::new(&sim, MemoryConfig::default());
+        let runtime: Rc<dyn Runtime> = SimRuntime::new(sim.handle());
+        let cpu = Arc::new(CpuPool::new(2, 1024, "fetch-test").unwrap());
+        let mut tuning = Tuning::default();
+        tuning.replica.block_interval_ms = 20;
+        tuning.replica.round_timeout_ms = 300;
+        tuning.replica.ingress_fetch_backoff_initial_ms = 10;
+        let members: Vec<NodeId> = (1..=4u8).map(|i| NodeId([i; 32])).collect();
+        let penalties: PenaltyLog = Rc::default();
+        let served: ServeLog = Rc::default();
+        let lies = Rc::new(Cell::new(lies));
+        let decoy = call_envelope(
+            Some(&TestKey::ed25519()),
+            false,
+            counter_canister_id(),
+            "increment",
+            b"DIDL\x00\x00",
+            fresh_expiry(),
+        );
+        let mut replicas = Vec::new();
+        for (index, local) in members.iter().copied().enumerate() {
+            let log = penalties.clone();
+            let replica = Replica::new(
+                ReplicaConfig::from_tuning(&tuning, local),
+                &tuning,
+                ReplicaKeys {
+                    subnet: SecretKey::from_seed(&[7; 32]),
+                    node: PKey::generate(boring::pkey::Id::ED25519).unwrap(),
+                },
+                &members,
+                runtime.clone(),
+                cpu.clone(),
+                Rc::new(move |peer, offence| log.borrow_mut().push((local, peer, offence))),
+            );
+            let mut router = Router::new();
+            for (kind, gossip) in REPLICA_KINDS.iter().zip(&replica.kinds) {
+                if index == LACKING && kind.0 == REPLICA_INGRESS {
+                    continue;
+                }
+                router = gossip.gossip.routes(router);
+            }
+            router = if index == LACKING {
+                replica.fetch_route(router)
+            } else {
+                let server = replica.clone();
+                let served = served.clone();
+                let lies = lies.clone();
+                let decoy = decoy.clone();
+                router.route(
+                    INGRESS_FETCH_ROUTE,
+                    move |ctx: RequestContext, body: Buf| {
+                        let lie = lies.get() > 0;
+                        lies.set(lies.get().saturating_sub(1));
+                        served.borrow_mut().push((local, lie));
+                        let result = if lie {
+                            Ok(Buf::from_vec(encode_ingress_fetch_response(&[&decoy])))
+                        } else {
+                            server.serve_ingress_fetch(ctx, body)
+                        };
+                        async move { result }
+                    },
+                )
+            };
+            let transport = Rc::new(network.join(local, router));
+            replica.start(transport);
+            replicas.push(replica);
+        }
+        Subnet {
+            sim,
+            _network: network,
+            replicas,
+            penalties,
+            served,
+            _cpu: cpu,
+        }
+    }
+
+    impl Subnet {
+        /// Runs the simulator in step with the wall clock (the chain's rounds follow it, and
+        /// the CPU pool's threads wake tasks in real time) until `done` or `limit` passes.
+        fn run_until(&mut self, limit: Duration, done: impl Fn(&Subnet) -> bool) -> bool {
+            let start = Instant::now();
+            while start.elapsed() < limit {
+                if done(self) {
+                    return true;
+                }
+                self.sim.run_for(Duration::from_millis(1)).unwrap();
+                std::thread::sleep(Duration::from_micros(500));
+            }
+            done(self)
+        }
+
+        /// A signed call accepted by every node but the lacking one, as if gossip never
+        /// reached it.
+        fn call_missing_on_lacking_node(&self) -> RequestId {
+            let envelope = call_envelope(
+                Some(&TestKey::ed25519()),
+                false,
+                counter_canister_id(),
+                "increment",
+                b"DIDL\x00\x00",
+                fresh_expiry(),
+            );
+            let decoded = decode_request_envelope(&envelope, &IcLimits::default()).unwrap();
+            let RequestContent::Call(content) = &decoded.content else {
+                panic!("a call")
+            };
+            for (index, replica) in self.replicas.iter().enumerate() {
+                if index == LACKING {
+                    continue;
+                }
+                replica
+                    .ingress
+                    .borrow_mut()
+                    .add_local(
+                        decoded.request_id,
+                        owned_call(content),
+                        Buf::from_vec(envelope.clone()),
+                    )
+                    .unwrap();
+            }
+            decoded.request_id
+        }
+
+        fn executed(&self, index: usize, id: &RequestId) -> bool {
+            self.replicas[index]
+                .chain
+                .borrow()
+                .state()
+                .statuses
+                .contains_key(id)
+        }
+
+        fn stop(mut self) {
+            for replica in self.replicas.clone() {
+                self.sim
+                    .block_on(async move { replica.stop().await })
+                    .unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn a_node_that_never_got_a_call_fetches_it_and_executes_the_block() {
+        let mut subnet = subnet(0);
+        let id = subnet.call_missing_on_lacking_node();
+        let executed = subnet.run_until(Duration::from_secs(20), |s| {
+            (0..4).all(|index| s.executed(index, &id))
+        });
+        assert!(executed, "every node executes the call");
+        let lacking = subnet.replicas[LACKING].snapshot();
+        assert_eq!(lacking.ingress.received, 0, "nothing arrived by gossip");
+        assert!(lacking.fetch.requests >= 1);
+        assert_eq!(lacking.fetch.received, 1);
+        assert_eq!(lacking.fetch.invalid, 0);
+        assert_eq!(lacking.fetch_in_flight, 0);
+        let served: u64 = subnet.replicas[..LACKING]
+            .iter()
+            .map(|r| r.snapshot().fetch.served)
+            .sum();
+        assert!(served >= 1);
+        let lacking_id = subnet.replicas[LACKING].config.chain.local;
+        assert!(
+            !subnet
+                .penalties
+                .borrow()
+                .iter()
+                .any(|(by, _, offence)| *by == lacking_id && *offence == Offence::InvalidArtifact),
+            "honest answers are not penalized"
+        );
+        subnet.stop();
+    }
+
+    #[test]
+    fn a_peer_answering_with_the_wrong_envelope_is_penalized_and_another_is_asked() {
+        let mut subnet = subnet(1);
+        let id = subnet.call_missing_on_lacking_node();
+        let executed = subnet.run_until(Duration::from_secs(20), |s| s.executed(LACKING, &id));
+        assert!(executed, "the lacking node executes the call after all");
+        let served = subnet.served.borrow().clone();
+        assert!(served.len() >= 2, "{served:?}");
+        let (liar, lied) = served[0];
+        assert!(lied);
+        let (second, second_lied) = served[1];
+        assert!(!second_lied);
+        assert_ne!(second, liar, "the retry goes to another peer");
+        let lacking_id = subnet.replicas[LACKING].config.chain.local;
+        let penalties: Vec<(NodeId, Offence)> = subnet
+            .penalties
+            .borrow()
+            .iter()
+            .filter(|(by, _, offence)| *by == lacking_id && *offence == Offence::InvalidArtifact)
+            .map(|(_, peer, offence)| (*peer, *offence))
+            .collect();
+        assert_eq!(penalties, vec![(liar, Offence::InvalidArtifact)]);
+        let lacking = subnet.replicas[LACKING].snapshot();
+        assert_eq!(lacking.fetch.invalid, 1);
+        assert_eq!(lacking.fetch.received, 1);
+        subnet.stop();
     }
 }
