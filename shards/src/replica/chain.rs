@@ -838,6 +838,45 @@ mod tests {
     }
 
     #[test]
+    fn a_notarized_block_naming_a_call_not_held_reports_it_missing_with_its_maker() {
+        let mut nodes = subnet(4);
+        // Nodes 0-2 hold the call; node 3 never got it.
+        for node in &mut nodes[..3] {
+            let (id, content) = increment(9);
+            node.ingress
+                .add_local(id, content, Buf::copy_from_slice(&[9]))
+                .unwrap();
+        }
+        run(&mut nodes, 0, 100);
+        let (id, content) = increment(9);
+        assert!(nodes[0].chain.state().statuses.contains_key(&id));
+        let stuck = nodes[3].chain.state().height;
+        let ordered_at = nodes[0].chain.state().statuses[&id].height;
+        assert_eq!(
+            stuck + 1,
+            ordered_at,
+            "node 3 stops before the block naming the call"
+        );
+        let wall = T0 + 100 * 1_000_000;
+        let node = &mut nodes[3];
+        let out = node.chain.step(wall, &node.ingress);
+        assert!(out.executed.is_empty());
+        let block = &nodes[3].chain.blocks[&ordered_at][0].block;
+        let maker = nodes[3].chain.maker_of(ordered_at, block.round);
+        assert!(out.missing_ingress.contains(&(id, maker)));
+        // Once the call is here (fetched), the block and those after it execute.
+        nodes[3]
+            .ingress
+            .add_local(id, content, Buf::copy_from_slice(&[9]))
+            .unwrap();
+        let node = &mut nodes[3];
+        let out = node.chain.step(wall, &node.ingress);
+        assert!(out.missing_ingress.is_empty());
+        assert_eq!(out.executed.first().map(|(h, _)| *h), Some(ordered_at));
+        assert_eq!(counter(&nodes[3]), 1);
+    }
+
+    #[test]
     fn a_stopped_maker_is_passed_over_after_a_round_timeout() {
         let mut nodes = subnet(4);
         run(&mut nodes, 0, 50);

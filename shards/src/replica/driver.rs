@@ -22,7 +22,7 @@
 //! penalized (`InvalidArtifact`, or `BadMessage` for an answer that does not decode).
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -376,8 +376,9 @@ impl Replica {
             .response_bytes_max
             .saturating_sub(IngressFetchLimits::RESPONSE_OVERHEAD_BYTES);
         let mut found: Vec<Buf> = Vec::new();
-        for (index, id) in ids.iter().enumerate() {
-            if ids[..index].contains(id) {
+        let mut seen = HashSet::with_capacity(ids.len());
+        for id in &ids {
+            if !seen.insert(*id) {
                 continue;
             }
             let Some(entry) = ingress.get(&RequestId(*id)) else {
@@ -667,17 +668,16 @@ impl Replica {
         drop(bytes);
         let check = self.config.ingress_check;
         let now_ns = unix_ns();
-        let asked = ids.clone();
+        let asked: HashSet<RequestId> = ids.iter().copied().collect();
         let job = self.cpu.try_run(move || {
-            let mut seen: Vec<RequestId> = Vec::new();
+            let mut seen = HashSet::with_capacity(envelopes.len());
             envelopes
                 .into_iter()
                 .map(|envelope| {
                     let call = verify_fetched(&asked, envelope, &check, now_ns)?;
-                    if seen.contains(&call.request_id) {
+                    if !seen.insert(call.request_id) {
                         return Err(FetchedRefusal::Wrong("sent twice".into()));
                     }
-                    seen.push(call.request_id);
                     Ok(call)
                 })
                 .collect::<Vec<_>>()

@@ -179,7 +179,7 @@ pub struct FetchedCall {
 /// the request id taken from the bytes rather than an advert. CPU-heavy: runs on the
 /// verification pool.
 pub fn verify_fetched(
-    asked: &[RequestId],
+    asked: &HashSet<RequestId>,
     envelope: Buf,
     check: &IngressCheck,
     now_ns: u64,
@@ -583,6 +583,88 @@ mod tests {
         let fresh = ingress_artifact(&RequestId([2; 32]), 5, Buf::empty());
         assert_eq!(pool.want(&fresh.advert), Want::Wanted);
         assert!(!pool.matches(&fresh.advert, b"not cbor"));
+    }
+
+    #[test]
+    fn fetched_envelopes_are_verified_against_the_ids_asked_for() {
+        use crate::http::testing::{call_envelope, fresh_expiry, now_ns, TestKey};
+        let check = IngressCheck {
+            limits: IcLimits::default(),
+            expiry_window_ns: 300_000_000_000,
+            expiry_drift_ns: 60_000_000_000,
+        };
+        let key = TestKey::ed25519();
+        let canister = Principal::from_canister_index(0);
+        let envelope = |expiry| {
+            Buf::from_vec(call_envelope(
+                Some(&key),
+                false,
+                canister,
+                "increment",
+                b"DIDL\x00\x00",
+                expiry,
+            ))
+        };
+        let good = envelope(fresh_expiry());
+        let id = decode_request_envelope(&good, &check.limits)
+            .unwrap()
+            .request_id;
+        let asked: HashSet<RequestId> = [id].into();
+        let now = now_ns();
+        let call = verify_fetched(&asked, good.clone(), &check, now).unwrap();
+        assert_eq!(call.request_id, id);
+        assert_eq!(
+            parse_ingress_id(call.artifact.id()).map(|(r, _)| r),
+            Some(id)
+        );
+        let mut pool = pool(10);
+        assert!(pool.add_fetched(call.clone()));
+        assert!(pool.contains(&id));
+        assert_eq!(pool.stats().fetched, 1);
+        assert!(pool.add_fetched(call), "held already");
+        assert_eq!(pool.stats().fetched, 1);
+
+        // Another call than the one asked for, garbage, a query, a bad signature: wrong.
+        let other = envelope(fresh_expiry());
+        assert!(matches!(
+            verify_fetched(&asked, other, &check, now),
+            Err(FetchedRefusal::Wrong(_))
+        ));
+        assert!(matches!(
+            verify_fetched(&asked, Buf::copy_from_slice(b"garbage"), &check, now),
+            Err(FetchedRefusal::Wrong(_))
+        ));
+        let query = Buf::from_vec(call_envelope(
+            Some(&key),
+            true,
+            canister,
+            "get",
+            b"DIDL\x00\x00",
+            fresh_expiry(),
+        ));
+        let query_id = decode_request_envelope(&query, &check.limits)
+            .unwrap()
+            .request_id;
+        assert!(matches!(
+            verify_fetched(&[query_id].into(), query, &check, now),
+            Err(FetchedRefusal::Wrong(_))
+        ));
+        let mut tampered = good.to_vec();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        assert!(matches!(
+            verify_fetched(&asked, Buf::from_vec(tampered), &check, now),
+            Err(FetchedRefusal::Wrong(_))
+        ));
+        // Expired at this node's clock: refused, but not the peer's fault.
+        let old = envelope(now - 3_600_000_000_000);
+        let old_id = decode_request_envelope(&old, &check.limits)
+            .unwrap()
+            .request_id;
+        assert!(matches!(
+            verify_fetched(&[old_id].into(), old, &check, now),
+            Err(FetchedRefusal::Expired(_))
+        ));
     }
 
     #[test]
