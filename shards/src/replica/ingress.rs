@@ -8,6 +8,10 @@
 //! validated ingress goes into blocks, and a block executes only where every ingress it names is
 //! validated, so a node never executes a call whose signature it did not check itself.
 //!
+//! A call a notarized block names and this node lacks is fetched from a peer (the driver's
+//! `replica/ingress` route) and gets the same checks ([`verify_fetched`]), with the request id
+//! recomputed from the bytes and required to be one the node asked for.
+//!
 //! An ingress artifact's id is the request id followed by the ingress expiry (8 bytes, little
 //! endian), so a receiver's bouncer refuses what it already holds or has executed without
 //! downloading it. Bounds: [`IngressLimits`] (messages and bytes); when full, HTTP calls get
