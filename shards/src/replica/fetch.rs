@@ -44,7 +44,8 @@ pub struct FetchStats {
     pub requests: u64,
     /// Request ids asked for, summed over requests.
     pub requested: u64,
-    /// Fetched envelopes that passed verification and entered the ingress pool.
+    /// Fetched envelopes that passed verification and are now held in the ingress pool (or
+    /// were executed meanwhile).
     pub received: u64,
     /// Fetched envelopes refused: not a call, a request id not asked for or sent twice, a bad
     /// signature, or an expiry outside the window (all but the last penalize the peer).

@@ -37,7 +37,7 @@ const COUNTERS: [(&str, &str, Reading); 26] = [
     ("icn_replica_ingress_expired_total", "Ingress messages dropped from the pool unexecuted because they expired.", |s| s.ingress.expired_removed),
     ("icn_replica_ingress_fetch_requests_total", "Ingress fetch requests sent (for calls a notarized block names and this node lacks).", |s| s.fetch.requests),
     ("icn_replica_ingress_fetch_requested_total", "Request ids asked for by ingress fetches, summed over requests.", |s| s.fetch.requested),
-    ("icn_replica_ingress_fetch_received_total", "Fetched ingress messages that passed verification and entered the pool.", |s| s.fetch.received),
+    ("icn_replica_ingress_fetch_received_total", "Fetched ingress messages that passed verification and are now held in the pool (or were executed meanwhile).", |s| s.fetch.received),
     ("icn_replica_ingress_fetch_invalid_total", "Fetched ingress messages refused: not asked for, not a call, sent twice, a bad signature (each penalizes the peer) or an expiry outside the window.", |s| s.fetch.invalid),
     ("icn_replica_ingress_fetch_failed_total", "Ingress fetch requests that failed as a whole: timeout, transport error, an undecodable answer (penalized) or no verification capacity.", |s| s.fetch.failed),
     ("icn_replica_ingress_fetch_dropped_total", "Missing request ids not tracked because replica.ingress_fetch_tracked_max were.", |s| s.fetch.dropped_full),
