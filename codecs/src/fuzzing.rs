@@ -31,8 +31,10 @@ use crate::payload::{
     decode_slot_updates, decode_state_advert,
 };
 use crate::replica::{
-    decode_chain_state, decode_replica_block, decode_replica_share, encode_chain_state,
-    encode_replica_block, encode_replica_share, ChainStateLimits, ReplicaLimits,
+    decode_chain_state, decode_ingress_fetch_request, decode_ingress_fetch_response,
+    decode_replica_block, decode_replica_share, encode_chain_state, encode_ingress_fetch_request,
+    encode_ingress_fetch_response, encode_replica_block, encode_replica_share, ChainStateLimits,
+    IngressFetchLimits, ReplicaLimits,
 };
 use crate::state::{
     decode_manifest_piece, decode_meta_manifest, encode_manifest_piece, encode_meta_manifest,
@@ -59,6 +61,8 @@ pub const TARGETS: &[&str] = &[
     "replica_block",
     "replica_share",
     "replica_chain_state",
+    "replica_ingress_fetch_request",
+    "replica_ingress_fetch_response",
     "ic_request",
     "ic_hash_tree",
     "ic_certificate",
@@ -128,6 +132,8 @@ pub fn run(target: &str, data: &[u8]) -> Option<Result<(), AnyDecodeError>> {
         "replica_block" => replica_block,
         "replica_share" => replica_share,
         "replica_chain_state" => replica_chain_state,
+        "replica_ingress_fetch_request" => replica_ingress_fetch_request,
+        "replica_ingress_fetch_response" => replica_ingress_fetch_response,
         _ => return None,
     };
     Some(function(data).map_err(AnyDecodeError::from))
@@ -287,6 +293,27 @@ pub fn replica_chain_state(data: &[u8]) -> Result<(), DecodeError> {
     assert_eq!(
         decode_chain_state(&encode_chain_state(&state), &limits),
         Ok(state)
+    );
+    Ok(())
+}
+
+pub fn replica_ingress_fetch_request(data: &[u8]) -> Result<(), DecodeError> {
+    let limits = IngressFetchLimits::default();
+    let ids = decode_ingress_fetch_request(data, &limits)?;
+    assert_eq!(
+        decode_ingress_fetch_request(&encode_ingress_fetch_request(&ids), &limits),
+        Ok(ids)
+    );
+    Ok(())
+}
+
+pub fn replica_ingress_fetch_response(data: &[u8]) -> Result<(), DecodeError> {
+    let limits = IngressFetchLimits::default();
+    let envelopes = decode_ingress_fetch_response(data, &limits)?;
+    let again = encode_ingress_fetch_response(&envelopes);
+    assert_eq!(
+        decode_ingress_fetch_response(&again, &limits),
+        Ok(envelopes)
     );
     Ok(())
 }

@@ -167,6 +167,149 @@ pub fn decode_replica_share(
     })
 }
 
+/// Bounds on the ingress fetch route (`replica/ingress`), from the receiving node's tuning
+/// (`replica.ingress_fetch_ids_max`, `replica.ingress_fetch_response_bytes_max`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IngressFetchLimits {
+    /// Most request ids one request may ask for.
+    pub ids_max: usize,
+    /// Largest encoded response; a server stops adding envelopes before it would exceed it
+    /// (see [`IngressFetchLimits::envelope_cost`]).
+    pub response_bytes_max: usize,
+}
+
+impl IngressFetchLimits {
+    /// A request's fixed layout (root offset, vtable, table, vector length) with room to spare.
+    pub const REQUEST_OVERHEAD_BYTES: usize = 64;
+    /// A response's fixed layout, as for the request.
+    pub const RESPONSE_OVERHEAD_BYTES: usize = 64;
+    /// What one envelope adds to a response beside its bytes: its table, vtable, vector
+    /// length, offset and padding (about 26 bytes), rounded up.
+    pub const ENVELOPE_OVERHEAD_BYTES: usize = 32;
+    /// Default for [`IngressFetchLimits::ids_max`] (the tuning default).
+    pub const IDS_MAX_DEFAULT: usize = 256;
+    /// Default for [`IngressFetchLimits::response_bytes_max`] (the tuning default): twice the
+    /// HTTP front's largest call body, so any call a node accepted fits in one answer.
+    pub const RESPONSE_BYTES_MAX_DEFAULT: usize = 8 << 20;
+
+    /// Largest encoded request.
+    pub fn request_bytes_max(&self) -> usize {
+        Self::REQUEST_OVERHEAD_BYTES.saturating_add(self.ids_max.saturating_mul(HASH_BYTES))
+    }
+
+    /// Bytes an envelope of `len` bytes adds to a response at most: a server that keeps
+    /// `RESPONSE_OVERHEAD_BYTES` plus the sum of these within `response_bytes_max` never
+    /// encodes a response its peer refuses.
+    pub fn envelope_cost(len: usize) -> usize {
+        len.saturating_add(Self::ENVELOPE_OVERHEAD_BYTES)
+    }
+
+    fn verifier_options(&self, bytes_max: usize) -> VerifierOptions {
+        VerifierOptions {
+            max_depth: 4,
+            // The root and one table per envelope; a response holds at most one envelope per
+            // id asked for.
+            max_tables: self.ids_max.saturating_add(2),
+            max_apparent_size: bytes_max,
+            ignore_missing_null_terminator: false,
+        }
+    }
+}
+
+impl Default for IngressFetchLimits {
+    fn default() -> Self {
+        IngressFetchLimits {
+            ids_max: Self::IDS_MAX_DEFAULT,
+            response_bytes_max: Self::RESPONSE_BYTES_MAX_DEFAULT,
+        }
+    }
+}
+
+pub fn encode_ingress_fetch_request(request_ids: &[Hash]) -> Vec<u8> {
+    let estimate = IngressFetchLimits::REQUEST_OVERHEAD_BYTES + request_ids.len() * HASH_BYTES;
+    let mut builder = FlatBufferBuilder::with_capacity(estimate);
+    let ids: Vec<wire::Hash32> = request_ids.iter().map(|id| wire::Hash32(*id)).collect();
+    let ids = builder.create_vector(&ids);
+    let root = wire::IngressFetchRequest::create(
+        &mut builder,
+        &wire::IngressFetchRequestArgs {
+            request_ids: Some(ids),
+        },
+    );
+    builder.finish_minimal(root);
+    builder.finished_data().to_vec()
+}
+
+/// The request ids asked for, in the order sent. An empty list is valid (nothing is
+/// answered); duplicates are the server's to skip.
+pub fn decode_ingress_fetch_request(
+    bytes: &[u8],
+    limits: &IngressFetchLimits,
+) -> Result<Vec<Hash>, DecodeError> {
+    let bytes_max = limits.request_bytes_max();
+    check_decode_limit("ingress_fetch_request_bytes_max", bytes.len(), bytes_max)?;
+    let table = flatbuffers::root_with_opts::<wire::IngressFetchRequest>(
+        &limits.verifier_options(bytes_max),
+        bytes,
+    )?;
+    let ids = table.request_ids().unwrap_or_default();
+    check_decode_limit("ingress_fetch_ids_max", ids.len(), limits.ids_max)?;
+    Ok(ids.iter().map(|id| id.0).collect())
+}
+
+/// Encodes the envelopes a server found. The caller keeps them within its peer's limits: at
+/// most `ids_max` of them (one per id asked for) and `RESPONSE_OVERHEAD_BYTES` plus their
+/// [`IngressFetchLimits::envelope_cost`] within `response_bytes_max`.
+pub fn encode_ingress_fetch_response(envelopes: &[&[u8]]) -> Vec<u8> {
+    let estimate = IngressFetchLimits::RESPONSE_OVERHEAD_BYTES
+        + envelopes
+            .iter()
+            .map(|e| IngressFetchLimits::envelope_cost(e.len()))
+            .sum::<usize>();
+    let mut builder = FlatBufferBuilder::with_capacity(estimate);
+    let tables: Vec<_> = envelopes
+        .iter()
+        .map(|envelope| {
+            let bytes = builder.create_vector(envelope);
+            wire::IngressEnvelope::create(
+                &mut builder,
+                &wire::IngressEnvelopeArgs {
+                    envelope: Some(bytes),
+                },
+            )
+        })
+        .collect();
+    let list = builder.create_vector(&tables);
+    let root = wire::IngressFetchResponse::create(
+        &mut builder,
+        &wire::IngressFetchResponseArgs {
+            envelopes: Some(list),
+        },
+    );
+    builder.finish_minimal(root);
+    builder.finished_data().to_vec()
+}
+
+/// The envelopes of a response, borrowed from `bytes`. Nothing here says they are what was
+/// asked for: the receiver recomputes each one's request id and verifies it.
+pub fn decode_ingress_fetch_response<'a>(
+    bytes: &'a [u8],
+    limits: &IngressFetchLimits,
+) -> Result<Vec<&'a [u8]>, DecodeError> {
+    check_decode_limit(
+        "ingress_fetch_response_bytes_max",
+        bytes.len(),
+        limits.response_bytes_max,
+    )?;
+    let table = flatbuffers::root_with_opts::<wire::IngressFetchResponse>(
+        &limits.verifier_options(limits.response_bytes_max),
+        bytes,
+    )?;
+    let list = table.envelopes().unwrap_or_default();
+    check_decode_limit("ingress_fetch_ids_max", list.len(), limits.ids_max)?;
+    Ok(list.iter().map(|entry| entry.envelope().bytes()).collect())
+}
+
 /// Bounds on a replica checkpoint's chain file, from the receiving node's own settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChainStateLimits {
@@ -462,6 +605,61 @@ mod tests {
         for garbage in [&[][..], &[1, 2, 3], &[0xff; 64]] {
             assert!(decode_replica_block(garbage, &limits).is_err());
             assert!(decode_replica_share(garbage, &limits).is_err());
+        }
+    }
+
+    #[test]
+    fn ingress_fetch_messages_round_trip_within_their_bounds() {
+        let limits = IngressFetchLimits {
+            ids_max: 3,
+            response_bytes_max: 1024,
+        };
+        for ids in [vec![], vec![[1u8; 32]], vec![[1; 32], [2; 32], [1; 32]]] {
+            let bytes = encode_ingress_fetch_request(&ids);
+            assert!(bytes.len() <= limits.request_bytes_max());
+            assert_eq!(decode_ingress_fetch_request(&bytes, &limits), Ok(ids));
+        }
+        let four = encode_ingress_fetch_request(&[[0; 32]; 4]);
+        assert!(matches!(
+            decode_ingress_fetch_request(&four, &limits),
+            Err(DecodeError::LimitExceeded { .. })
+        ));
+
+        let envelopes: [&[u8]; 3] = [b"\xd9\xd9\xf7\xa1", b"", &[7; 300]];
+        let bytes = encode_ingress_fetch_response(&envelopes);
+        let cost = IngressFetchLimits::RESPONSE_OVERHEAD_BYTES
+            + envelopes
+                .iter()
+                .map(|e| IngressFetchLimits::envelope_cost(e.len()))
+                .sum::<usize>();
+        assert!(bytes.len() <= cost, "{} > {cost}", bytes.len());
+        assert_eq!(
+            decode_ingress_fetch_response(&bytes, &limits),
+            Ok(envelopes.to_vec())
+        );
+        let too_many = encode_ingress_fetch_response(&[&b"a"[..]; 4]);
+        assert!(matches!(
+            decode_ingress_fetch_response(&too_many, &limits),
+            Err(DecodeError::LimitExceeded { .. })
+        ));
+        let too_big = encode_ingress_fetch_response(&[&[0u8; 1024][..]]);
+        assert!(matches!(
+            decode_ingress_fetch_response(&too_big, &limits),
+            Err(DecodeError::LimitExceeded { .. })
+        ));
+    }
+
+    #[test]
+    fn ingress_fetch_garbage_is_an_error() {
+        let limits = IngressFetchLimits::default();
+        for garbage in [&[][..], &[1, 2, 3], &[0xff; 64]] {
+            assert!(decode_ingress_fetch_request(garbage, &limits).is_err());
+            assert!(decode_ingress_fetch_response(garbage, &limits).is_err());
+        }
+        // A response cut short: its offsets point past the end.
+        let whole = encode_ingress_fetch_response(&[&[5u8; 100][..], &[6u8; 100][..]]);
+        for cut in [whole.len() / 2, whole.len() - 1] {
+            assert!(decode_ingress_fetch_response(&whole[..cut], &limits).is_err());
         }
     }
 }

@@ -1089,6 +1089,13 @@ fn replica_seeds() -> Vec<Seed> {
         block: [9; 32],
         node: [4; 32],
     });
+    use icn_codecs::replica::{encode_ingress_fetch_request, encode_ingress_fetch_response};
+    let fetch_request = encode_ingress_fetch_request(&[[1; 32], [2; 32]]);
+    let fetch_empty = encode_ingress_fetch_request(&[]);
+    // Two envelopes: a CBOR map with the self-describe tag and a short, non-CBOR one (the
+    // codec carries bytes; the replica decodes and verifies them).
+    let fetch_response =
+        encode_ingress_fetch_response(&[&b"\xd9\xd9\xf7\xa1\x67content\xa0"[..], b"x"]);
     use icn_codecs::replica::{encode_chain_state, ChainState, StoredOutcome, StoredStatus};
     let chain = encode_chain_state(&ChainState {
         height: 40,
@@ -1139,6 +1146,27 @@ fn replica_seeds() -> Vec<Seed> {
             "replica_share",
             "invalid-truncated",
             share_bytes[..share_bytes.len() - 5].to_vec(),
+        ),
+        seed(
+            "replica_ingress_fetch_request",
+            "valid",
+            fetch_request.clone(),
+        ),
+        seed("replica_ingress_fetch_request", "valid-empty", fetch_empty),
+        seed(
+            "replica_ingress_fetch_request",
+            "invalid-truncated",
+            fetch_request[..fetch_request.len() - 7].to_vec(),
+        ),
+        seed(
+            "replica_ingress_fetch_response",
+            "valid",
+            fetch_response.clone(),
+        ),
+        seed(
+            "replica_ingress_fetch_response",
+            "invalid-truncated",
+            fetch_response[..fetch_response.len() / 2].to_vec(),
         ),
     ]
 }

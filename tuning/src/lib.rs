@@ -189,6 +189,24 @@ pub const CROSS_RULES: &[CrossRule] = &[
         other: "replica.heights_kept_count",
         why: "a lagging peer's next block must still be in the pools when it asks",
     },
+    CrossRule {
+        knob: "replica.ingress_fetch_response_bytes_max",
+        relation: Relation::AtLeast,
+        other: "http.body_bytes_max",
+        why: "a call the front accepted must fit in one ingress fetch answer",
+    },
+    CrossRule {
+        knob: "rpc.message_bytes_max",
+        relation: Relation::AtLeast,
+        other: "replica.ingress_fetch_response_bytes_max",
+        why: "an ingress fetch answer travels in one RPC response",
+    },
+    CrossRule {
+        knob: "replica.ingress_fetch_backoff_max_ms",
+        relation: Relation::AtLeast,
+        other: "replica.ingress_fetch_backoff_initial_ms",
+        why: "the backoff would start above its own cap",
+    },
 ];
 
 /// Cap on one buffer pool, allocated up front: a typo in buffers_max must not take the host's RAM.

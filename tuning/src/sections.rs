@@ -638,5 +638,27 @@ section! {
         /// Largest gap between a block's time and this node's clock for the node to vouch for
         /// it (the maker's clock is the state's time, which agents check against theirs).
         block_time_skew_ms: u64 in 100..=3_600_000 = REPLICA_BLOCK_TIME_SKEW_MS_DEFAULT = 30_000;
+        /// Request ids one ingress fetch asks a peer for, and the most a node answers in one
+        /// request: a notarized block naming calls this node lacks is completed in
+        /// block_ingress_max / this many requests at most.
+        ingress_fetch_ids_max: usize in 1..=20_000 = REPLICA_INGRESS_FETCH_IDS_MAX_DEFAULT = 256;
+        /// Largest ingress fetch answer; a node answering stops adding envelopes before it.
+        /// Twice the front's largest call body, so any call a node accepted fits in one answer.
+        ingress_fetch_response_bytes_max: usize in MIB..=GIB = REPLICA_INGRESS_FETCH_RESPONSE_BYTES_MAX_DEFAULT = 8 * MIB;
+        /// Ingress fetch requests a node has outstanding at once (each to one peer, for up to
+        /// replica.ingress_fetch_ids_max ids); missing ids beyond them wait their turn.
+        ingress_fetch_in_flight_max: usize in 1..=1_024 = REPLICA_INGRESS_FETCH_IN_FLIGHT_MAX_DEFAULT = 4;
+        /// Missing request ids tracked for fetching (from notarized blocks of the next height,
+        /// a few blocks at most); ids beyond it are dropped and reported again by the next step.
+        ingress_fetch_tracked_max: usize in 1..=1_000_000 = REPLICA_INGRESS_FETCH_TRACKED_MAX_DEFAULT = 4_096;
+        /// How long an ingress fetch waits for its answer before the ids are asked of another
+        /// peer.
+        ingress_fetch_timeout_ms: u64 in 10..=60_000 = REPLICA_INGRESS_FETCH_TIMEOUT_MS_DEFAULT = 1_000;
+        /// Wait before an id whose fetch failed (timeout, error, wrong or missing envelope) is
+        /// asked of the next peer; doubles per failure of that id up to
+        /// replica.ingress_fetch_backoff_max_ms.
+        ingress_fetch_backoff_initial_ms: u64 in 1..=60_000 = REPLICA_INGRESS_FETCH_BACKOFF_INITIAL_MS_DEFAULT = 50;
+        /// Cap on the ingress fetch backoff.
+        ingress_fetch_backoff_max_ms: u64 in 1..=600_000 = REPLICA_INGRESS_FETCH_BACKOFF_MAX_MS_DEFAULT = 2_000;
     }
 }

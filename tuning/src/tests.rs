@@ -283,9 +283,10 @@ fn every_problem_is_reported_at_once() {
     tuning.quic.keep_alive_interval_ms = 20_000;
     tuning.tcp.keep_alive_interval_ms = 20_000;
     tuning.rpc.message_bytes_max = 0;
-    // The range of rpc.message_bytes_max, and the two rules that a state-sync chunk and a
-    // manifest piece fit in one message, besides the two keep-alive rules.
-    assert_eq!(tuning.validate().expect_err("five problems").len(), 5);
+    // The range of rpc.message_bytes_max, and the three rules that a state-sync chunk, a
+    // manifest piece and an ingress fetch answer fit in one message, besides the two
+    // keep-alive rules.
+    assert_eq!(tuning.validate().expect_err("six problems").len(), 6);
 }
 
 #[test]

@@ -3979,5 +3979,382 @@ pub mod icn {
                 ds.finish()
             }
         }
+        pub enum IngressFetchRequestOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        /// Asks a peer for the signed ingress messages with these request ids (route
+        /// `replica/ingress`): a node that holds a notarized block naming calls its own ingress pool
+        /// lacks fetches them instead of waiting for gossip that may never come.
+        pub struct IngressFetchRequest<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for IngressFetchRequest<'a> {
+            type Inner = IngressFetchRequest<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> IngressFetchRequest<'a> {
+            pub const VT_REQUEST_IDS: ::flatbuffers::VOffsetT = 4;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                IngressFetchRequest { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args IngressFetchRequestArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<IngressFetchRequest<'bldr>> {
+                let mut builder = IngressFetchRequestBuilder::new(_fbb);
+                if let Some(x) = args.request_ids {
+                    builder.add_request_ids(x);
+                }
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn request_ids(&self) -> Option<::flatbuffers::Vector<'a, Hash32>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, Hash32>>>(
+                            IngressFetchRequest::VT_REQUEST_IDS,
+                            None,
+                        )
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for IngressFetchRequest<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, Hash32>>>("request_ids", Self::VT_REQUEST_IDS, false)?
+     .finish();
+                Ok(())
+            }
+        }
+        pub struct IngressFetchRequestArgs<'a> {
+            pub request_ids: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, Hash32>>>,
+        }
+        impl<'a> Default for IngressFetchRequestArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                IngressFetchRequestArgs { request_ids: None }
+            }
+        }
+
+        pub struct IngressFetchRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> IngressFetchRequestBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_request_ids(
+                &mut self,
+                request_ids: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, Hash32>>,
+            ) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    IngressFetchRequest::VT_REQUEST_IDS,
+                    request_ids,
+                );
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> IngressFetchRequestBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                IngressFetchRequestBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<IngressFetchRequest<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for IngressFetchRequest<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("IngressFetchRequest");
+                ds.field("request_ids", &self.request_ids());
+                ds.finish()
+            }
+        }
+        pub enum IngressEnvelopeOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        /// One signed ingress message, the IC's CBOR envelope exactly as its sender signed it.
+        pub struct IngressEnvelope<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for IngressEnvelope<'a> {
+            type Inner = IngressEnvelope<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> IngressEnvelope<'a> {
+            pub const VT_ENVELOPE: ::flatbuffers::VOffsetT = 4;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                IngressEnvelope { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args IngressEnvelopeArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<IngressEnvelope<'bldr>> {
+                let mut builder = IngressEnvelopeBuilder::new(_fbb);
+                if let Some(x) = args.envelope {
+                    builder.add_envelope(x);
+                }
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn envelope(&self) -> ::flatbuffers::Vector<'a, u8> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(
+                            IngressEnvelope::VT_ENVELOPE,
+                            None,
+                        )
+                        .unwrap()
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for IngressEnvelope<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>(
+                        "envelope",
+                        Self::VT_ENVELOPE,
+                        true,
+                    )?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct IngressEnvelopeArgs<'a> {
+            pub envelope: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+        }
+        impl<'a> Default for IngressEnvelopeArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                IngressEnvelopeArgs {
+                    envelope: None, // required field
+                }
+            }
+        }
+
+        pub struct IngressEnvelopeBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> IngressEnvelopeBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_envelope(
+                &mut self,
+                envelope: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, u8>>,
+            ) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    IngressEnvelope::VT_ENVELOPE,
+                    envelope,
+                );
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> IngressEnvelopeBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                IngressEnvelopeBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<IngressEnvelope<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                self.fbb_
+                    .required(o, IngressEnvelope::VT_ENVELOPE, "envelope");
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for IngressEnvelope<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("IngressEnvelope");
+                ds.field("envelope", &self.envelope());
+                ds.finish()
+            }
+        }
+        pub enum IngressFetchResponseOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        /// The answer to an `IngressFetchRequest`: the envelopes the peer holds validated, in no
+        /// particular order and possibly fewer than asked (never more); the receiver recomputes every
+        /// envelope's request id and verifies it as if it had been gossiped.
+        pub struct IngressFetchResponse<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for IngressFetchResponse<'a> {
+            type Inner = IngressFetchResponse<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> IngressFetchResponse<'a> {
+            pub const VT_ENVELOPES: ::flatbuffers::VOffsetT = 4;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                IngressFetchResponse { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args IngressFetchResponseArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<IngressFetchResponse<'bldr>> {
+                let mut builder = IngressFetchResponseBuilder::new(_fbb);
+                if let Some(x) = args.envelopes {
+                    builder.add_envelopes(x);
+                }
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn envelopes(
+                &self,
+            ) -> Option<
+                ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<IngressEnvelope<'a>>>,
+            > {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<IngressEnvelope>>,
+                    >>(IngressFetchResponse::VT_ENVELOPES, None)
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for IngressFetchResponse<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<IngressEnvelope>>,
+                    >>("envelopes", Self::VT_ENVELOPES, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct IngressFetchResponseArgs<'a> {
+            pub envelopes: Option<
+                ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<IngressEnvelope<'a>>>,
+                >,
+            >,
+        }
+        impl<'a> Default for IngressFetchResponseArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                IngressFetchResponseArgs { envelopes: None }
+            }
+        }
+
+        pub struct IngressFetchResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> IngressFetchResponseBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_envelopes(
+                &mut self,
+                envelopes: ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<'b, ::flatbuffers::ForwardsUOffset<IngressEnvelope<'b>>>,
+                >,
+            ) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    IngressFetchResponse::VT_ENVELOPES,
+                    envelopes,
+                );
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> IngressFetchResponseBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                IngressFetchResponseBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<IngressFetchResponse<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for IngressFetchResponse<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("IngressFetchResponse");
+                ds.field("envelopes", &self.envelopes());
+                ds.finish()
+            }
+        }
     } // pub mod wire
 } // pub mod icn

@@ -263,8 +263,9 @@ pub struct StepOutput {
     pub share: Option<Artifact>,
     /// Heights executed in this step, with the calls each ordered.
     pub executed: Vec<(u64, Vec<RequestId>)>,
-    /// Calls a notarized block names that this node does not hold (it cannot execute yet).
-    pub missing_ingress: Vec<RequestId>,
+    /// Calls a notarized block names that this node does not hold (it cannot execute yet),
+    /// each with that block's maker, the peer most likely to hold it: the driver fetches them.
+    pub missing_ingress: Vec<(RequestId, Option<NodeId>)>,
 }
 
 pub struct Chain {
@@ -494,7 +495,11 @@ impl Chain {
     /// The index (in `blocks[next]`) of a block that can execute now: it extends the tip, has a
     /// quorum of shares, and every call it names is here. Calls a notarized block misses are
     /// added to `missing`.
-    fn executable(&self, ingress: &IngressPool, missing: &mut Vec<RequestId>) -> Option<usize> {
+    fn executable(
+        &self,
+        ingress: &IngressPool,
+        missing: &mut Vec<(RequestId, Option<NodeId>)>,
+    ) -> Option<usize> {
         let next = self.state.height + 1;
         let quorum = self.quorum();
         let entries = self.blocks.get(&next)?;
@@ -509,12 +514,14 @@ impl Chain {
             if shares < quorum {
                 continue;
             }
-            let absent: Vec<RequestId> = entry
+            let maker = self.maker_of(next, entry.block.round);
+            let absent: Vec<(RequestId, Option<NodeId>)> = entry
                 .block
                 .ingress
                 .iter()
                 .map(|id| RequestId(*id))
                 .filter(|id| !ingress.contains(id))
+                .map(|id| (id, maker))
                 .collect();
             if absent.is_empty() {
                 return Some(index);
@@ -828,6 +835,45 @@ mod tests {
             .map(|n| n.chain.state().tip)
             .collect();
         assert_eq!(tips.len(), 1, "one chain");
+    }
+
+    #[test]
+    fn a_notarized_block_naming_a_call_not_held_reports_it_missing_with_its_maker() {
+        let mut nodes = subnet(4);
+        // Nodes 0-2 hold the call; node 3 never got it.
+        for node in &mut nodes[..3] {
+            let (id, content) = increment(9);
+            node.ingress
+                .add_local(id, content, Buf::copy_from_slice(&[9]))
+                .unwrap();
+        }
+        run(&mut nodes, 0, 100);
+        let (id, content) = increment(9);
+        assert!(nodes[0].chain.state().statuses.contains_key(&id));
+        let stuck = nodes[3].chain.state().height;
+        let ordered_at = nodes[0].chain.state().statuses[&id].height;
+        assert_eq!(
+            stuck + 1,
+            ordered_at,
+            "node 3 stops before the block naming the call"
+        );
+        let wall = T0 + 100 * 1_000_000;
+        let node = &mut nodes[3];
+        let out = node.chain.step(wall, &node.ingress);
+        assert!(out.executed.is_empty());
+        let block = &nodes[3].chain.blocks[&ordered_at][0].block;
+        let maker = nodes[3].chain.maker_of(ordered_at, block.round);
+        assert!(out.missing_ingress.contains(&(id, maker)));
+        // Once the call is here (fetched), the block and those after it execute.
+        nodes[3]
+            .ingress
+            .add_local(id, content, Buf::copy_from_slice(&[9]))
+            .unwrap();
+        let node = &mut nodes[3];
+        let out = node.chain.step(wall, &node.ingress);
+        assert!(out.missing_ingress.is_empty());
+        assert_eq!(out.executed.first().map(|(h, _)| *h), Some(ordered_at));
+        assert_eq!(counter(&nodes[3]), 1);
     }
 
     #[test]

@@ -14,9 +14,15 @@
 //! When the pool is busy, certification skips to the newest executed height (a reader only ever
 //! needs the latest); ingress verification waits in the pool's unvalidated section; queries and
 //! calls get 429.
+//!
+//! Ingress a notarized block names and this node lacks is fetched over the route
+//! [`INGRESS_FETCH_ROUTE`] ([`super::fetch`] decides what to ask of whom): the answer is decoded
+//! on the shard (a bounded FlatBuffer), every envelope verified on the CPU pool like gossiped
+//! ingress ([`verify_fetched`]), and a peer that answers with anything but what was asked is
+//! penalized (`InvalidArtifact`, or `BadMessage` for an answer that does not decode).
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -28,28 +34,35 @@ use icn_codecs::ic::{
     query_response_signing_bytes, IcLimits, Principal, QueryOutcome, Reject as WireReject,
     RequestId,
 };
-use icn_engine::{NodeId, Priority, Router, Transport};
+use icn_codecs::replica::{
+    decode_ingress_fetch_request, decode_ingress_fetch_response, encode_ingress_fetch_request,
+    encode_ingress_fetch_response, IngressFetchLimits,
+};
+use icn_engine::transport::LocalBoxFuture as TransportFuture;
+use icn_engine::{Buf, NodeId, Priority, RequestContext, Route, Router, RpcError, Transport};
 use icn_tuning::Tuning;
 
 use super::bls::{PublicKey, SecretKey};
 use super::canisters::{CallOutcome, CanisterLimits, Canisters};
 use super::certification::{CertifiedState, StateCertifier};
 use super::chain::{node_principal, Chain, ChainConfig, ChainStats, ExecutedState};
+use super::fetch::{FetchConfig, FetchRequest, FetchStats, IngressFetcher};
 use super::ingress::{
-    verify_ingress, AddError, IngressCheck, IngressLimits, IngressPool, IngressStats,
+    verify_fetched, verify_ingress, AddError, FetchedRefusal, IngressCheck, IngressLimits,
+    IngressPool, IngressStats,
 };
 use super::pool::{ConsensusPool, HeightWindow};
 use crate::artifact::{ArtifactKind, ArtifactPool};
 use crate::artifact_manager::ArtifactManager;
 use crate::consensus_manager::driver::PenaltySink;
-use crate::consensus_manager::{ConsensusManager, GossipConfig, GossipHandle, Offence};
+use crate::consensus_manager::{Backoff, ConsensusManager, GossipConfig, GossipHandle, Offence};
 use crate::http::backend::{
     Backend, BackendError, BackendStatus, CallReply, CallRequest, CallVersion, LocalBoxFuture,
     OwnedNodeSignature, OwnedReject, QueryReply, QueryRequest, QueryResult, QueryTimings,
     ReadStateReply, ReadStateRequest, ReadStateTarget,
 };
 use crate::http::CpuPool;
-use crate::runtime::{Runtime, TaskHandle};
+use crate::runtime::{timeout, Runtime, TaskHandle};
 use crate::signal::Signal;
 
 pub const REPLICA_INGRESS: ArtifactKind = ArtifactKind(3);
@@ -61,6 +74,10 @@ pub const REPLICA_KINDS: [(ArtifactKind, &str); 3] = [
     (REPLICA_BLOCK, "replica_block"),
     (REPLICA_SHARE, "replica_share"),
 ];
+
+/// Route of ingress fetch requests (`replica/ingress`): an `IngressFetchRequest` answered with
+/// an `IngressFetchResponse`.
+pub const INGRESS_FETCH_ROUTE: Route = Route(0x400);
 
 /// How often the chain is stepped without news (round timeouts, block pacing).
 pub const TICK: Duration = Duration::from_millis(5);
@@ -82,6 +99,8 @@ pub struct ReplicaConfig {
     pub sync_call_wait: Duration,
     pub canisters: CanisterLimits,
     pub inbound_batch_max: usize,
+    pub fetch: FetchConfig,
+    pub fetch_limits: IngressFetchLimits,
 }
 
 impl ReplicaConfig {
@@ -119,6 +138,20 @@ impl ReplicaConfig {
             sync_call_wait: ms(replica.sync_call_wait_ms),
             canisters: CanisterLimits::from_tuning(&tuning.canisters),
             inbound_batch_max: tuning.gossip.inbound_batch_artifacts_max,
+            fetch: FetchConfig {
+                ids_per_request_max: replica.ingress_fetch_ids_max,
+                in_flight_max: replica.ingress_fetch_in_flight_max,
+                tracked_max: replica.ingress_fetch_tracked_max,
+                timeout: ms(replica.ingress_fetch_timeout_ms),
+                backoff: Backoff {
+                    initial: ms(replica.ingress_fetch_backoff_initial_ms),
+                    max: ms(replica.ingress_fetch_backoff_max_ms),
+                },
+            },
+            fetch_limits: IngressFetchLimits {
+                ids_max: replica.ingress_fetch_ids_max,
+                response_bytes_max: replica.ingress_fetch_response_bytes_max,
+            },
         }
     }
 }
@@ -166,6 +199,22 @@ pub struct ReplicaSnapshot {
     pub request_statuses_max: usize,
     pub block_pool: usize,
     pub share_pool: usize,
+    pub fetch: FetchStats,
+    pub fetch_in_flight: usize,
+    pub fetch_in_flight_max: usize,
+    pub fetch_tracked: usize,
+    pub fetch_tracked_max: usize,
+}
+
+/// Sends one ingress fetch request to a peer.
+type FetchRpc = Rc<dyn Fn(NodeId, Buf) -> TransportFuture<Result<Buf, RpcError>>>;
+
+/// What the ingress fetch needs of the transport, captured by [`Replica::start`] (the
+/// transport's `rpc` is an `async fn`, so the trait cannot be held as an object).
+#[derive(Clone)]
+struct FetchLink {
+    rpc: FetchRpc,
+    peers: Rc<dyn Fn() -> Vec<NodeId>>,
 }
 
 struct Kind {
@@ -194,6 +243,8 @@ pub struct Replica {
     /// The state at the newest checkpoint height executed and not yet taken for a checkpoint.
     checkpoint_due: RefCell<Option<ExecutedState>>,
     penalties: PenaltySink,
+    fetcher: RefCell<IngressFetcher>,
+    fetch_link: RefCell<Option<FetchLink>>,
     wake: Rc<Signal>,
     stopped: Cell<bool>,
     task: RefCell<Option<TaskHandle>>,
@@ -282,6 +333,8 @@ impl Replica {
             executed_log: RefCell::new(VecDeque::new()),
             checkpoint_due: RefCell::new(None),
             penalties,
+            fetcher: RefCell::new(IngressFetcher::new(config.fetch)),
+            fetch_link: RefCell::new(None),
             wake: Rc::new(Signal::new()),
             stopped: Cell::new(false),
             task: RefCell::new(None),
@@ -289,16 +342,83 @@ impl Replica {
         })
     }
 
-    /// Adds the three kinds' gossip routes to `router`.
-    pub fn routes(&self, mut router: Router) -> Router {
+    /// Adds the three kinds' gossip routes and the ingress fetch route to `router`.
+    pub fn routes(self: &Rc<Self>, mut router: Router) -> Router {
         for kind in &self.kinds {
             router = kind.gossip.routes(router);
         }
-        router
+        self.fetch_route(router)
+    }
+
+    /// Adds the ingress fetch route alone (tests build routers kind by kind).
+    pub fn fetch_route(self: &Rc<Self>, router: Router) -> Router {
+        let replica = self.clone();
+        router.route(
+            INGRESS_FETCH_ROUTE,
+            move |ctx: RequestContext, body: Buf| {
+                let result = replica.serve_ingress_fetch(ctx, body);
+                async move { result }
+            },
+        )
+    }
+
+    /// Answers an ingress fetch from the validated ingress pool: each id asked for once, in the
+    /// order asked, until the answer would exceed `ingress_fetch_response_bytes_max`. Runs on
+    /// the shard: the work is a map lookup and a copy per id, bounded by the request's limits.
+    fn serve_ingress_fetch(&self, ctx: RequestContext, body: Buf) -> Result<Buf, RpcError> {
+        let limits = self.config.fetch_limits;
+        let ids = decode_ingress_fetch_request(&body, &limits).map_err(|error| {
+            (self.penalties)(ctx.peer, Offence::BadMessage);
+            RpcError::PeerMisbehaved(error.to_string())
+        })?;
+        let ingress = self.ingress.borrow();
+        let mut room = limits
+            .response_bytes_max
+            .saturating_sub(IngressFetchLimits::RESPONSE_OVERHEAD_BYTES);
+        let mut found: Vec<Buf> = Vec::new();
+        let mut seen = HashSet::with_capacity(ids.len());
+        for id in &ids {
+            if !seen.insert(*id) {
+                continue;
+            }
+            let Some(entry) = ingress.get(&RequestId(*id)) else {
+                continue;
+            };
+            let cost = IngressFetchLimits::envelope_cost(entry.artifact.payload.len());
+            if cost > room {
+                break;
+            }
+            room -= cost;
+            found.push(entry.artifact.payload.clone());
+        }
+        drop(ingress);
+        let envelopes: Vec<&[u8]> = found.iter().map(|buf| &buf[..]).collect();
+        let answer = encode_ingress_fetch_response(&envelopes);
+        self.fetcher.borrow_mut().stats_mut().served += 1;
+        Ok(Buf::from_vec(answer))
     }
 
     /// Starts gossip over `transport` and the replica's loop.
     pub fn start<T: Transport + 'static>(self: &Rc<Self>, transport: Rc<T>) {
+        let rpc_transport = transport.clone();
+        let peers_transport = transport.clone();
+        *self.fetch_link.borrow_mut() = Some(FetchLink {
+            rpc: Rc::new(move |peer, body| {
+                let transport = rpc_transport.clone();
+                Box::pin(async move {
+                    transport
+                        .rpc(peer, INGRESS_FETCH_ROUTE, Priority::High, body)
+                        .await
+                })
+            }),
+            peers: Rc::new(move || {
+                peers_transport
+                    .peers()
+                    .into_iter()
+                    .map(|(peer, _)| peer)
+                    .collect()
+            }),
+        });
         for kind in &self.kinds {
             kind.gossip.start(transport.clone());
             let manager = ArtifactManager::start(
@@ -407,6 +527,11 @@ impl Replica {
             request_statuses_max: self.config.chain.request_statuses_max,
             block_pool: self.blocks.borrow().validated_len(),
             share_pool: self.shares.borrow().validated_len(),
+            fetch: self.fetcher.borrow().stats(),
+            fetch_in_flight: self.fetcher.borrow().in_flight(),
+            fetch_in_flight_max: self.config.fetch.in_flight_max,
+            fetch_tracked: self.fetcher.borrow().tracked(),
+            fetch_tracked_max: self.config.fetch.tracked_max,
         }
     }
 
@@ -472,6 +597,133 @@ impl Replica {
         if !output.executed.is_empty() {
             self.after_execution(output.executed);
         }
+        self.fetch_missing(&output.missing_ingress);
+    }
+
+    /// Hands what the chain misses to the fetcher and sends the requests it decides on, each
+    /// as a task with a deadline.
+    fn fetch_missing(self: &Rc<Self>, missing: &[(RequestId, Option<NodeId>)]) {
+        let Some(link) = self.fetch_link.borrow().clone() else {
+            return;
+        };
+        let now = self.runtime.now();
+        let requests = {
+            let mut fetcher = self.fetcher.borrow_mut();
+            fetcher.set_missing(missing);
+            if fetcher.tracked() == 0 {
+                return;
+            }
+            let local = self.config.chain.local;
+            let members = self.members();
+            let mut peers: Vec<NodeId> = (link.peers)()
+                .into_iter()
+                .filter(|peer| *peer != local && members.contains(peer))
+                .collect();
+            peers.sort_unstable();
+            peers.dedup();
+            fetcher.poll(now, &peers)
+        };
+        for request in requests {
+            let replica = self.clone();
+            let link = link.clone();
+            self.runtime.spawn(Box::pin(async move {
+                replica.clone().fetch(link, request).await;
+                replica.wake.notify();
+            }));
+        }
+    }
+
+    /// One fetch: the request, the answer's verification on the CPU pool, the pool insertion,
+    /// and the report to the fetcher (and the peer's penalty when it sent something wrong).
+    async fn fetch(self: Rc<Self>, link: FetchLink, request: FetchRequest) {
+        let FetchRequest { fetch, peer, ids } = request;
+        let raw: Vec<[u8; 32]> = ids.iter().map(|id| id.0).collect();
+        let body = Buf::from_vec(encode_ingress_fetch_request(&raw));
+        let answer = timeout(
+            &*self.runtime,
+            self.config.fetch.timeout,
+            (link.rpc)(peer, body),
+        )
+        .await;
+        let bytes = match answer {
+            Some(Ok(bytes)) => bytes,
+            _ => {
+                let now = self.runtime.now();
+                self.fetcher.borrow_mut().on_failure(now, fetch);
+                return;
+            }
+        };
+        let envelopes = match decode_ingress_fetch_response(&bytes, &self.config.fetch_limits) {
+            Ok(envelopes) => envelopes
+                .into_iter()
+                .map(Buf::copy_from_slice)
+                .collect::<Vec<_>>(),
+            Err(_) => {
+                (self.penalties)(peer, Offence::BadMessage);
+                let now = self.runtime.now();
+                self.fetcher.borrow_mut().on_failure(now, fetch);
+                return;
+            }
+        };
+        drop(bytes);
+        let check = self.config.ingress_check;
+        let now_ns = unix_ns();
+        let asked: HashSet<RequestId> = ids.iter().copied().collect();
+        let job = self.cpu.try_run(move || {
+            let mut seen = HashSet::with_capacity(envelopes.len());
+            envelopes
+                .into_iter()
+                .map(|envelope| {
+                    let call = verify_fetched(&asked, envelope, &check, now_ns)?;
+                    if !seen.insert(call.request_id) {
+                        return Err(FetchedRefusal::Wrong("sent twice".into()));
+                    }
+                    Ok(call)
+                })
+                .collect::<Vec<_>>()
+        });
+        let outcomes = match job {
+            Ok(job) => job.await,
+            Err(_) => {
+                // No verification capacity now: not the peer's fault; try again later.
+                self.update_stats(|s| s.verify_refused_full += 1);
+                let now = self.runtime.now();
+                self.fetcher.borrow_mut().on_failure(now, fetch);
+                return;
+            }
+        };
+        let Ok(outcomes) = outcomes else {
+            let now = self.runtime.now();
+            self.fetcher.borrow_mut().on_failure(now, fetch);
+            return;
+        };
+        let mut received = Vec::new();
+        let mut wrong = false;
+        let mut invalid = 0;
+        for outcome in outcomes {
+            match outcome {
+                Ok(call) => {
+                    let id = call.request_id;
+                    if self.ingress.borrow_mut().add_fetched(call) {
+                        received.push(id);
+                    }
+                }
+                Err(FetchedRefusal::Wrong(_)) => {
+                    wrong = true;
+                    invalid += 1;
+                }
+                Err(FetchedRefusal::Expired(_)) => invalid += 1,
+            }
+        }
+        if wrong {
+            (self.penalties)(peer, Offence::InvalidArtifact);
+        }
+        let now = self.runtime.now();
+        let mut fetcher = self.fetcher.borrow_mut();
+        let stats = fetcher.stats_mut();
+        stats.received += received.len() as u64;
+        stats.invalid += invalid;
+        fetcher.on_answer(now, fetch, &received);
     }
 
     fn after_execution(self: &Rc<Self>, executed: Vec<(u64, Vec<RequestId>)>) {
@@ -901,5 +1153,243 @@ impl Backend for ReplicaBackend {
     ) -> LocalBoxFuture<'_, Result<ReadStateReply, BackendError>> {
         let result = self.0.read_state(request);
         Box::pin(async move { result })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use icn_codecs::ic::{decode_request_envelope, RequestContent};
+    use icn_engine::sim::Sim;
+    use icn_engine::transport::memory::{MemoryConfig, MemoryNetwork};
+
+    use super::*;
+    use crate::http::backend::owned_call;
+    use crate::http::testing::{call_envelope, fresh_expiry, TestKey};
+    use crate::replica::canisters::counter_canister_id;
+    use crate::runtime::SimRuntime;
+
+    /// (the node that penalized, the peer, the offence).
+    type PenaltyLog = Rc<RefCell<Vec<(NodeId, NodeId, Offence)>>>;
+    /// (the node that answered an ingress fetch, whether it lied).
+    type ServeLog = Rc<RefCell<Vec<(NodeId, bool)>>>;
+
+    /// A 4-node subnet in the simulator, over the memory transport, with a real CPU pool. Node
+    /// 3 has no ingress gossip routes, so it never receives a call by gossip: it can only
+    /// fetch. Nodes 0-2 answer fetches through a wrapper that logs who answered and answers
+    /// with a decoy envelope (a validly signed call nobody asked for) while `lies` is above 0.
+    struct Subnet {
+        sim: Sim,
+        _network: MemoryNetwork,
+        replicas: Vec<Rc<Replica>>,
+        penalties: PenaltyLog,
+        served: ServeLog,
+        _cpu: Arc<CpuPool>,
+    }
+
+    const LACKING: usize = 3;
+
+    fn subnet(lies: u32) -> Subnet {
+        let sim = Sim::new(1);
+        let network = MemoryNetwork::new(&sim, MemoryConfig::default());
+        let runtime: Rc<dyn Runtime> = SimRuntime::new(sim.handle());
+        let cpu = Arc::new(CpuPool::new(2, 1024, "fetch-test").unwrap());
+        let mut tuning = Tuning::default();
+        tuning.replica.block_interval_ms = 20;
+        tuning.replica.round_timeout_ms = 300;
+        tuning.replica.ingress_fetch_backoff_initial_ms = 10;
+        let members: Vec<NodeId> = (1..=4u8).map(|i| NodeId([i; 32])).collect();
+        let penalties: PenaltyLog = Rc::default();
+        let served: ServeLog = Rc::default();
+        let lies = Rc::new(Cell::new(lies));
+        let decoy = call_envelope(
+            Some(&TestKey::ed25519()),
+            false,
+            counter_canister_id(),
+            "increment",
+            b"DIDL\x00\x00",
+            fresh_expiry(),
+        );
+        let mut replicas = Vec::new();
+        for (index, local) in members.iter().copied().enumerate() {
+            let log = penalties.clone();
+            let replica = Replica::new(
+                ReplicaConfig::from_tuning(&tuning, local),
+                &tuning,
+                ReplicaKeys {
+                    subnet: SecretKey::from_seed(&[7; 32]),
+                    node: PKey::generate(boring::pkey::Id::ED25519).unwrap(),
+                },
+                &members,
+                runtime.clone(),
+                cpu.clone(),
+                Rc::new(move |peer, offence| log.borrow_mut().push((local, peer, offence))),
+            );
+            let mut router = Router::new();
+            for (kind, gossip) in REPLICA_KINDS.iter().zip(&replica.kinds) {
+                if index == LACKING && kind.0 == REPLICA_INGRESS {
+                    continue;
+                }
+                router = gossip.gossip.routes(router);
+            }
+            router = if index == LACKING {
+                replica.fetch_route(router)
+            } else {
+                let server = replica.clone();
+                let served = served.clone();
+                let lies = lies.clone();
+                let decoy = decoy.clone();
+                router.route(
+                    INGRESS_FETCH_ROUTE,
+                    move |ctx: RequestContext, body: Buf| {
+                        let lie = lies.get() > 0;
+                        lies.set(lies.get().saturating_sub(1));
+                        served.borrow_mut().push((local, lie));
+                        let result = if lie {
+                            Ok(Buf::from_vec(encode_ingress_fetch_response(&[&decoy])))
+                        } else {
+                            server.serve_ingress_fetch(ctx, body)
+                        };
+                        async move { result }
+                    },
+                )
+            };
+            let transport = Rc::new(network.join(local, router));
+            replica.start(transport);
+            replicas.push(replica);
+        }
+        Subnet {
+            sim,
+            _network: network,
+            replicas,
+            penalties,
+            served,
+            _cpu: cpu,
+        }
+    }
+
+    impl Subnet {
+        /// Runs the simulator in step with the wall clock (the chain's rounds follow it, and
+        /// the CPU pool's threads wake tasks in real time) until `done` or `limit` passes.
+        fn run_until(&mut self, limit: Duration, done: impl Fn(&Subnet) -> bool) -> bool {
+            let start = Instant::now();
+            while start.elapsed() < limit {
+                if done(self) {
+                    return true;
+                }
+                self.sim.run_for(Duration::from_millis(1)).unwrap();
+                std::thread::sleep(Duration::from_micros(500));
+            }
+            done(self)
+        }
+
+        /// A signed call accepted by every node but the lacking one, as if gossip never
+        /// reached it.
+        fn call_missing_on_lacking_node(&self) -> RequestId {
+            let envelope = call_envelope(
+                Some(&TestKey::ed25519()),
+                false,
+                counter_canister_id(),
+                "increment",
+                b"DIDL\x00\x00",
+                fresh_expiry(),
+            );
+            let decoded = decode_request_envelope(&envelope, &IcLimits::default()).unwrap();
+            let RequestContent::Call(content) = &decoded.content else {
+                panic!("a call")
+            };
+            for (index, replica) in self.replicas.iter().enumerate() {
+                if index == LACKING {
+                    continue;
+                }
+                replica
+                    .ingress
+                    .borrow_mut()
+                    .add_local(
+                        decoded.request_id,
+                        owned_call(content),
+                        Buf::from_vec(envelope.clone()),
+                    )
+                    .unwrap();
+            }
+            decoded.request_id
+        }
+
+        fn executed(&self, index: usize, id: &RequestId) -> bool {
+            self.replicas[index]
+                .chain
+                .borrow()
+                .state()
+                .statuses
+                .contains_key(id)
+        }
+
+        fn stop(mut self) {
+            for replica in self.replicas.clone() {
+                self.sim
+                    .block_on(async move { replica.stop().await })
+                    .unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn a_node_that_never_got_a_call_fetches_it_and_executes_the_block() {
+        let mut subnet = subnet(0);
+        let id = subnet.call_missing_on_lacking_node();
+        let executed = subnet.run_until(Duration::from_secs(20), |s| {
+            (0..4).all(|index| s.executed(index, &id))
+        });
+        assert!(executed, "every node executes the call");
+        let lacking = subnet.replicas[LACKING].snapshot();
+        assert_eq!(lacking.ingress.received, 0, "nothing arrived by gossip");
+        assert!(lacking.fetch.requests >= 1);
+        assert_eq!(lacking.fetch.received, 1);
+        assert_eq!(lacking.fetch.invalid, 0);
+        assert_eq!(lacking.fetch_in_flight, 0);
+        let served: u64 = subnet.replicas[..LACKING]
+            .iter()
+            .map(|r| r.snapshot().fetch.served)
+            .sum();
+        assert!(served >= 1);
+        let lacking_id = subnet.replicas[LACKING].config.chain.local;
+        assert!(
+            !subnet
+                .penalties
+                .borrow()
+                .iter()
+                .any(|(by, _, offence)| *by == lacking_id && *offence == Offence::InvalidArtifact),
+            "honest answers are not penalized"
+        );
+        subnet.stop();
+    }
+
+    #[test]
+    fn a_peer_answering_with_the_wrong_envelope_is_penalized_and_another_is_asked() {
+        let mut subnet = subnet(1);
+        let id = subnet.call_missing_on_lacking_node();
+        let executed = subnet.run_until(Duration::from_secs(20), |s| s.executed(LACKING, &id));
+        assert!(executed, "the lacking node executes the call after all");
+        let served = subnet.served.borrow().clone();
+        assert!(served.len() >= 2, "{served:?}");
+        let (liar, lied) = served[0];
+        assert!(lied);
+        let (second, second_lied) = served[1];
+        assert!(!second_lied);
+        assert_ne!(second, liar, "the retry goes to another peer");
+        let lacking_id = subnet.replicas[LACKING].config.chain.local;
+        let penalties: Vec<(NodeId, Offence)> = subnet
+            .penalties
+            .borrow()
+            .iter()
+            .filter(|(by, _, offence)| *by == lacking_id && *offence == Offence::InvalidArtifact)
+            .map(|(_, peer, offence)| (*peer, *offence))
+            .collect();
+        assert_eq!(penalties, vec![(liar, Offence::InvalidArtifact)]);
+        let lacking = subnet.replicas[LACKING].snapshot();
+        assert_eq!(lacking.fetch.invalid, 1);
+        assert_eq!(lacking.fetch.received, 1);
+        subnet.stop();
     }
 }

@@ -8,6 +8,10 @@
 //! validated ingress goes into blocks, and a block executes only where every ingress it names is
 //! validated, so a node never executes a call whose signature it did not check itself.
 //!
+//! A call a notarized block names and this node lacks is fetched from a peer (the driver's
+//! `replica/ingress` route) and gets the same checks ([`verify_fetched`]), with the request id
+//! recomputed from the bytes and required to be one the node asked for.
+//!
 //! An ingress artifact's id is the request id followed by the ingress expiry (8 bytes, little
 //! endian), so a receiver's bouncer refuses what it already holds or has executed without
 //! downloading it. Bounds: [`IngressLimits`] (messages and bytes); when full, HTTP calls get
@@ -59,6 +63,8 @@ pub struct IngressStats {
     pub verified: u64,
     /// Gossiped ingress that failed decoding, expiry or signature checks.
     pub invalid: u64,
+    /// Fetched from a peer (a notarized block named them) and verified.
+    pub fetched: u64,
     /// Refused because the pool was full.
     pub refused_full: u64,
     pub executed_removed: u64,
@@ -149,6 +155,67 @@ pub fn verify_ingress(
     )?;
     authenticate(&decoded, Some(&content.canister_id), now_ns).map_err(|e| e.to_string())?;
     Ok(owned_call(content))
+}
+
+/// Why a fetched envelope was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FetchedRefusal {
+    /// The peer sent something it should not have: bytes that do not decode, a request that is
+    /// not a call, a request id not asked for, or a signature that does not verify. The peer
+    /// is penalized.
+    Wrong(String),
+    /// The call's expiry is outside the window at this node's clock: possibly a matter of
+    /// clocks, not of the peer's honesty, so it is refused without a penalty.
+    Expired(String),
+}
+
+/// A fetched call that passed verification, ready for [`IngressPool::add_fetched`].
+#[derive(Clone, Debug)]
+pub struct FetchedCall {
+    pub request_id: RequestId,
+    pub artifact: Artifact,
+    pub content: CallContent<'static>,
+}
+
+/// Verifies an envelope a peer sent in answer to an ingress fetch for `asked`: it must decode
+/// to a call whose recomputed request id is one of `asked`, within the expiry window at
+/// `now_ns`, signed by its sender: the checks gossiped ingress gets ([`verify_ingress`]), with
+/// the request id taken from the bytes rather than an advert. CPU-heavy: runs on the
+/// verification pool.
+pub fn verify_fetched(
+    asked: &HashSet<RequestId>,
+    envelope: Buf,
+    check: &IngressCheck,
+    now_ns: u64,
+) -> Result<FetchedCall, FetchedRefusal> {
+    let wrong = FetchedRefusal::Wrong;
+    let decoded = decode_request_envelope(&envelope, &check.limits)
+        .map_err(|e| wrong(format!("does not decode: {e}")))?;
+    let RequestContent::Call(content) = &decoded.content else {
+        return Err(wrong(format!(
+            "is a {}, not a call",
+            decoded.content.request_type()
+        )));
+    };
+    if !asked.contains(&decoded.request_id) {
+        return Err(wrong("names a request id that was not asked for".into()));
+    }
+    check_ingress_expiry(
+        content.ingress_expiry,
+        now_ns,
+        check.expiry_window_ns,
+        check.expiry_drift_ns,
+    )
+    .map_err(FetchedRefusal::Expired)?;
+    authenticate(&decoded, Some(&content.canister_id), now_ns).map_err(|e| wrong(e.to_string()))?;
+    let request_id = decoded.request_id;
+    let content = owned_call(content);
+    let artifact = ingress_artifact(&request_id, content.ingress_expiry, envelope.clone());
+    Ok(FetchedCall {
+        request_id,
+        artifact,
+        content,
+    })
 }
 
 /// Why a call was not added.
@@ -306,6 +373,23 @@ impl IngressPool {
         }
         self.stats.verified += 1;
         self.insert(request_id, entry);
+    }
+
+    /// A fetched call that passed [`verify_fetched`]: validated at once (not offered to peers:
+    /// like gossiped ingress, it is not relayed). Returns whether the pool holds the call now
+    /// (or it was executed already); false when the pool is full.
+    pub fn add_fetched(&mut self, call: FetchedCall) -> bool {
+        if self.validated.contains_key(&call.request_id) || (self.executed)(&call.request_id) {
+            return true;
+        }
+        let entry = self.entry(call.artifact, call.content);
+        if self.is_full_for(entry.bytes()) {
+            self.stats.refused_full += 1;
+            return false;
+        }
+        self.stats.fetched += 1;
+        self.insert(call.request_id, entry);
+        true
     }
 
     /// Validated calls not yet executed, oldest first, at most `max`, that have not expired at
@@ -503,6 +587,88 @@ mod tests {
         let fresh = ingress_artifact(&RequestId([2; 32]), 5, Buf::empty());
         assert_eq!(pool.want(&fresh.advert), Want::Wanted);
         assert!(!pool.matches(&fresh.advert, b"not cbor"));
+    }
+
+    #[test]
+    fn fetched_envelopes_are_verified_against_the_ids_asked_for() {
+        use crate::http::testing::{call_envelope, fresh_expiry, now_ns, TestKey};
+        let check = IngressCheck {
+            limits: IcLimits::default(),
+            expiry_window_ns: 300_000_000_000,
+            expiry_drift_ns: 60_000_000_000,
+        };
+        let key = TestKey::ed25519();
+        let canister = Principal::from_canister_index(0);
+        let envelope = |expiry| {
+            Buf::from_vec(call_envelope(
+                Some(&key),
+                false,
+                canister,
+                "increment",
+                b"DIDL\x00\x00",
+                expiry,
+            ))
+        };
+        let good = envelope(fresh_expiry());
+        let id = decode_request_envelope(&good, &check.limits)
+            .unwrap()
+            .request_id;
+        let asked: HashSet<RequestId> = [id].into();
+        let now = now_ns();
+        let call = verify_fetched(&asked, good.clone(), &check, now).unwrap();
+        assert_eq!(call.request_id, id);
+        assert_eq!(
+            parse_ingress_id(call.artifact.id()).map(|(r, _)| r),
+            Some(id)
+        );
+        let mut pool = pool(10);
+        assert!(pool.add_fetched(call.clone()));
+        assert!(pool.contains(&id));
+        assert_eq!(pool.stats().fetched, 1);
+        assert!(pool.add_fetched(call), "held already");
+        assert_eq!(pool.stats().fetched, 1);
+
+        // Another call than the one asked for, garbage, a query, a bad signature: wrong.
+        let other = envelope(fresh_expiry());
+        assert!(matches!(
+            verify_fetched(&asked, other, &check, now),
+            Err(FetchedRefusal::Wrong(_))
+        ));
+        assert!(matches!(
+            verify_fetched(&asked, Buf::copy_from_slice(b"garbage"), &check, now),
+            Err(FetchedRefusal::Wrong(_))
+        ));
+        let query = Buf::from_vec(call_envelope(
+            Some(&key),
+            true,
+            canister,
+            "get",
+            b"DIDL\x00\x00",
+            fresh_expiry(),
+        ));
+        let query_id = decode_request_envelope(&query, &check.limits)
+            .unwrap()
+            .request_id;
+        assert!(matches!(
+            verify_fetched(&[query_id].into(), query, &check, now),
+            Err(FetchedRefusal::Wrong(_))
+        ));
+        let mut tampered = good.to_vec();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        assert!(matches!(
+            verify_fetched(&asked, Buf::from_vec(tampered), &check, now),
+            Err(FetchedRefusal::Wrong(_))
+        ));
+        // Expired at this node's clock: refused, but not the peer's fault.
+        let old = envelope(now - 3_600_000_000_000);
+        let old_id = decode_request_envelope(&old, &check.limits)
+            .unwrap()
+            .request_id;
+        assert!(matches!(
+            verify_fetched(&[old_id].into(), old, &check, now),
+            Err(FetchedRefusal::Expired(_))
+        ));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::node_metrics::Mirror;
 type Reading = fn(&ReplicaSnapshot) -> u64;
 
 /// Counters: (name, help, reading).
-const COUNTERS: [(&str, &str, Reading); 19] = [
+const COUNTERS: [(&str, &str, Reading); 26] = [
     ("icn_replica_blocks_made_total", "Blocks this node made as a height's maker.", |s| s.chain.blocks_made),
     ("icn_replica_shares_sent_total", "Notarization shares this node sent.", |s| s.chain.shares_sent),
     ("icn_replica_blocks_received_total", "Blocks received from their makers.", |s| s.chain.blocks_received),
@@ -35,10 +35,17 @@ const COUNTERS: [(&str, &str, Reading); 19] = [
     ("icn_replica_ingress_verified_total", "Gossiped ingress messages that passed verification.", |s| s.ingress.verified),
     ("icn_replica_ingress_invalid_total", "Gossiped ingress messages that failed decoding, expiry or signature checks.", |s| s.ingress.invalid),
     ("icn_replica_ingress_expired_total", "Ingress messages dropped from the pool unexecuted because they expired.", |s| s.ingress.expired_removed),
+    ("icn_replica_ingress_fetch_requests_total", "Ingress fetch requests sent (for calls a notarized block names and this node lacks).", |s| s.fetch.requests),
+    ("icn_replica_ingress_fetch_requested_total", "Request ids asked for by ingress fetches, summed over requests.", |s| s.fetch.requested),
+    ("icn_replica_ingress_fetch_received_total", "Fetched ingress messages that passed verification and are now held in the pool (or were executed meanwhile).", |s| s.fetch.received),
+    ("icn_replica_ingress_fetch_invalid_total", "Fetched ingress messages refused: not asked for, not a call, sent twice, a bad signature (each penalizes the peer) or an expiry outside the window.", |s| s.fetch.invalid),
+    ("icn_replica_ingress_fetch_failed_total", "Ingress fetch requests that failed as a whole: timeout, transport error, an undecodable answer (penalized) or no verification capacity.", |s| s.fetch.failed),
+    ("icn_replica_ingress_fetch_dropped_total", "Missing request ids not tracked because replica.ingress_fetch_tracked_max were.", |s| s.fetch.dropped_full),
+    ("icn_replica_ingress_fetch_served_total", "Ingress fetch requests this node answered.", |s| s.fetch.served),
 ];
 
 /// Gauges: (name, help, reading).
-const GAUGES: [(&str, &str, Reading); 11] = [
+const GAUGES: [(&str, &str, Reading); 15] = [
     (
         "icn_replica_executed_height",
         "Height of the newest executed block.",
@@ -93,6 +100,26 @@ const GAUGES: [(&str, &str, Reading); 11] = [
         "icn_replica_share_pool_artifacts",
         "Notarization shares held (bound: heights kept and ahead × members × 4).",
         |s| s.share_pool as u64,
+    ),
+    (
+        "icn_replica_ingress_fetch_in_flight",
+        "Ingress fetch requests outstanding (bound icn_replica_ingress_fetch_in_flight_max).",
+        |s| s.fetch_in_flight as u64,
+    ),
+    (
+        "icn_replica_ingress_fetch_in_flight_max",
+        "Bound on ingress fetch requests outstanding (replica.ingress_fetch_in_flight_max).",
+        |s| s.fetch_in_flight_max as u64,
+    ),
+    (
+        "icn_replica_ingress_fetch_tracked",
+        "Missing request ids being fetched or waiting to be (bound icn_replica_ingress_fetch_tracked_max).",
+        |s| s.fetch_tracked as u64,
+    ),
+    (
+        "icn_replica_ingress_fetch_tracked_max",
+        "Bound on the missing request ids tracked (replica.ingress_fetch_tracked_max).",
+        |s| s.fetch_tracked_max as u64,
     ),
 ];
 

@@ -20,6 +20,7 @@ pub mod certification;
 pub mod chain;
 pub mod checkpoint;
 pub mod driver;
+pub mod fetch;
 pub mod ingress;
 pub mod keys;
 pub mod metrics;
