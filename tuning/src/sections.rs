@@ -610,8 +610,9 @@ section! {
         /// Ingress messages one block orders at most; a block with more is refused. 1000 ids are
         /// 32 KiB of block.
         block_ingress_max: usize in 1..=20_000 = REPLICA_BLOCK_INGRESS_MAX_DEFAULT = 1_000;
-        /// Ingress messages the pool holds (received over HTTP or gossiped, not yet expired or
-        /// executed); when full, calls get 429 and gossiped ingress waits.
+        /// Ingress messages the pool holds (received over HTTP or gossiped) until they expire
+        /// or replica.heights_ahead_max heights after the one that executed them (peers still
+        /// behind may fetch them); when full, calls get 429 and gossiped ingress waits.
         ingress_pool_messages_max: usize in 1..=1_000_000 = REPLICA_INGRESS_POOL_MESSAGES_MAX_DEFAULT = 10_000;
         /// Bytes of ingress envelopes the pool holds; when full, as above.
         ingress_pool_bytes_max: usize in MIB..=(4 * GIB) = REPLICA_INGRESS_POOL_BYTES_MAX_DEFAULT = 64 * MIB;
