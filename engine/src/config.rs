@@ -148,6 +148,7 @@ mod tests {
             cross_shard_channel_messages_max = 777
             io_memory_bytes = 262144
             spin_before_park_us = 37
+            preempt_timer_us = 2345
             [udp]
             socket_send_buffer_bytes = 1048577
             socket_recv_buffer_bytes = 1048579
@@ -177,7 +178,7 @@ mod tests {
             read_buffer_bytes = 50000
             handshakes_in_flight_max = 11
             [rpc]
-            message_bytes_max = 2000000
+            message_bytes_max = 9000000
             requests_in_flight_max = 44
             request_timeout_ms = 8765
             [metrics]
@@ -205,7 +206,7 @@ mod tests {
         assert_eq!(config.connection_window_bytes, 300_000);
         assert_eq!(config.bidi_streams_max, 555);
         assert_eq!(config.connections_max, 66);
-        assert_eq!(config.message_bytes_max, 2_000_000);
+        assert_eq!(config.message_bytes_max, 9_000_000);
         assert_eq!(config.requests_in_flight_max, 44);
         assert_eq!(config.request_timeout, Duration::from_millis(8765));
         assert_eq!(config.reconnect_backoff_initial, Duration::from_millis(7));
@@ -238,7 +239,7 @@ mod tests {
     #[test]
     fn tcp_uses_tcp_and_rpc_knobs() {
         let config = TcpConfig::from_tuning(&distinctive());
-        assert_eq!(config.message_bytes_max, 2_000_000);
+        assert_eq!(config.message_bytes_max, 9_000_000);
         assert_eq!(config.requests_in_flight_max, 44);
         assert_eq!(config.keepalive_interval, Duration::from_millis(432));
         assert_eq!(config.idle_timeout, Duration::from_millis(5432));
@@ -258,6 +259,7 @@ mod tests {
         assert!(!shards.pin_cores);
         assert_eq!(shards.io_memory_bytes, 256 << 10);
         assert_eq!(shards.spin_before_park, Some(Duration::from_micros(37)));
+        assert_eq!(shards.preempt_timer, Duration::from_micros(2345));
         assert_eq!(shards.channel_capacity, 777);
         let metrics = MetricsConfig::from_tuning(&tuning.metrics);
         assert_eq!(
