@@ -35,7 +35,8 @@ use icn_tests::processes::ProcessSubnet;
 
 /// Query slots and queue places of the node's one shard: small, so a few connections fill them
 /// (one slot: the capacity is one query at a time, which a flood of cheap refusals from this
-/// process can exceed tenfold on two cores).
+/// process can exceed tenfold on two cores). With `http.delay_target_ms` on (the default) the
+/// query class keeps no wait queue, so the queue places apply only with the control off.
 const QUERY_CONCURRENCY: usize = 1;
 const QUERY_QUEUE: usize = 4;
 /// Call slots and queue places. A synchronous call holds its slot until its block is certified
