@@ -8,6 +8,8 @@ pub mod http;
 pub mod node;
 pub mod node_config;
 pub mod node_metrics;
+#[cfg(any(test, feature = "testing"))]
+pub mod node_process;
 pub mod node_transport;
 pub mod p2p;
 pub mod p2p_metrics;

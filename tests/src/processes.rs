@@ -17,14 +17,13 @@ use std::fs::File;
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
-use icn_engine::registry::SubnetId;
 use icn_shards::http::testing::{read_answer, send_request};
-use icn_shards::node_config::{NodeConfig, TransportKind};
+use icn_shards::node_process::{log_path, spawn_node, stop_nodes};
 
-use crate::subnet::{identity_dir, LocalSubnet};
+use crate::subnet::LocalSubnet;
 
 /// How long every node of a starting subnet has to answer its status endpoint (a node binds its
 /// listeners within a few hundred milliseconds; the margin is for a loaded 2-core CI machine).
@@ -127,13 +126,15 @@ impl ProcessSubnet {
     fn spawn_next(&mut self) {
         let index = self.children.len();
         let dir = self.subnet.dir();
+        let exe = icn_binary();
         let child = spawn_node(
-            &icn_binary(),
+            &exe,
             dir,
             index,
             &self.subnet.subnet_id(),
             &dir.join("tuning.toml"),
-        );
+        )
+        .unwrap_or_else(|e| panic!("starting {} node {index}: {e}", exe.display()));
         self.children.push(child);
     }
 
@@ -199,59 +200,13 @@ impl ProcessSubnet {
 
 impl Drop for ProcessSubnet {
     fn drop(&mut self) {
-        for child in &self.children {
-            // SAFETY: kill(2) on a pid we spawned and have not reaped yet (the pid cannot have
-            // been reused); no memory is involved.
-            unsafe {
-                libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
-            }
-        }
-        let deadline = Instant::now() + NODE_STOP_TIMEOUT;
-        for child in &mut self.children {
-            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            if matches!(child.try_wait(), Ok(None)) {
-                let _ = child.kill();
-            }
-            let _ = child.wait();
-        }
+        stop_nodes(&mut self.children, NODE_STOP_TIMEOUT);
         self.children.clear();
     }
 }
 
 /// Writes node `index`'s config (no workload: the node serves the HTTP API and its replica)
 /// and starts `icn node --config` on it, its output appended to its log file.
-fn spawn_node(exe: &Path, dir: &Path, index: usize, subnet_id: &SubnetId, tuning: &Path) -> Child {
-    let config = NodeConfig {
-        identity_dir: identity_dir(dir, index),
-        registry_path: dir.join("registry.toml"),
-        subnet_id: subnet_id.clone(),
-        transport: TransportKind::Quic,
-        tuning_profile: Some(tuning.to_path_buf()),
-        workload: None,
-        state_dir: identity_dir(dir, index).join("state"),
-        state: None,
-    };
-    let path = dir.join(format!("node-{index}.toml"));
-    std::fs::write(&path, config.to_toml()).unwrap_or_else(|e| panic!("node config: {e}"));
-    let log = File::create(log_path(dir, index)).unwrap_or_else(|e| panic!("node log: {e}"));
-    let log_err = log.try_clone().unwrap_or_else(|e| panic!("node log: {e}"));
-    Command::new(exe)
-        .arg("node")
-        .arg("--config")
-        .arg(&path)
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log_err)
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {} node: {e}", exe.display()))
-}
-
-fn log_path(dir: &Path, node: usize) -> PathBuf {
-    dir.join(format!("node-{node}.log"))
-}
-
 /// Whether `GET /api/v2/status` on `addr` answers 200 with `replica_health_status` "healthy"
 /// within [`PROBE_TIMEOUT`]; a node that is not listening yet refuses the connection, which is a
 /// plain "no".

@@ -450,15 +450,16 @@ section! {
         /// How long an admitted-to-queue request may wait for a slot of its class before it
         /// is answered 429 after all; keeps queued latency bounded under overload.
         queue_wait_timeout_ms: u64 in 1..=60_000 = HTTP_QUEUE_WAIT_TIMEOUT_MS_DEFAULT = 1_000;
-        /// Target for the time an admitted query or read_state request spends in the server
-        /// (admission to answer). When even the fastest request of an interval takes longer,
-        /// requests are waiting on each other: the class's limit shrinks and the excess is
-        /// refused (429) at once instead of queueing. 5 ms is tens of times a query's own
-        /// work (about 150 µs of CPU). 0 turns the control off (fixed limits only).
+        /// Target for the queueing of an admitted query or read_state request: the time its
+        /// jobs wait behind other jobs for the verification pool. When even the least-queued
+        /// request of an interval waited longer, the class's limit halves and the excess is
+        /// refused (429) at once; these classes then keep no wait queue. 5 ms is tens of times
+        /// a query's own work (about 150 µs of CPU). 0 turns the control off (fixed limits and
+        /// queues only).
         delay_target_ms: u64 in 0..=10_000 = HTTP_DELAY_TARGET_MS_DEFAULT = 5;
-        /// How often the delay control reconsiders a class's limit (shrinking by a quarter or
-        /// growing by an eighth each time): CoDel's 100 ms, many requests per interval under
-        /// load yet quick to react to a flood.
+        /// How often the delay control reconsiders a class's limit (halving it, or growing it
+        /// by an eighth when it was reached without queueing): CoDel's 100 ms, many requests
+        /// per interval under load yet quick to react to a flood.
         delay_interval_ms: u64 in 1..=60_000 = HTTP_DELAY_INTERVAL_MS_DEFAULT = 100;
         /// Update calls processed at once per shard (body read, verification, backend). Each
         /// holds up to http.body_bytes_max of body: see the "HTTP body buffers" cap. Calls are

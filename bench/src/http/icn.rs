@@ -2,18 +2,17 @@
 //! an operator starts them (identities, a registry with the subnet key, one config per node),
 //! on free loopback ports.
 //!
-//! `tests/src/processes.rs` does the same for the integration tests, but nothing may depend on
-//! the tests crate, so this is the bench's own small launcher over the same pieces
-//! (`replica::keys::create_local_subnet`, `NodeConfig`). The executable is `ICN_BIN`, or `icn`
-//! beside the running `icn-bench` (`cargo build --release -p icn-shards --bin icn`).
+//! The processes are started and stopped by `icn_shards::node_process` (feature `testing`), as
+//! the integration tests' `tests/src/processes.rs` does; the subnet comes from
+//! `replica::keys::create_local_subnet`. The executable is `ICN_BIN`, or `icn` beside the
+//! running `icn-bench` (`cargo build --release -p icn-shards --bin icn`).
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use icn_engine::registry::SubnetId;
-use icn_shards::node_config::{NodeConfig, TransportKind};
+use icn_shards::node_process::spawn_node;
 
 use super::ServerProcesses;
 
@@ -68,46 +67,13 @@ pub fn start(nodes: usize) -> Result<ServerProcesses, String> {
             .http_addr
             .ok_or_else(|| format!("node {index} has no http_addr"))?;
         processes.addrs.push(addr);
-        processes
-            .children
-            .push(spawn_node(&exe, &dir, index, &subnet, &tuning)?);
+        processes.children.push(
+            spawn_node(&exe, &dir, index, &subnet, &tuning)
+                .map_err(|e| format!("starting node {index} ({}): {e}", exe.display()))?,
+        );
     }
     wait_ready(&mut processes, &dir)?;
     Ok(processes)
-}
-
-fn spawn_node(
-    exe: &Path,
-    dir: &Path,
-    index: usize,
-    subnet: &SubnetId,
-    tuning: &Path,
-) -> Result<std::process::Child, String> {
-    let identity_dir = dir.join(format!("node-{index}"));
-    let config = NodeConfig {
-        identity_dir: identity_dir.clone(),
-        registry_path: dir.join("registry.toml"),
-        subnet_id: subnet.clone(),
-        transport: TransportKind::Quic,
-        tuning_profile: Some(tuning.to_path_buf()),
-        workload: None,
-        state_dir: identity_dir.join("state"),
-        state: None,
-    };
-    let path = dir.join(format!("node-{index}.toml"));
-    std::fs::write(&path, config.to_toml()).map_err(|e| format!("node config: {e}"))?;
-    let log = std::fs::File::create(dir.join(format!("node-{index}.log")))
-        .map_err(|e| format!("node log: {e}"))?;
-    let log_err = log.try_clone().map_err(|e| format!("node log: {e}"))?;
-    Command::new(exe)
-        .arg("node")
-        .arg("--config")
-        .arg(&path)
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log_err)
-        .spawn()
-        .map_err(|e| format!("starting {}: {e}", exe.display()))
 }
 
 /// Waits until every node answers a signed query with 200 (status alone answers before the

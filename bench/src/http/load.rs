@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use icn_codecs::ic::Principal;
-use icn_shards::http::testing::{call_envelope, TestKey};
+use icn_shards::http::testing::{call_envelope, request_bytes, TestKey};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -66,7 +66,7 @@ impl RequestPool {
         let requests = (0..count)
             .map(|_| {
                 let body = call_envelope(Some(&key), query, canister, method, &arg, expiry);
-                http_request(&path, &body)
+                request_bytes("POST", &path, Some(&body))
             })
             .collect();
         RequestPool {
@@ -79,17 +79,6 @@ impl RequestPool {
 /// Candid `()`: the magic and two empty tables.
 fn candid_empty_args() -> Vec<u8> {
     b"DIDL\x00\x00".to_vec()
-}
-
-fn http_request(path: &str, body: &[u8]) -> Vec<u8> {
-    let mut out = format!(
-        "POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/cbor\r\n\
-         content-length: {}\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    out.extend_from_slice(body);
-    out
 }
 
 /// The principal the axum baseline and icn both answer for (used by tests and the config).

@@ -29,7 +29,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::Child;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -160,23 +160,7 @@ impl ServerProcesses {
 
 impl Drop for ServerProcesses {
     fn drop(&mut self) {
-        for child in &self.children {
-            // SAFETY: kill(2) on a child we spawned and have not reaped (its pid cannot have
-            // been reused); no memory is involved.
-            unsafe {
-                libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
-            }
-        }
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        for child in &mut self.children {
-            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            if matches!(child.try_wait(), Ok(None)) {
-                let _ = child.kill();
-            }
-            let _ = child.wait();
-        }
+        icn_shards::node_process::stop_nodes(&mut self.children, STOP_TIMEOUT);
         if let Some(dir) = &self.dir {
             let _ = std::fs::remove_dir_all(dir);
         }

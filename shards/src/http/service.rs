@@ -476,17 +476,18 @@ where
 }
 
 /// The stage times of one request, published to `icn_http_stage_us` only when it is answered
-/// (a refused request's partial times would skew the breakdown).
+/// (a refused request's partial times would skew the breakdown). A fixed slot per stage: no
+/// allocation per request.
 struct StageTimes {
     mark: Instant,
-    times: Vec<(Stage, u64)>,
+    times: [Option<u64>; Stage::ALL.len()],
 }
 
 impl StageTimes {
     fn new() -> StageTimes {
         StageTimes {
             mark: Instant::now(),
-            times: Vec::with_capacity(Stage::ALL.len()),
+            times: [None; Stage::ALL.len()],
         }
     }
 
@@ -507,12 +508,14 @@ impl StageTimes {
     }
 
     fn record_us(&mut self, stage: Stage, micros: u64) {
-        self.times.push((stage, micros));
+        self.times[stage as usize] = Some(micros);
     }
 
     fn publish(&self, metrics: &HttpMetrics) {
-        for &(stage, micros) in &self.times {
-            metrics.stage(stage, micros);
+        for (stage, micros) in Stage::ALL.iter().zip(self.times) {
+            if let Some(micros) = micros {
+                metrics.stage(*stage, micros);
+            }
         }
     }
 }

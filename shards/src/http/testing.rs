@@ -361,6 +361,14 @@ pub fn request(addr: SocketAddr, method: &str, path: &str, body: Option<&[u8]>) 
 
 /// Writes one request with `Content-Type: application/cbor` when it has a body.
 pub fn send_request(stream: &mut TcpStream, method: &str, path: &str, body: Option<&[u8]>) {
+    stream
+        .write_all(&request_bytes(method, path, body))
+        .unwrap();
+}
+
+/// One complete HTTP/1.1 request, head and body, as sent in a single write (with
+/// `Content-Type: application/cbor` when it has a body): load generators build these ahead.
+pub fn request_bytes(method: &str, path: &str, body: Option<&[u8]>) -> Vec<u8> {
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: test\r\n");
     if let Some(body) = body {
         head.push_str(&format!(
@@ -371,7 +379,7 @@ pub fn send_request(stream: &mut TcpStream, method: &str, path: &str, body: Opti
     head.push_str("\r\n");
     let mut bytes = head.into_bytes();
     bytes.extend_from_slice(body.unwrap_or_default());
-    stream.write_all(&bytes).unwrap();
+    bytes
 }
 
 /// Nanoseconds since 1970.

@@ -29,7 +29,9 @@ use candid::{Decode, Encode};
 use icn_codecs::ic::{
     decode_certificate, decode_request_envelope, decode_value, IcLimits, Lookup, Principal, Value,
 };
-use icn_shards::http::testing::{call_envelope, fresh_expiry, request, Answer, TestKey};
+use icn_shards::http::testing::{
+    call_envelope, fresh_expiry, request, request_bytes, Answer, TestKey,
+};
 use icn_shards::replica::canisters::counter_canister_id;
 use icn_tests::processes::ProcessSubnet;
 
@@ -128,18 +130,6 @@ fn counter() -> Principal {
     counter_canister_id()
 }
 
-/// A complete HTTP/1.1 POST carrying `body` as CBOR, sent as one write.
-fn http_request(path: &str, body: &[u8]) -> Vec<u8> {
-    let mut out = format!(
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/cbor\r\n\
-         Content-Length: {}\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    out.extend_from_slice(body);
-    out
-}
-
 /// `count` signed queries of the counter's `get` (distinct nonces; a query may be sent again).
 fn query_requests(key: &TestKey, count: usize) -> Vec<Vec<u8>> {
     let path = format!("/api/v2/canister/{}/query", counter());
@@ -147,7 +137,7 @@ fn query_requests(key: &TestKey, count: usize) -> Vec<Vec<u8>> {
     (0..count)
         .map(|_| {
             let body = call_envelope(Some(key), true, counter(), "get", &arg, fresh_expiry());
-            http_request(&path, &body)
+            request_bytes("POST", &path, Some(&body))
         })
         .collect()
 }
@@ -168,7 +158,7 @@ fn increment_request(key: &TestKey) -> (Vec<u8>, [u8; 32]) {
         .expect("our own envelope decodes")
         .request_id
         .0;
-    (http_request(&path, &body), id)
+    (request_bytes("POST", &path, Some(&body)), id)
 }
 
 /// A keep-alive HTTP/1.1 client connection that may pipeline requests (send several before
