@@ -487,6 +487,11 @@ section! {
         /// Verification jobs waiting for a thread (node-wide); one more gets 429. Each holds
         /// one decoded request (up to http.body_bytes_max).
         verify_queue_max: usize in 1..=1_000_000 = HTTP_VERIFY_QUEUE_MAX_DEFAULT = 1024;
+        /// Queries and read_state requests whose Ed25519 signatures a pool thread verifies in
+        /// one batch (per shard; 1 verifies each on its own). Batches form only while requests
+        /// wait for a thread, so an idle node adds no delay; a failed batch re-verifies its
+        /// requests one by one, and batching pauses for 100 ms.
+        verify_batch_max: usize in 1..=1024 = HTTP_VERIFY_BATCH_MAX_DEFAULT = 32;
         /// The latest ingress_expiry accepted, ahead of this node's clock: the interface's
         /// 5 minutes.
         ingress_expiry_window_ms: u64 in 1_000..=3_600_000 = HTTP_INGRESS_EXPIRY_WINDOW_MS_DEFAULT = 300_000;

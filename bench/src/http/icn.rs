@@ -24,6 +24,17 @@ const READY_POLL: Duration = Duration::from_millis(50);
 /// on the first core. The report records the cores.
 const TUNING_TOML: &str = "[engine]\npin_cores = false\n";
 
+/// Environment variable with more tuning TOML for the nodes (whole sections, e.g.
+/// `[http]\nverify_batch_max = 1`), for comparing a knob's settings; recorded in the report's
+/// config.
+pub const EXTRA_TUNING_ENV: &str = "ICN_BENCH_NODE_TUNING";
+
+/// The nodes' tuning file: [`TUNING_TOML`] plus [`EXTRA_TUNING_ENV`]'s text.
+pub fn node_tuning() -> String {
+    let extra = std::env::var(EXTRA_TUNING_ENV).unwrap_or_default();
+    format!("{TUNING_TOML}{extra}\n")
+}
+
 /// The `icn` executable to start.
 pub fn icn_binary() -> Result<PathBuf, String> {
     if let Some(path) = std::env::var_os("ICN_BIN") {
@@ -60,7 +71,7 @@ pub fn start(nodes: usize) -> Result<ServerProcesses, String> {
     )
     .map_err(|e| format!("subnet in {}: {e}", dir.display()))?;
     let tuning = dir.join("tuning.toml");
-    std::fs::write(&tuning, TUNING_TOML).map_err(|e| format!("tuning: {e}"))?;
+    std::fs::write(&tuning, node_tuning()).map_err(|e| format!("tuning: {e}"))?;
     let mut processes = ServerProcesses::new(Vec::new(), Some(dir.clone()));
     for (index, record) in registry.nodes(&subnet).iter().enumerate() {
         let addr = record
@@ -141,6 +152,9 @@ pub const STAGES: [&str; 10] = [
 /// `icn_rejected_<reason>`.
 pub const REJECTION_REASONS: [&str; 4] = ["queue_full", "queue_timeout", "congested", "pool_full"];
 
+/// How queries were verified (`icn_http_verified_total{by}`), kept as `icn_verified_<by>`.
+pub const VERIFIED_BY: [&str; 3] = ["single", "batch", "retried"];
+
 /// The node's `/metrics` text.
 pub fn read_metrics(addr: SocketAddr) -> Option<String> {
     let answer =
@@ -161,7 +175,8 @@ fn sample(metrics: &str, name: &str, label: Option<(&str, &str)>) -> Option<f64>
 }
 
 /// Between two readings of `/metrics`: the average microseconds per answered query of each
-/// stage, the refusals by reason, and the query class's admission limit at the end.
+/// stage, the refusals by reason, how queries were verified and the mean length of their
+/// verification batches, and the query class's admission limit at the end.
 pub fn metric_deltas(before: &str, after: &str) -> Vec<(String, f64)> {
     let delta = |name: &str, label: Option<(&str, &str)>| {
         sample(after, name, label).unwrap_or(0.0) - sample(before, name, label).unwrap_or(0.0)
@@ -177,6 +192,15 @@ pub fn metric_deltas(before: &str, after: &str) -> Vec<(String, f64)> {
     for reason in REJECTION_REASONS {
         let count = delta("icn_http_rejections_total", Some(("reason", reason)));
         out.push((format!("icn_rejected_{reason}"), count));
+    }
+    for by in VERIFIED_BY {
+        let count = delta("icn_http_verified_total", Some(("by", by)));
+        out.push((format!("icn_verified_{by}"), count));
+    }
+    let batches = delta("icn_http_verify_batch_len_count", None);
+    if batches > 0.0 {
+        let mean = delta("icn_http_verify_batch_len_sum", None) / batches;
+        out.push(("icn_verify_batch_len_mean".into(), mean));
     }
     if let Some(limit) = sample(after, "icn_http_admission_limit", Some(("class", "query"))) {
         out.push(("icn_query_admission_limit".into(), limit));
@@ -198,7 +222,10 @@ mod tests {
                      icn_http_stage_us_sum{stage=\"sign\"} 0\n\
                      icn_http_stage_us_count{stage=\"sign\"} 0\n\
                      icn_http_rejections_total{reason=\"congested\"} 25\n\
-                     icn_http_admission_limit{class=\"query\"} 48\n";
+                     icn_http_admission_limit{class=\"query\"} 48\n\
+                     icn_http_verified_total{by=\"batch\"} 40\n\
+                     icn_http_verify_batch_len_sum 360\n\
+                     icn_http_verify_batch_len_count 40\n";
         let deltas = metric_deltas(before, after);
         let get = |name: &str| deltas.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
         assert_eq!(get("icn_stage_verify_us"), Some(50.0));
@@ -206,5 +233,8 @@ mod tests {
         assert_eq!(get("icn_rejected_congested"), Some(20.0));
         assert_eq!(get("icn_rejected_queue_full"), Some(0.0));
         assert_eq!(get("icn_query_admission_limit"), Some(48.0));
+        assert_eq!(get("icn_verified_batch"), Some(40.0));
+        assert_eq!(get("icn_verified_retried"), Some(0.0));
+        assert_eq!(get("icn_verify_batch_len_mean"), Some(9.0));
     }
 }

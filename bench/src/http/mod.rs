@@ -250,6 +250,14 @@ fn measure(
             cpu / outcome.elapsed.as_secs_f64(),
         );
     }
+    if let Some(ok_per_s) = record.ops_per_s.filter(|r| *r > 0.0) {
+        // The servers' CPU per answered request: the efficiency figure that the generator
+        // sharing the cores does not bend as much as throughput.
+        let ok = ok_per_s * outcome.elapsed.as_secs_f64();
+        record
+            .extra
+            .insert("server_cpu_us_per_ok".into(), cpu * 1e6 / ok);
+    }
     if let (Some(before), Some(after)) = (metrics_before, icn::read_metrics(addr)) {
         record.extra.extend(icn::metric_deltas(&before, &after));
     }
@@ -552,6 +560,7 @@ pub fn suite_config(quick: bool, repetitions: usize, peaks: Value) -> Value {
         "latency": "2xx answers, from when the request was due (open loop) or sent (closed loop)",
         "peak_rss_bytes": "VmHWM of the server process(es), reset before each run, summed over nodes",
         "server_cpu_cores": "server processes' CPU seconds per second of the run",
+        "server_cpu_us_per_ok": "server processes' CPU microseconds per 2xx answer (refusals' work included)",
         "axum_stage_us": "the baseline's own per-query stage times (Instant timers)",
         "icn_stage_us": "icn's icn_http_stage_us per answered query, from node 0's /metrics before and after the run (execute, sign_wait and sign are parts of backend)",
         "axum-tokio": {
@@ -563,7 +572,7 @@ pub fn suite_config(quick: bool, repetitions: usize, peaks: Value) -> Value {
         },
         "icn": {
             "binary": icn::icn_binary().map(|p| p.display().to_string()).unwrap_or_else(|e| e),
-            "tuning": "defaults, engine.pin_cores = false",
+            "tuning": icn::node_tuning(),
             "transport": "quic",
         },
     })

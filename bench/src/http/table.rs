@@ -36,7 +36,7 @@ pub fn render(report: &SuiteReport) -> String {
     let _ = writeln!(out, "{}", header_line("http", " (unpinned)", report));
     let _ = writeln!(
         out,
-        "{:<11} {:<16} {:>9} {:>9} {:>8} {:>8} {:>9} {:>9} {:>8} {:>8} {:>7} {:>6} {:>8}",
+        "{:<11} {:<16} {:>9} {:>9} {:>8} {:>8} {:>9} {:>9} {:>8} {:>8} {:>7} {:>7} {:>6} {:>8}",
         "system",
         "case",
         "target/s",
@@ -48,6 +48,7 @@ pub fn render(report: &SuiteReport) -> String {
         "429 p99",
         "RSS MiB",
         "cpu",
+        "us/ok",
         "errors",
         "not sent"
     );
@@ -56,7 +57,7 @@ pub fn render(report: &SuiteReport) -> String {
         let latency = run.latency_us;
         let _ = writeln!(
             out,
-            "{:<11} {:<16} {:>9} {:>9} {:>8} {:>8} {:>9} {:>9} {:>8} {:>8} {:>7} {:>6} {:>8}",
+            "{:<11} {:<16} {:>9} {:>9} {:>8} {:>8} {:>9} {:>9} {:>8} {:>8} {:>7} {:>7} {:>6} {:>8}",
             point.system,
             point.case,
             optional(run.extra.get("target_rate_per_s").copied(), 0),
@@ -68,6 +69,7 @@ pub fn render(report: &SuiteReport) -> String {
             optional(run.reject_latency_us.map(|l| l.p99), 0),
             optional(run.peak_rss_bytes.map(|b| b as f64 / BYTES_PER_MIB), 0),
             optional(run.extra.get("server_cpu_cores").copied(), 2),
+            optional(run.extra.get("server_cpu_us_per_ok").copied(), 0),
             run.errors,
             optional(run.extra.get("not_sent").copied(), 0)
         );
@@ -76,7 +78,7 @@ pub fn render(report: &SuiteReport) -> String {
         out,
         "(ok/s: 2xx answers per second; latency of 2xx answers from when each was due; 429: \
          refused answers; RSS: servers' peak resident memory in the run; cpu: servers' cores busy; \
-         not sent: due requests the generator had no free connection for; update cases run on \
+         us/ok: servers' CPU microseconds per 2xx answer; not sent: due requests the generator had no free connection for; update cases run on \
          icn only: the baseline has no consensus)"
     );
     if !report.ratios.is_empty() {

@@ -12,6 +12,7 @@ use icn_engine::metrics::{
 };
 
 use super::admission::GateObserver;
+use super::batch::VerifiedBy;
 use super::routes::EndpointClass;
 
 /// Status codes the server answers with (each gets a series per class).
@@ -160,6 +161,9 @@ pub struct HttpMetricIds {
     in_flight: GaugeId,
     queued: GaugeId,
     pool_queued: GaugeId,
+    verify_pending: GaugeId,
+    verified: CounterId,
+    batch_len: HistogramId,
     limit: GaugeId,
     latency: HistogramId,
     stages: HistogramId,
@@ -176,6 +180,7 @@ impl HttpMetricIds {
         let classes: Vec<&str> = EndpointClass::ALL.iter().map(|c| c.label()).collect();
         let class = || Some(LabelSpec::fixed("class", &classes));
         let stages: Vec<&str> = Stage::ALL.iter().map(|s| s.label()).collect();
+        let by: Vec<&str> = VerifiedBy::ALL.iter().map(|b| b.label()).collect();
         Ok(HttpMetricIds {
             requests: builder.counter(
                 "icn_http_requests_total",
@@ -225,6 +230,24 @@ impl HttpMetricIds {
                 None,
                 Aggregation::PerShard,
             )?,
+            verify_pending: builder.gauge(
+                "icn_http_verify_pending",
+                "Queries and read_state requests waiting for a pool thread to verify them in a batch (bound http.verify_queue_max per shard).",
+                None,
+                Aggregation::PerShard,
+            )?,
+            verified: builder.counter(
+                "icn_http_verified_total",
+                "Queries and read_state requests verified by the pool, by how: single (alone or batching paused), batch (in a batch whose equation held), retried (in a failed batch, then singly).",
+                Some(LabelSpec::fixed("by", &by)),
+                Aggregation::Sum,
+            )?,
+            batch_len: builder.histogram(
+                "icn_http_verify_batch_len",
+                "Requests in the verification batch of each query or read_state request (bound http.verify_batch_max).",
+                None,
+                Aggregation::Sum,
+            )?,
             limit: builder.gauge(
                 "icn_http_admission_limit",
                 "Requests a class admits at once: http.<class>_concurrency_max, or less while the delay control (http.delay_target_ms) holds it down.",
@@ -257,6 +280,9 @@ pub struct HttpMetrics {
     pub(crate) connections_open: Gauge,
     pub(crate) client_addresses: Gauge,
     pub(crate) pool_queued: Gauge,
+    pub(crate) verify_pending: Gauge,
+    verified: Rc<Vec<Counter>>,
+    batch_len: Histogram,
     latency: Rc<Vec<Histogram>>,
     stages: Rc<Vec<Histogram>>,
     in_flight: Rc<Vec<Gauge>>,
@@ -293,6 +319,14 @@ impl HttpMetrics {
             connections_open: shard.gauge(ids.connections_open),
             client_addresses: shard.gauge(ids.client_addresses),
             pool_queued: shard.gauge(ids.pool_queued),
+            verify_pending: shard.gauge(ids.verify_pending),
+            verified: Rc::new(
+                VerifiedBy::ALL
+                    .iter()
+                    .map(|b| shard.counter_with(ids.verified, b.label()))
+                    .collect(),
+            ),
+            batch_len: shard.histogram(ids.batch_len),
             latency: Rc::new(
                 EndpointClass::ALL
                     .iter()
@@ -314,6 +348,15 @@ impl HttpMetrics {
     /// Records one request's time in `stage`.
     pub fn stage(&self, stage: Stage, micros: u64) {
         self.stages[stage.index()].record(micros);
+    }
+
+    /// Counts one request verified by the batcher: how, and its batch's length.
+    pub fn verified(&self, by: VerifiedBy, batch_len: usize) {
+        if let Some(i) = VerifiedBy::ALL.iter().position(|b| *b == by) {
+            self.verified[i].inc();
+        }
+        self.batch_len
+            .record(u64::try_from(batch_len).unwrap_or(u64::MAX));
     }
 
     /// Counts one answered request (`class` None: operator endpoint or unknown path).

@@ -13,6 +13,8 @@
 //! - [`routes`], [`admission`], [`auth`], [`pool`]: paths and classes; per-class gates and the
 //!   per-IP limiter; expiry window and signatures (Ed25519, ECDSA P-256 and secp256k1,
 //!   delegations); the bounded CPU pool.
+//! - [`batch`]: queries' and read_state requests' Ed25519 signatures verified in batches on
+//!   the pool while requests wait for a thread.
 //! - [`backend`]: the [`Backend`] trait the replica implements, with typed requests and
 //!   replies. [`metrics`]: the `icn_http_*` families.
 //!
@@ -25,6 +27,7 @@
 pub mod admission;
 pub mod auth;
 pub mod backend;
+pub mod batch;
 pub mod io;
 pub mod metrics;
 pub mod pool;

@@ -113,29 +113,25 @@ impl CpuPool {
         })
     }
 
+    /// Queues `work`, which learns whether it found every worker busy (module docs).
+    pub fn try_run_flagged<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(bool) -> T + Send + 'static,
+    ) -> Result<JobHandle<T>, PoolFull> {
+        self.submit(work)
+    }
+
     fn submit<T: Send + 'static>(
         &self,
         work: impl FnOnce(bool) -> T + Send + 'static,
     ) -> Result<JobHandle<T>, PoolFull> {
-        let slot = Arc::new(Mutex::new(SlotState::<T> {
-            result: None,
-            waker: None,
-        }));
-        let done = slot.clone();
+        let (done, handle) = completion::<T>();
         let job: Job = Box::new(move |queued| {
-            let result = catch_unwind(AssertUnwindSafe(|| work(queued))).map_err(|_| JobFailed);
-            let waker = {
-                let mut state = done.lock().unwrap_or_else(|e| e.into_inner());
-                state.result = Some(result);
-                state.waker.take()
-            };
-            if let Some(waker) = waker {
-                waker.wake();
-            }
+            done.complete(catch_unwind(AssertUnwindSafe(|| work(queued))).map_err(|_| JobFailed));
         });
         let sender = self.sender.as_ref().ok_or(PoolFull)?;
         match sender.try_send(job) {
-            Ok(()) => Ok(JobHandle { slot }),
+            Ok(()) => Ok(handle),
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => Err(PoolFull),
         }
     }
@@ -171,6 +167,53 @@ impl Drop for CpuPool {
 struct SlotState<T> {
     result: Option<Result<T, JobFailed>>,
     waker: Option<Waker>,
+}
+
+/// A one-shot result slot: a [`Completer`] that any thread fills once, and the [`JobHandle`]
+/// future a shard awaits it with (glommio accepts wakes from foreign threads).
+pub(crate) fn completion<T>() -> (Completer<T>, JobHandle<T>) {
+    let slot = Arc::new(Mutex::new(SlotState {
+        result: None,
+        waker: None,
+    }));
+    (
+        Completer {
+            slot: Some(slot.clone()),
+        },
+        JobHandle { slot },
+    )
+}
+
+/// The filling side of [`completion`]. Dropped unfilled (a panic unwound past it), it
+/// completes its handle with [`JobFailed`], so an awaiting request never hangs.
+pub(crate) struct Completer<T> {
+    slot: Option<Arc<Mutex<SlotState<T>>>>,
+}
+
+impl<T> Completer<T> {
+    pub(crate) fn complete(mut self, result: Result<T, JobFailed>) {
+        self.fill(result);
+    }
+
+    fn fill(&mut self, result: Result<T, JobFailed>) {
+        let Some(slot) = self.slot.take() else {
+            return;
+        };
+        let waker = {
+            let mut state = slot.lock().unwrap_or_else(|e| e.into_inner());
+            state.result = Some(result);
+            state.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+impl<T> Drop for Completer<T> {
+    fn drop(&mut self) {
+        self.fill(Err(JobFailed));
+    }
 }
 
 /// The result of a queued job. Dropping it does not cancel the job (it is short by design);
@@ -255,6 +298,18 @@ mod tests {
         block_on(busy).unwrap();
         let (_, wait) = block_on(behind).unwrap();
         assert!(wait >= Duration::from_millis(30), "{wait:?}");
+    }
+
+    #[test]
+    fn a_completer_dropped_unfilled_fails_its_handle() {
+        let (done, handle) = completion::<u32>();
+        drop(done);
+        assert_eq!(block_on(handle), Err(JobFailed));
+        let (done, handle) = completion::<u32>();
+        std::thread::spawn(move || done.complete(Ok(5)))
+            .join()
+            .unwrap();
+        assert_eq!(block_on(handle), Ok(5));
     }
 
     #[test]

@@ -29,11 +29,12 @@ use icn_codecs::ic::{
 use icn_tuning::HttpTuning;
 
 use super::admission::{Admission, ClassGate, DelayControl, IpLimiter, Permit};
-use super::auth::{authenticate, check_ingress_expiry};
+use super::auth::{authenticate, authenticate_deferred, check_ingress_expiry, Ed25519Check};
 use super::backend::{
     owned_call, owned_read_state, Backend, BackendError, CallReply, CallRequest, CallVersion,
     OwnedReject, QueryRequest, QueryResult, ReadStateRequest, ReadStateTarget,
 };
+use super::batch::VerifyBatcher;
 use super::io::ConnActivity;
 use super::metrics::{HttpMetrics, Rejection, Stage};
 use super::pool::CpuPool;
@@ -84,6 +85,9 @@ pub struct ServerState {
     /// The task queue admitted requests continue in (set by [`super::HttpServer::start`];
     /// None: they run in the connection's task).
     pub(crate) admitted_queue: Cell<Option<TaskQueueHandle>>,
+    /// Batches the signature checks of queries and read_state requests (None when
+    /// `http.verify_batch_max` is 1).
+    pub(crate) batcher: Option<Arc<VerifyBatcher>>,
 }
 
 impl ServerState {
@@ -144,6 +148,7 @@ impl ServerState {
             ip_limiter: IpLimiter::new(tuning.connections_per_ip_max),
             deps,
             admitted_queue: Cell::new(None),
+            batcher: (tuning.verify_batch_max > 1).then(|| VerifyBatcher::new(tuning, limits)),
         })
     }
 
@@ -158,10 +163,10 @@ impl ServerState {
 
 /// A refusal: status, text body, and the reason counted (None for plain client errors like
 /// 404 that no bound caused).
-struct Refusal {
-    status: StatusCode,
-    message: String,
-    reason: Option<Rejection>,
+pub(crate) struct Refusal {
+    pub(crate) status: StatusCode,
+    pub(crate) message: String,
+    pub(crate) reason: Option<Rejection>,
 }
 
 impl Refusal {
@@ -357,40 +362,62 @@ where
     let now = (state.deps.clock)();
     let tuning = state.tuning;
     let limits = state.limits;
-    let job_body = body.clone();
-    let submitted = Instant::now();
-    let job = state
-        .deps
-        .pool
-        .try_run_measured(move || {
-            let mut pool_times = PoolTimes {
-                wait: submitted.elapsed(),
-                ..PoolTimes::default()
-            };
-            let verified =
-                decode_and_verify(&job_body, route, &limits, &tuning, now, &mut pool_times);
-            (verified, pool_times)
-        })
-        .map_err(|_| {
-            Refusal::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "signature verification capacity exhausted, retry later",
-                Some(Rejection::PoolFull),
-            )
-        })?;
-    // Sampled at submission and when this request stops waiting (answered or cancelled), so
-    // the gauge also falls when the queue drains.
-    PoolDepthSample::sample(state);
-    let depth = PoolDepthSample(state);
-    let verified = job.await;
-    drop(depth);
-    let ((verified, pool_times), queued) = verified.map_err(|_| {
+    let batcher = match route {
+        Route::Query(_) | Route::CanisterReadState(_) | Route::SubnetReadState(_) => {
+            state.batcher.as_ref()
+        }
+        _ => None,
+    };
+    let pool_full = || {
+        Refusal::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "signature verification capacity exhausted, retry later",
+            Some(Rejection::PoolFull),
+        )
+    };
+    let job_failed = || {
         Refusal::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "verification failed",
             None,
         )
-    })?;
+    };
+    let (verified, pool_times, queued) = if let Some(batcher) = batcher {
+        let job = batcher
+            .submit(&state.deps.pool, body.clone(), route, now)
+            .map_err(|_| pool_full())?;
+        PoolDepthSample::sample(state);
+        let depth = PoolDepthSample(state);
+        let outcome = job.await;
+        drop(depth);
+        let outcome = outcome.map_err(|_| job_failed())?;
+        state.metrics().verified(outcome.by, outcome.batch_len);
+        (outcome.verified, outcome.times, outcome.queued)
+    } else {
+        let job_body = body.clone();
+        let submitted = Instant::now();
+        let job = state
+            .deps
+            .pool
+            .try_run_measured(move || {
+                let mut pool_times = PoolTimes {
+                    wait: submitted.elapsed(),
+                    ..PoolTimes::default()
+                };
+                let verified =
+                    decode_and_verify(&job_body, route, &limits, &tuning, now, &mut pool_times);
+                (verified, pool_times)
+            })
+            .map_err(|_| pool_full())?;
+        // Sampled at submission and when this request stops waiting (answered or
+        // cancelled), so the gauge also falls when the queue drains.
+        PoolDepthSample::sample(state);
+        let depth = PoolDepthSample(state);
+        let verified = job.await;
+        drop(depth);
+        let ((verified, pool_times), queued) = verified.map_err(|_| job_failed())?;
+        (verified, pool_times, queued)
+    };
     let verified = verified?;
     permit.add_wait(queued);
     stages.record(Stage::VerifyWait, pool_times.wait);
@@ -522,11 +549,11 @@ impl StageTimes {
 
 /// Times measured on the verification pool.
 #[derive(Default)]
-struct PoolTimes {
+pub(crate) struct PoolTimes {
     /// From submission to a worker starting the job (queueing and the worker's wake-up).
-    wait: Duration,
-    decode: Duration,
-    verify: Duration,
+    pub(crate) wait: Duration,
+    pub(crate) decode: Duration,
+    pub(crate) verify: Duration,
 }
 
 /// Samples the verification pool's queue depth into its gauge when dropped.
@@ -534,10 +561,12 @@ struct PoolDepthSample<'a>(&'a ServerState);
 
 impl PoolDepthSample<'_> {
     fn sample(state: &ServerState) {
-        state
-            .metrics()
-            .pool_queued
-            .set(i64::try_from(state.deps.pool.queued()).unwrap_or(i64::MAX));
+        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        let metrics = state.metrics();
+        metrics.pool_queued.set(gauge(state.deps.pool.queued()));
+        if let Some(batcher) = &state.batcher {
+            metrics.verify_pending.set(gauge(batcher.pending()));
+        }
     }
 }
 
@@ -610,7 +639,7 @@ where
 }
 
 /// A decoded, authenticated request, owning its content.
-enum Verified {
+pub(crate) enum Verified {
     Call(
         icn_codecs::ic::CallContent<'static>,
         icn_codecs::ic::RequestId,
@@ -625,6 +654,14 @@ enum Verified {
     ),
 }
 
+/// How [`decode_and_check`] checks signatures.
+pub(crate) enum SignatureMode<'a> {
+    /// Each at once ([`authenticate`]).
+    Now,
+    /// Ed25519 signatures set aside for a batch ([`authenticate_deferred`]).
+    Deferred(&'a mut Vec<Ed25519Check>),
+}
+
 /// Runs on the pool: decode, match the endpoint, check the expiry window, authenticate.
 fn decode_and_verify(
     body: &[u8],
@@ -633,6 +670,19 @@ fn decode_and_verify(
     tuning: &HttpTuning,
     now: u64,
     times: &mut PoolTimes,
+) -> Result<Verified, Refusal> {
+    decode_and_check(body, route, limits, tuning, now, times, SignatureMode::Now)
+}
+
+/// [`decode_and_verify`] with a choice of signature checking (the batcher's).
+pub(crate) fn decode_and_check(
+    body: &[u8],
+    route: Route,
+    limits: &IcLimits,
+    tuning: &HttpTuning,
+    now: u64,
+    times: &mut PoolTimes,
+    signatures: SignatureMode<'_>,
 ) -> Result<Verified, Refusal> {
     let started = Instant::now();
     let envelope = decode_request_envelope(body, limits)
@@ -671,7 +721,13 @@ fn decode_and_verify(
         tuning.ingress_expiry_drift_ms.saturating_mul(1_000_000),
     )
     .map_err(Refusal::bad_request)?;
-    authenticate(&envelope, effective.as_ref(), now).map_err(|e| {
+    match signatures {
+        SignatureMode::Now => authenticate(&envelope, effective.as_ref(), now),
+        SignatureMode::Deferred(checks) => {
+            authenticate_deferred(&envelope, effective.as_ref(), now, checks)
+        }
+    }
+    .map_err(|e| {
         Refusal::new(
             StatusCode::BAD_REQUEST,
             format!(
