@@ -61,6 +61,9 @@ struct SuiteArgs {
     /// Where the JSON and SVG files go.
     #[arg(long, default_value = "bench/results")]
     out_dir: PathBuf,
+    /// http: servers on core 0 and the load generator on core 1, instead of sharing both.
+    #[arg(long)]
+    pin: bool,
     /// `engine.spin_before_park_us` of the icn executors (0: park at once); default: the
     /// engine's default.
     #[arg(long, default_value_t = icn_tuning::ENGINE_SPIN_BEFORE_PARK_US_DEFAULT)]
@@ -224,16 +227,26 @@ fn run_http(args: SuiteArgs) -> Result<u64, String> {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |since| since.as_secs()),
     );
-    let (runs, peaks) = http::run_points(&systems, &cases, repetitions, args.quick, &mut |line| {
-        eprintln!("{line}")
-    });
+    let pinning = if args.pin {
+        http::Pinning::split()?
+    } else {
+        http::Pinning::Shared
+    };
+    let (runs, peaks) = http::run_points(
+        &systems,
+        &cases,
+        repetitions,
+        args.quick,
+        pinning,
+        &mut |line| eprintln!("{line}"),
+    );
     let ratios = report::ratios(&runs, &http::RATIO_PAIRS);
     let report = SuiteReport {
         suite: "http".into(),
         quick: args.quick,
         started_utc,
         host: HostInfo::detect(),
-        config: http::suite_config(args.quick, repetitions, peaks),
+        config: http::suite_config(args.quick, repetitions, peaks, pinning),
         runs,
         ratios,
     };

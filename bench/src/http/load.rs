@@ -103,6 +103,9 @@ pub struct LoadSpec {
     pub pacing: Pacing,
     pub connections: usize,
     pub duration: Duration,
+    /// The core the generator's one worker thread is pinned to (None: one worker per core,
+    /// unpinned).
+    pub generator_core: Option<usize>,
 }
 
 /// What one load run saw.
@@ -132,10 +135,17 @@ struct Shared {
     last_answer: Option<Instant>,
 }
 
-/// Runs one load on a multi-thread tokio runtime of its own (one worker per core: the
-/// generator shares the machine with the server, as every system's generator does).
+/// Runs one load on a multi-thread tokio runtime of its own: one worker per core, sharing the
+/// machine with the server as every system's generator does, or one worker on
+/// `spec.generator_core`.
 pub fn run(spec: LoadSpec, pool: Arc<RequestPool>) -> LoadOutcome {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(core) = spec.generator_core {
+        builder
+            .worker_threads(1)
+            .on_thread_start(move || crate::host::pin_current_thread(Some(core)));
+    }
+    let runtime = builder
         .enable_all()
         .build()
         .expect("a tokio runtime for the load generator");
@@ -145,16 +155,34 @@ pub fn run(spec: LoadSpec, pool: Arc<RequestPool>) -> LoadOutcome {
 async fn run_async(spec: LoadSpec, pool: Arc<RequestPool>) -> LoadOutcome {
     let shared = Arc::new(Mutex::new(Shared::default()));
     let next = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let end = start + spec.duration;
+    // Every connection is opened before the window starts: the run measures serving, not a
+    // storm of connection set-ups (a connection the server closes is reopened in the window,
+    // and that time counts).
+    let connected = Arc::new(tokio::sync::Barrier::new(spec.connections + 1));
+    let (window_tx, window_rx) = tokio::sync::watch::channel(None::<(Instant, Instant)>);
     let mut tasks = Vec::with_capacity(spec.connections);
     for connection in 0..spec.connections {
         let source = source_ip(connection);
         let (shared, next, pool) = (shared.clone(), next.clone(), pool.clone());
+        let (connected, mut window_rx) = (connected.clone(), window_rx.clone());
         tasks.push(tokio::spawn(async move {
-            connection_loop(spec, source, start, end, &shared, &next, &pool).await;
+            let stream = tokio::time::timeout(REQUEST_TIMEOUT, connect(spec.addr, source))
+                .await
+                .ok()
+                .and_then(Result::ok);
+            connected.wait().await;
+            let Ok(window) = window_rx.wait_for(Option::is_some).await.map(|w| *w) else {
+                return;
+            };
+            let (start, end) = window.expect("waited for Some");
+            connection_loop(spec, source, stream, start, end, &shared, &next, &pool).await;
         }));
     }
+    drop(window_rx);
+    connected.wait().await;
+    let start = Instant::now();
+    let end = start + spec.duration;
+    let _ = window_tx.send(Some((start, end)));
     for task in tasks {
         let _ = task.await;
     }
@@ -182,16 +210,17 @@ fn source_ip(index: usize) -> IpAddr {
     ))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn connection_loop(
     spec: LoadSpec,
     source: IpAddr,
+    mut stream: Option<TcpStream>,
     start: Instant,
     end: Instant,
     shared: &Mutex<Shared>,
     next: &AtomicU64,
     pool: &RequestPool,
 ) {
-    let mut stream: Option<TcpStream> = None;
     let mut buf = Vec::with_capacity(4096);
     loop {
         let index = next.fetch_add(1, Ordering::Relaxed);

@@ -139,6 +139,84 @@ pub struct ServerProcesses {
     /// Each process's public HTTP address, in the same order.
     pub addrs: Vec<SocketAddr>,
     dir: Option<PathBuf>,
+    /// The core the load generator runs on against these servers (None: unpinned).
+    generator_core: Option<usize>,
+}
+
+/// Where the servers and the load generator run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pinning {
+    /// Both wherever the scheduler puts them (they share every core).
+    Shared,
+    /// The servers on one core, the generator on another: the generator cannot take the
+    /// servers' CPU, so overload cases measure the servers rather than the generator's backlog.
+    Split {
+        server_core: usize,
+        generator_core: usize,
+    },
+}
+
+impl Pinning {
+    /// `--pin`: servers on core 0, generator on core 1 (the machine must have both).
+    pub fn split() -> Result<Pinning, String> {
+        let ids: Vec<usize> = core_affinity::get_core_ids()
+            .unwrap_or_default()
+            .iter()
+            .map(|c| c.id)
+            .collect();
+        if ids.contains(&0) && ids.contains(&1) {
+            Ok(Pinning::Split {
+                server_core: 0,
+                generator_core: 1,
+            })
+        } else {
+            Err(format!(
+                "--pin needs cores 0 and 1; this process may use {ids:?}"
+            ))
+        }
+    }
+
+    pub fn describe(self) -> String {
+        match self {
+            Pinning::Shared => "none: servers and generator share every core (host.cores)".into(),
+            Pinning::Split {
+                server_core,
+                generator_core,
+            } => format!(
+                "servers (every thread) on core {server_core}, the load generator (one tokio \
+                 worker) on core {generator_core}"
+            ),
+        }
+    }
+}
+
+/// Sets the affinity of every thread of `pid` to `core`.
+fn pin_process(pid: u32, core: usize) -> Result<(), String> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map_err(|e| format!("threads of {pid}: {e}"))?;
+    for task in tasks.flatten() {
+        let Some(tid) = task
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and sched_setaffinity only
+        // read and write the set we own.
+        let result = unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(core, &mut set);
+            libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set)
+        };
+        if result != 0 {
+            return Err(format!(
+                "pinning thread {tid} of {pid} to core {core}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// How long a server has to exit after SIGTERM before it is killed.
@@ -150,7 +228,25 @@ impl ServerProcesses {
             children,
             addrs: Vec::new(),
             dir,
+            generator_core: None,
         }
+    }
+
+    /// With `pinning`, moves every thread of the servers onto its server core (threads they
+    /// start later inherit it) and runs the generator on its own core.
+    fn place(&mut self, pinning: Pinning) -> Result<(), String> {
+        let Pinning::Split {
+            server_core,
+            generator_core,
+        } = pinning
+        else {
+            return Ok(());
+        };
+        for pid in self.pids() {
+            pin_process(pid, server_core)?;
+        }
+        self.generator_core = Some(generator_core);
+        Ok(())
     }
 
     fn pids(&self) -> Vec<u32> {
@@ -239,6 +335,7 @@ fn measure(
         pacing,
         connections,
         duration,
+        generator_core: servers.generator_core,
     };
     let outcome = load::run(spec, Arc::new(pool));
     let cpu = total_cpu_seconds(&pids) - cpu_before;
@@ -326,6 +423,7 @@ pub fn run_points(
     cases: &[HttpCase],
     repetitions: usize,
     quick: bool,
+    pinning: Pinning,
     progress: &mut dyn FnMut(&str),
 ) -> (Vec<PointReport>, Value) {
     raise_open_files_limit();
@@ -344,7 +442,8 @@ pub fn run_points(
             let started = match system {
                 "icn" => icn::start(1),
                 _ => axum_tokio::start(),
-            };
+            }
+            .and_then(|mut servers| servers.place(pinning).map(|()| servers));
             match started {
                 Ok(servers) => query_server = Some(servers),
                 Err(error) => {
@@ -410,6 +509,7 @@ pub fn run_points(
         } else {
             drop(query_server.take());
             icn::start(UPDATE_NODES_FULL)
+                .and_then(|mut servers| servers.place(pinning).map(|()| servers))
         };
         let servers = match subnet {
             Ok(servers) => servers,
@@ -534,7 +634,7 @@ pub fn select_cases(names: &[String]) -> Result<Vec<HttpCase>, String> {
 }
 
 /// The suite-wide knobs for the report's config.
-pub fn suite_config(quick: bool, repetitions: usize, peaks: Value) -> Value {
+pub fn suite_config(quick: bool, repetitions: usize, peaks: Value, pinning: Pinning) -> Value {
     let durations = Durations::standard(quick);
     json!({
         "build": if cfg!(debug_assertions) { "debug" } else { "release" },
@@ -556,7 +656,7 @@ pub fn suite_config(quick: bool, repetitions: usize, peaks: Value) -> Value {
         "unloaded_update_rate_per_s": UNLOADED_UPDATE_RATE,
         "query_pool": QUERY_POOL,
         "peaks": peaks,
-        "pinning": "none: servers and generator share every core (host.cores)",
+        "pinning": pinning.describe(),
         "latency": "2xx answers, from when the request was due (open loop) or sent (closed loop)",
         "peak_rss_bytes": "VmHWM of the server process(es), reset before each run, summed over nodes",
         "server_cpu_cores": "server processes' CPU seconds per second of the run",

@@ -33,7 +33,17 @@ pub fn one_line(run: &RunRecord) -> String {
 /// The per-point table, the ratios, and the baseline's stage breakdown.
 pub fn render(report: &SuiteReport) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{}", header_line("http", " (unpinned)", report));
+    let pinned = report
+        .config
+        .get("pinning")
+        .and_then(|p| p.as_str())
+        .is_some_and(|p| !p.starts_with("none"));
+    let placement = if pinned {
+        " (servers on one core, generator on another)"
+    } else {
+        " (unpinned)"
+    };
+    let _ = writeln!(out, "{}", header_line("http", placement, report));
     let _ = writeln!(
         out,
         "{:<11} {:<16} {:>9} {:>9} {:>8} {:>8} {:>9} {:>9} {:>8} {:>8} {:>7} {:>7} {:>6} {:>8}",
