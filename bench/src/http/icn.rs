@@ -32,7 +32,12 @@ pub const EXTRA_TUNING_ENV: &str = "ICN_BENCH_NODE_TUNING";
 /// The nodes' tuning file: [`TUNING_TOML`] plus [`EXTRA_TUNING_ENV`]'s text.
 pub fn node_tuning() -> String {
     let extra = std::env::var(EXTRA_TUNING_ENV).unwrap_or_default();
-    format!("{TUNING_TOML}{extra}\n")
+    // A table is defined once in TOML: an `[engine]` of the extra text gets our key.
+    if extra.contains("[engine]\n") {
+        format!("{}\n", extra.replacen("[engine]\n", TUNING_TOML, 1))
+    } else {
+        format!("{TUNING_TOML}{extra}\n")
+    }
 }
 
 /// The `icn` executable to start.

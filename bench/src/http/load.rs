@@ -161,8 +161,9 @@ async fn run_async(spec: LoadSpec, pool: Arc<RequestPool>) -> LoadOutcome {
     let connected = Arc::new(tokio::sync::Barrier::new(spec.connections + 1));
     let (window_tx, window_rx) = tokio::sync::watch::channel(None::<(Instant, Instant)>);
     let mut tasks = Vec::with_capacity(spec.connections);
+    let first = first_source_host();
     for connection in 0..spec.connections {
-        let source = source_ip(connection);
+        let source = source_ip(first, connection);
         let (shared, next, pool) = (shared.clone(), next.clone(), pool.clone());
         let (connected, mut window_rx) = (connected.clone(), window_rx.clone());
         tasks.push(tokio::spawn(async move {
@@ -201,10 +202,27 @@ async fn run_async(spec: LoadSpec, pool: Arc<RequestPool>) -> LoadOutcome {
     shared.outcome
 }
 
-/// Source address of connection `index`: 127.0.0.1, then .2, ... every
-/// [`CONNECTIONS_PER_SOURCE_IP`] connections.
-fn source_ip(index: usize) -> IpAddr {
-    let host = 1 + (index / CONNECTIONS_PER_SOURCE_IP) as u32;
+/// Loopback addresses each run may use (127.0.0.1 up to 127.255.255.254).
+const SOURCE_HOSTS: u32 = (1 << 24) - 2;
+
+/// Addresses reserved per run: enough for the most connections a run opens.
+const SOURCE_HOSTS_PER_RUN: u32 = 64;
+
+/// Runs started by this process, for [`first_source_host`].
+static RUNS: AtomicU64 = AtomicU64::new(0);
+
+/// The first source address of a new run. Each run takes fresh addresses, so connections of
+/// the run before that the server has not yet seen close cannot count against a new one's
+/// per-IP limit (which refuses them at accept).
+fn first_source_host() -> u32 {
+    let run = RUNS.fetch_add(1, Ordering::Relaxed);
+    ((run as u32).wrapping_mul(SOURCE_HOSTS_PER_RUN)) % SOURCE_HOSTS
+}
+
+/// Source address of connection `index` of a run starting at host `first`: 127.0.0.0 +
+/// first + 1, then the next address every [`CONNECTIONS_PER_SOURCE_IP`] connections.
+fn source_ip(first: u32, index: usize) -> IpAddr {
+    let host = (first + (index / CONNECTIONS_PER_SOURCE_IP) as u32) % SOURCE_HOSTS + 1;
     IpAddr::V4(Ipv4Addr::from(
         u32::from(Ipv4Addr::new(127, 0, 0, 0)) + host,
     ))
@@ -434,11 +452,23 @@ mod tests {
 
     #[test]
     fn sources_spread_over_loopback_addresses() {
-        assert_eq!(source_ip(0), IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)));
+        assert_eq!(source_ip(0, 0), IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)));
         assert_eq!(
-            source_ip(CONNECTIONS_PER_SOURCE_IP),
+            source_ip(0, CONNECTIONS_PER_SOURCE_IP),
             IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))
         );
+        // The next run starts on fresh addresses; the last ones wrap to the start.
+        assert_eq!(
+            source_ip(SOURCE_HOSTS_PER_RUN, 0),
+            IpAddr::V4(Ipv4Addr::new(127, 0, 0, 65))
+        );
+        assert_eq!(
+            source_ip(SOURCE_HOSTS - 1, CONNECTIONS_PER_SOURCE_IP),
+            IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1))
+        );
+        // Enough addresses per run for the most connections a run opens.
+        let most = super::super::OPEN_LOOP_CONNECTIONS.div_ceil(CONNECTIONS_PER_SOURCE_IP);
+        assert!(most as u32 <= SOURCE_HOSTS_PER_RUN);
     }
 
     #[test]
