@@ -19,7 +19,9 @@
 //! [`INGRESS_FETCH_ROUTE`] ([`super::fetch`] decides what to ask of whom): the answer is decoded
 //! on the shard (a bounded FlatBuffer), every envelope verified on the CPU pool like gossiped
 //! ingress ([`verify_fetched`]), and a peer that answers with anything but what was asked is
-//! penalized (`InvalidArtifact`, or `BadMessage` for an answer that does not decode).
+//! penalized (`InvalidArtifact`, or `BadMessage` for an answer that does not decode). A peer
+//! that gossips a call which fails verification ([`verify_ingress`]: not what its advert says,
+//! or not authentic) is penalized alike; one that merely expired on the way is not.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashSet, VecDeque};
@@ -48,8 +50,8 @@ use super::certification::{CertifiedState, StateCertifier};
 use super::chain::{node_principal, Chain, ChainConfig, ChainStats, ExecutedState};
 use super::fetch::{FetchConfig, FetchRequest, FetchStats, IngressFetcher};
 use super::ingress::{
-    verify_fetched, verify_ingress, AddError, FetchedRefusal, IngressCheck, IngressLimits,
-    IngressPool, IngressStats,
+    verify_fetched, verify_ingress, AddError, IngressCheck, IngressLimits, IngressPool,
+    IngressRefusal, IngressStats,
 };
 use super::pool::{ConsensusPool, HeightWindow};
 use crate::artifact::{ArtifactKind, ArtifactPool};
@@ -676,7 +678,7 @@ impl Replica {
                 .map(|envelope| {
                     let call = verify_fetched(&asked, envelope, &check, now_ns)?;
                     if !seen.insert(call.request_id) {
-                        return Err(FetchedRefusal::Wrong("sent twice".into()));
+                        return Err(IngressRefusal::Wrong("sent twice".into()));
                     }
                     Ok(call)
                 })
@@ -708,11 +710,11 @@ impl Replica {
                         received.push(id);
                     }
                 }
-                Err(FetchedRefusal::Wrong(_)) => {
+                Err(IngressRefusal::Wrong(_)) => {
                     wrong = true;
                     invalid += 1;
                 }
-                Err(FetchedRefusal::Expired(_)) => invalid += 1,
+                Err(IngressRefusal::Expired(_)) => invalid += 1,
             }
         }
         if wrong {
@@ -843,9 +845,16 @@ impl Replica {
             match job {
                 Ok(job) => {
                     self.runtime.spawn(Box::pin(async move {
-                        let outcome = job
-                            .await
-                            .unwrap_or_else(|_| Err("verification panicked".into()));
+                        let outcome = job.await.unwrap_or_else(|_| {
+                            Err(IngressRefusal::Expired("verification panicked".into()))
+                        });
+                        // A call that is not what its advert says, or not authentic, was
+                        // offered by a peer that did not verify it (a call that expired on
+                        // the way is nobody's fault).
+                        if matches!(outcome, Err(IngressRefusal::Wrong(_))) {
+                            (replica.penalties)(from, Offence::InvalidArtifact);
+                        }
+                        let outcome = outcome.map_err(|refusal| refusal.to_string());
                         replica.ingress.borrow_mut().verified(artifact, outcome);
                         replica.wake.notify();
                     }));
@@ -1168,6 +1177,7 @@ mod tests {
     use crate::http::backend::owned_call;
     use crate::http::testing::{call_envelope, fresh_expiry, TestKey};
     use crate::replica::canisters::counter_canister_id;
+    use crate::replica::ingress::ingress_artifact;
     use crate::runtime::SimRuntime;
 
     /// (the node that penalized, the peer, the offence).
@@ -1362,6 +1372,53 @@ mod tests {
                 .any(|(by, _, offence)| *by == lacking_id && *offence == Offence::InvalidArtifact),
             "honest answers are not penalized"
         );
+        subnet.stop();
+    }
+
+    #[test]
+    fn a_peer_gossiping_an_unauthentic_call_is_penalized_and_an_expired_one_is_not() {
+        let mut subnet = subnet(0);
+        let limits = IcLimits::default();
+        let gossiped = |expiry: u64, tamper: bool| {
+            let mut bytes = call_envelope(
+                Some(&TestKey::ed25519()),
+                false,
+                counter_canister_id(),
+                "increment",
+                b"DIDL\x00\x00",
+                expiry,
+            );
+            let request_id = decode_request_envelope(&bytes, &limits).unwrap().request_id;
+            if tamper {
+                // The last byte is the signature's: same call, same id, not authentic.
+                let last = bytes.len() - 1;
+                bytes[last] ^= 1;
+            }
+            ingress_artifact(&request_id, expiry, Buf::from_vec(bytes))
+        };
+        let (sender, receiver) = (subnet.replicas[0].config.chain.local, 1);
+        let receiver_id = subnet.replicas[receiver].config.chain.local;
+        let expired = gossiped(unix_ns() - 3_600_000_000_000, false);
+        let forged = gossiped(fresh_expiry(), true);
+        {
+            let mut pool = subnet.replicas[receiver].ingress.borrow_mut();
+            pool.insert_unvalidated(sender, expired);
+            pool.insert_unvalidated(sender, forged);
+        }
+        subnet.replicas[receiver].wake.notify();
+        let checked = subnet.run_until(Duration::from_secs(10), |s| {
+            s.replicas[receiver].snapshot().ingress.invalid >= 2
+        });
+        assert!(checked, "both calls are verified and refused");
+        let penalties: Vec<(NodeId, Offence)> = subnet
+            .penalties
+            .borrow()
+            .iter()
+            .filter(|(by, _, _)| *by == receiver_id)
+            .map(|(_, peer, offence)| (*peer, *offence))
+            .collect();
+        assert_eq!(penalties, vec![(sender, Offence::InvalidArtifact)]);
+        assert_eq!(subnet.replicas[receiver].ingress.borrow().len(), 0);
         subnet.stop();
     }
 

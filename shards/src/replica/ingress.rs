@@ -134,39 +134,53 @@ pub fn verify_ingress(
     envelope: &[u8],
     check: &IngressCheck,
     now_ns: u64,
-) -> Result<CallContent<'static>, String> {
-    let (request_id, expiry) = parse_ingress_id(id).ok_or("malformed ingress id")?;
+) -> Result<CallContent<'static>, IngressRefusal> {
+    let wrong = IngressRefusal::Wrong;
+    let (request_id, expiry) =
+        parse_ingress_id(id).ok_or_else(|| wrong("malformed ingress id".into()))?;
     let decoded = decode_request_envelope(envelope, &check.limits)
-        .map_err(|e| format!("does not decode: {e}"))?;
+        .map_err(|e| wrong(format!("does not decode: {e}")))?;
     let RequestContent::Call(content) = &decoded.content else {
-        return Err(format!(
+        return Err(wrong(format!(
             "is a {}, not a call",
             decoded.content.request_type()
-        ));
+        )));
     };
     if decoded.request_id != request_id || content.ingress_expiry != expiry {
-        return Err("request id or expiry differ from the advertised id".into());
+        return Err(wrong(
+            "request id or expiry differ from the advertised id".into(),
+        ));
     }
     check_ingress_expiry(
         content.ingress_expiry,
         now_ns,
         check.expiry_window_ns,
         check.expiry_drift_ns,
-    )?;
-    authenticate(&decoded, Some(&content.canister_id), now_ns).map_err(|e| e.to_string())?;
+    )
+    .map_err(IngressRefusal::Expired)?;
+    authenticate(&decoded, Some(&content.canister_id), now_ns).map_err(|e| wrong(e.to_string()))?;
     Ok(owned_call(content))
 }
 
-/// Why a fetched envelope was refused.
+/// Why a gossiped or fetched envelope was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum FetchedRefusal {
+pub enum IngressRefusal {
     /// The peer sent something it should not have: bytes that do not decode, a request that is
-    /// not a call, a request id not asked for, or a signature that does not verify. The peer
-    /// is penalized.
+    /// not a call, a request id other than the advertised or asked one, or a signature that
+    /// does not verify (an honest peer verified the call before offering it). The peer is
+    /// penalized.
     Wrong(String),
     /// The call's expiry is outside the window at this node's clock: possibly a matter of
     /// clocks, not of the peer's honesty, so it is refused without a penalty.
     Expired(String),
+}
+
+impl std::fmt::Display for IngressRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IngressRefusal::Wrong(why) | IngressRefusal::Expired(why) => f.write_str(why),
+        }
+    }
 }
 
 /// A fetched call that passed verification, ready for [`IngressPool::add_fetched`].
@@ -187,8 +201,8 @@ pub fn verify_fetched(
     envelope: Buf,
     check: &IngressCheck,
     now_ns: u64,
-) -> Result<FetchedCall, FetchedRefusal> {
-    let wrong = FetchedRefusal::Wrong;
+) -> Result<FetchedCall, IngressRefusal> {
+    let wrong = IngressRefusal::Wrong;
     let decoded = decode_request_envelope(&envelope, &check.limits)
         .map_err(|e| wrong(format!("does not decode: {e}")))?;
     let RequestContent::Call(content) = &decoded.content else {
@@ -206,7 +220,7 @@ pub fn verify_fetched(
         check.expiry_window_ns,
         check.expiry_drift_ns,
     )
-    .map_err(FetchedRefusal::Expired)?;
+    .map_err(IngressRefusal::Expired)?;
     authenticate(&decoded, Some(&content.canister_id), now_ns).map_err(|e| wrong(e.to_string()))?;
     let request_id = decoded.request_id;
     let content = owned_call(content);
@@ -632,11 +646,11 @@ mod tests {
         let other = envelope(fresh_expiry());
         assert!(matches!(
             verify_fetched(&asked, other, &check, now),
-            Err(FetchedRefusal::Wrong(_))
+            Err(IngressRefusal::Wrong(_))
         ));
         assert!(matches!(
             verify_fetched(&asked, Buf::copy_from_slice(b"garbage"), &check, now),
-            Err(FetchedRefusal::Wrong(_))
+            Err(IngressRefusal::Wrong(_))
         ));
         let query = Buf::from_vec(call_envelope(
             Some(&key),
@@ -651,14 +665,14 @@ mod tests {
             .request_id;
         assert!(matches!(
             verify_fetched(&[query_id].into(), query, &check, now),
-            Err(FetchedRefusal::Wrong(_))
+            Err(IngressRefusal::Wrong(_))
         ));
         let mut tampered = good.to_vec();
         let last = tampered.len() - 1;
         tampered[last] ^= 1;
         assert!(matches!(
             verify_fetched(&asked, Buf::from_vec(tampered), &check, now),
-            Err(FetchedRefusal::Wrong(_))
+            Err(IngressRefusal::Wrong(_))
         ));
         // Expired at this node's clock: refused, but not the peer's fault.
         let old = envelope(now - 3_600_000_000_000);
@@ -667,7 +681,7 @@ mod tests {
             .request_id;
         assert!(matches!(
             verify_fetched(&[old_id].into(), old, &check, now),
-            Err(FetchedRefusal::Expired(_))
+            Err(IngressRefusal::Expired(_))
         ));
     }
 
