@@ -15,10 +15,10 @@ seconds="${1:-15}"
 shift || true
 targets=("$@")
 if [[ ${#targets[@]} -eq 0 ]]; then
-  targets=(frame_header frame request response cancel heartbeat goaway slot_update slot_updates
-           artifact_request state_advert manifest_request chunk_request ic_request ic_hash_tree
-           ic_certificate ic_principal_text ic_time_leaf ic_canister_ranges canister_counter_state canister_kv_state
-           replica_ingress_fetch_request replica_ingress_fetch_response)
+  # Every target there is (one file each under fuzz_targets/), so a new one is never left out.
+  for file in "$fuzz_dir"/fuzz_targets/*.rs; do
+    targets+=("$(basename "$file" .rs)")
+  done
 fi
 
 host="$(rustc -vV | awk '/^host:/ {print $2}')"
