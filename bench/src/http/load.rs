@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use icn_codecs::ic::Principal;
 use icn_shards::http::testing::{call_envelope, request_bytes, TestKey};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::stats::LatencyRecorder;
@@ -106,6 +106,11 @@ pub struct LoadSpec {
     /// The core the generator's one worker thread is pinned to (None: one worker per core,
     /// unpinned).
     pub generator_core: Option<usize>,
+    /// Requests a connection may have sent and not yet had answered (HTTP/1.1 pipelining).
+    /// 1: a connection sends its next request only after the answer to the last; more (open
+    /// loop only) lets an overloaded server's backlog build in its own socket buffers instead of
+    /// in the generator, so the offered rate does not depend on how fast it answers.
+    pub pipeline_depth: usize,
 }
 
 /// What one load run saw.
@@ -176,7 +181,17 @@ async fn run_async(spec: LoadSpec, pool: Arc<RequestPool>) -> LoadOutcome {
                 return;
             };
             let (start, end) = window.expect("waited for Some");
-            connection_loop(spec, source, stream, start, end, &shared, &next, &pool).await;
+            match spec.pacing {
+                Pacing::Open { rate_per_s } if spec.pipeline_depth > 1 => {
+                    let window = Window {
+                        start,
+                        end,
+                        rate_per_s,
+                    };
+                    pipelined_loop(spec, source, stream, window, &shared, &next, &pool).await;
+                }
+                _ => connection_loop(spec, source, stream, start, end, &shared, &next, &pool).await,
+            }
         }));
     }
     drop(window_rx);
@@ -308,6 +323,161 @@ async fn connection_loop(
     }
 }
 
+/// An open loop's window and rate.
+#[derive(Clone, Copy)]
+struct Window {
+    start: Instant,
+    end: Instant,
+    rate_per_s: f64,
+}
+
+/// One connection of a pipelined open loop: a writer sends each request it takes when it is
+/// due, while up to `spec.pipeline_depth` are unanswered (beyond that it waits, and the wait
+/// counts in the latency), and a reader takes the answers in order. A broken connection ends
+/// the loop; its unanswered requests count as errors.
+async fn pipelined_loop(
+    spec: LoadSpec,
+    source: IpAddr,
+    stream: Option<TcpStream>,
+    window: Window,
+    shared: &Mutex<Shared>,
+    next: &AtomicU64,
+    pool: &RequestPool,
+) {
+    let stream = match stream {
+        Some(stream) => stream,
+        None => match connect(spec.addr, source).await {
+            Ok(stream) => stream,
+            Err(error) => {
+                let mut shared = lock(shared);
+                shared.outcome.errors += 1;
+                shared
+                    .outcome
+                    .first_error
+                    .get_or_insert(format!("connect: {error}"));
+                return;
+            }
+        },
+    };
+    let (mut reader, mut writer) = stream.into_split();
+    let (due_tx, mut due_rx) = tokio::sync::mpsc::channel::<Instant>(spec.pipeline_depth);
+    // The write half outlives the writer: dropping it would shut our side down, and a server
+    // may then drop the answers still owed on the connection.
+    let writer = &mut writer;
+    let write = async move {
+        loop {
+            let index = next.fetch_add(1, Ordering::Relaxed);
+            let due = window.start + Duration::from_secs_f64(index as f64 / window.rate_per_s);
+            if due >= window.end || Instant::now() >= window.end {
+                return Ok(());
+            }
+            tokio::time::sleep_until(due.into()).await;
+            let slot = index as usize;
+            let request = if pool.reusable {
+                &pool.requests[slot % pool.requests.len()]
+            } else if let Some(request) = pool.requests.get(slot) {
+                request
+            } else {
+                lock(shared).outcome.pool_exhausted += 1;
+                return Ok(());
+            };
+            // A full pipeline waits here for an answer: the request goes out late, and its
+            // latency from `due` says so.
+            let Ok(permit) = due_tx.reserve().await else {
+                return Ok(());
+            };
+            writer
+                .write_all(request)
+                .await
+                .map_err(|e| format!("write: {e}"))?;
+            permit.send(due);
+        }
+    };
+    let read = async move {
+        let mut buf = Vec::with_capacity(4096);
+        while let Some(due) = due_rx.recv().await {
+            let answer = tokio::time::timeout(REQUEST_TIMEOUT, next_answer(&mut reader, &mut buf))
+                .await
+                .unwrap_or_else(|_| Err("no answer within the request timeout".to_string()));
+            let now = Instant::now();
+            let mut shared = lock(shared);
+            shared.last_answer = Some(now);
+            let outcome = &mut shared.outcome;
+            match answer {
+                Ok((status, body_bytes, close)) => {
+                    outcome.sent += 1;
+                    record_answer(outcome, status, body_bytes, now - due);
+                    if close {
+                        return Err("the server closed a pipelined connection".to_string());
+                    }
+                }
+                Err(error) => {
+                    // This request and every one still in the pipeline are lost.
+                    let lost = 1 + due_rx.len() as u64;
+                    outcome.sent += lost;
+                    outcome.errors += lost;
+                    outcome.first_error.get_or_insert(error.clone());
+                    return Err(error);
+                }
+            }
+        }
+        Ok(())
+    };
+    let (written, _) = tokio::join!(write, read);
+    if let Err(error) = written {
+        let mut shared = lock(shared);
+        shared.outcome.errors += 1;
+        shared.outcome.first_error.get_or_insert(error);
+    }
+}
+
+/// Counts one answer: 2xx with its latency, 429 with its latency, anything else an error.
+fn record_answer(outcome: &mut LoadOutcome, status: u16, body_bytes: usize, latency: Duration) {
+    match status {
+        200..=299 => {
+            outcome.ok += 1;
+            outcome.ok_bytes += body_bytes as u64;
+            outcome.ok_latency.record(latency);
+        }
+        429 => {
+            outcome.rejected += 1;
+            outcome.reject_latency.record(latency);
+        }
+        _ => {
+            outcome.errors += 1;
+            outcome
+                .first_error
+                .get_or_insert_with(|| format!("HTTP status {status}"));
+        }
+    }
+}
+
+/// Reads the next answer of a pipelined connection from `buf` and the socket, leaving any
+/// bytes of the answers after it in `buf`: (status, body length, whether the server closes).
+async fn next_answer(
+    reader: &mut tokio::net::tcp::OwnedReadHalf,
+    buf: &mut Vec<u8>,
+) -> Result<(u16, usize, bool), String> {
+    let (head_len, answer) = loop {
+        if let Some(parsed) = parse_head(buf)? {
+            break parsed;
+        }
+        if buf.len() > ANSWER_HEAD_BYTES_MAX {
+            return Err("answer head too long".into());
+        }
+        read_more(reader, buf).await?;
+    };
+    if answer.content_length > ANSWER_BODY_BYTES_MAX {
+        return Err(format!("answer body of {} bytes", answer.content_length));
+    }
+    let total = head_len + answer.content_length;
+    while buf.len() < total {
+        read_more(reader, buf).await?;
+    }
+    buf.drain(..total);
+    Ok((answer.status, answer.content_length, answer.close))
+}
+
 fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
     shared
         .lock()
@@ -356,7 +526,7 @@ async fn exchange(
     Ok((answer.status, answer.content_length))
 }
 
-async fn read_more(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(), String> {
+async fn read_more(conn: &mut (impl AsyncRead + Unpin), buf: &mut Vec<u8>) -> Result<(), String> {
     let mut chunk = [0u8; 4096];
     let n = conn
         .read(&mut chunk)
@@ -427,6 +597,92 @@ fn parse_head(buf: &[u8]) -> Result<Option<(usize, AnswerHead)>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A server that answers each request on a connection 429 after `delay`, one at a time,
+    /// writing every second answer together with the next (so answers arrive split and
+    /// coalesced). Returns its address.
+    async fn slow_server(delay: Duration) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut pending = Vec::new();
+                    let mut answered = 0u64;
+                    loop {
+                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            let mut chunk = [0u8; 4096];
+                            match conn.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map_or(0, |v| v.trim().parse().unwrap());
+                        while buf.len() < end + 4 + length {
+                            let mut chunk = [0u8; 4096];
+                            match conn.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        buf.drain(..end + 4 + length);
+                        tokio::time::sleep(delay).await;
+                        pending.extend_from_slice(
+                            b"HTTP/1.1 429 Too Many Requests\r\ncontent-length: 4\r\n\r\nbusy",
+                        );
+                        answered += 1;
+                        if answered.is_multiple_of(2) || buf.is_empty() {
+                            if conn.write_all(&pending).await.is_err() {
+                                return;
+                            }
+                            pending.clear();
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn a_pipelined_open_loop_offers_its_rate_however_slowly_the_server_answers() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let addr = runtime.block_on(slow_server(Duration::from_millis(40)));
+        let pool = Arc::new(RequestPool {
+            requests: vec![request_bytes("POST", "/x", Some(b"abc"))],
+            reusable: true,
+        });
+        let spec = |pipeline_depth| LoadSpec {
+            addr,
+            pacing: Pacing::Open { rate_per_s: 200.0 },
+            connections: 4,
+            duration: Duration::from_secs(1),
+            generator_core: None,
+            pipeline_depth,
+        };
+        // One at a time, four connections answered every 40 ms carry at most 100/s.
+        let single = runtime.block_on(run_async(spec(1), pool.clone()));
+        let pipelined = runtime.block_on(run_async(spec(64), pool));
+        assert!(single.sent <= 110, "{}", single.sent);
+        assert_eq!(pipelined.errors, 0, "{:?}", pipelined.first_error);
+        // Every due request goes out (a few may miss the window on a loaded machine) and is
+        // answered.
+        assert!(pipelined.sent >= 180, "{}", pipelined.sent);
+        assert_eq!(pipelined.rejected, pipelined.sent);
+        // The queue built in the server: the last answers came long after they were due.
+        let latency = pipelined.reject_latency.summary().unwrap();
+        assert!(latency.p99 >= 500_000.0, "{latency:?}");
+    }
 
     #[test]
     fn answer_heads_parse() {

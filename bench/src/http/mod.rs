@@ -54,6 +54,12 @@ pub const PEAK_FIND_CONNECTIONS: usize = 128;
 /// (256 + 1,024), so at ten times the peak the servers' gates, not the generator, decide what
 /// is refused.
 pub const OPEN_LOOP_CONNECTIONS: usize = 2048;
+
+/// Requests each connection of `query-10x` may have unanswered (HTTP/1.1 pipelining), so the
+/// flood is offered at its rate however slowly the server answers: with one at a time the
+/// generator's 2,048 connections, all waiting, had capped what it could send at connections
+/// divided by the server's answer time.
+pub const FLOOD_PIPELINE_DEPTH: usize = 16;
 /// Connections of the unloaded runs.
 pub const UNLOADED_CONNECTIONS: usize = 8;
 /// Requests per second of `query-unloaded` and `update-unloaded`.
@@ -317,6 +323,7 @@ fn measure(
     system: &str,
     pacing: Pacing,
     connections: usize,
+    pipeline_depth: usize,
     duration: Duration,
     pool: RequestPool,
 ) -> RunRecord {
@@ -336,6 +343,7 @@ fn measure(
         connections,
         duration,
         generator_core: servers.generator_core,
+        pipeline_depth,
     };
     let outcome = load::run(spec, Arc::new(pool));
     let cpu = total_cpu_seconds(&pids) - cpu_before;
@@ -461,6 +469,7 @@ pub fn run_points(
                 system,
                 Pacing::Closed,
                 PEAK_FIND_CONNECTIONS,
+                1,
                 durations.warmup,
                 pool(),
             );
@@ -469,6 +478,7 @@ pub fn run_points(
                 system,
                 Pacing::Closed,
                 PEAK_FIND_CONNECTIONS,
+                1,
                 durations.peak_find,
                 pool(),
             );
@@ -479,10 +489,10 @@ pub fn run_points(
             ));
             peaks.insert(format!("{system}_query_peak_per_s"), json!(peak));
             for &case in &query_cases {
-                let (rate, connections) = match case {
-                    HttpCase::QueryUnloaded => (UNLOADED_QUERY_RATE, UNLOADED_CONNECTIONS),
-                    HttpCase::QueryPeak => (peak, OPEN_LOOP_CONNECTIONS),
-                    _ => (peak * 10.0, OPEN_LOOP_CONNECTIONS),
+                let (rate, connections, depth) = match case {
+                    HttpCase::QueryUnloaded => (UNLOADED_QUERY_RATE, UNLOADED_CONNECTIONS, 1),
+                    HttpCase::QueryPeak => (peak, OPEN_LOOP_CONNECTIONS, 1),
+                    _ => (peak * 10.0, OPEN_LOOP_CONNECTIONS, FLOOD_PIPELINE_DEPTH),
                 };
                 points.push(repeat(system, case, repetitions, progress, || {
                     if rate <= 0.0 {
@@ -493,6 +503,7 @@ pub fn run_points(
                         system,
                         Pacing::Open { rate_per_s: rate },
                         connections,
+                        depth,
                         durations.run,
                         pool(),
                     )
@@ -529,6 +540,7 @@ pub fn run_points(
                 system,
                 Pacing::Closed,
                 UPDATE_CONNECTIONS,
+                1,
                 durations.peak_find,
                 updates(UPDATE_POOL_MAX),
             );
@@ -560,6 +572,7 @@ pub fn run_points(
                     system,
                     Pacing::Open { rate_per_s: rate },
                     connections,
+                    1,
                     durations.run,
                     updates(count),
                 )
@@ -650,6 +663,7 @@ pub fn suite_config(quick: bool, repetitions: usize, peaks: Value, pinning: Pinn
         "run_s": durations.run.as_secs_f64(),
         "peak_find_connections": PEAK_FIND_CONNECTIONS,
         "open_loop_connections": OPEN_LOOP_CONNECTIONS,
+        "flood_pipeline_depth": FLOOD_PIPELINE_DEPTH,
         "unloaded_connections": UNLOADED_CONNECTIONS,
         "update_connections": UPDATE_CONNECTIONS,
         "unloaded_query_rate_per_s": UNLOADED_QUERY_RATE,
