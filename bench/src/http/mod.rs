@@ -165,20 +165,15 @@ pub enum Pinning {
 impl Pinning {
     /// `--pin`: servers on core 0, generator on core 1 (the machine must have both).
     pub fn split() -> Result<Pinning, String> {
-        let ids: Vec<usize> = core_affinity::get_core_ids()
-            .unwrap_or_default()
-            .iter()
-            .map(|c| c.id)
-            .collect();
-        if ids.contains(&0) && ids.contains(&1) {
-            Ok(Pinning::Split {
-                server_core: 0,
-                generator_core: 1,
-            })
-        } else {
-            Err(format!(
-                "--pin needs cores 0 and 1; this process may use {ids:?}"
-            ))
+        match crate::host::Placement::detect() {
+            crate::host::Placement {
+                server_core: Some(server_core),
+                client_core: Some(generator_core),
+            } => Ok(Pinning::Split {
+                server_core,
+                generator_core,
+            }),
+            _ => Err("--pin needs cores 0 and 1, and this process may not use both".into()),
         }
     }
 

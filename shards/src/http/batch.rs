@@ -278,14 +278,13 @@ struct Item {
 
 #[cfg(test)]
 mod tests {
-    use std::borrow::Cow;
-    use std::sync::mpsc;
-
     use futures_lite::future::block_on;
     use http::StatusCode;
     use icn_codecs::ic::decode_request_envelope;
+    use std::borrow::Cow;
 
     use super::*;
+    use crate::http::pool::HeldWorker;
     use crate::http::service::{decode_and_check, SignatureMode};
     use crate::http::testing::{
         call_envelope, fresh_expiry, now_ns, read_state_envelope, test_canister, test_tuning,
@@ -335,15 +334,7 @@ mod tests {
         now: u64,
     ) -> Vec<BatchOutcome> {
         let pool = CpuPool::new(1, 64, "batch-test").unwrap();
-        let (release, gate) = mpsc::channel::<()>();
-        let (started_tx, started) = mpsc::channel::<()>();
-        let busy = pool
-            .try_run(move || {
-                started_tx.send(()).unwrap();
-                gate.recv_timeout(Duration::from_secs(10)).unwrap();
-            })
-            .unwrap();
-        started.recv_timeout(Duration::from_secs(10)).unwrap();
+        let held = HeldWorker::hold(&pool);
         let handles: Vec<_> = bodies
             .iter()
             .map(|(body, route)| {
@@ -353,8 +344,7 @@ mod tests {
             })
             .collect();
         assert_eq!(batcher.pending(), bodies.len());
-        release.send(()).unwrap();
-        block_on(busy).unwrap();
+        held.release();
         handles.into_iter().map(|h| block_on(h).unwrap()).collect()
     }
 
@@ -504,15 +494,7 @@ mod tests {
         };
         let batcher = VerifyBatcher::new(tuning, IcLimits::default());
         let pool = CpuPool::new(1, 64, "batch-test").unwrap();
-        let (release, gate) = mpsc::channel::<()>();
-        let (started_tx, started) = mpsc::channel::<()>();
-        let busy = pool
-            .try_run(move || {
-                started_tx.send(()).unwrap();
-                gate.recv_timeout(Duration::from_secs(10)).unwrap();
-            })
-            .unwrap();
-        started.recv_timeout(Duration::from_secs(10)).unwrap();
+        let held = HeldWorker::hold(&pool);
         let route = Route::Query(test_canister());
         let body = || Bytes::from(query(Some(&TestKey::ed25519())));
         let first = batcher.submit(&pool, body(), route, now_ns()).unwrap();
@@ -522,8 +504,7 @@ mod tests {
             Err(PoolFull)
         ));
         assert_eq!(batcher.pending(), 2);
-        release.send(()).unwrap();
-        block_on(busy).unwrap();
+        held.release();
         assert!(block_on(first).unwrap().verified.is_ok());
         assert!(block_on(second).unwrap().verified.is_ok());
         assert_eq!(batcher.pending(), 0);

@@ -237,11 +237,40 @@ impl<T> std::future::Future for JobHandle<T> {
     }
 }
 
+/// Test aid: keeps one worker of a pool busy (its job has started when `hold` returns) until
+/// `release`, so that what is submitted meanwhile waits in the queue.
+#[cfg(test)]
+pub(crate) struct HeldWorker {
+    release: std::sync::mpsc::Sender<()>,
+    busy: JobHandle<()>,
+}
+
+#[cfg(test)]
+impl HeldWorker {
+    pub(crate) fn hold(pool: &CpuPool) -> HeldWorker {
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        let (started_tx, started) = std::sync::mpsc::channel::<()>();
+        let busy = pool
+            .try_run(move || {
+                started_tx.send(()).unwrap();
+                gate.recv_timeout(Duration::from_secs(10)).unwrap();
+            })
+            .unwrap();
+        started.recv_timeout(Duration::from_secs(10)).unwrap();
+        HeldWorker { release, busy }
+    }
+
+    /// Lets the worker go and waits until its job has ended.
+    pub(crate) fn release(self) {
+        self.release.send(()).unwrap();
+        futures_lite::future::block_on(self.busy).unwrap();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use futures_lite::future::block_on;
-    use std::sync::mpsc;
 
     #[test]
     fn runs_jobs_and_returns_results() {
@@ -256,21 +285,12 @@ mod tests {
     #[test]
     fn full_queue_refuses_without_blocking() {
         let pool = CpuPool::new(1, 2, "test-pool").unwrap();
-        let (release, gate) = mpsc::channel::<()>();
-        let (started_tx, started) = mpsc::channel::<()>();
         // Occupy the only worker, then fill the queue.
-        let busy = pool
-            .try_run(move || {
-                started_tx.send(()).unwrap();
-                gate.recv_timeout(Duration::from_secs(10)).unwrap();
-            })
-            .unwrap();
-        started.recv_timeout(Duration::from_secs(10)).unwrap();
+        let held = HeldWorker::hold(&pool);
         let queued: Vec<_> = (0..2).map(|_| pool.try_run(|| ()).unwrap()).collect();
         assert_eq!(pool.queued(), 2);
         assert_eq!(pool.try_run(|| ()).err(), Some(PoolFull));
-        release.send(()).unwrap();
-        block_on(busy).unwrap();
+        held.release();
         for handle in queued {
             block_on(handle).unwrap();
         }
@@ -283,19 +303,10 @@ mod tests {
         // An idle worker takes the first job: it did not queue, however long the wake took.
         let (_, wait) = block_on(pool.try_run_measured(|| ()).unwrap()).unwrap();
         assert_eq!(wait, Duration::ZERO);
-        let (release, gate) = mpsc::channel::<()>();
-        let (started_tx, started) = mpsc::channel::<()>();
-        let busy = pool
-            .try_run_measured(move || {
-                started_tx.send(()).unwrap();
-                gate.recv_timeout(Duration::from_secs(10)).unwrap();
-            })
-            .unwrap();
-        started.recv_timeout(Duration::from_secs(10)).unwrap();
+        let held = HeldWorker::hold(&pool);
         let behind = pool.try_run_measured(|| ()).unwrap();
         std::thread::sleep(Duration::from_millis(30));
-        release.send(()).unwrap();
-        block_on(busy).unwrap();
+        held.release();
         let (_, wait) = block_on(behind).unwrap();
         assert!(wait >= Duration::from_millis(30), "{wait:?}");
     }
