@@ -22,7 +22,7 @@
 
 use std::collections::VecDeque;
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -87,6 +87,9 @@ struct Pending {
 /// One shard's pending bodies and the batching state (shared with the pool threads).
 pub struct VerifyBatcher {
     pending: Mutex<VecDeque<Pending>>,
+    /// The pending list's length, kept beside it so the shard's depth gauge reads it without
+    /// taking the lock the pool threads drain under.
+    pending_len: AtomicUsize,
     pending_max: usize,
     batch_max: usize,
     limits: IcLimits,
@@ -101,6 +104,7 @@ impl VerifyBatcher {
     pub(crate) fn new(tuning: HttpTuning, limits: IcLimits) -> Arc<VerifyBatcher> {
         Arc::new(VerifyBatcher {
             pending: Mutex::new(VecDeque::new()),
+            pending_len: AtomicUsize::new(0),
             pending_max: tuning.verify_queue_max,
             batch_max: tuning.verify_batch_max.max(1),
             limits,
@@ -113,7 +117,7 @@ impl VerifyBatcher {
 
     /// Bodies waiting for a pool thread (bound `http.verify_queue_max`).
     pub fn pending(&self) -> usize {
-        self.lock().len()
+        self.pending_len.load(Ordering::Relaxed)
     }
 
     /// Queues `body` and a token for it on `pool`; refused when the pending list or the
@@ -140,13 +144,16 @@ impl VerifyBatcher {
                 submitted: Instant::now(),
                 done,
             });
+            self.pending_len.store(pending.len(), Ordering::Relaxed);
         }
         let batcher = self.clone();
         match pool.try_run_flagged(move |queued| batcher.run(queued)) {
             Ok(_token) => Ok(handle),
             Err(full) => {
                 // Taken back unless a thread already has it (then its answer goes unread).
-                self.lock().retain(|p| p.id != id);
+                let mut pending = self.lock();
+                pending.retain(|p| p.id != id);
+                self.pending_len.store(pending.len(), Ordering::Relaxed);
                 Err(full)
             }
         }
@@ -166,7 +173,9 @@ impl VerifyBatcher {
         let taken: Vec<Pending> = {
             let mut pending = self.lock();
             let n = pending.len().min(self.batch_max);
-            pending.drain(..n).collect()
+            let taken = pending.drain(..n).collect();
+            self.pending_len.store(pending.len(), Ordering::Relaxed);
+            taken
         };
         if taken.is_empty() {
             return;

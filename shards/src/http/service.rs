@@ -404,8 +404,15 @@ where
                     wait: submitted.elapsed(),
                     ..PoolTimes::default()
                 };
-                let verified =
-                    decode_and_verify(&job_body, route, &limits, &tuning, now, &mut pool_times);
+                let verified = decode_and_check(
+                    &job_body,
+                    route,
+                    &limits,
+                    &tuning,
+                    now,
+                    &mut pool_times,
+                    SignatureMode::Now,
+                );
                 (verified, pool_times)
             })
             .map_err(|_| pool_full())?;
@@ -662,19 +669,8 @@ pub(crate) enum SignatureMode<'a> {
     Deferred(&'a mut Vec<Ed25519Check>),
 }
 
-/// Runs on the pool: decode, match the endpoint, check the expiry window, authenticate.
-fn decode_and_verify(
-    body: &[u8],
-    route: Route,
-    limits: &IcLimits,
-    tuning: &HttpTuning,
-    now: u64,
-    times: &mut PoolTimes,
-) -> Result<Verified, Refusal> {
-    decode_and_check(body, route, limits, tuning, now, times, SignatureMode::Now)
-}
-
-/// [`decode_and_verify`] with a choice of signature checking (the batcher's).
+/// Runs on the pool: decode, match the endpoint, check the expiry window, authenticate, with
+/// signatures checked at once or (the batcher's) Ed25519 ones set aside.
 pub(crate) fn decode_and_check(
     body: &[u8],
     route: Route,
