@@ -17,7 +17,7 @@ use std::cell::Cell;
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::unix::io::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::io::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 const SOL_UDP: libc::c_int = 17;
@@ -200,8 +200,21 @@ impl UdpIo {
     /// Binds a non-blocking UDP socket and detects GSO/GRO. Must be called on a glommio executor.
     pub fn bind(addr: SocketAddr, config: &UdpConfig) -> io::Result<UdpIo> {
         let fd = new_socket(addr, config)?;
-        // SAFETY: `fd` is a freshly created, bound socket that nothing else owns; glommio's socket
-        // takes ownership and closes it on drop.
+        // SAFETY: `fd` is a freshly created, bound socket that nothing else owns.
+        UdpIo::from_bound(
+            BoundSocket {
+                fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            },
+            config,
+        )
+    }
+
+    /// Drives a socket bound elsewhere (one of a [`SteeredPort`]'s) and detects GSO/GRO. Must be
+    /// called on a glommio executor: the shard that will own the socket.
+    pub fn from_bound(socket: BoundSocket, config: &UdpConfig) -> io::Result<UdpIo> {
+        let fd = socket.fd.into_raw_fd();
+        // SAFETY: `fd` is a bound socket that nothing else owns (`BoundSocket` gave it up);
+        // glommio's socket takes ownership and closes it on drop.
         let waiter = unsafe { glommio::net::UdpSocket::from_raw_fd(fd) };
         let local_addr = waiter.local_addr().map_err(io::Error::from)?;
         let gso = config.gso_enabled && set_int_opt(fd, SOL_UDP, UDP_SEGMENT, 0).is_ok();
@@ -454,6 +467,179 @@ fn gro_segment_size(hdr: &libc::msghdr) -> usize {
     0
 }
 
+/// The most shards one UDP port can be steered to: a connection id's first byte names the shard.
+pub const STEERED_SHARDS_MAX: usize = 256;
+/// Offset of the destination connection id's first byte in a QUIC long header (flags, 4-byte
+/// version, DCID length) and in a short header (flags).
+const LONG_HEADER_DCID_OFFSET: u32 = 6;
+const SHORT_HEADER_DCID_OFFSET: u32 = 1;
+/// `SO_ATTACH_REUSEPORT_CBPF` (asm-generic/socket.h; the `libc` crate lacks it on x86_64).
+const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
+
+/// A socket bound by a [`SteeredPort`], waiting to be driven by its shard's [`UdpIo`]. `Send`, so
+/// it can be bound before the shards start and handed to each.
+#[derive(Debug)]
+pub struct BoundSocket {
+    fd: OwnedFd,
+}
+
+/// One UDP port shared by the sockets of several shards (SO_REUSEPORT), each datagram delivered to
+/// the socket of the shard its QUIC destination connection id names: a classic BPF program
+/// ([`steering_program`]) attached to the group reads the id's first byte (offset 6 of a long
+/// header, 1 of a short one) and picks socket `byte % shards`. Our connection ids carry the
+/// owning shard's index there, so a connection's packets always reach the shard that owns it; a
+/// client's first Initial carries whatever byte the client chose, and every packet with that id
+/// reaches the same shard. A datagram too short to hold the byte goes to socket 0.
+///
+/// The kernel numbers a group's sockets in the order they were bound, and renumbers them when one
+/// closes, so the sockets are bound here in shard order, all before any is handed out, and must
+/// live as long as the port is served. Only sockets of the same user can join a group.
+pub struct SteeredPort {
+    sockets: Vec<Option<BoundSocket>>,
+    local_addr: SocketAddr,
+}
+
+impl SteeredPort {
+    /// Binds `shards` sockets (1..=[`STEERED_SHARDS_MAX`]) to `addr` (port 0: one port chosen by
+    /// the kernel for all) and attaches the steering program. With one shard the socket is
+    /// bound without SO_REUSEPORT unless `config.reuse_port` asks for it.
+    pub fn bind(addr: SocketAddr, config: &UdpConfig, shards: usize) -> io::Result<SteeredPort> {
+        if !(1..=STEERED_SHARDS_MAX).contains(&shards) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("a steered UDP port serves 1..={STEERED_SHARDS_MAX} shards, not {shards}"),
+            ));
+        }
+        let config = UdpConfig {
+            reuse_port: config.reuse_port || shards > 1,
+            ..config.clone()
+        };
+        let mut sockets = Vec::with_capacity(shards);
+        let mut bind_addr = addr;
+        for _ in 0..shards {
+            let fd = new_socket(bind_addr, &config)?;
+            // SAFETY: `fd` is a freshly created, bound socket that nothing else owns.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            // Every later socket binds the port the first one got.
+            bind_addr = local_addr_of(fd.as_raw_fd())?;
+            sockets.push(Some(BoundSocket { fd }));
+        }
+        if shards > 1 {
+            let first = sockets[0].as_ref().expect("just bound");
+            attach_steering(first.fd.as_raw_fd(), shards)?;
+        }
+        Ok(SteeredPort {
+            sockets,
+            local_addr: bind_addr,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn shards(&self) -> usize {
+        self.sockets.len()
+    }
+
+    /// Hands out shard `shard`'s socket (once).
+    pub fn take(&mut self, shard: usize) -> Option<BoundSocket> {
+        self.sockets.get_mut(shard)?.take()
+    }
+}
+
+/// The classic BPF program that steers a datagram to socket `dcid[0] % shards` of its
+/// SO_REUSEPORT group (the program runs on the UDP payload). `shards` must be 1..=256.
+pub fn steering_program(shards: usize) -> Vec<libc::sock_filter> {
+    let op = |code: u32, jt: u8, jf: u8, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    };
+    vec![
+        // A = first byte (header form bit 0x80: long header).
+        op(libc::BPF_LD | libc::BPF_B | libc::BPF_ABS, 0, 0, 0),
+        // Long header: next instruction; short header: skip two.
+        op(libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K, 0, 2, 0x80),
+        op(
+            libc::BPF_LD | libc::BPF_B | libc::BPF_ABS,
+            0,
+            0,
+            LONG_HEADER_DCID_OFFSET,
+        ),
+        op(libc::BPF_JMP | libc::BPF_JA, 0, 0, 1),
+        op(
+            libc::BPF_LD | libc::BPF_B | libc::BPF_ABS,
+            0,
+            0,
+            SHORT_HEADER_DCID_OFFSET,
+        ),
+        op(
+            libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K,
+            0,
+            0,
+            shards as u32,
+        ),
+        op(libc::BPF_RET | libc::BPF_A, 0, 0, 0),
+    ]
+}
+
+/// The shard [`steering_program`] picks for `datagram` (the same rule in Rust, for callers that
+/// need to know where a connection id leads without sending).
+pub fn steered_shard(datagram: &[u8], shards: usize) -> usize {
+    let shards = shards.max(1);
+    let offset = match datagram.first() {
+        Some(first) if first & 0x80 != 0 => LONG_HEADER_DCID_OFFSET,
+        Some(_) => SHORT_HEADER_DCID_OFFSET,
+        None => return 0,
+    };
+    datagram
+        .get(offset as usize)
+        .map_or(0, |byte| *byte as usize % shards)
+}
+
+fn attach_steering(fd: RawFd, shards: usize) -> io::Result<()> {
+    let mut program = steering_program(shards);
+    let fprog = libc::sock_fprog {
+        len: program.len() as libc::c_ushort,
+        filter: program.as_mut_ptr(),
+    };
+    // SAFETY: `fprog` points at `program`, alive for the call; the kernel copies it.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_ATTACH_REUSEPORT_CBPF,
+            (&fprog as *const libc::sock_fprog).cast(),
+            size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn local_addr_of(fd: RawFd) -> io::Result<SocketAddr> {
+    // SAFETY: sockaddr_storage is plain old data.
+    let mut storage: libc::sockaddr_storage = unsafe { zeroed() };
+    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: storage has room for `len` bytes; the kernel writes at most that.
+    let rc = unsafe {
+        libc::getsockname(
+            fd,
+            (&mut storage as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    sockaddr_to_std(&storage)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unknown address family"))
+}
+
 fn new_socket(addr: SocketAddr, config: &UdpConfig) -> io::Result<RawFd> {
     let domain = if addr.is_ipv4() {
         libc::AF_INET
@@ -648,6 +834,96 @@ mod tests {
         let (datagrams, _, gso, gro) = exchange(config);
         assert_eq!(datagrams, 21);
         assert!(!gso && !gro);
+    }
+
+    /// Datagrams with every possible first connection-id byte, in both header forms, plus
+    /// ones too short to name a shard: each reaches the socket the program and
+    /// [`steered_shard`] name.
+    #[test]
+    fn a_steered_port_delivers_each_datagram_to_the_shard_its_connection_id_names() {
+        const SHARDS: usize = 3;
+        let mut port = SteeredPort::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            &UdpConfig::default(),
+            SHARDS,
+        )
+        .unwrap();
+        assert_eq!(port.shards(), SHARDS);
+        let sockets: Vec<std::net::UdpSocket> = (0..SHARDS)
+            .map(|shard| std::net::UdpSocket::from(port.take(shard).unwrap().fd))
+            .collect();
+        assert!(port.take(0).is_none(), "a socket is handed out once");
+        for socket in &sockets {
+            assert_eq!(socket.local_addr().unwrap(), port.local_addr());
+        }
+        let mut expected = vec![Vec::new(); SHARDS];
+        let mut datagrams = Vec::new();
+        for byte in 0..=255u8 {
+            // Short header: flags, then the connection id.
+            let mut short = vec![0x40, byte];
+            short.extend_from_slice(&[0xab; 30]);
+            // Long header: flags, version, DCID length, DCID.
+            let mut long = vec![0xc0, 0, 0, 0, 1, 16, byte];
+            long.extend_from_slice(&[0xcd; 40]);
+            datagrams.push(short);
+            datagrams.push(long);
+        }
+        // Too short to hold the byte: socket 0.
+        datagrams.push(vec![0x41]);
+        datagrams.push(vec![0xc1, 0, 0, 0, 1, 16]);
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for datagram in &datagrams {
+            expected[steered_shard(datagram, SHARDS)].push(datagram.clone());
+            sender.send_to(datagram, port.local_addr()).unwrap();
+        }
+        let mut received = vec![Vec::new(); SHARDS];
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut buf = [0u8; 2048];
+        while received.iter().map(Vec::len).sum::<usize>() < datagrams.len()
+            && std::time::Instant::now() < deadline
+        {
+            let mut idle = true;
+            for (shard, socket) in sockets.iter().enumerate() {
+                if let Ok((len, _)) = socket.recv_from(&mut buf) {
+                    received[shard].push(buf[..len].to_vec());
+                    idle = false;
+                }
+            }
+            if idle {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        for shard in 0..SHARDS {
+            assert_eq!(
+                received[shard].len(),
+                expected[shard].len(),
+                "datagrams on shard {shard}"
+            );
+            assert_eq!(
+                received[shard], expected[shard],
+                "shard {shard} got its own"
+            );
+        }
+        assert!(expected.iter().all(|e| e.len() > 100), "all shards used");
+    }
+
+    #[test]
+    fn steered_shard_reads_the_connection_id_byte_of_either_header_form() {
+        assert_eq!(steered_shard(&[0x40, 7, 1, 2], 4), 3);
+        assert_eq!(steered_shard(&[0xc3, 0, 0, 0, 1, 8, 9, 1], 4), 1);
+        assert_eq!(steered_shard(&[0x40, 200], 1), 0);
+        assert_eq!(steered_shard(&[0x40], 4), 0);
+        assert_eq!(steered_shard(&[], 4), 0);
+        assert_eq!(steered_shard(&[0x40, 255], 256), 255);
+        assert!(
+            SteeredPort::bind("127.0.0.1:0".parse().unwrap(), &UdpConfig::default(), 0).is_err()
+        );
+        assert!(SteeredPort::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            &UdpConfig::default(),
+            STEERED_SHARDS_MAX + 1
+        )
+        .is_err());
     }
 
     #[test]
