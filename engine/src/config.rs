@@ -11,7 +11,7 @@ use icn_tuning::{CongestionControl, EngineTuning, MetricsTuning, Tuning, UdpTuni
 
 use crate::metrics::MetricsConfig;
 use crate::shard::ShardConfig;
-use crate::transport::quic::QuicConfig;
+use crate::transport::quic::{QuicConfig, Steering};
 use crate::transport::tcp::TcpConfig;
 use crate::udp::UdpConfig;
 
@@ -55,8 +55,9 @@ pub fn congestion_control_algorithm(
 }
 
 impl QuicConfig {
-    /// An endpoint on `listen_addr` from the `quic`, `udp` and `rpc` sections. The socket owns
-    /// its port: one QUIC endpoint per address until connection ids steer packets to shards.
+    /// An endpoint on `listen_addr` from the `quic`, `udp` and `rpc` sections, for a node of one
+    /// shard whose socket owns its port. A node of several shards sets `steering` per shard and
+    /// starts each endpoint on its socket of one `udp::SteeredPort`.
     pub fn from_tuning(tuning: &Tuning, listen_addr: SocketAddr) -> QuicConfig {
         let quic = &tuning.quic;
         QuicConfig {
@@ -76,6 +77,7 @@ impl QuicConfig {
             reconnect_backoff_initial: millis(quic.reconnect_backoff_initial_ms),
             reconnect_backoff_max: millis(quic.reconnect_backoff_max_ms),
             congestion_control: congestion_control_algorithm(quic.congestion_control),
+            steering: Steering::SINGLE,
         }
     }
 }

@@ -188,10 +188,14 @@ fn hundred_megabyte_message() {
             u64::from_le_bytes(reply[8..16].try_into().unwrap()),
             expected
         );
-        // Packets are full-size: the sender's datagrams average well above the 1200-byte minimum.
+        // Packets are full-size: the sender's datagrams average well above the 1200-byte
+        // minimum (packets held to it would average at most 1200). A loaded machine lowers the
+        // average: the receiver grants flow-control credit in smaller steps and each step's
+        // last packet is short (1277-1282 bytes seen with two builds beside the test, above
+        // 1300 on a quiet one).
         let stats = ta.udp_stats();
         let average = stats.bytes_sent.get() / stats.datagrams_sent.get().max(1);
-        assert!(average > 1300, "average datagram {average} bytes");
+        assert!(average > 1250, "average datagram {average} bytes");
         ta.shutdown().await;
         tb.shutdown().await;
     });
@@ -713,4 +717,572 @@ fn publish_metrics_reports_durations_errors_and_depths() {
         assert_metric(&closed, "icn_transport_active_connections", "0");
         assert_metric(&closed, "icn_transport_connections_closed_total", "2");
     });
+}
+
+/// What one shard of a multi-shard node saw.
+struct ShardReport {
+    peers: Vec<NodeId>,
+    served: u64,
+    misrouted: u64,
+    refused: u64,
+    datagrams_received: u64,
+}
+
+/// Two phases every party of a test passes together: `[0]` counts parties done with their RPCs,
+/// `[1]` parties done reading their state (nobody shuts down before everyone read it).
+type Phases = Arc<[std::sync::atomic::AtomicUsize; 2]>;
+
+/// Runs `node`'s endpoints, one per socket of `port`, each on its own thread and executor:
+/// each waits for the peers its shard owns, sends one echo RPC to each, keeps serving until
+/// `parties` finished, and reports.
+fn spawn_shards(
+    node: Arc<Node>,
+    mut port: icn_engine::udp::SteeredPort,
+    phases: Phases,
+    parties: usize,
+) -> Vec<std::thread::JoinHandle<ShardReport>> {
+    use icn_engine::transport::quic::Steering;
+    let count = port.shards();
+    (0..count)
+        .map(|index| {
+            let socket = port.take(index).unwrap();
+            let (node, phases) = (node.clone(), phases.clone());
+            let addr = port.local_addr();
+            std::thread::spawn(move || {
+                executor().run(async move {
+                    let steering = Steering { index, count };
+                    let served = Rc::new(Cell::new(0));
+                    let server = tls::server_context_builder(&node.identity, node.verifier());
+                    let client = tls::client_context_builder(&node.identity, node.verifier());
+                    let transport = QuicTransport::start_steered(
+                        node.id(),
+                        server.unwrap(),
+                        client.unwrap(),
+                        QuicConfig {
+                            steering,
+                            ..config_at(addr)
+                        },
+                        router(served.clone()),
+                        node.allowed(),
+                        socket,
+                    )
+                    .unwrap();
+                    let mine: Vec<NodeId> = node
+                        .allowed()
+                        .keys()
+                        .filter(|peer| steering.owns(peer))
+                        .copied()
+                        .collect();
+                    for peer in &mine {
+                        assert!(
+                            transport
+                                .wait_connected(*peer, Duration::from_secs(10))
+                                .await,
+                            "shard {index} of {count} connects to {}",
+                            peer.short()
+                        );
+                        let body = Buf::copy_from_slice(&peer.0);
+                        let reply = transport.rpc(*peer, ECHO, Priority::Normal, body.clone());
+                        assert_eq!(reply.await, Ok(body));
+                    }
+                    // Another shard's peer is refused locally, not waited for.
+                    if let Some(other) = node.allowed().keys().find(|p| !steering.owns(p)) {
+                        let refused = transport.rpc(*other, ECHO, Priority::Normal, Buf::empty());
+                        assert!(matches!(refused.await, Err(RpcError::Local(_))));
+                    }
+                    finish(&phases[0], parties).await;
+                    let report = ShardReport {
+                        peers: transport.peers().into_iter().map(|(p, _)| p).collect(),
+                        served: served.get(),
+                        misrouted: transport.stats().handshakes_misrouted.get(),
+                        refused: transport.stats().handshakes_refused.get(),
+                        datagrams_received: transport.udp_stats().datagrams_received.get(),
+                    };
+                    finish(&phases[1], parties).await;
+                    transport.shutdown().await;
+                    report
+                })
+            })
+        })
+        .collect()
+}
+
+/// Marks this party through a phase, then keeps the executor serving until every party is.
+async fn finish(done: &std::sync::atomic::AtomicUsize, parties: usize) {
+    use std::sync::atomic::Ordering;
+    done.fetch_add(1, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while done.load(Ordering::SeqCst) < parties && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        done.load(Ordering::SeqCst) >= parties,
+        "every party finished"
+    );
+}
+
+/// Nodes of 2 and 3 shards and six single-shard peers on loopback: every connection lives on the
+/// shard `shard_of` names for its peer on both sides (dialed and accepted alike), every datagram
+/// reaches that shard's socket (no handshake misrouted), and RPCs work both ways.
+#[test]
+fn each_shard_owns_the_connections_of_its_peers() {
+    use icn_engine::transport::quic::shard_of;
+    use icn_engine::udp::{SteeredPort, UdpConfig};
+    let two = Node::new();
+    let three = Node::new();
+    // Peers covering both shards of `two`, each dialing it and dialed by it.
+    let mut peers: Vec<Node> = Vec::new();
+    let mut covered = [[false; 2]; 2];
+    while peers.len() < 6 {
+        let candidate = Node::new();
+        let (shard, dials) = (shard_of(&candidate.id(), 2), candidate.id() < two.id());
+        if !covered[shard][dials as usize] || covered.iter().flatten().all(|c| *c) {
+            covered[shard][dials as usize] = true;
+            peers.push(candidate);
+        }
+    }
+    let config = UdpConfig::default();
+    let port_two = SteeredPort::bind("127.0.0.1:0".parse().unwrap(), &config, 2).unwrap();
+    let port_three = SteeredPort::bind("127.0.0.1:0".parse().unwrap(), &config, 3).unwrap();
+    let peer_addrs: Vec<SocketAddr> = peers.iter().map(|_| reserve_port()).collect();
+    two.allow(three.id(), port_three.local_addr());
+    three.allow(two.id(), port_two.local_addr());
+    for (peer, addr) in peers.iter().zip(&peer_addrs) {
+        two.allow(peer.id(), *addr);
+        three.allow(peer.id(), *addr);
+        peer.allow(two.id(), port_two.local_addr());
+        peer.allow(three.id(), port_three.local_addr());
+    }
+    let (two, three) = (Arc::new(two), Arc::new(three));
+    let phases: Phases = Arc::default();
+    let parties = 2 + 3 + 1;
+    let two_threads = spawn_shards(two.clone(), port_two, phases.clone(), parties);
+    let three_threads = spawn_shards(three.clone(), port_three, phases.clone(), parties);
+    let nodes = [two.id(), three.id()];
+    let peer_thread = std::thread::spawn(move || {
+        executor().run(async move {
+            let mut transports = Vec::new();
+            for (peer, addr) in peers.iter().zip(&peer_addrs) {
+                let served = Rc::new(Cell::new(0));
+                transports.push((peer.start(config_at(*addr), router(served.clone())), served));
+            }
+            for (transport, _) in &transports {
+                for node in nodes {
+                    assert!(
+                        transport
+                            .wait_connected(node, Duration::from_secs(10))
+                            .await
+                    );
+                    let body = Buf::copy_from_slice(b"to a sharded node");
+                    let reply = transport.rpc(node, ECHO, Priority::Normal, body.clone());
+                    assert_eq!(reply.await, Ok(body));
+                }
+            }
+            finish(&phases[0], parties).await;
+            let served: Vec<u64> = transports.iter().map(|(_, s)| s.get()).collect();
+            finish(&phases[1], parties).await;
+            for (transport, _) in transports {
+                transport.shutdown().await;
+            }
+            served
+        })
+    });
+    let peer_served = peer_thread.join().unwrap();
+    // Each peer answered one echo from each sharded node (from the shard that owns it).
+    assert_eq!(peer_served, vec![2; 6]);
+    for (node, threads) in [(two, two_threads), (three, three_threads)] {
+        let count = threads.len();
+        let mut all = Vec::new();
+        for (index, thread) in threads.into_iter().enumerate() {
+            let report = thread.join().unwrap();
+            let mut expected: Vec<NodeId> = node
+                .allowed()
+                .keys()
+                .filter(|peer| shard_of(peer, count) == index)
+                .copied()
+                .collect();
+            expected.sort();
+            assert_eq!(
+                report.peers, expected,
+                "shard {index} of {count} owns its peers"
+            );
+            // One echo from each owned peer (and from the other sharded node if owned).
+            assert_eq!(
+                report.served,
+                expected.len() as u64,
+                "shard {index} of {count}"
+            );
+            assert_eq!((report.misrouted, report.refused), (0, 0));
+            if !expected.is_empty() {
+                assert!(report.datagrams_received > 0);
+            }
+            all.extend(report.peers);
+        }
+        all.sort();
+        let mut members: Vec<NodeId> = node.allowed().keys().copied().collect();
+        members.sort();
+        assert_eq!(
+            all, members,
+            "every member is connected on exactly one shard"
+        );
+    }
+}
+
+/// A dialer that does not steer (its first Initial names the wrong shard) completes the TLS
+/// handshake on that shard and is closed with CONN_WRONG_SHARD there; the shard counts it, and
+/// no handler runs.
+#[test]
+fn a_handshake_on_a_shard_that_does_not_own_the_peer_is_refused() {
+    use icn_engine::transport::quic::{codes, shard_of, Steering, ALPN};
+    use icn_engine::udp::{SteeredPort, UdpConfig};
+    let node = Node::new();
+    // The dialer must have the smaller id (the dialer rule) to be accepted at all.
+    let dialer = loop {
+        let candidate = Node::new();
+        if candidate.id() < node.id() {
+            break candidate;
+        }
+    };
+    node.allow(dialer.id(), reserve_port());
+    dialer.allow(node.id(), reserve_port());
+    let mut port =
+        SteeredPort::bind("127.0.0.1:0".parse().unwrap(), &UdpConfig::default(), 2).unwrap();
+    let addr = port.local_addr();
+    let owner = shard_of(&dialer.id(), 2);
+    let wrong = 1 - owner;
+    let served = Rc::new(Cell::new(0));
+    let sockets = [port.take(0).unwrap(), port.take(1).unwrap()];
+    let client_tls = tls::client_context_builder(&dialer.identity, dialer.verifier()).unwrap();
+    let node = Arc::new(node);
+    executor().run(async move {
+        let mut transports = Vec::new();
+        for (index, socket) in sockets.into_iter().enumerate() {
+            let server = tls::server_context_builder(&node.identity, node.verifier()).unwrap();
+            let client = tls::client_context_builder(&node.identity, node.verifier()).unwrap();
+            let config = QuicConfig {
+                steering: Steering { index, count: 2 },
+                ..config_at(addr)
+            };
+            transports.push(
+                QuicTransport::start_steered(
+                    node.id(),
+                    server,
+                    client,
+                    config,
+                    router(served.clone()),
+                    node.allowed(),
+                    socket,
+                )
+                .unwrap(),
+            );
+        }
+        // A plain quiche client whose destination id's first byte names the wrong shard.
+        let socket = glommio::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let local = socket.local_addr().unwrap();
+        let mut config =
+            quiche::Config::with_boring_ssl_ctx_builder(quiche::PROTOCOL_VERSION, client_tls)
+                .unwrap();
+        config.set_application_protos(&[ALPN]).unwrap();
+        config.set_max_idle_timeout(5_000);
+        config.set_initial_max_data(1 << 20);
+        config.set_initial_max_stream_data_bidi_local(1 << 20);
+        config.set_initial_max_streams_bidi(16);
+        let scid = quiche::ConnectionId::from_vec(vec![7; 16]);
+        let mut dcid = vec![0x5a; 16];
+        dcid[0] = wrong as u8;
+        let dcid = quiche::ConnectionId::from_vec(dcid);
+        let mut conn = quiche::connect_with_dcid(
+            Some(&node.id().to_hex()),
+            &scid,
+            &dcid,
+            local,
+            addr,
+            &mut config,
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut out = [0u8; 1500];
+        let mut buf = [0u8; 65_535];
+        while !conn.is_closed() && Instant::now() < deadline {
+            while let Ok((len, info)) = conn.send(&mut out) {
+                socket.send_to(&out[..len], info.to).await.unwrap();
+            }
+            let wait = conn.timeout().unwrap_or(Duration::from_millis(50));
+            let received = glommio::timer::timeout(wait.min(Duration::from_millis(50)), async {
+                Ok(socket.recv_from(&mut buf).await)
+            })
+            .await;
+            match received {
+                Ok(Ok((len, from))) => {
+                    let _ = conn.recv(&mut buf[..len], quiche::RecvInfo { from, to: local });
+                }
+                _ => conn.on_timeout(),
+            }
+        }
+        let error = conn.peer_error().cloned();
+        assert!(
+            error
+                .as_ref()
+                .is_some_and(|e| e.is_app && e.error_code == codes::CONN_WRONG_SHARD),
+            "closed with wrong-shard, got {error:?}"
+        );
+        assert_eq!(transports[wrong].stats().handshakes_misrouted.get(), 1);
+        assert_eq!(transports[owner].stats().handshakes_misrouted.get(), 0);
+        assert_eq!(served.get(), 0);
+        assert!(transports.iter().all(|t| t.peers().is_empty()));
+        for transport in transports {
+            transport.shutdown().await;
+        }
+    });
+}
+
+/// Counts a handler dropped before it finished (its request was cancelled).
+struct CancelCount(Arc<std::sync::atomic::AtomicUsize>, bool);
+
+impl Drop for CancelCount {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+const SLOW: Route = Route(3);
+const WHERE: Route = Route(4);
+
+/// ECHO and LEN, SLOW (answers after 10 s, counting cancellations in `cancelled`) and WHERE
+/// (answers with the serving thread's name).
+fn slow_router(cancelled: Arc<std::sync::atomic::AtomicUsize>) -> Router {
+    router(Rc::default())
+        .route(SLOW, move |_ctx, request: Buf| {
+            let guard = CancelCount(cancelled.clone(), false);
+            async move {
+                // Moved whole (a closure would capture only the field it writes).
+                let mut guard = guard;
+                glommio::timer::sleep(Duration::from_secs(10)).await;
+                guard.1 = true;
+                Ok(request)
+            }
+        })
+        .route(WHERE, |_ctx, _request: Buf| async move {
+            let name = std::thread::current().name().unwrap_or("").to_string();
+            Ok(Buf::from_vec(name.into_bytes()))
+        })
+}
+
+/// Waits (serving meanwhile) until `check` holds or 10 s pass.
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A node of two shards under `QuicShards` and four single-shard peers, two on each shard: the
+/// home shard's RPCs reach the other shard's peers, those peers' requests are served by the home
+/// router, cancellation crosses shards both ways, `peers()` and `rtt()` cover both shards, and
+/// an allowed set without a peer closes its connection on the shard that owns it.
+#[test]
+fn quic_shards_carry_calls_and_cancellation_between_shards() {
+    use icn_engine::shard::{run_shards, ShardConfig, Shutdown};
+    use icn_engine::transport::quic::{shard_of, Steering};
+    use icn_engine::transport::quic_shards::{
+        forwarding_router, run_owner_shard, QuicShards, QuicShardsShared, ShardMessage,
+    };
+    use icn_engine::udp::{SteeredPort, UdpConfig};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let node = Node::new();
+    let mut peers: Vec<Node> = Vec::new();
+    let mut per_shard = [0; 2];
+    while peers.len() < 4 {
+        let candidate = Node::new();
+        let shard = shard_of(&candidate.id(), 2);
+        if per_shard[shard] < 2 {
+            per_shard[shard] += 1;
+            peers.push(candidate);
+        }
+    }
+    let mut port =
+        SteeredPort::bind("127.0.0.1:0".parse().unwrap(), &UdpConfig::default(), 2).unwrap();
+    let node_addr = port.local_addr();
+    let peer_addrs: Vec<SocketAddr> = peers.iter().map(|_| reserve_port()).collect();
+    for (peer, addr) in peers.iter().zip(&peer_addrs) {
+        node.allow(peer.id(), *addr);
+        peer.allow(node.id(), node_addr);
+    }
+    let peer_ids: Vec<NodeId> = peers.iter().map(Node::id).collect();
+    // The peer on shard 1 that the node drops from its allowed set at the end.
+    let dropped = *peer_ids.iter().find(|p| shard_of(p, 2) == 1).unwrap();
+    let node = Arc::new(node);
+    let shared = QuicShardsShared::new(2, node.allowed());
+    let sockets = Arc::new(std::sync::Mutex::new(vec![port.take(0), port.take(1)]));
+    let peer_cancelled = Arc::new(AtomicUsize::new(0));
+    let home_cancelled = Arc::new(AtomicUsize::new(0));
+    let phases: Phases = Arc::default();
+    let parties = 2;
+
+    let peer_thread = {
+        let (phases, peer_cancelled, home_cancelled) = (
+            phases.clone(),
+            peer_cancelled.clone(),
+            home_cancelled.clone(),
+        );
+        let node_id = node.id();
+        std::thread::spawn(move || {
+            executor().run(async move {
+                let mut transports = Vec::new();
+                for (peer, addr) in peers.iter().zip(&peer_addrs) {
+                    transports
+                        .push(peer.start(config_at(*addr), slow_router(peer_cancelled.clone())));
+                }
+                for transport in &transports {
+                    assert!(
+                        transport
+                            .wait_connected(node_id, Duration::from_secs(10))
+                            .await
+                    );
+                    // Whichever shard the connection lives on, the home shard serves.
+                    let reply = transport.rpc(node_id, WHERE, Priority::Normal, Buf::empty());
+                    // glommio names the thread after the executor: "icn-shard-0-<id>".
+                    let name = reply.await.unwrap();
+                    assert!(name.starts_with(b"icn-shard-0-"), "{name:?}");
+                }
+                // A request through shard 1, given up after 200 ms: the home handler is dropped.
+                let via_one = transports
+                    .iter()
+                    .find(|t| shard_of(&t.local_id(), 2) == 1)
+                    .unwrap();
+                let slow = via_one.rpc(node_id, SLOW, Priority::Normal, Buf::empty());
+                let gave_up =
+                    glommio::timer::timeout(Duration::from_millis(200), async { Ok(slow.await) })
+                        .await;
+                assert!(gave_up.is_err(), "the slow request is still running");
+                eventually("the home handler's cancellation", || {
+                    home_cancelled.load(Ordering::SeqCst) == 1
+                })
+                .await;
+                finish(&phases[0], parties).await;
+                finish(&phases[1], parties).await;
+                for transport in transports {
+                    transport.shutdown().await;
+                }
+            })
+        })
+    };
+
+    let config = ShardConfig {
+        shards: 2,
+        pin_cores: false,
+        ..ShardConfig::default()
+    };
+    let shutdown = Shutdown::new();
+    let results = run_shards::<ShardMessage, (), _, _>(&config, shutdown, {
+        let (node, shared, home_cancelled, peer_cancelled, phases) = (
+            node.clone(),
+            shared.clone(),
+            home_cancelled.clone(),
+            peer_cancelled.clone(),
+            phases.clone(),
+        );
+        move |ctx| {
+            let ctx = Rc::new(ctx);
+            let socket = sockets.lock().unwrap()[ctx.index].take().unwrap();
+            let (node, shared, home_cancelled, peer_cancelled, phases) = (
+                node.clone(),
+                shared.clone(),
+                home_cancelled.clone(),
+                peer_cancelled.clone(),
+                phases.clone(),
+            );
+            let peer_ids = peer_ids.clone();
+            async move {
+                let steering = Steering {
+                    index: ctx.index,
+                    count: 2,
+                };
+                let server = tls::server_context_builder(&node.identity, node.verifier()).unwrap();
+                let client = tls::client_context_builder(&node.identity, node.verifier()).unwrap();
+                let config = QuicConfig {
+                    steering,
+                    ..config_at(node_addr)
+                };
+                let home_router = slow_router(home_cancelled);
+                let router = if ctx.index == 0 {
+                    home_router.clone()
+                } else {
+                    forwarding_router(ctx.clone())
+                };
+                let local = QuicTransport::start_steered(
+                    node.id(),
+                    server,
+                    client,
+                    config,
+                    router,
+                    shared.allowed(),
+                    socket,
+                )
+                .unwrap();
+                if ctx.index == 1 {
+                    run_owner_shard(ctx.clone(), local.clone(), shared).await;
+                    local.shutdown().await;
+                    ctx.join_tasks(Duration::from_secs(1)).await;
+                    return;
+                }
+                let shards = QuicShards::start_home(local, ctx.clone(), shared, home_router);
+                let mut expected = peer_ids.clone();
+                expected.sort();
+                eventually("every peer on its shard", || {
+                    let listed: Vec<NodeId> = shards.peers().into_iter().map(|(p, _)| p).collect();
+                    listed == expected
+                })
+                .await;
+                for peer in &peer_ids {
+                    let body = Buf::copy_from_slice(&peer.0);
+                    let reply = shards.rpc(*peer, ECHO, Priority::Normal, body.clone());
+                    assert_eq!(reply.await, Ok(body), "echo from {}", peer.short());
+                    // The peer's own thread answers, whichever shard sent it.
+                    let reply = shards.rpc(*peer, WHERE, Priority::Normal, Buf::empty());
+                    assert!(!reply.await.unwrap().starts_with(b"icn-shard"));
+                }
+                eventually("an RTT for every peer", || {
+                    peer_ids.iter().all(|p| shards.rtt(*p).is_some())
+                })
+                .await;
+                // An RPC sent through shard 1 and dropped after 200 ms: the peer's handler too.
+                let slow = shards.rpc(dropped, SLOW, Priority::Normal, Buf::empty());
+                let gave_up =
+                    glommio::timer::timeout(Duration::from_millis(200), async { Ok(slow.await) })
+                        .await;
+                assert!(gave_up.is_err());
+                eventually("the peer handler's cancellation", || {
+                    peer_cancelled.load(Ordering::SeqCst) == 1
+                })
+                .await;
+                finish(&phases[0], parties).await;
+                // Dropping a shard-1 peer from the allowed set closes its connection there.
+                let mut allowed = node.allowed();
+                allowed.remove(&dropped);
+                shards.set_allowed_peers(allowed);
+                eventually("the dropped peer's connection closed", || {
+                    shards.peers().iter().all(|(p, _)| *p != dropped)
+                })
+                .await;
+                assert_eq!(shards.peers().len(), 3);
+                let refused = shards
+                    .rpc(dropped, ECHO, Priority::Normal, Buf::empty())
+                    .await;
+                assert!(refused.is_err());
+                finish(&phases[1], parties).await;
+                shards.shutdown().await;
+                ctx.shutdown.trigger();
+                ctx.join_tasks(Duration::from_secs(1)).await;
+            }
+        }
+    })
+    .unwrap();
+    assert_eq!(results.len(), 2);
+    peer_thread.join().unwrap();
+    assert_eq!(peer_cancelled.load(Ordering::SeqCst), 1);
+    assert_eq!(home_cancelled.load(Ordering::SeqCst), 1);
 }

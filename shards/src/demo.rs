@@ -369,6 +369,7 @@ impl LoadRun {
                 &SubnetId(LOCAL_SUBNET.into()),
                 &self.tuning,
                 Router::new(),
+                None,
             )
             .map_err(setup("starting the load generator's transport"))?,
         );

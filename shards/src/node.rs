@@ -1,21 +1,24 @@
-//! `icn node`: one node on a glommio shard: its transport serving the built-in routes, the admin
+//! `icn node`: one node on glommio shards. The home shard (0) runs the services: its transport
+//! endpoint serving the built-in routes, P2P, state sync and the reference replica, the admin
 //! HTTP server (/metrics, /health) on its registry `metrics_addr`, the public HTTP API on its
-//! registry `http_addr` (in front of `NoReplica` until the reference replica lands), a registry
-//! watcher applying new versions, and a metrics publisher.
+//! registry `http_addr` (in front of the replica, or `NoReplica` without the subnet key), a
+//! registry watcher applying new versions, and a metrics publisher.
 //!
-//! One shard for now. Several shards need connection steering first (QUIC connection ids whose
-//! first byte names the shard, one SO_REUSEPORT socket per shard, TCP connections owned by
-//! `hash(peer) % shards`); until that lands the node runs [`NODE_SHARDS`] shard.
+//! With QUIC the node runs `engine.shard_count` shards (0: one per core) on one steered UDP port
+//! (`icn_engine::transport::quic_shards`): every other shard runs the QUIC endpoint of the peers
+//! it owns and its own metrics, and forwards their requests to the home shard. TCP runs on the
+//! home shard alone (its connections cannot be steered by content).
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use futures_lite::future::or;
+use icn_engine::config::PortSharing;
 use icn_engine::http_admin::{AdminConfig, AdminHandlers, AdminServer, Health};
 use icn_engine::identity::{Identity, IdentityError};
 use icn_engine::metrics::{
@@ -23,6 +26,12 @@ use icn_engine::metrics::{
 };
 use icn_engine::registry::{Registry, RegistryError, RegistryWatcher, SubnetId};
 use icn_engine::shard::{run_shards, ShardConfig, ShardContext, Shutdown};
+use icn_engine::tls::{self, SharedRegistry};
+use icn_engine::transport::quic::{QuicConfig, QuicTransport, Steering};
+use icn_engine::transport::quic_shards::{
+    forwarding_router, run_owner_shard, QuicShardsShared, ShardMessage, HOME_SHARD,
+};
+use icn_engine::udp::{BoundSocket, SteeredPort, UdpConfig};
 use icn_engine::{Buf, NodeId, RequestContext, Route, Router, RpcError};
 use icn_tuning::{LoadError, Tuning};
 
@@ -34,7 +43,7 @@ use crate::http::{
 };
 use crate::node_config::{NodeConfig, TransportKind};
 use crate::node_metrics::{NodeMetricIds, ServiceMetrics, StatsSampler};
-use crate::node_transport::{own_record, NodeTransport, StartError};
+use crate::node_transport::{own_record, quic_peers, NodeTransport, QuicHome, StartError};
 use crate::p2p::{P2p, HEIGHTS_KEPT_DEFAULT};
 use crate::p2p_metrics::{P2pMetricIds, P2pSampler};
 use crate::peer_manager::driver::{PeerManagerHandle, RegistrySource};
@@ -48,9 +57,6 @@ use crate::state_sync::metrics::{StateSyncMetricIds, StateSyncSampler};
 use crate::state_sync::progress::console_sink;
 use crate::state_sync::reference::run_reference_state;
 use crate::state_sync::store::CheckpointStore;
-
-/// Shards a node runs until multi-shard connection steering lands (see the module docs).
-pub const NODE_SHARDS: usize = 1;
 
 /// Route 1: answers with the request itself.
 pub const ROUTE_ECHO: Route = Route(1);
@@ -92,6 +98,12 @@ pub enum NodeError {
     },
     #[error("shard runtime: {0}")]
     Shards(#[from] icn_engine::shard::ShardError),
+    #[error("QUIC port {addr} for {shards} shards: {source}")]
+    QuicPort {
+        addr: std::net::SocketAddr,
+        shards: usize,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Workload(String),
     #[error("subnet key: {0}")]
@@ -111,15 +123,84 @@ pub fn load_tuning(profile: Option<&std::path::Path>) -> Result<Tuning, LoadErro
     }
 }
 
-/// Everything a node loads before its shard starts (errors surface before any thread exists).
+/// Everything the home shard needs, loaded before any shard starts (errors surface before any
+/// thread exists).
 struct NodeParts {
     config: NodeConfig,
     tuning: Tuning,
-    identity: Identity,
+    identity: Arc<Identity>,
     watcher: RegistryWatcher,
     /// The HTTP API's decode-and-verify pool, node-wide (every shard's server shares it), when
     /// the node's registry entry has an `http_addr`.
     http_pool: Option<Arc<CpuPool>>,
+    metrics: MetricsParts,
+    /// The home shard's part of a QUIC transport over several shards.
+    quic: Option<HomeQuicParts>,
+}
+
+/// The node's metrics schema, shared by its shards, and the ids of its families.
+#[derive(Clone)]
+struct MetricsParts {
+    schema: Arc<icn_engine::metrics::MetricsSchema>,
+    collector: Arc<MetricsCollector>,
+    ids: NodeMetricIds,
+    p2p: P2pMetricIds,
+    sync: StateSyncMetricIds,
+    http: HttpMetricIds,
+    replica: ReplicaMetricIds,
+    publish_interval: Duration,
+}
+
+impl MetricsParts {
+    fn declare(tuning: &Tuning, kind: TransportKind, shards: usize) -> Result<Self, NodeError> {
+        let mut builder = MetricsSchemaBuilder::new(MetricsConfig::from_tuning(&tuning.metrics))?;
+        let ids = NodeMetricIds::declare(&mut builder, kind)?;
+        let p2p = P2pMetricIds::declare(&mut builder)?;
+        let sync = StateSyncMetricIds::declare(&mut builder)?;
+        let http = HttpMetricIds::declare(&mut builder)?;
+        let replica = ReplicaMetricIds::declare(&mut builder)?;
+        let schema = builder.build();
+        let collector = Arc::new(MetricsCollector::new(schema.clone(), shards));
+        Ok(MetricsParts {
+            schema,
+            collector,
+            ids,
+            p2p,
+            sync,
+            http,
+            replica,
+            publish_interval: Duration::from_millis(tuning.metrics.publish_interval_ms),
+        })
+    }
+}
+
+/// The home shard's socket of the node's steered QUIC port, and what the shards share.
+struct HomeQuicParts {
+    socket: BoundSocket,
+    shared: Arc<QuicShardsShared>,
+    registry: SharedRegistry,
+}
+
+/// What a shard other than the home shard needs to run its QUIC endpoint.
+struct QuicShardParts {
+    socket: BoundSocket,
+    identity: Arc<Identity>,
+    registry: SharedRegistry,
+    subnet: SubnetId,
+    config: QuicConfig,
+    shared: Arc<QuicShardsShared>,
+    metrics: MetricsParts,
+}
+
+/// How many shards a node of `transport` runs: QUIC spreads its peers over
+/// `engine.shard_count` shards (0: one per core, at most one steered port's worth); TCP runs one.
+pub fn node_shards(tuning: &Tuning, transport: TransportKind) -> usize {
+    match transport {
+        TransportKind::Quic => ShardConfig::from_tuning(&tuning.engine)
+            .resolved_shards()
+            .clamp(1, icn_engine::udp::STEERED_SHARDS_MAX),
+        TransportKind::Tcp => 1,
+    }
 }
 
 /// Runs the node described by `config` until `shutdown` triggers (or SIGINT/SIGTERM, once
@@ -144,8 +225,9 @@ pub fn run_node(config: &NodeConfig, shutdown: Shutdown) -> Result<(), NodeError
     })?;
     let poll_interval = Duration::from_millis(tuning.registry.poll_interval_ms);
     let watcher = RegistryWatcher::new(&config.registry_path, poll_interval)?;
-    let http_addr =
-        own_record(&watcher.current(), &config.subnet_id, identity.node_id())?.http_addr;
+    let registry = watcher.current();
+    let record = own_record(&registry, &config.subnet_id, identity.node_id())?.clone();
+    let http_addr = record.http_addr;
     let http_pool = match http_addr {
         Some(addr) => Some(Arc::new(
             CpuPool::new(
@@ -157,9 +239,51 @@ pub fn run_node(config: &NodeConfig, shutdown: Shutdown) -> Result<(), NodeError
         )),
         None => None,
     };
+    let shards = node_shards(&tuning, config.transport);
     let shard_config = ShardConfig {
-        shards: NODE_SHARDS,
+        shards,
         ..ShardConfig::from_tuning(&tuning.engine)
+    };
+    let metrics = MetricsParts::declare(&tuning, config.transport, shards)?;
+    let identity = Arc::new(identity);
+    let mut owners: Vec<Option<QuicShardParts>> = Vec::new();
+    let quic = if shards > 1 {
+        let addr = record.quic_addr;
+        let udp = UdpConfig::from_tuning(&tuning.udp, PortSharing::SharedByShards);
+        let mut port =
+            SteeredPort::bind(addr, &udp, shards).map_err(|source| NodeError::QuicPort {
+                addr,
+                shards,
+                source,
+            })?;
+        let local_id = identity.node_id();
+        let peers = quic_peers(&registry, &config.subnet_id, local_id);
+        let shared = QuicShardsShared::new(shards, peers);
+        let shared_registry: SharedRegistry = Arc::new(RwLock::new(registry.clone()));
+        for index in 0..shards {
+            owners.push((index != HOME_SHARD).then(|| QuicShardParts {
+                socket: port.take(index).expect("one socket per shard"),
+                identity: identity.clone(),
+                registry: shared_registry.clone(),
+                subnet: config.subnet_id.clone(),
+                config: QuicConfig {
+                    steering: Steering {
+                        index,
+                        count: shards,
+                    },
+                    ..QuicConfig::from_tuning(&tuning, addr)
+                },
+                shared: shared.clone(),
+                metrics: metrics.clone(),
+            }));
+        }
+        Some(HomeQuicParts {
+            socket: port.take(HOME_SHARD).expect("one socket per shard"),
+            shared,
+            registry: shared_registry,
+        })
+    } else {
+        None
     };
     let parts = Arc::new(Mutex::new(Some(NodeParts {
         config: config.clone(),
@@ -167,20 +291,82 @@ pub fn run_node(config: &NodeConfig, shutdown: Shutdown) -> Result<(), NodeError
         identity,
         watcher,
         http_pool,
+        metrics,
+        quic,
     })));
-    let results = run_shards::<(), Result<(), NodeError>, _, _>(&shard_config, shutdown, {
-        move |ctx| {
-            let parts = parts.lock().map(|mut p| p.take()).unwrap_or(None);
-            async move {
-                match parts {
-                    Some(parts) => run_shard(ctx, parts).await,
-                    // Only one shard exists; a second would have nothing to serve yet.
-                    None => Ok(()),
+    let owners = Arc::new(Mutex::new(owners));
+    let results =
+        run_shards::<ShardMessage, Result<(), NodeError>, _, _>(&shard_config, shutdown, {
+            move |ctx| {
+                let ctx = Rc::new(ctx);
+                let home = (ctx.index == HOME_SHARD)
+                    .then(|| parts.lock().map(|mut p| p.take()).unwrap_or(None))
+                    .flatten();
+                let owner = owners
+                    .lock()
+                    .map(|mut o| o.get_mut(ctx.index).and_then(Option::take))
+                    .unwrap_or(None);
+                async move {
+                    match (home, owner) {
+                        (Some(parts), _) => run_shard(ctx, parts).await,
+                        (None, Some(parts)) => run_quic_shard(ctx, parts).await,
+                        (None, None) => Ok(()),
+                    }
                 }
             }
-        }
-    })?;
+        })?;
     results.into_iter().collect()
+}
+
+/// A shard other than the home shard: the QUIC endpoint of the peers it owns (their requests
+/// forwarded to the home shard, the home shard's RPCs to them sent here) and its metrics, until
+/// the node stops.
+async fn run_quic_shard(
+    ctx: Rc<ShardContext<ShardMessage>>,
+    parts: QuicShardParts,
+) -> Result<(), NodeError> {
+    let QuicShardParts {
+        socket,
+        identity,
+        registry,
+        subnet,
+        config,
+        shared,
+        metrics,
+    } = parts;
+    let verifier = tls::registry_verifier(registry, subnet);
+    let server =
+        tls::server_context_builder(&identity, verifier.clone()).map_err(StartError::from)?;
+    let client = tls::client_context_builder(&identity, verifier).map_err(StartError::from)?;
+    let transport = QuicTransport::start_steered(
+        identity.node_id(),
+        server,
+        client,
+        config,
+        forwarding_router(ctx.clone()),
+        shared.allowed(),
+        socket,
+    )
+    .map_err(StartError::from)?;
+    let shard_metrics = ShardMetrics::new(metrics.schema.clone(), ctx.index);
+    let sampler = StatsSampler::for_quic_shard(transport.clone(), &metrics.ids, &shard_metrics);
+    let publisher = {
+        let shared = shared.clone();
+        async move {
+            loop {
+                shard_metrics.set_registry_peers(shared.allowed().into_keys().collect::<Vec<_>>());
+                sampler.sample();
+                // A schema mismatch would be a wiring bug here; the scrape keeps the last data.
+                let _ = shard_metrics.publish(&metrics.collector);
+                glommio::timer::sleep(metrics.publish_interval).await;
+            }
+        }
+    };
+    spawn_until_shutdown(&ctx, publisher);
+    run_owner_shard(ctx.clone(), transport.clone(), shared).await;
+    transport.shutdown().await;
+    ctx.join_tasks(TASK_JOIN_GRACE).await;
+    Ok(())
 }
 
 /// The subnet's BLS key from the node's identity directory, checked against the registry's
@@ -246,28 +432,32 @@ impl NodeShard {
     }
 }
 
-async fn run_shard(ctx: ShardContext<()>, parts: NodeParts) -> Result<(), NodeError> {
+async fn run_shard(ctx: Rc<ShardContext<ShardMessage>>, parts: NodeParts) -> Result<(), NodeError> {
     let NodeParts {
         config,
         tuning,
         identity,
         watcher,
         http_pool,
+        metrics,
+        quic,
     } = parts;
     let registry = watcher.current();
     let local_id = identity.node_id();
     let record = own_record(&registry, &config.subnet_id, local_id)?.clone();
 
-    let mut builder = MetricsSchemaBuilder::new(MetricsConfig::from_tuning(&tuning.metrics))?;
-    let ids = NodeMetricIds::declare(&mut builder, config.transport)?;
-    let p2p_ids = P2pMetricIds::declare(&mut builder)?;
-    let sync_ids = StateSyncMetricIds::declare(&mut builder)?;
-    let http_ids = HttpMetricIds::declare(&mut builder)?;
-    let replica_ids = ReplicaMetricIds::declare(&mut builder)?;
-    let schema = builder.build();
-    let shard_metrics = ShardMetrics::new(schema.clone(), ctx.index);
+    let MetricsParts {
+        schema,
+        collector,
+        ids,
+        p2p: p2p_ids,
+        sync: sync_ids,
+        http: http_ids,
+        replica: replica_ids,
+        publish_interval,
+    } = metrics;
+    let shard_metrics = ShardMetrics::new(schema, ctx.index);
     shard_metrics.set_registry_peers(member_ids(&registry, &config.subnet_id));
-    let collector = Arc::new(MetricsCollector::new(schema, ctx.count));
 
     let runtime: Rc<dyn Runtime> = GlommioRuntime::new();
     let current_registry = Rc::new(RefCell::new(registry.clone()));
@@ -332,6 +522,12 @@ async fn run_shard(ctx: ShardContext<()>, parts: NodeParts) -> Result<(), NodeEr
     if let Some(replica) = &replica {
         router = replica.routes(router);
     }
+    let home = quic.map(|quic| QuicHome {
+        ctx: ctx.clone(),
+        socket: quic.socket,
+        shared: quic.shared,
+        registry: quic.registry,
+    });
     let transport = Rc::new(NodeTransport::start(
         config.transport,
         &identity,
@@ -339,6 +535,7 @@ async fn run_shard(ctx: ShardContext<()>, parts: NodeParts) -> Result<(), NodeEr
         &config.subnet_id,
         &tuning,
         router,
+        home,
     )?);
     let sampler = StatsSampler::new(transport.clone(), &ids, &shard_metrics);
     sampler.set_registry_version(registry.version());
@@ -389,7 +586,6 @@ async fn run_shard(ctx: ShardContext<()>, parts: NodeParts) -> Result<(), NodeEr
         )?),
         _ => None,
     };
-    let publish_interval = Duration::from_millis(tuning.metrics.publish_interval_ms);
     spawn_until_shutdown(&ctx, publish_loop(node.clone(), publish_interval));
     match (&node.replica, config.state, config.workload) {
         // The replica's checkpoints are the node's state (with the [state] table's synthetic
@@ -419,6 +615,7 @@ async fn run_shard(ctx: ShardContext<()>, parts: NodeParts) -> Result<(), NodeEr
         &record,
         registry.version(),
         node.replica.as_ref().map(|r| r.subnet_id()),
+        ctx.count,
     );
 
     ctx.shutdown.wait().await;
@@ -448,7 +645,10 @@ fn penalty_log(forward: PenaltySink) -> PenaltySink {
 }
 
 /// Runs `task` on the shard until it ends or the node stops.
-fn spawn_until_shutdown(ctx: &ShardContext<()>, task: impl Future<Output = ()> + 'static) {
+fn spawn_until_shutdown(
+    ctx: &ShardContext<ShardMessage>,
+    task: impl Future<Output = ()> + 'static,
+) {
     let shutdown = ctx.shutdown.clone();
     ctx.spawn(async move { or(task, shutdown.wait()).await });
 }
@@ -551,6 +751,7 @@ fn announce(
     record: &icn_engine::registry::NodeRecord,
     version: u64,
     replica_subnet: Option<icn_codecs::ic::Principal>,
+    shards: usize,
 ) {
     let listen = match config.transport {
         TransportKind::Quic => record.quic_addr,
@@ -569,10 +770,11 @@ fn announce(
         None => "no replica (no subnet key)".into(),
     };
     println!(
-        "icn node {} ready: subnet {} transport {} on {listen}, metrics {metrics}, API {api}, {replica}, registry version {version}, {NODE_SHARDS} shard",
+        "icn node {} ready: subnet {} transport {} on {listen}, metrics {metrics}, API {api}, {replica}, registry version {version}, {shards} shard{}",
         node_id.to_hex(),
         config.subnet_id,
         config.transport.name(),
+        if shards == 1 { "" } else { "s" },
     );
     let _ = std::io::stdout().flush();
 }

@@ -29,11 +29,16 @@ type QuicReading = fn(&QuicTransport) -> u64;
 type TcpReading = fn(&TcpTransport) -> u64;
 
 /// Counters only the QUIC transport keeps: (name, help, reading).
-const QUIC_COUNTERS: [(&str, &str, QuicReading); 12] = [
+const QUIC_COUNTERS: [(&str, &str, QuicReading); 13] = [
     (
         "icn_quic_handshakes_refused_total",
-        "QUIC handshakes that completed but whose peer was refused (wrong node or dialer).",
+        "QUIC handshakes that completed but whose peer was refused (wrong node, dialer or shard).",
         |t| t.stats().handshakes_refused.get(),
+    ),
+    (
+        "icn_quic_handshakes_misrouted_total",
+        "QUIC handshakes refused because they reached a shard that does not own their peer.",
+        |t| t.stats().handshakes_misrouted.get(),
     ),
     (
         "icn_quic_handshakes_failed_total",
@@ -213,9 +218,17 @@ impl ServiceMetrics {
     }
 }
 
+/// What a [`StatsSampler`] reads.
+enum SampledTransport {
+    /// The node's transport (on the home shard: QUIC's home endpoint, or TCP).
+    Node(Rc<NodeTransport>),
+    /// The QUIC endpoint of another shard of the node.
+    QuicShard(QuicTransport),
+}
+
 /// Has a transport publish its standard metrics, and copies its own counters.
 pub struct StatsSampler {
-    transport: Rc<NodeTransport>,
+    transport: SampledTransport,
     metrics: TransportMetrics,
     registry_version: Gauge,
     transport_counters: Vec<Mirror>,
@@ -223,6 +236,19 @@ pub struct StatsSampler {
 
 impl StatsSampler {
     pub fn new(transport: Rc<NodeTransport>, ids: &NodeMetricIds, shard: &ShardMetrics) -> Self {
+        StatsSampler::of(SampledTransport::Node(transport), ids, shard)
+    }
+
+    /// For the QUIC endpoint of a shard other than the home shard (its own `shard` metrics).
+    pub fn for_quic_shard(
+        transport: QuicTransport,
+        ids: &NodeMetricIds,
+        shard: &ShardMetrics,
+    ) -> Self {
+        StatsSampler::of(SampledTransport::QuicShard(transport), ids, shard)
+    }
+
+    fn of(transport: SampledTransport, ids: &NodeMetricIds, shard: &ShardMetrics) -> Self {
         let metrics = TransportMetrics::new(ids.standard, shard);
         StatsSampler {
             transport_counters: ids
@@ -243,9 +269,12 @@ impl StatsSampler {
 
     /// Reads every counter of the transport now.
     pub fn sample(&self) {
-        match &*self.transport {
-            NodeTransport::Quic { transport, .. } => self.sample_quic(transport),
-            NodeTransport::Tcp(transport) => self.sample_tcp(transport),
+        match &self.transport {
+            SampledTransport::Node(node) => match &**node {
+                NodeTransport::Quic { transport, .. } => self.sample_quic(transport.local()),
+                NodeTransport::Tcp(transport) => self.sample_tcp(transport),
+            },
+            SampledTransport::QuicShard(transport) => self.sample_quic(transport),
         }
     }
 

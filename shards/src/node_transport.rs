@@ -3,13 +3,17 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::{Arc, RwLock};
 
 use icn_engine::identity::Identity;
 use icn_engine::registry::{NodeRecord, Registry, SubnetId};
+use icn_engine::shard::ShardContext;
 use icn_engine::tls::{self, SharedRegistry};
-use icn_engine::transport::quic::{QuicConfig, QuicTransport};
+use icn_engine::transport::quic::{QuicConfig, QuicTransport, Steering};
+use icn_engine::transport::quic_shards::{QuicShards, QuicShardsShared, ShardMessage};
 use icn_engine::transport::tcp::{TcpConfig, TcpTransport};
+use icn_engine::udp::BoundSocket;
 use icn_engine::{Buf, ConnId, NodeId, Priority, Route, Router, RpcError, Transport};
 use icn_tuning::Tuning;
 
@@ -33,10 +37,22 @@ pub enum StartError {
     Tcp(#[from] icn_engine::transport::tcp::TcpError),
 }
 
+/// The home shard's part of a QUIC transport spread over a node's shards
+/// (`icn_engine::transport::quic_shards`): the other shards run their endpoints themselves.
+pub struct QuicHome {
+    pub ctx: Rc<ShardContext<ShardMessage>>,
+    /// The home shard's socket of the node's steered port.
+    pub socket: BoundSocket,
+    pub shared: Arc<QuicShardsShared>,
+    /// The registry version every shard's TLS verifier checks peers against.
+    pub registry: SharedRegistry,
+}
+
 /// A started transport of either kind.
 pub enum NodeTransport {
     Quic {
-        transport: QuicTransport,
+        /// The node's QUIC endpoints (one per shard) as the home shard's services see them.
+        transport: QuicShards,
         /// The registry version the TLS verifier checks peers against.
         registry: SharedRegistry,
         subnet: SubnetId,
@@ -63,7 +79,7 @@ pub fn own_record<'r>(
 
 /// The QUIC peers of `local` in `registry`: the other members of its subnet (none when it is no
 /// longer a member itself).
-fn quic_peers(
+pub fn quic_peers(
     registry: &Registry,
     subnet: &SubnetId,
     local: NodeId,
@@ -81,6 +97,9 @@ fn quic_peers(
 
 impl NodeTransport {
     /// Starts `kind` on the current glommio executor, listening on this node's registry address.
+    /// QUIC with `home` is the home shard's endpoint of a node whose other shards run their own
+    /// (on the sockets of one steered port); without it, the node's only endpoint, on a socket
+    /// of its own.
     pub fn start(
         kind: TransportKind,
         identity: &Identity,
@@ -88,24 +107,45 @@ impl NodeTransport {
         subnet: &SubnetId,
         tuning: &Tuning,
         router: Router,
+        home: Option<QuicHome>,
     ) -> Result<NodeTransport, StartError> {
         let record = own_record(&registry, subnet, identity.node_id())?;
         match kind {
             TransportKind::Quic => {
                 let config = QuicConfig::from_tuning(tuning, record.quic_addr);
                 let peers = quic_peers(&registry, subnet, identity.node_id());
-                let shared: SharedRegistry = Arc::new(RwLock::new(registry));
+                let shared: SharedRegistry = match &home {
+                    Some(home) => home.registry.clone(),
+                    None => Arc::new(RwLock::new(registry)),
+                };
                 let verifier = tls::registry_verifier(shared.clone(), subnet.clone());
                 let server = tls::server_context_builder(identity, verifier.clone())?;
                 let client = tls::client_context_builder(identity, verifier)?;
-                let transport = QuicTransport::start(
-                    identity.node_id(),
-                    server,
-                    client,
-                    config,
-                    router,
-                    peers,
-                )?;
+                let local_id = identity.node_id();
+                let transport = match home {
+                    None => QuicShards::single(QuicTransport::start(
+                        local_id, server, client, config, router, peers,
+                    )?),
+                    Some(home) => {
+                        let config = QuicConfig {
+                            steering: Steering {
+                                index: home.ctx.index,
+                                count: home.shared.shards(),
+                            },
+                            ..config
+                        };
+                        let local = QuicTransport::start_steered(
+                            local_id,
+                            server,
+                            client,
+                            config,
+                            router.clone(),
+                            peers,
+                            home.socket,
+                        )?;
+                        QuicShards::start_home(local, home.ctx, home.shared, router)
+                    }
+                };
                 Ok(NodeTransport::Quic {
                     transport,
                     registry: shared,
@@ -172,14 +212,18 @@ impl PeerTransport for NodeTransport {
     /// out or bans (it connects the registry's other members).
     fn apply_peer_set(&self, allowed: &BTreeMap<NodeId, SocketAddr>, refused: &[NodeId]) {
         match self {
-            NodeTransport::Quic { transport, .. } => transport.apply_peer_set(allowed, refused),
+            // QUIC refuses every peer outside the allowed map, at the handshake and on live
+            // connections, so the refused list adds nothing.
+            NodeTransport::Quic { transport, .. } => {
+                transport.set_allowed_peers(allowed.iter().map(|(id, addr)| (*id, *addr)).collect())
+            }
             NodeTransport::Tcp(transport) => transport.set_refused_peers(refused.iter().copied()),
         }
     }
 
     fn rtt(&self, peer: NodeId) -> Option<std::time::Duration> {
         match self {
-            NodeTransport::Quic { transport, .. } => PeerTransport::rtt(transport, peer),
+            NodeTransport::Quic { transport, .. } => transport.rtt(peer),
             NodeTransport::Tcp(_) => None,
         }
     }

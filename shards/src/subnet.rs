@@ -259,14 +259,17 @@ pub fn parse_reading(text: &str) -> NodeReading {
             "icn_state_sync_checkpoint_height" => reading.checkpoint_height = value,
             "icn_state_sync_bytes_held" => reading.sync_bytes_held = value,
             "icn_state_sync_bytes_total" => reading.sync_bytes_total = value,
+            // Per-shard gauges: only the home shard delivers artifacts, the others read 0.
             "icn_gossip_delivery_latency_window_p50_us" => {
                 if let Some(kind) = kind {
-                    reading.window_us.entry(kind).or_default().0 = value;
+                    let p50 = &mut reading.window_us.entry(kind).or_default().0;
+                    *p50 = p50.max(value);
                 }
             }
             "icn_gossip_delivery_latency_window_p99_us" => {
                 if let Some(kind) = kind {
-                    reading.window_us.entry(kind).or_default().1 = value;
+                    let p99 = &mut reading.window_us.entry(kind).or_default().1;
+                    *p99 = p99.max(value);
                 }
             }
             _ => {}
@@ -436,6 +439,8 @@ mod tests {
         icn_transport_active_connections 3\n\
         icn_gossip_delivery_latency_window_p50_us{kind=\"block\",shard=\"0\"} 1500\n\
         icn_gossip_delivery_latency_window_p99_us{kind=\"block\",shard=\"0\"} 9000\n\
+        icn_gossip_delivery_latency_window_p50_us{kind=\"block\",shard=\"1\"} 0\n\
+        icn_gossip_delivery_latency_window_p99_us{kind=\"block\",shard=\"1\"} 0\n\
         garbage line\n";
 
     #[test]

@@ -14,7 +14,8 @@ section! {
     /// Shard executors, the rings between them, and the buffer pool.
     pub struct EngineTuning in "engine" {
         /// Shard executors to start, one thread each; 0 starts one per available core (more
-        /// shards than cores only adds context switches).
+        /// shards than cores only adds context switches). A QUIC node spreads its peers'
+        /// connections over them (at most 256); a TCP node runs one.
         shard_count: usize in 0..=1024 = ENGINE_SHARD_COUNT_DEFAULT = 0;
         /// Pin each shard's thread to its own core so its caches and io_uring stay warm; turn off
         /// when the node shares its cores with other services.

@@ -28,6 +28,7 @@ use crate::buffer::Buf;
 pub(crate) mod durations;
 pub mod memory;
 pub mod quic;
+pub mod quic_shards;
 pub(crate) mod wire;
 
 pub use wire::{decode_error_index, DECODE_ERROR_KINDS};
@@ -40,6 +41,13 @@ impl NodeId {
     /// Short hex form for logs.
     pub fn short(&self) -> String {
         self.0[..4].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The byte that places this node's QUIC connections on a peer's shards
+    /// (`transport::quic::shard_of`): the key's first byte, uniformly distributed for Ed25519
+    /// keys. A dial sends it as the first byte of its first Initial's destination id.
+    pub fn steering_byte(&self) -> u8 {
+        self.0[0]
     }
 
     pub fn to_hex(&self) -> String {
@@ -131,6 +139,9 @@ pub type Handler = Rc<dyn Fn(RequestContext, Buf) -> LocalBoxFuture<Result<Buf, 
 #[derive(Clone, Default)]
 pub struct Router {
     handlers: HashMap<Route, Handler>,
+    /// Serves every route without a handler of its own (a shard that forwards its peers'
+    /// requests to the shard where the services run).
+    fallback: Option<Handler>,
 }
 
 impl Router {
@@ -149,8 +160,23 @@ impl Router {
         self
     }
 
+    /// Serves every route that has no handler of its own with `handler`.
+    pub fn fallback<F, Fut>(mut self, handler: F) -> Self
+    where
+        F: Fn(RequestContext, Buf) -> Fut + 'static,
+        Fut: Future<Output = Result<Buf, RpcError>> + 'static,
+    {
+        let handler: Handler = Rc::new(move |ctx, req| Box::pin(handler(ctx, req)));
+        self.fallback = Some(handler);
+        self
+    }
+
+    /// The handler of `route`, else the fallback.
     pub fn handler(&self, route: Route) -> Option<Handler> {
-        self.handlers.get(&route).cloned()
+        self.handlers
+            .get(&route)
+            .or(self.fallback.as_ref())
+            .cloned()
     }
 
     /// Runs the handler for `ctx.route`, or answers `NoRoute`.

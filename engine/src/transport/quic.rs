@@ -69,7 +69,7 @@ use crate::transport::wire::{
 use crate::transport::{
     ConnId, NodeId, Priority, RequestContext, Route, Router, RpcError, Transport,
 };
-use crate::udp::{RecvBatch, UdpConfig, UdpIo};
+use crate::udp::{BoundSocket, RecvBatch, UdpConfig, UdpIo, STEERED_SHARDS_MAX};
 
 /// Length of the connection ids we issue. The first byte is reserved for shard steering.
 pub const LOCAL_CID_BYTES: usize = 16;
@@ -90,6 +90,8 @@ pub mod codes {
     pub const CONN_NOT_ALLOWED: u64 = 0x10;
     /// A newer connection to the same peer replaced this one.
     pub const CONN_REPLACED: u64 = 0x11;
+    /// The connection reached a shard that does not own its peer (see `Steering`).
+    pub const CONN_WRONG_SHARD: u64 = 0x12;
 }
 
 /// Settings of a QUIC endpoint, mapped from the `quic`, `udp` and `rpc` tuning sections.
@@ -120,6 +122,38 @@ pub struct QuicConfig {
     pub reconnect_backoff_initial: Duration,
     pub reconnect_backoff_max: Duration,
     pub congestion_control: quiche::CongestionControlAlgorithm,
+    /// Which of the node's shards this endpoint is (see [`Steering`]).
+    pub steering: Steering,
+}
+
+/// One endpoint per shard, all on one UDP port ([`crate::udp::SteeredPort`]): the endpoint of
+/// shard `index` of `count` owns the connections of the peers [`shard_of`] places on it, issues
+/// connection ids whose first byte is `index` (so the kernel delivers their packets to its
+/// socket), dials only its own peers, and opens each dial with a destination id whose first
+/// byte is this node's [`NodeId::steering_byte`], which puts the connection on the shard of the
+/// peer's endpoint that owns this node. A handshake that lands on a shard that does not own
+/// the peer (a dialer that does not steer) is refused with [`codes::CONN_WRONG_SHARD`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Steering {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Steering {
+    /// A node with one shard: every peer is its own.
+    pub const SINGLE: Steering = Steering { index: 0, count: 1 };
+
+    /// Whether this shard owns `peer`'s connection.
+    pub fn owns(&self, peer: &NodeId) -> bool {
+        shard_of(peer, self.count) == self.index
+    }
+}
+
+/// The shard of a node with `shards` shards that owns the connection to `peer`: its steering
+/// byte modulo the shard count, the same rule the kernel applies to the first byte of the
+/// destination id of that peer's first Initial.
+pub fn shard_of(peer: &NodeId, shards: usize) -> usize {
+    peer.steering_byte() as usize % shards.max(1)
 }
 
 impl Default for QuicConfig {
@@ -141,6 +175,7 @@ impl Default for QuicConfig {
             reconnect_backoff_initial: Duration::from_millis(100),
             reconnect_backoff_max: Duration::from_secs(5),
             congestion_control: quiche::CongestionControlAlgorithm::CUBIC,
+            steering: Steering::SINGLE,
         }
     }
 }
@@ -152,8 +187,12 @@ pub struct QuicStats {
     pub connections_opened: Cell<u64>,
     /// Admitted connections that ended.
     pub connections_closed: Cell<u64>,
-    /// Handshakes that completed but whose peer we refused (wrong node, not allowed, wrong dialer).
+    /// Handshakes that completed but whose peer we refused (wrong node, not allowed, wrong dialer,
+    /// wrong shard).
     pub handshakes_refused: Cell<u64>,
+    /// Of `handshakes_refused`: allowed peers whose handshake reached a shard that does not own
+    /// them (a dialer that did not steer its first Initial).
+    pub handshakes_misrouted: Cell<u64>,
     /// Connection attempts that ended before being admitted (TLS refusal, timeout, peer gone,
     /// and the refusals counted in `handshakes_refused`).
     pub handshakes_failed: Cell<u64>,
@@ -419,14 +458,19 @@ struct State {
     by_cid: FxHashMap<Vec<u8>, u64>,
     /// Admitted peers only (registry members), at most one entry each.
     by_peer: FxHashMap<NodeId, u64>,
-    /// Who may connect, and where to dial them.
+    /// Who may connect, and where to dial them: the allowed peers this shard owns.
     allowed: HashMap<NodeId, SocketAddr>,
+    /// Allowed peers that other shards of this node own (a connection from one is misrouted).
+    others: FxHashSet<NodeId>,
     /// Tasks waiting for a peer's connection state to change (our own RPCs and dialers, for
     /// allowed peers only; an entry is removed when it is woken).
     peer_waiters: HashMap<NodeId, Vec<Waker>>,
     /// Connections with output for the sender; each at most once (`Conn::queued_for_send`).
     dirty: VecDeque<u64>,
     dialers: HashMap<NodeId, JoinHandle<()>>,
+    /// Notified whenever a peer's connection is established or gone (one waiter:
+    /// [`QuicTransport::peers_changed`]).
+    peers_changed: Rc<Notify>,
     /// What connections that closed since the last publish left unpublished.
     closed_unpublished: ClosedUnpublished,
 }
@@ -502,13 +546,18 @@ pub enum QuicStartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(
+        "shard {index} of {count}: a node steers QUIC to 1..=256 shards, each below the count"
+    )]
+    Steering { index: usize, count: usize },
 }
 
 impl QuicTransport {
-    /// Starts an endpoint on the current glommio executor. The TLS context builders must present
-    /// this node's certificate and require and check the peer's (see [`crate::tls`]): the server
-    /// one serves connections we accept, the client one those we dial. `allowed` lists the peers
-    /// that may connect and their addresses.
+    /// Starts an endpoint on the current glommio executor, on its own socket bound to
+    /// `config.listen_addr`. The TLS context builders must present this node's certificate and
+    /// require and check the peer's (see [`crate::tls`]): the server one serves connections we
+    /// accept, the client one those we dial. `allowed` lists the peers that may connect and their
+    /// addresses (this endpoint keeps those `config.steering` gives it).
     pub fn start(
         local_id: NodeId,
         server_tls: boring::ssl::SslContextBuilder,
@@ -517,16 +566,55 @@ impl QuicTransport {
         router: Router,
         allowed: HashMap<NodeId, SocketAddr>,
     ) -> Result<QuicTransport, QuicStartError> {
-        let server_config =
-            build_quic_config(server_tls, &config).map_err(QuicStartError::Config)?;
-        let client_config =
-            build_quic_config(client_tls, &config).map_err(QuicStartError::Config)?;
         let udp = UdpIo::bind(config.listen_addr, &config.udp).map_err(|source| {
             QuicStartError::Socket {
                 addr: config.listen_addr,
                 source,
             }
         })?;
+        QuicTransport::start_on(
+            local_id, server_tls, client_tls, config, router, allowed, udp,
+        )
+    }
+
+    /// Starts shard `config.steering.index`'s endpoint on its socket of a
+    /// [`crate::udp::SteeredPort`] bound for `config.steering.count` shards (see [`Steering`]).
+    pub fn start_steered(
+        local_id: NodeId,
+        server_tls: boring::ssl::SslContextBuilder,
+        client_tls: boring::ssl::SslContextBuilder,
+        config: QuicConfig,
+        router: Router,
+        allowed: HashMap<NodeId, SocketAddr>,
+        socket: BoundSocket,
+    ) -> Result<QuicTransport, QuicStartError> {
+        let udp =
+            UdpIo::from_bound(socket, &config.udp).map_err(|source| QuicStartError::Socket {
+                addr: config.listen_addr,
+                source,
+            })?;
+        QuicTransport::start_on(
+            local_id, server_tls, client_tls, config, router, allowed, udp,
+        )
+    }
+
+    fn start_on(
+        local_id: NodeId,
+        server_tls: boring::ssl::SslContextBuilder,
+        client_tls: boring::ssl::SslContextBuilder,
+        config: QuicConfig,
+        router: Router,
+        allowed: HashMap<NodeId, SocketAddr>,
+        udp: UdpIo,
+    ) -> Result<QuicTransport, QuicStartError> {
+        let Steering { index, count } = config.steering;
+        if count == 0 || count > STEERED_SHARDS_MAX || index >= count {
+            return Err(QuicStartError::Steering { index, count });
+        }
+        let server_config =
+            build_quic_config(server_tls, &config).map_err(QuicStartError::Config)?;
+        let client_config =
+            build_quic_config(client_tls, &config).map_err(QuicStartError::Config)?;
         let body_bytes_max = config.message_bytes_max;
         let inner = Rc::new(Inner {
             local_id,
@@ -539,9 +627,11 @@ impl QuicTransport {
                 by_cid: FxHashMap::default(),
                 by_peer: FxHashMap::default(),
                 allowed: HashMap::new(),
+                others: FxHashSet::default(),
                 peer_waiters: HashMap::new(),
                 dirty: VecDeque::new(),
                 dialers: HashMap::new(),
+                peers_changed: Rc::default(),
                 closed_unpublished: ClosedUnpublished::default(),
             }),
             encoder: RefCell::new(Encoder::new(CodecLimits::default())),
@@ -602,7 +692,16 @@ impl QuicTransport {
         let mut to_dial = Vec::new();
         {
             let mut state = inner.state.borrow_mut();
-            state.allowed = allowed;
+            let steering = inner.config.steering;
+            state.others = allowed
+                .keys()
+                .filter(|peer| !steering.owns(peer))
+                .copied()
+                .collect();
+            state.allowed = allowed
+                .into_iter()
+                .filter(|(peer, _)| steering.owns(peer))
+                .collect();
             let removed: Vec<u64> = state
                 .conns
                 .iter()
@@ -685,6 +784,13 @@ impl QuicTransport {
     /// Waits until `peer` is connected, or `limit` passes. Returns whether it is connected.
     pub async fn wait_connected(&self, peer: NodeId, limit: Duration) -> bool {
         wait_for_peer(&self.inner, peer, limit).await.is_some()
+    }
+
+    /// Completes once a peer connected or disconnected since the last call completed (one
+    /// caller at a time).
+    pub async fn peers_changed(&self) {
+        let notify = self.inner.state.borrow().peers_changed.clone();
+        notify.wait().await
     }
 
     /// The connection id of `peer`'s current connection, if any.
@@ -941,11 +1047,13 @@ fn q_default_window() -> u64 {
     1 << 20
 }
 
-fn new_cid() -> ConnectionId<'static> {
+/// A random connection id whose first byte is `steer`: our shard index for the ids we issue
+/// (the kernel steers their packets to our socket), our node's steering byte for the destination
+/// id of a dial's first Initial (the peer's kernel steers it to the shard that owns us).
+fn new_cid(steer: u8) -> ConnectionId<'static> {
     let mut bytes = [0u8; LOCAL_CID_BYTES];
     boring::rand::rand_bytes(&mut bytes).expect("BoringSSL RNG never fails");
-    // First byte: shard index (0 until multi-shard steering lands).
-    bytes[0] = 0;
+    bytes[0] = steer;
     ConnectionId::from_vec(bytes.to_vec())
 }
 
@@ -968,6 +1076,16 @@ impl Transport for QuicTransport {
         priority: Priority,
         request: Buf,
     ) -> Result<Buf, RpcError> {
+        if self.inner.state.borrow().others.contains(&peer) {
+            let error = RpcError::Local(format!(
+                "peer {} is served by shard {} of this node, not {}",
+                peer.short(),
+                shard_of(&peer, self.inner.config.steering.count),
+                self.inner.config.steering.index
+            ));
+            self.inner.stats.count_rpc_error(&error);
+            return Err(error);
+        }
         let result = rpc_on(&self.inner, peer, route, priority, request).await;
         if let Err(error) = &result {
             self.inner.stats.count_rpc_error(error);
@@ -1249,6 +1367,7 @@ async fn wait_for_peer(inner: &Rc<Inner>, peer: NodeId, limit: Duration) -> Opti
 }
 
 fn wake_peer_waiters(state: &mut State, peer: NodeId) {
+    state.peers_changed.notify();
     if let Some(waiters) = state.peer_waiters.remove(&peer) {
         for waker in waiters {
             waker.wake();
@@ -1389,7 +1508,7 @@ fn accept(
         bump(&inner.stats.initials_dropped_full);
         return None;
     }
-    let scid = new_cid();
+    let scid = new_cid(inner.config.steering.index as u8);
     let quic = quiche::accept_with_buf_factory::<IcnBufFactory>(
         &scid,
         None,
@@ -1422,7 +1541,10 @@ fn insert_conn(
         key,
         Conn {
             quic,
-            id: ConnId(key),
+            // Unique across the node's shards (each shard counts its own keys).
+            id: ConnId(
+                key * inner.config.steering.count as u64 + inner.config.steering.index as u64,
+            ),
             peer: None,
             expected_peer,
             cids: vec![scid.to_vec()],
@@ -1456,6 +1578,12 @@ fn on_established(inner: &Rc<Inner>, state: &mut State, key: u64) {
         (None, _) => false,
     };
     let allowed = peer.is_some_and(|p| state.allowed.contains_key(&p));
+    if acceptable && peer.is_some_and(|p| state.others.contains(&p)) {
+        bump(&inner.stats.handshakes_refused);
+        bump(&inner.stats.handshakes_misrouted);
+        close_conn(state, key, true, codes::CONN_WRONG_SHARD, b"wrong shard");
+        return;
+    }
     if !(acceptable && allowed) {
         bump(&inner.stats.handshakes_refused);
         close_conn(state, key, true, codes::CONN_NOT_ALLOWED, b"not allowed");
@@ -2269,14 +2397,16 @@ fn wait_peer_change(inner: &Rc<Inner>, peer: NodeId) -> impl Future<Output = ()>
 }
 
 fn dial(inner: &Rc<Inner>, peer: NodeId, addr: SocketAddr) -> Result<(), quiche::Error> {
-    let scid = new_cid();
+    let scid = new_cid(inner.config.steering.index as u8);
+    let dcid = new_cid(inner.local_id.steering_byte());
     let local = inner.udp.local_addr();
     // The server name carries the node id we mean to reach; the TLS verify callback checks the
     // server's certificate against it.
     let server_name = peer.to_hex();
-    let quic = quiche::connect_with_buffer_factory::<IcnBufFactory>(
+    let quic = quiche::connect_with_dcid_and_buffer_factory::<IcnBufFactory>(
         Some(&server_name),
         &scid,
+        &dcid,
         local,
         addr,
         &mut inner.client_config.borrow_mut(),
