@@ -55,6 +55,18 @@ pub fn congestion_control_algorithm(
 }
 
 impl QuicConfig {
+    /// This config for shard `steering.index` of a node whose QUIC endpoints share one port:
+    /// `connections_max` is the node's, split evenly over its shards (rounded up), so the
+    /// node-wide bound (and the connection windows it bounds) stays what the knob says.
+    pub fn for_shard(self, steering: Steering) -> QuicConfig {
+        let shards = steering.count.max(1);
+        QuicConfig {
+            connections_max: self.connections_max.div_ceil(shards).max(1),
+            steering,
+            ..self
+        }
+    }
+
     /// An endpoint on `listen_addr` from the `quic`, `udp` and `rpc` sections, for a node of one
     /// shard whose socket owns its port. A node of several shards sets `steering` per shard and
     /// starts each endpoint on its socket of one `udp::SteeredPort`.
@@ -226,6 +238,12 @@ mod tests {
         assert!(!udp.reuse_port, "a QUIC endpoint owns its port");
         let shared = UdpConfig::from_tuning(&tuning.udp, PortSharing::SharedByShards);
         assert!(shared.reuse_port);
+        assert_eq!(config.steering, Steering::SINGLE);
+        // A node of 4 shards splits its 66 connections: 17 per shard, 68 >= 66 in all.
+        let third = Steering { index: 2, count: 4 };
+        let shard = config.clone().for_shard(third);
+        assert_eq!((shard.connections_max, shard.steering), (17, third));
+        assert_eq!(config.for_shard(Steering::SINGLE).connections_max, 66);
     }
 
     #[test]

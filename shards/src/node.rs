@@ -266,13 +266,10 @@ pub fn run_node(config: &NodeConfig, shutdown: Shutdown) -> Result<(), NodeError
                 identity: identity.clone(),
                 registry: shared_registry.clone(),
                 subnet: config.subnet_id.clone(),
-                config: QuicConfig {
-                    steering: Steering {
-                        index,
-                        count: shards,
-                    },
-                    ..QuicConfig::from_tuning(&tuning, addr)
-                },
+                config: QuicConfig::from_tuning(&tuning, addr).for_shard(Steering {
+                    index,
+                    count: shards,
+                }),
                 shared: shared.clone(),
                 metrics: metrics.clone(),
             }));

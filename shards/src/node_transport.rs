@@ -127,13 +127,10 @@ impl NodeTransport {
                         local_id, server, client, config, router, peers,
                     )?),
                     Some(home) => {
-                        let config = QuicConfig {
-                            steering: Steering {
-                                index: home.ctx.index,
-                                count: home.shared.shards(),
-                            },
-                            ..config
-                        };
+                        let config = config.for_shard(Steering {
+                            index: home.ctx.index,
+                            count: home.shared.shards(),
+                        });
                         let local = QuicTransport::start_steered(
                             local_id,
                             server,

@@ -158,8 +158,9 @@ section! {
         /// quiche keeps about 1 KiB per open stream beside its data, about 1 MiB per connection
         /// at 1000; must cover rpc.requests_in_flight_max.
         bidi_streams_max: u64 in 1..=100_000 = QUIC_BIDI_STREAMS_MAX_DEFAULT = 1_000;
-        /// QUIC connections one node keeps (peers plus handshakes in progress); further ones are
-        /// refused. An IC subnet has at most a few dozen nodes, so 128 leaves room for churn.
+        /// QUIC connections one node keeps (peers plus handshakes in progress), split evenly over
+        /// its shards; further ones are refused. An IC subnet has at most a few dozen nodes, so
+        /// 128 leaves room for churn.
         connections_max: usize in 1..=10_000 = QUIC_CONNECTIONS_MAX_DEFAULT = 128;
         /// First delay before reconnecting to a peer; doubles after each failed attempt.
         reconnect_backoff_initial_ms: u64 in 1..=60_000 = QUIC_RECONNECT_BACKOFF_INITIAL_MS_DEFAULT = 100;
