@@ -32,7 +32,7 @@ use icn_engine::{
 };
 use icn_shards::artifact::{Advert, Artifact, ArtifactId, ArtifactKind, ArtifactPool};
 use icn_shards::artifact_manager::ArtifactManager;
-use icn_shards::consensus_manager::wire::{self, decode_update, encode_update};
+use icn_shards::consensus_manager::wire::{self, decode_update, encode_update, encode_updates};
 use icn_shards::consensus_manager::{
     ConsensusManager, GossipConfig, GossipHandle, OutboundUpdate, UpdateMessage,
 };
@@ -75,6 +75,9 @@ fn tuning() -> Tuning {
     gossip.peer_slots_max = PEER_SLOTS_MAX;
     gossip.peer_advert_bytes_max = PEER_ADVERT_BYTES_MAX;
     gossip.tracked_artifacts_max = TRACKED_ARTIFACTS_MAX;
+    // Every advertised payload (at most 256 KiB) may join a batch, so the liar's batch answers
+    // are tested too.
+    gossip.fetch_batch_bytes_max = 256 << 10;
     tuning.peers.ban_initial_ms = BAN.as_millis() as u64;
     tuning
 }
@@ -315,7 +318,9 @@ fn liar_router(state: Rc<LiarState>, payloads: Rc<HashMap<ArtifactId, Buf>>) -> 
         })
 }
 
-/// Sends every lie to `peer`, one update at a time, until the peer shuts it out.
+/// Sends every lie to `peer` until the peer shuts it out: the adverts together in one request
+/// (so that the peer's downloads from the liar start together and go out as batches), then the
+/// pushes one update at a time.
 async fn lie_to(
     transport: Rc<MemoryTransport>,
     peer: NodeId,
@@ -324,8 +329,11 @@ async fn lie_to(
     push_threshold_bytes: usize,
 ) {
     let mut encoder = Encoder::new(CodecLimits::default());
+    let route = wire::slot_update_route(KIND);
+    let (mut adverts, mut pushes) = (Vec::new(), Vec::new());
     for (slot, artifact) in lies.into_iter().enumerate() {
-        let message = if artifact.payload.len() < push_threshold_bytes {
+        let pushed = artifact.payload.len() < push_threshold_bytes;
+        let message = if pushed {
             let payload = wrong_bytes(&artifact.payload, 0, 0);
             UpdateMessage::Push(Artifact {
                 advert: artifact.advert,
@@ -341,12 +349,26 @@ async fn lie_to(
             commit_id: slot as u64 + 1,
             message,
         };
-        let pushed = matches!(update.message, UpdateMessage::Push(_));
+        if pushed {
+            pushes.push(update);
+        } else {
+            adverts.push(update);
+        }
+    }
+    if !adverts.is_empty() {
+        let body = encode_updates(&mut encoder, KIND, &adverts).expect("encodable");
+        if transport
+            .rpc(peer, route, Priority::Normal, body)
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+    for update in pushes {
         let body = encode_update(&mut encoder, KIND, &update).expect("encodable");
-        let route = wire::slot_update_route(KIND);
         match transport.rpc(peer, route, Priority::Normal, body).await {
-            Ok(_) if pushed => state.pushes_answered.set(state.pushes_answered.get() + 1),
-            Ok(_) => {}
+            Ok(_) => state.pushes_answered.set(state.pushes_answered.get() + 1),
             Err(_) => return,
         }
     }
