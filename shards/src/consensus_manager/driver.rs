@@ -310,9 +310,12 @@ impl GossipHandle {
             ids.iter()
                 .map(|id| {
                     let artifact = sender.serve(id, 0, 0).ok()?;
-                    let fits = answer_bytes + artifact.len() as u64 <= bytes_max;
-                    answer_bytes += if fits { artifact.len() as u64 } else { 0 };
-                    fits.then_some(artifact)
+                    let total = answer_bytes + artifact.len() as u64;
+                    if total > bytes_max {
+                        return None;
+                    }
+                    answer_bytes = total;
+                    Some(artifact)
                 })
                 .collect()
         };

@@ -234,6 +234,7 @@ struct InFlightFetch {
 /// A batch being filled by one poll: its fetch is in `fetches` (counted against the limits)
 /// from the moment it opens; its request goes out when it is full or the poll ends.
 struct OpenBatch {
+    /// Given when its first artifact joins (the batch then enters `fetches`).
     fetch: FetchId,
     peer: NodeId,
     artifacts: Vec<ArtifactId>,
