@@ -27,8 +27,9 @@ use crate::ic::{
 };
 use crate::limits::CodecLimits;
 use crate::payload::{
-    decode_artifact_request, decode_chunk_request, decode_manifest_request, decode_slot_update,
-    decode_slot_updates, decode_state_advert,
+    decode_artifact_batch_request, decode_artifact_batch_response, decode_artifact_request,
+    decode_chunk_request, decode_manifest_request, decode_slot_update, decode_slot_updates,
+    decode_state_advert, ARTIFACT_BATCH_IDS_MAX,
 };
 use crate::replica::{
     decode_chain_state, decode_ingress_fetch_request, decode_ingress_fetch_response,
@@ -53,6 +54,8 @@ pub const TARGETS: &[&str] = &[
     "slot_update",
     "slot_updates",
     "artifact_request",
+    "artifact_batch_request",
+    "artifact_batch_response",
     "state_advert",
     "manifest_request",
     "chunk_request",
@@ -124,6 +127,8 @@ pub fn run(target: &str, data: &[u8]) -> Option<Result<(), AnyDecodeError>> {
         "slot_update" => slot_update,
         "slot_updates" => slot_updates,
         "artifact_request" => artifact_request,
+        "artifact_batch_request" => artifact_batch_request,
+        "artifact_batch_response" => artifact_batch_response,
         "state_advert" => state_advert,
         "manifest_request" => manifest_request,
         "chunk_request" => chunk_request,
@@ -205,7 +210,34 @@ round_trip!(
     decode_artifact_request,
     encode_artifact_request
 );
+round_trip!(
+    artifact_batch_request,
+    decode_artifact_batch_request,
+    encode_artifact_batch_request
+);
 round_trip!(state_advert, decode_state_advert, encode_state_advert);
+
+/// Artifact bytes a batch answer may hold in the fuzz target (a receiver's bound is its own
+/// `gossip.fetch_batch_bytes_max`).
+pub const ARTIFACT_BATCH_RESPONSE_BYTES_MAX: u64 = 16 << 20;
+
+pub fn artifact_batch_response(data: &[u8]) -> Result<(), DecodeError> {
+    let decode = |bytes| {
+        decode_artifact_batch_response(
+            bytes,
+            &limits(),
+            ARTIFACT_BATCH_IDS_MAX,
+            ARTIFACT_BATCH_RESPONSE_BYTES_MAX,
+        )
+    };
+    let items = decode(data)?;
+    let mut body = Vec::new();
+    Encoder::new(limits())
+        .encode_artifact_batch_response(&items, &mut body)
+        .expect("a decoded batch answer re-encodes");
+    assert_eq!(decode(&body), Ok(items));
+    Ok(())
+}
 round_trip!(
     manifest_request,
     decode_manifest_request,

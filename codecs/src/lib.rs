@@ -54,7 +54,8 @@ pub use frame::{
 };
 pub use limits::CodecLimits;
 pub use payload::{
-    decode_artifact_request, decode_chunk_request, decode_manifest_request, decode_slot_update,
-    decode_slot_updates, decode_state_advert, ArtifactRequest, ChunkRequest, ManifestRequest,
-    SlotUpdate, StateAdvert, HASH_BYTES,
+    decode_artifact_batch_request, decode_artifact_batch_response, decode_artifact_request,
+    decode_chunk_request, decode_manifest_request, decode_slot_update, decode_slot_updates,
+    decode_state_advert, ArtifactBatchRequest, ArtifactRequest, ChunkRequest, ManifestRequest,
+    SlotUpdate, StateAdvert, ARTIFACT_BATCH_IDS_MAX, ARTIFACT_BATCH_ID_OVERHEAD_BYTES, HASH_BYTES,
 };

@@ -11,7 +11,7 @@
 use crate::encoder::Encoder;
 use crate::error::{check_decode_limit, check_encode_limit, DecodeError, EncodeError};
 use crate::generated::wire;
-use crate::limits::CodecLimits;
+use crate::limits::{CodecLimits, MESSAGE_OVERHEAD_BYTES_MAX};
 use crate::verify;
 
 /// Length of the hashes on the wire (SHA-256).
@@ -42,6 +42,31 @@ pub struct ArtifactRequest<'a> {
     pub artifact_id: &'a [u8],
     pub offset: u64,
     pub length: u64,
+}
+
+/// Most ids one [`ArtifactBatchRequest`] may carry, and items one batch answer may hold: the
+/// protocol's bound, which every receiver's `gossip.fetch_batch_artifacts_max` stays within, so
+/// a server decodes any honest batch whatever its own setting. 128 ids of the largest size fit
+/// in one message (asserted below).
+pub const ARTIFACT_BATCH_IDS_MAX: usize = 128;
+
+/// What one id adds to an [`ArtifactBatchRequest`] beside its bytes: its table, vtable, vector
+/// length, offset and padding (about 20 bytes), rounded up.
+pub const ARTIFACT_BATCH_ID_OVERHEAD_BYTES: usize = 32;
+
+const _: () = assert!(
+    ARTIFACT_BATCH_IDS_MAX * (CodecLimits::ID_BYTES_MAX_DEFAULT + ARTIFACT_BATCH_ID_OVERHEAD_BYTES)
+        + MESSAGE_OVERHEAD_BYTES_MAX
+        <= CodecLimits::MESSAGE_BYTES_MAX_DEFAULT
+);
+
+/// Asks for several whole advertised artifacts at once (1 to [`ARTIFACT_BATCH_IDS_MAX`] ids).
+/// The answer (see [`Encoder::encode_artifact_batch_response`]) holds, per id in this order,
+/// the artifact or "not held".
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArtifactBatchRequest<'a> {
+    pub artifact_kind: u8,
+    pub artifact_ids: Vec<&'a [u8]>,
 }
 
 /// The sender holds a certified state at `height` with root hash `root_hash`; `partial` when
@@ -188,6 +213,100 @@ pub fn decode_artifact_request<'a>(
     })
 }
 
+/// Decodes an [`ArtifactBatchRequest`] body: one size-prefixed message, nothing after it, 1 to
+/// [`ARTIFACT_BATCH_IDS_MAX`] ids of at most `id_bytes_max` bytes each.
+pub fn decode_artifact_batch_request<'a>(
+    body: &'a [u8],
+    limits: &CodecLimits,
+) -> Result<ArtifactBatchRequest<'a>, DecodeError> {
+    // The root and one table per id: the verifier stops a buffer that points at more.
+    let batch_limits = CodecLimits {
+        tables_max: ARTIFACT_BATCH_IDS_MAX + 1,
+        ..*limits
+    };
+    let (table, rest) =
+        verify::size_prefixed_root::<wire::ArtifactBatchRequest>(body, &batch_limits)?;
+    verify::expect_end("ArtifactBatchRequest", rest)?;
+    let entries = table.artifact_ids();
+    check_decode_limit(
+        "artifact_batch_ids_max",
+        entries.len(),
+        ARTIFACT_BATCH_IDS_MAX,
+    )?;
+    if entries.is_empty() {
+        return Err(DecodeError::Invalid {
+            kind: "ArtifactBatchRequest",
+            detail: "no artifact ids",
+        });
+    }
+    let mut artifact_ids = Vec::with_capacity(entries.len());
+    for entry in entries.iter() {
+        let id = entry.artifact_id().bytes();
+        check_decode_limit("id_bytes_max", id.len(), limits.id_bytes_max)?;
+        artifact_ids.push(id);
+    }
+    Ok(ArtifactBatchRequest {
+        artifact_kind: table.artifact_kind(),
+        artifact_ids,
+    })
+}
+
+/// Decodes a batch answer body: per item, in request order, a slice of `body` with the
+/// artifact, or `None` when the peer did not send it. At most `items_max` items and
+/// `artifact_bytes_max` artifact bytes in all; the held items' lengths must add up to exactly
+/// the bytes after the message, and an item not held must say 0 bytes.
+pub fn decode_artifact_batch_response<'a>(
+    body: &'a [u8],
+    limits: &CodecLimits,
+    items_max: usize,
+    artifact_bytes_max: u64,
+) -> Result<Vec<Option<&'a [u8]>>, DecodeError> {
+    let (table, mut rest) =
+        verify::size_prefixed_root::<wire::ArtifactBatchResponse>(body, limits)?;
+    let items = table.items();
+    check_decode_limit(
+        "artifact_batch_ids_max",
+        items.len(),
+        items_max.min(ARTIFACT_BATCH_IDS_MAX),
+    )?;
+    let mut declared: u64 = 0;
+    for item in items.iter() {
+        if !item.held() && item.artifact_bytes() != 0 {
+            return Err(DecodeError::Invalid {
+                kind: "ArtifactBatchResponse",
+                detail: "an item not held declares bytes",
+            });
+        }
+        declared = declared
+            .checked_add(item.artifact_bytes())
+            .filter(|total| *total <= artifact_bytes_max)
+            .ok_or(DecodeError::LimitExceeded {
+                limit: "fetch_batch_bytes_max",
+                value: declared.saturating_add(item.artifact_bytes()),
+                max: artifact_bytes_max,
+            })?;
+    }
+    if declared != rest.len() as u64 {
+        return Err(DecodeError::ArtifactLengthMismatch {
+            declared,
+            got: rest.len() as u64,
+        });
+    }
+    let mut answers = Vec::with_capacity(items.len());
+    for item in items.iter() {
+        if !item.held() {
+            answers.push(None);
+            continue;
+        }
+        // Fits: the lengths add up to `rest.len()`, checked above.
+        let (artifact, after) = rest.split_at(item.artifact_bytes() as usize);
+        answers.push(Some(artifact));
+        rest = after;
+    }
+    debug_assert!(rest.is_empty());
+    Ok(answers)
+}
+
 pub fn decode_state_advert(body: &[u8], limits: &CodecLimits) -> Result<StateAdvert, DecodeError> {
     let (table, rest) = verify::size_prefixed_root::<wire::StateAdvert>(body, limits)?;
     verify::expect_end("StateAdvert", rest)?;
@@ -271,6 +390,73 @@ impl Encoder {
         };
         let root = wire::ArtifactRequest::create(builder, &args);
         self.finish_size_prefixed(root)
+    }
+
+    pub fn encode_artifact_batch_request(
+        &mut self,
+        request: &ArtifactBatchRequest<'_>,
+    ) -> Result<&[u8], EncodeError> {
+        let id_limit = self.limits().id_bytes_max;
+        check_encode_limit(
+            "artifact_batch_ids_max",
+            request.artifact_ids.len(),
+            ARTIFACT_BATCH_IDS_MAX,
+        )?;
+        for id in &request.artifact_ids {
+            check_encode_limit("id_bytes_max", id.len(), id_limit)?;
+        }
+        let builder = self.start();
+        let entries: Vec<_> = request
+            .artifact_ids
+            .iter()
+            .map(|id| {
+                let artifact_id = Some(builder.create_vector(id));
+                wire::ArtifactBatchId::create(builder, &wire::ArtifactBatchIdArgs { artifact_id })
+            })
+            .collect();
+        let artifact_ids = Some(builder.create_vector(&entries));
+        let args = wire::ArtifactBatchRequestArgs {
+            artifact_kind: request.artifact_kind,
+            artifact_ids,
+        };
+        let root = wire::ArtifactBatchRequest::create(builder, &args);
+        self.finish_size_prefixed(root)
+    }
+
+    /// Appends a whole batch answer body to `body`: the size-prefixed message with one item per
+    /// entry of `artifacts` (`None`: not held), then the held artifacts back to back. The
+    /// caller keeps it within its peer's bounds (at most as many items as ids asked for).
+    pub fn encode_artifact_batch_response(
+        &mut self,
+        artifacts: &[Option<&[u8]>],
+        body: &mut Vec<u8>,
+    ) -> Result<(), EncodeError> {
+        check_encode_limit(
+            "artifact_batch_ids_max",
+            artifacts.len(),
+            ARTIFACT_BATCH_IDS_MAX,
+        )?;
+        let builder = self.start();
+        let items: Vec<wire::ArtifactBatchItem> = artifacts
+            .iter()
+            .map(|artifact| match artifact {
+                Some(bytes) => wire::ArtifactBatchItem::new(bytes.len() as u64, true),
+                None => wire::ArtifactBatchItem::new(0, false),
+            })
+            .collect();
+        let items = Some(builder.create_vector(&items));
+        let root = wire::ArtifactBatchResponse::create(
+            builder,
+            &wire::ArtifactBatchResponseArgs { items },
+        );
+        let head = self.finish_size_prefixed(root)?;
+        let artifact_bytes: usize = artifacts.iter().flatten().map(|a| a.len()).sum();
+        body.reserve(head.len() + artifact_bytes);
+        body.extend_from_slice(head);
+        for artifact in artifacts.iter().flatten() {
+            body.extend_from_slice(artifact);
+        }
+        Ok(())
     }
 
     pub fn encode_state_advert(&mut self, advert: &StateAdvert) -> Result<&[u8], EncodeError> {
@@ -367,6 +553,38 @@ mod tests {
             let mut encoder = Encoder::default();
             let body = encoder.encode_artifact_request(&request).unwrap();
             prop_assert_eq!(decode_artifact_request(body, &limits()), Ok(request));
+        }
+
+        #[test]
+        fn artifact_batch_request_round_trips(artifact_kind: u8,
+                                              ids in vec(vec(any::<u8>(), 0..64), 1..=ARTIFACT_BATCH_IDS_MAX)) {
+            let request = ArtifactBatchRequest {
+                artifact_kind,
+                artifact_ids: ids.iter().map(Vec::as_slice).collect(),
+            };
+            let mut encoder = Encoder::default();
+            let body = encoder.encode_artifact_batch_request(&request).unwrap();
+            prop_assert_eq!(decode_artifact_batch_request(body, &limits()), Ok(request));
+        }
+
+        #[test]
+        fn artifact_batch_response_round_trips(
+            artifacts in vec(proptest::option::of(vec(any::<u8>(), 0..512)), 0..=ARTIFACT_BATCH_IDS_MAX)
+        ) {
+            let items: Vec<Option<&[u8]>> = artifacts.iter().map(|a| a.as_deref()).collect();
+            let mut body = Vec::new();
+            Encoder::default().encode_artifact_batch_response(&items, &mut body).unwrap();
+            let held: u64 = items.iter().flatten().map(|a| a.len() as u64).sum();
+            let decoded = decode_artifact_batch_response(&body, &limits(), items.len(), held);
+            prop_assert_eq!(decoded, Ok(items.clone()));
+            // One byte over the receiver's bound refuses the whole answer.
+            if held > 0 {
+                let over = decode_artifact_batch_response(&body, &limits(), items.len(), held - 1);
+                prop_assert!(
+                    matches!(over, Err(DecodeError::LimitExceeded { .. })),
+                    "bound not enforced"
+                );
+            }
         }
 
         #[test]

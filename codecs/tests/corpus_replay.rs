@@ -585,6 +585,109 @@ fn state_sync_seeds() -> Vec<Seed> {
     ]
 }
 
+fn artifact_batch_seeds() -> Vec<Seed> {
+    let (t, r) = ("artifact_batch_request", "artifact_batch_response");
+    let ids: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 40]).collect();
+    let request = ArtifactBatchRequest {
+        artifact_kind: 2,
+        artifact_ids: ids.iter().map(Vec::as_slice).collect(),
+    };
+    let body = encoder()
+        .encode_artifact_batch_request(&request)
+        .unwrap()
+        .to_vec();
+    let full_ids: Vec<Vec<u8>> = (0..ARTIFACT_BATCH_IDS_MAX)
+        .map(|i| vec![i as u8; CodecLimits::ID_BYTES_MAX_DEFAULT])
+        .collect();
+    let full = ArtifactBatchRequest {
+        artifact_kind: 2,
+        artifact_ids: full_ids.iter().map(Vec::as_slice).collect(),
+    };
+    let too_many_ids: Vec<Vec<u8>> = (0..=ARTIFACT_BATCH_IDS_MAX).map(|_| vec![1; 8]).collect();
+    let long_id = vec![7u8; CodecLimits::ID_BYTES_MAX_DEFAULT + 1];
+    let too_long = ArtifactBatchRequest {
+        artifact_kind: 2,
+        artifact_ids: vec![&long_id[..]],
+    };
+    let empty = ArtifactBatchRequest {
+        artifact_kind: 2,
+        artifact_ids: Vec::new(),
+    };
+    let answer = |items: &[Option<&[u8]>]| {
+        let mut body = Vec::new();
+        encoder()
+            .encode_artifact_batch_response(items, &mut body)
+            .unwrap();
+        body
+    };
+    let valid_answer = answer(&[Some(b"first artifact"), None, Some(b"third")]);
+    // A header that declares 4 bytes held but a not-held item with 4 bytes: built by hand.
+    let mut lying = FlatBufferBuilder::new();
+    let items = lying.create_vector(&[wire::ArtifactBatchItem::new(4, false)]);
+    let root = wire::ArtifactBatchResponse::create(
+        &mut lying,
+        &wire::ArtifactBatchResponseArgs { items: Some(items) },
+    );
+    lying.finish_size_prefixed(root, None);
+    let not_held_with_bytes = concat(&[lying.finished_data(), b"abcd"]);
+    vec![
+        seed(t, "valid", body.clone()),
+        seed(
+            t,
+            "valid-full",
+            encoder().encode_artifact_batch_request(&full).unwrap(),
+        ),
+        seed(t, "invalid-too-many-ids", raw_batch_request(&too_many_ids)),
+        seed(
+            t,
+            "invalid-id-too-long",
+            unlimited_encoder()
+                .encode_artifact_batch_request(&too_long)
+                .unwrap(),
+        ),
+        seed(
+            t,
+            "invalid-no-ids",
+            encoder().encode_artifact_batch_request(&empty).unwrap(),
+        ),
+        seed(t, "invalid-trailing", concat(&[&body, b"\0"])),
+        seed(t, "invalid-missing-ids", raw_table(&[(0, 2)], true)),
+        seed(r, "valid", valid_answer.clone()),
+        seed(r, "valid-none-held", answer(&[None, None])),
+        seed(r, "valid-empty", answer(&[])),
+        seed(
+            r,
+            "invalid-short",
+            valid_answer[..valid_answer.len() - 1].to_vec(),
+        ),
+        seed(r, "invalid-trailing", concat(&[&valid_answer, b"x"])),
+        seed(r, "invalid-not-held-with-bytes", not_held_with_bytes),
+        seed(r, "invalid-missing-items", raw_table(&[], true)),
+    ]
+}
+
+/// A batch request with any number of ids, built without the encoder's bound.
+fn raw_batch_request(ids: &[Vec<u8>]) -> Vec<u8> {
+    let mut builder = FlatBufferBuilder::new();
+    let entries: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let artifact_id = Some(builder.create_vector(id));
+            wire::ArtifactBatchId::create(&mut builder, &wire::ArtifactBatchIdArgs { artifact_id })
+        })
+        .collect();
+    let artifact_ids = Some(builder.create_vector(&entries));
+    let root = wire::ArtifactBatchRequest::create(
+        &mut builder,
+        &wire::ArtifactBatchRequestArgs {
+            artifact_kind: 2,
+            artifact_ids,
+        },
+    );
+    builder.finish_size_prefixed(root, None);
+    builder.finished_data().to_vec()
+}
+
 fn seeds() -> Vec<Seed> {
     let mut seeds = frame_header_seeds();
     seeds.extend(frame_seeds());
@@ -594,6 +697,7 @@ fn seeds() -> Vec<Seed> {
     seeds.extend(slot_update_seeds());
     seeds.extend(slot_updates_seeds());
     seeds.extend(artifact_request_seeds());
+    seeds.extend(artifact_batch_seeds());
     seeds.extend(state_sync_seeds());
     seeds.extend(manifest_seeds());
     seeds.extend(replica_seeds());

@@ -17,7 +17,7 @@ use crate::peer_manager::PeerStats;
 type Reading = fn(&KindSnapshot, &DeliveryStats) -> u64;
 
 /// Counters: (name, help, reading).
-const COUNTERS: [(&str, &str, Reading); 16] = [
+const COUNTERS: [(&str, &str, Reading); 19] = [
     ("icn_gossip_artifacts_received_total", "Artifacts validated from peers.", |_, d| d.received),
     ("icn_gossip_artifact_bytes_received_total", "Payload bytes of artifacts validated from peers.", |_, d| d.received_bytes),
     ("icn_gossip_artifacts_produced_total", "Artifacts this node made and offered (reference workload; notarization shares included).", |s, _| s.pool.produced),
@@ -26,7 +26,10 @@ const COUNTERS: [(&str, &str, Reading); 16] = [
     ("icn_gossip_slot_updates_received_total", "Slot updates received from peers.", |s, _| s.gossip.receiver.updates_received),
     ("icn_gossip_slot_updates_stale_total", "Received slot updates ignored as older than what the node holds.", |s, _| s.gossip.receiver.updates_stale),
     ("icn_gossip_slot_updates_refused_busy_total", "Received slot updates refused because the tracked-artifact bound or the inbound queue was full.", |s, _| s.gossip.receiver.updates_refused_busy),
-    ("icn_gossip_fetches_started_total", "Artifact (or chunk) fetches started.", |s, _| s.gossip.receiver.fetches_started),
+    ("icn_gossip_fetches_started_total", "Fetch requests started (one artifact, one chunk, or a batch of small artifacts).", |s, _| s.gossip.receiver.fetches_started),
+    ("icn_gossip_fetch_batches_total", "Batch fetch requests started (a subset of icn_gossip_fetches_started_total).", |s, _| s.gossip.receiver.batches_started),
+    ("icn_gossip_fetch_batch_artifacts_total", "Artifacts asked for in batch fetch requests.", |s, _| s.gossip.receiver.batch_artifacts_requested),
+    ("icn_gossip_fetch_batch_not_held_total", "Artifacts a batch answer said the peer does not hold (retried).", |s, _| s.gossip.receiver.batch_artifacts_not_held),
     ("icn_gossip_fetches_failed_total", "Fetches that failed or timed out (retried with backoff).", |s, _| s.gossip.receiver.fetches_failed),
     ("icn_gossip_fetched_bytes_total", "Bytes received in fetch responses.", |s, _| s.gossip.receiver.bytes_fetched),
     ("icn_gossip_invalid_artifacts_total", "Artifacts (or chunks) whose content did not match their advert.", |s, _| s.gossip.receiver.invalid_artifacts),

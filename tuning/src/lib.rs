@@ -112,6 +112,12 @@ pub const CROSS_RULES: &[CrossRule] = &[
         why: "an artifact below one chunk cannot be split into chunks",
     },
     CrossRule {
+        knob: "gossip.download_chunk_bytes",
+        relation: Relation::AtLeast,
+        other: "gossip.fetch_batch_bytes_max",
+        why: "a fetch in flight must hold at most one chunk of answer (gossip.downloads_in_flight_max bounds memory in chunks)",
+    },
+    CrossRule {
         knob: "state_sync.retry_backoff_max_ms",
         relation: Relation::AtLeast,
         other: "state_sync.retry_backoff_initial_ms",

@@ -315,16 +315,31 @@ section! {
         /// so 256 is at most 4 requests in flight per peer: a 1 ms link stays busy with small
         /// updates while the in-flight set stays a few KiB.
         updates_in_flight_per_peer_max: usize in 1..=4096 = GOSSIP_UPDATES_IN_FLIGHT_PER_PEER_MAX_DEFAULT = 256;
-        /// Artifact fetches in flight to one peer. Small artifacts are latency bound: 32 keeps
+        /// Fetch requests in flight to one peer (a batch of several artifacts counts as one
+        /// request, as on the wire). Small artifacts are latency bound: 32 keeps
         /// a 1 ms link busy with 1 KiB fetches (about 32k/s per peer) while a burst of adverts
         /// still spreads over the peers that advertised them. Stays below
         /// rpc.requests_in_flight_max together with gossip.updates_in_flight_per_peer_max.
         downloads_in_flight_per_peer_max: usize in 1..=4096 = GOSSIP_DOWNLOADS_IN_FLIGHT_PER_PEER_MAX_DEFAULT = 32;
-        /// Artifact fetches in flight per artifact kind, over all peers. Each holds up to
-        /// gossip.download_chunk_bytes (or a whole artifact below the chunking threshold) of
-        /// response: 256 × 1 MiB = 256 MiB worst case per kind, reached only when every fetch
+        /// Fetch requests in flight per artifact kind, over all peers (a batch counts once).
+        /// Each holds up to gossip.download_chunk_bytes (or a whole artifact below the chunking
+        /// threshold; a batch answer holds at most gossip.fetch_batch_bytes_max, no more than a
+        /// chunk) of response: 256 × 1 MiB = 256 MiB worst case per kind, reached only when every fetch
         /// is a large chunk (QUIC's connection windows bound what actually arrives at once).
         downloads_in_flight_max: usize in 1..=65_536 = GOSSIP_DOWNLOADS_IN_FLIGHT_MAX_DEFAULT = 256;
+        /// Whole artifacts asked for in one fetch request: when several small advertised
+        /// artifacts are due from the same peer, the downloader asks for up to this many in one
+        /// batch request, which saves a request and a stream per artifact. 1 turns batching off
+        /// (one request per artifact). 32 matches the per-peer fetch window, so one batch can
+        /// take what 32 single fetches would; at most 128, the protocol's bound on ids per batch.
+        fetch_batch_artifacts_max: usize in 1..=128 = GOSSIP_FETCH_BATCH_ARTIFACTS_MAX_DEFAULT = 32;
+        /// Artifact bytes one batch answer carries at most: only artifacts up to this size are
+        /// batched, and a batch stops growing before their advertised sizes pass it; a server
+        /// answers items past its own bound as not held (the receiver fetches them again). A
+        /// fetch in flight holds at most max(this, gossip.download_chunk_bytes) of answer. 64 KiB
+        /// is 32 artifacts of 2 KiB or one of 64 KiB, so artifacts of 64 KiB and more keep a
+        /// stream each.
+        fetch_batch_bytes_max: usize in (4 << 10)..=(64 << 20) = GOSSIP_FETCH_BATCH_BYTES_MAX_DEFAULT = 64 << 10;
         /// Artifacts larger than this are fetched in chunks of gossip.download_chunk_bytes, each
         /// from a different advertiser where several exist.
         chunking_threshold_bytes: usize in (64 << 10)..=(1 << 30) = GOSSIP_CHUNKING_THRESHOLD_BYTES_DEFAULT = 2 << 20;

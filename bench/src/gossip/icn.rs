@@ -121,7 +121,8 @@ impl GossipSystem for IcnGossip {
     }
 
     fn config(&self) -> BTreeMap<String, Value> {
-        let tuning = Tuning::default();
+        // An invalid extra tuning fails every node's run; the config then shows the defaults.
+        let tuning = node_tuning().unwrap_or_default();
         BTreeMap::from([
             ("packet_bytes".into(), json!(shared::PACKET_BYTES)),
             (
@@ -144,8 +145,31 @@ impl GossipSystem for IcnGossip {
                 "downloads_in_flight_per_peer_max".into(),
                 json!(tuning.gossip.downloads_in_flight_per_peer_max),
             ),
+            (
+                "fetch_batch_artifacts_max".into(),
+                json!(tuning.gossip.fetch_batch_artifacts_max),
+            ),
+            (
+                "fetch_batch_bytes_max".into(),
+                json!(tuning.gossip.fetch_batch_bytes_max),
+            ),
         ])
     }
+}
+
+/// The nodes' tuning: icn-tuning's defaults, or the TOML profile in
+/// [`crate::http::icn::EXTRA_TUNING_ENV`] when it is set (missing keys keep their defaults;
+/// e.g. `[gossip]` `fetch_batch_artifacts_max = 1` switches batched fetches off), recorded in
+/// the report's config.
+fn node_tuning() -> Result<Tuning, String> {
+    let env = crate::http::icn::EXTRA_TUNING_ENV;
+    let Ok(text) = std::env::var(env) else {
+        return Ok(Tuning::default());
+    };
+    Tuning::from_toml_str(&text).map_err(|errors| {
+        let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        format!("{env}: {}", errors.join("; "))
+    })
 }
 
 fn run_node_thread(
@@ -203,7 +227,7 @@ async fn run_node(
     let runtime: Rc<dyn Runtime> = GlommioRuntime::new();
     let pool = Rc::new(RefCell::new(HarnessPool::new(harness.clone())));
     let dyn_pool: Rc<RefCell<dyn ArtifactPool>> = pool.clone();
-    let config = GossipConfig::from_tuning(&Tuning::default(), Priority::Normal);
+    let config = GossipConfig::from_tuning(&node_tuning()?, Priority::Normal);
     let gossip = ConsensusManager::new(config, runtime, dyn_pool, Rc::new(|_, _| {}));
     let router = gossip.routes(Router::new());
     let transport = Rc::new(
@@ -251,6 +275,18 @@ async fn run_node(
         (
             "icn_artifacts_pushed".into(),
             stats.receiver.artifacts_delivered_pushed as f64,
+        ),
+        (
+            "icn_fetches_started".into(),
+            stats.receiver.fetches_started as f64,
+        ),
+        (
+            "icn_fetch_batches".into(),
+            stats.receiver.batches_started as f64,
+        ),
+        (
+            "icn_fetch_batch_artifacts".into(),
+            stats.receiver.batch_artifacts_requested as f64,
         ),
     ]))
 }

@@ -420,6 +420,143 @@ pub mod icn {
             }
         }
 
+        /// What an ArtifactBatchResponse says about one asked-for artifact, at the same position as
+        /// its id in the request.
+        // struct ArtifactBatchItem, aligned to 8
+        #[repr(transparent)]
+        #[derive(Clone, Copy, PartialEq)]
+        pub struct ArtifactBatchItem(pub [u8; 16]);
+        impl Default for ArtifactBatchItem {
+            fn default() -> Self {
+                Self([0; 16])
+            }
+        }
+        impl ::core::fmt::Debug for ArtifactBatchItem {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+                f.debug_struct("ArtifactBatchItem")
+                    .field("artifact_bytes", &self.artifact_bytes())
+                    .field("held", &self.held())
+                    .finish()
+            }
+        }
+
+        impl ::flatbuffers::SimpleToVerifyInSlice for ArtifactBatchItem {}
+        impl<'a> ::flatbuffers::Follow<'a> for ArtifactBatchItem {
+            type Inner = &'a ArtifactBatchItem;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                unsafe { <&'a ArtifactBatchItem>::follow(buf, loc) }
+            }
+        }
+        impl<'a> ::flatbuffers::Follow<'a> for &'a ArtifactBatchItem {
+            type Inner = &'a ArtifactBatchItem;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                unsafe { ::flatbuffers::follow_cast_ref::<ArtifactBatchItem>(buf, loc) }
+            }
+        }
+        impl<'b> ::flatbuffers::Push for ArtifactBatchItem {
+            type Output = ArtifactBatchItem;
+            #[inline]
+            unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+                let src = unsafe {
+                    ::core::slice::from_raw_parts(
+                        self as *const ArtifactBatchItem as *const u8,
+                        <Self as ::flatbuffers::Push>::size(),
+                    )
+                };
+                dst.copy_from_slice(src);
+            }
+            #[inline]
+            fn alignment() -> ::flatbuffers::PushAlignment {
+                ::flatbuffers::PushAlignment::new(8)
+            }
+        }
+
+        impl<'a> ::flatbuffers::Verifiable for ArtifactBatchItem {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.in_buffer::<Self>(pos)
+            }
+        }
+
+        impl<'a> ArtifactBatchItem {
+            #[allow(clippy::too_many_arguments)]
+            pub fn new(artifact_bytes: u64, held: bool) -> Self {
+                let mut s = Self([0; 16]);
+                s.set_artifact_bytes(artifact_bytes);
+                s.set_held(held);
+                s
+            }
+
+            /// Length of the artifact; 0 when `held` is false.
+            pub fn artifact_bytes(&self) -> u64 {
+                let mut mem = ::core::mem::MaybeUninit::<
+                    <u64 as ::flatbuffers::EndianScalar>::Scalar,
+                >::uninit();
+                // Safety:
+                // Created from a valid Table for this object
+                // Which contains a valid value in this slot
+                ::flatbuffers::EndianScalar::from_little_endian(unsafe {
+                    ::core::ptr::copy_nonoverlapping(
+                        self.0[0..].as_ptr(),
+                        mem.as_mut_ptr() as *mut u8,
+                        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+                    );
+                    mem.assume_init()
+                })
+            }
+
+            pub fn set_artifact_bytes(&mut self, x: u64) {
+                let x_le = ::flatbuffers::EndianScalar::to_little_endian(x);
+                // Safety:
+                // Created from a valid Table for this object
+                // Which contains a valid value in this slot
+                unsafe {
+                    ::core::ptr::copy_nonoverlapping(
+                        &x_le as *const _ as *const u8,
+                        self.0[0..].as_mut_ptr(),
+                        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+                    );
+                }
+            }
+
+            /// False: the peer does not hold it (any more), or it did not fit in this answer.
+            pub fn held(&self) -> bool {
+                let mut mem = ::core::mem::MaybeUninit::<
+                    <bool as ::flatbuffers::EndianScalar>::Scalar,
+                >::uninit();
+                // Safety:
+                // Created from a valid Table for this object
+                // Which contains a valid value in this slot
+                ::flatbuffers::EndianScalar::from_little_endian(unsafe {
+                    ::core::ptr::copy_nonoverlapping(
+                        self.0[8..].as_ptr(),
+                        mem.as_mut_ptr() as *mut u8,
+                        ::core::mem::size_of::<<bool as ::flatbuffers::EndianScalar>::Scalar>(),
+                    );
+                    mem.assume_init()
+                })
+            }
+
+            pub fn set_held(&mut self, x: bool) {
+                let x_le = ::flatbuffers::EndianScalar::to_little_endian(x);
+                // Safety:
+                // Created from a valid Table for this object
+                // Which contains a valid value in this slot
+                unsafe {
+                    ::core::ptr::copy_nonoverlapping(
+                        &x_le as *const _ as *const u8,
+                        self.0[8..].as_mut_ptr(),
+                        ::core::mem::size_of::<<bool as ::flatbuffers::EndianScalar>::Scalar>(),
+                    );
+                }
+            }
+        }
+
         /// One chunk: `size` bytes starting at byte `offset` of file `file_index`; a chunk that groups
         /// small files starts at offset 0 of its first file and ends at the end of its last one.
         // struct ManifestChunk, aligned to 8
@@ -1975,6 +2112,415 @@ pub mod icn {
                 ds.field("artifact_id", &self.artifact_id());
                 ds.field("offset", &self.offset());
                 ds.field("length", &self.length());
+                ds.finish()
+            }
+        }
+        pub enum ArtifactBatchIdOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        /// One id of an ArtifactBatchRequest (FlatBuffers has no vector of vectors).
+        pub struct ArtifactBatchId<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for ArtifactBatchId<'a> {
+            type Inner = ArtifactBatchId<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> ArtifactBatchId<'a> {
+            pub const VT_ARTIFACT_ID: ::flatbuffers::VOffsetT = 4;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                ArtifactBatchId { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args ArtifactBatchIdArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<ArtifactBatchId<'bldr>> {
+                let mut builder = ArtifactBatchIdBuilder::new(_fbb);
+                if let Some(x) = args.artifact_id {
+                    builder.add_artifact_id(x);
+                }
+                builder.finish()
+            }
+
+            /// Bounded by `id_bytes_max`.
+            #[inline]
+            pub fn artifact_id(&self) -> ::flatbuffers::Vector<'a, u8> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(
+                            ArtifactBatchId::VT_ARTIFACT_ID,
+                            None,
+                        )
+                        .unwrap()
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for ArtifactBatchId<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>(
+                        "artifact_id",
+                        Self::VT_ARTIFACT_ID,
+                        true,
+                    )?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct ArtifactBatchIdArgs<'a> {
+            pub artifact_id: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+        }
+        impl<'a> Default for ArtifactBatchIdArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                ArtifactBatchIdArgs {
+                    artifact_id: None, // required field
+                }
+            }
+        }
+
+        pub struct ArtifactBatchIdBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ArtifactBatchIdBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_artifact_id(
+                &mut self,
+                artifact_id: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, u8>>,
+            ) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    ArtifactBatchId::VT_ARTIFACT_ID,
+                    artifact_id,
+                );
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> ArtifactBatchIdBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                ArtifactBatchIdBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<ArtifactBatchId<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                self.fbb_
+                    .required(o, ArtifactBatchId::VT_ARTIFACT_ID, "artifact_id");
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for ArtifactBatchId<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("ArtifactBatchId");
+                ds.field("artifact_id", &self.artifact_id());
+                ds.finish()
+            }
+        }
+        pub enum ArtifactBatchRequestOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        /// Asks a peer for several whole artifacts it advertised, in one request (at most
+        /// ARTIFACT_BATCH_IDS_MAX ids; a receiver batches small unchunked downloads due from the same
+        /// peer). Answered by an ArtifactBatchResponse.
+        pub struct ArtifactBatchRequest<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for ArtifactBatchRequest<'a> {
+            type Inner = ArtifactBatchRequest<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> ArtifactBatchRequest<'a> {
+            pub const VT_ARTIFACT_KIND: ::flatbuffers::VOffsetT = 4;
+            pub const VT_ARTIFACT_IDS: ::flatbuffers::VOffsetT = 6;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                ArtifactBatchRequest { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args ArtifactBatchRequestArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<ArtifactBatchRequest<'bldr>> {
+                let mut builder = ArtifactBatchRequestBuilder::new(_fbb);
+                if let Some(x) = args.artifact_ids {
+                    builder.add_artifact_ids(x);
+                }
+                builder.add_artifact_kind(args.artifact_kind);
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn artifact_kind(&self) -> u8 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u8>(ArtifactBatchRequest::VT_ARTIFACT_KIND, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn artifact_ids(
+                &self,
+            ) -> ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ArtifactBatchId<'a>>>
+            {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<
+                            ::flatbuffers::Vector<
+                                'a,
+                                ::flatbuffers::ForwardsUOffset<ArtifactBatchId>,
+                            >,
+                        >>(ArtifactBatchRequest::VT_ARTIFACT_IDS, None)
+                        .unwrap()
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for ArtifactBatchRequest<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<u8>("artifact_kind", Self::VT_ARTIFACT_KIND, false)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ArtifactBatchId>>,
+                    >>("artifact_ids", Self::VT_ARTIFACT_IDS, true)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct ArtifactBatchRequestArgs<'a> {
+            pub artifact_kind: u8,
+            pub artifact_ids: Option<
+                ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ArtifactBatchId<'a>>>,
+                >,
+            >,
+        }
+        impl<'a> Default for ArtifactBatchRequestArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                ArtifactBatchRequestArgs {
+                    artifact_kind: 0,
+                    artifact_ids: None, // required field
+                }
+            }
+        }
+
+        pub struct ArtifactBatchRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ArtifactBatchRequestBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_artifact_kind(&mut self, artifact_kind: u8) {
+                self.fbb_
+                    .push_slot::<u8>(ArtifactBatchRequest::VT_ARTIFACT_KIND, artifact_kind, 0);
+            }
+            #[inline]
+            pub fn add_artifact_ids(
+                &mut self,
+                artifact_ids: ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<'b, ::flatbuffers::ForwardsUOffset<ArtifactBatchId<'b>>>,
+                >,
+            ) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    ArtifactBatchRequest::VT_ARTIFACT_IDS,
+                    artifact_ids,
+                );
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> ArtifactBatchRequestBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                ArtifactBatchRequestBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<ArtifactBatchRequest<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                self.fbb_
+                    .required(o, ArtifactBatchRequest::VT_ARTIFACT_IDS, "artifact_ids");
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for ArtifactBatchRequest<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("ArtifactBatchRequest");
+                ds.field("artifact_kind", &self.artifact_kind());
+                ds.field("artifact_ids", &self.artifact_ids());
+                ds.finish()
+            }
+        }
+        pub enum ArtifactBatchResponseOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        /// The answer to an ArtifactBatchRequest: one item per id asked for, in request order. The
+        /// response body is this message (size-prefixed), then the held artifacts' raw bytes back to
+        /// back in item order, exactly the sum of their `artifact_bytes`.
+        pub struct ArtifactBatchResponse<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for ArtifactBatchResponse<'a> {
+            type Inner = ArtifactBatchResponse<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> ArtifactBatchResponse<'a> {
+            pub const VT_ITEMS: ::flatbuffers::VOffsetT = 4;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                ArtifactBatchResponse { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args ArtifactBatchResponseArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<ArtifactBatchResponse<'bldr>> {
+                let mut builder = ArtifactBatchResponseBuilder::new(_fbb);
+                if let Some(x) = args.items {
+                    builder.add_items(x);
+                }
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn items(&self) -> ::flatbuffers::Vector<'a, ArtifactBatchItem> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ArtifactBatchItem>>>(ArtifactBatchResponse::VT_ITEMS, None).unwrap()
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for ArtifactBatchResponse<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ArtifactBatchItem>>>("items", Self::VT_ITEMS, true)?
+     .finish();
+                Ok(())
+            }
+        }
+        pub struct ArtifactBatchResponseArgs<'a> {
+            pub items:
+                Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ArtifactBatchItem>>>,
+        }
+        impl<'a> Default for ArtifactBatchResponseArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                ArtifactBatchResponseArgs {
+                    items: None, // required field
+                }
+            }
+        }
+
+        pub struct ArtifactBatchResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ArtifactBatchResponseBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_items(
+                &mut self,
+                items: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, ArtifactBatchItem>>,
+            ) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    ArtifactBatchResponse::VT_ITEMS,
+                    items,
+                );
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> ArtifactBatchResponseBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                ArtifactBatchResponseBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<ArtifactBatchResponse<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                self.fbb_
+                    .required(o, ArtifactBatchResponse::VT_ITEMS, "items");
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for ArtifactBatchResponse<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("ArtifactBatchResponse");
+                ds.field("items", &self.items());
                 ds.finish()
             }
         }

@@ -23,10 +23,13 @@ use icn_engine::{Buf, NodeId, Priority, RequestContext, Router, RpcError, Transp
 use icn_tuning::Tuning;
 
 use super::receiver::{
-    Fetch, FetchId, Offence, Receiver, ReceiverConfig, ReceiverEvent, UpdateRefused,
+    Fetch, FetchId, FetchOutcome, Offence, Receiver, ReceiverConfig, ReceiverEvent, UpdateRefused,
 };
 use super::sender::{OutboundUpdate, Sender, SenderConfig, ServeError};
-use super::wire::{self, decode_fetch, decode_updates, encode_fetch, encode_updates};
+use super::wire::{
+    self, decode_batch_answer, decode_fetch, decode_fetch_batch, decode_updates,
+    encode_batch_answer, encode_fetch, encode_fetch_batch, encode_updates,
+};
 use super::{Backoff, ReceiverStats, SenderStats};
 use crate::artifact::{Artifact, ArtifactId, ArtifactKind, ArtifactPool, Transmit};
 use crate::runtime::{timeout, Runtime, TaskHandle};
@@ -74,6 +77,8 @@ impl GossipConfig {
                 download_bytes_per_s_max: gossip.download_bytes_per_s_max,
                 maybe_later_recheck: ms(gossip.maybe_later_recheck_ms),
                 artifact_bytes_max: tuning.rpc.message_bytes_max as u64,
+                fetch_batch_artifacts_max: gossip.fetch_batch_artifacts_max,
+                fetch_batch_bytes_max: gossip.fetch_batch_bytes_max as u64,
             },
             peer_poll_interval: ms(gossip.peer_poll_interval_ms),
             inbound_queue_artifacts_max: gossip.inbound_queue_artifacts_max,
@@ -125,7 +130,7 @@ struct Inner {
     /// Wakes the event loop.
     wake: Signal,
     update_outcomes: RefCell<Vec<(Vec<OutboundUpdate>, bool, u64)>>,
-    fetch_outcomes: RefCell<Vec<(FetchId, Option<Buf>)>>,
+    fetch_outcomes: RefCell<Vec<(FetchId, FetchOutcome)>>,
     update_tasks: RefCell<HashMap<u64, TaskHandle>>,
     fetch_tasks: RefCell<HashMap<FetchId, TaskHandle>>,
     next_update_task: Cell<u64>,
@@ -186,10 +191,11 @@ impl GossipHandle {
         self.inner.kind
     }
 
-    /// Adds this kind's slot-update and fetch routes to `router`.
+    /// Adds this kind's slot-update, fetch and batch-fetch routes to `router`.
     pub fn routes(&self, router: Router) -> Router {
         let updates = self.clone();
         let fetches = self.clone();
+        let batches = self.clone();
         router
             .route(
                 wire::slot_update_route(self.inner.kind),
@@ -202,6 +208,13 @@ impl GossipHandle {
                 wire::fetch_route(self.inner.kind),
                 move |ctx: RequestContext, body: Buf| {
                     let result = fetches.on_fetch(ctx, body);
+                    async move { result }
+                },
+            )
+            .route(
+                wire::fetch_batch_route(self.inner.kind),
+                move |ctx: RequestContext, body: Buf| {
+                    let result = batches.on_fetch_batch(ctx, body);
                     async move { result }
                 },
             )
@@ -274,6 +287,40 @@ impl GossipHandle {
             ServeError::NotFound => RpcError::Handler("artifact not advertised".into()),
             ServeError::BadRange { .. } => RpcError::PeerMisbehaved(error.to_string()),
         })
+    }
+
+    /// Answers a batch request: every artifact asked for that this node still offers, in order,
+    /// until the answer would pass `fetch_batch_bytes_max`; the rest are "not held".
+    fn on_fetch_batch(&self, ctx: RequestContext, body: Buf) -> Result<Buf, RpcError> {
+        let inner = &self.inner;
+        let ids = match decode_fetch_batch(&body, inner.kind, &inner.config.codec_limits) {
+            Ok(ids) => ids,
+            Err(error) => {
+                inner
+                    .undecodable_messages
+                    .set(inner.undecodable_messages.get() + 1);
+                self.penalize(ctx.peer, Offence::BadMessage);
+                return Err(RpcError::PeerMisbehaved(error.to_string()));
+            }
+        };
+        let bytes_max = inner.config.receiver.fetch_batch_bytes_max;
+        let mut answer_bytes = 0;
+        let artifacts: Vec<Option<Buf>> = {
+            let mut sender = inner.sender.borrow_mut();
+            ids.iter()
+                .map(|id| {
+                    let artifact = sender.serve(id, 0, 0).ok()?;
+                    let total = answer_bytes + artifact.len() as u64;
+                    if total > bytes_max {
+                        return None;
+                    }
+                    answer_bytes = total;
+                    Some(artifact)
+                })
+                .collect()
+        };
+        encode_batch_answer(&mut inner.encoder.borrow_mut(), &artifacts)
+            .map_err(|error| RpcError::Handler(error.to_string()))
     }
 
     fn penalize(&self, peer: NodeId, offence: Offence) {
@@ -523,8 +570,9 @@ impl GossipHandle {
 
     fn start_fetches<T: Transport + 'static>(&self, transport: &Rc<T>, now: Duration) {
         let inner = &self.inner;
-        // Deliveries may overshoot the queue bound by the fetches in flight (each ends in at
-        // most one delivery); no new fetch starts while it is full.
+        // Deliveries may overshoot the queue bound by the artifacts in flight (each ends in at
+        // most one delivery; `room` counts artifacts, not requests, so a batch counts in
+        // full); no new fetch starts while it is full.
         let room = inner
             .config
             .inbound_queue_artifacts_max
@@ -546,17 +594,26 @@ impl GossipHandle {
 
     fn spawn_fetch<T: Transport + 'static>(&self, transport: Rc<T>, fetch: Fetch) -> TaskHandle {
         let inner = self.inner.clone();
-        let body = encode_fetch(
-            &mut inner.encoder.borrow_mut(),
-            inner.kind,
-            &fetch.artifact,
-            fetch.offset,
-            fetch.length,
-        );
-        let route = wire::fetch_route(inner.kind);
+        let (route, body) = if fetch.is_batch() {
+            let body = encode_fetch_batch(
+                &mut inner.encoder.borrow_mut(),
+                inner.kind,
+                &fetch.artifacts,
+            );
+            (wire::fetch_batch_route(inner.kind), body)
+        } else {
+            let body = encode_fetch(
+                &mut inner.encoder.borrow_mut(),
+                inner.kind,
+                &fetch.artifacts[0],
+                fetch.offset,
+                fetch.length,
+            );
+            (wire::fetch_route(inner.kind), body)
+        };
         let runtime = inner.runtime.clone();
         let future = async move {
-            let outcome = match body {
+            let answer = match body {
                 Ok(body) => {
                     let rpc = transport.rpc(fetch.peer, route, inner.config.priority, body);
                     timeout(&*runtime, fetch.timeout, rpc)
@@ -564,6 +621,22 @@ impl GossipHandle {
                         .and_then(Result::ok)
                 }
                 Err(_) => None,
+            };
+            let outcome = match answer {
+                None => FetchOutcome::Failed,
+                Some(bytes) if !fetch.is_batch() => FetchOutcome::Bytes(bytes),
+                Some(body) => {
+                    let config = &inner.config;
+                    match decode_batch_answer(
+                        &body,
+                        fetch.artifacts.len(),
+                        &config.codec_limits,
+                        config.receiver.fetch_batch_bytes_max,
+                    ) {
+                        Ok(items) => FetchOutcome::Batch(items),
+                        Err(_) => FetchOutcome::Malformed,
+                    }
+                }
             };
             inner.fetch_outcomes.borrow_mut().push((fetch.id, outcome));
             inner.wake.notify();

@@ -8,11 +8,12 @@
 //!   the IC does not. A new or reconnected peer is sent the whole table.
 //! - The [`receiver::Receiver`] keeps every peer's slot table (bounded per peer, for every kind),
 //!   asks the pool's bouncer about each new id, and downloads wanted ones from the peers that
-//!   advertise them: in parallel, chunked above a threshold, with per-peer and total in-flight
-//!   limits and bandwidth budgets, retries with backoff and growing deadlines, and a content
+//!   advertise them: in parallel, chunked above a threshold, small ones due from the same peer
+//!   batched into one request, with per-peer and total in-flight limits and bandwidth budgets, retries with backoff and growing deadlines, and a content
 //!   check that penalizes the peer that served bad bytes.
 //! - The [`driver`] binds both to a [`icn_engine::Transport`] and a [`crate::runtime::Runtime`]:
-//!   two routes per kind (slot update, fetch), RPC tasks, timers and connection tracking.
+//!   three routes per kind (slot update, fetch, batch fetch), RPC tasks, timers and connection
+//!   tracking.
 //!
 //! Both cores are sans-I/O (fed `now` and messages, polled for actions), so a whole simulated
 //! subnet runs on one thread with a virtual clock.
@@ -26,8 +27,8 @@ use std::time::Duration;
 
 pub use driver::{ConsensusManager, GossipConfig, GossipHandle, GossipStats};
 pub use receiver::{
-    Fetch, FetchId, InboundUpdate, Offence, Receiver, ReceiverConfig, ReceiverEvent, ReceiverStats,
-    UpdateRefused,
+    Fetch, FetchId, FetchOutcome, InboundUpdate, Offence, Receiver, ReceiverConfig, ReceiverEvent,
+    ReceiverStats, UpdateRefused,
 };
 pub use sender::{
     OutboundUpdate, Sender, SenderConfig, SenderStats, ServeError, SlotNumber, SlotTableFull,

@@ -15,7 +15,10 @@
 //!   advertises it. When no peer advertises an id any more its download stops and, if it was
 //!   delivered, it leaves the unvalidated pool.
 //! - Fetches in flight: at most `downloads_in_flight_max` in all and
-//!   `downloads_in_flight_per_peer_max` per peer.
+//!   `downloads_in_flight_per_peer_max` per peer, counted in requests: a batch of several small
+//!   whole artifacts from one peer (at most `fetch_batch_artifacts_max` of them and
+//!   `fetch_batch_bytes_max` advertised bytes) is one fetch. Each artifact of a batch keeps its
+//!   own outcome: a missing or wrong one is retried and blamed exactly as a single fetch is.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
@@ -31,16 +34,40 @@ use crate::artifact::{Advert, Artifact, ArtifactId, Want};
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
 pub struct FetchId(pub u64);
 
-/// A fetch the driver must start: ask `peer` for `length` bytes at `offset` of `artifact`
-/// (`length` 0: all of it) and give up after `timeout`.
+/// A fetch the driver must start: ask `peer` for `length` bytes at `offset` of the one artifact
+/// in `artifacts` (`length` 0: all of it), or, when `artifacts` holds several, for each of them
+/// whole in one batch request (`offset` and `length` 0); give up after `timeout`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Fetch {
     pub id: FetchId,
     pub peer: NodeId,
-    pub artifact: ArtifactId,
+    pub artifacts: Vec<ArtifactId>,
     pub offset: u64,
     pub length: u64,
     pub timeout: Duration,
+}
+
+impl Fetch {
+    /// Several whole artifacts in one request (the batch route), not one artifact or chunk.
+    pub fn is_batch(&self) -> bool {
+        self.artifacts.len() > 1
+    }
+}
+
+/// How a fetch ended, for [`Receiver::fetch_done`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FetchOutcome {
+    /// The RPC failed (timeout, closed connection, error status): everything it asked for is
+    /// retried.
+    Failed,
+    /// The answer to a single fetch: the artifact or chunk.
+    Bytes(Buf),
+    /// The answer to a batch: per artifact asked for, in order, its bytes or `None` (the peer
+    /// does not hold it, or it did not fit in the answer).
+    Batch(Vec<Option<Buf>>),
+    /// A batch answer that does not decode or does not match the request: the peer is
+    /// penalized ([`Offence::BadMessage`]) and everything it was asked for is retried.
+    Malformed,
 }
 
 /// Why a peer is penalized.
@@ -52,8 +79,8 @@ pub enum Offence {
     SlotTableOverflow,
     /// An advert larger than the largest message.
     ArtifactTooLarge,
-    /// A slot update or fetch request that does not decode, or a fetch for a range outside
-    /// the artifact.
+    /// A slot update, fetch request or batch answer that does not decode, or a fetch for a
+    /// range outside the artifact.
     BadMessage,
 }
 
@@ -111,6 +138,10 @@ pub struct ReceiverConfig {
     pub download_bytes_per_s_max: u64,
     pub maybe_later_recheck: Duration,
     pub artifact_bytes_max: u64,
+    /// Whole artifacts per batch request; 1: no batches.
+    pub fetch_batch_artifacts_max: usize,
+    /// Advertised bytes per batch; larger artifacts are fetched alone.
+    pub fetch_batch_bytes_max: u64,
 }
 
 /// Counters of the receiving side.
@@ -122,7 +153,13 @@ pub struct ReceiverStats {
     pub pushes_received: u64,
     pub adverts_received: u64,
     pub clears_received: u64,
+    /// Fetch requests started (a batch counts once).
     pub fetches_started: u64,
+    /// Batch requests started (a subset of fetches_started) and the artifacts they asked for.
+    pub batches_started: u64,
+    pub batch_artifacts_requested: u64,
+    /// Artifacts a batch answer said the peer does not hold (each retried).
+    pub batch_artifacts_not_held: u64,
     pub fetches_succeeded: u64,
     pub fetches_failed: u64,
     pub fetches_cancelled: u64,
@@ -185,6 +222,27 @@ struct Tracked {
 /// advertiser is busy).
 const DOWNLOADS_SCANNED_PER_POLL_MAX: usize = 1024;
 
+/// One fetch (one RPC) in flight.
+struct InFlightFetch {
+    peer: NodeId,
+    /// (artifact, chunk index) asked for, in request order: one, or several whole artifacts.
+    items: SmallVec<[(ArtifactId, usize); 1]>,
+    /// Items whose download still waits on this fetch; the RPC is cancelled when none does.
+    live: usize,
+}
+
+/// A batch being filled by one poll: its fetch is in `fetches` (counted against the limits)
+/// from the moment it opens; its request goes out when it is full or the poll ends.
+struct OpenBatch {
+    /// Given when its first artifact joins (the batch then enters `fetches`).
+    fetch: FetchId,
+    peer: NodeId,
+    artifacts: Vec<ArtifactId>,
+    bytes: u64,
+    /// The most failures among its downloads (sets the deadline).
+    failures: u32,
+}
+
 /// Every peer's adverts for one artifact kind and the downloads they lead to.
 pub struct Receiver {
     config: ReceiverConfig,
@@ -194,7 +252,8 @@ pub struct Receiver {
     downloads: BTreeMap<u64, ArtifactId>,
     next_order: u64,
     maybe_later: BTreeSet<(Duration, ArtifactId)>,
-    fetches: HashMap<FetchId, (ArtifactId, usize, NodeId)>,
+    /// Bounded by `downloads_in_flight_max` entries of at most `fetch_batch_artifacts_max` items.
+    fetches: HashMap<FetchId, InFlightFetch>,
     /// Fetches in flight per peer, kept apart from the peer's state so that a reconnect (a new
     /// state) cannot lose count of the old connection's fetches. Only peers with a fetch in
     /// flight have an entry: at most `downloads_in_flight_max`.
@@ -211,6 +270,9 @@ impl Receiver {
     pub fn new(config: ReceiverConfig) -> Receiver {
         assert!(config.download_chunk_bytes > 0);
         assert!(config.chunking_threshold_bytes >= config.download_chunk_bytes);
+        assert!(
+            (1..=icn_codecs::ARTIFACT_BATCH_IDS_MAX).contains(&config.fetch_batch_artifacts_max)
+        );
         Receiver {
             config,
             peers: HashMap::new(),
@@ -237,6 +299,7 @@ impl Receiver {
         self.tracked.len()
     }
 
+    /// Fetch requests in flight (a batch counts once).
     pub fn fetches_in_flight(&self) -> usize {
         self.fetches.len()
     }
@@ -552,14 +615,24 @@ impl Receiver {
         }
     }
 
+    /// The download no longer waits on its fetches; a fetch nobody waits on any more (a batch
+    /// once its last waiting artifact is gone) is cancelled.
     fn cancel_chunks(&mut self, download: Download) {
         for chunk in download.chunks {
-            if let Chunk::InFlight { fetch, peer } = chunk {
-                self.fetches.remove(&fetch);
-                self.fetch_ended(peer);
-                self.stats.fetches_cancelled += 1;
-                self.events.push_back(ReceiverEvent::CancelFetch(fetch));
+            let Chunk::InFlight { fetch, peer } = chunk else {
+                continue;
+            };
+            let Some(in_flight) = self.fetches.get_mut(&fetch) else {
+                continue;
+            };
+            in_flight.live -= 1;
+            if in_flight.live > 0 {
+                continue;
             }
+            self.fetches.remove(&fetch);
+            self.fetch_ended(peer);
+            self.stats.fetches_cancelled += 1;
+            self.events.push_back(ReceiverEvent::CancelFetch(fetch));
         }
     }
 
@@ -624,8 +697,9 @@ impl Receiver {
         out.pop()
     }
 
-    /// Starts every fetch that can start now (at most `max`), in download order, in one pass
-    /// over the downloads that still have chunks to fetch; appends them to `out`.
+    /// Starts every fetch that can start now (for at most `max` artifacts), in download order,
+    /// in one pass over the downloads that still have chunks to fetch; appends them to `out`.
+    /// Small whole artifacts due from the same peer go into one batch request.
     pub fn poll_fetches(&mut self, now: Duration, max: usize, out: &mut Vec<Fetch>) {
         self.next_retry_at = None;
         self.bucket.refill(now);
@@ -640,6 +714,9 @@ impl Receiver {
             .filter(|peer| self.fetches_by_peer.get(peer).copied().unwrap_or(0) < per_peer_max)
             .count();
         let mut started_all: SmallVec<[u64; 16]> = SmallVec::new();
+        // At most one per peer with room when the poll began (a batch closes when full).
+        let mut open: SmallVec<[OpenBatch; PEERS_INLINE]> = SmallVec::new();
+        let mut artifacts_started = 0;
         let Receiver {
             config,
             peers,
@@ -654,10 +731,10 @@ impl Receiver {
             ..
         } = self;
         for (scanned, (order, id)) in downloads.iter().enumerate() {
+            let can_open = peers_with_room > 0 && fetches.len() < config.downloads_in_flight_max;
             if scanned >= DOWNLOADS_SCANNED_PER_POLL_MAX
-                || out.len() >= max
-                || peers_with_room == 0
-                || fetches.len() >= config.downloads_in_flight_max
+                || artifacts_started >= max
+                || (!can_open && open.is_empty())
                 || !bucket.has_tokens()
             {
                 break;
@@ -669,6 +746,9 @@ impl Receiver {
             let Track::Downloading(download) = &mut entry.track else {
                 continue;
             };
+            let batchable = download.chunks.len() == 1
+                && config.fetch_batch_artifacts_max > 1
+                && size_bytes <= config.fetch_batch_bytes_max;
             let mut missing_left = false;
             for index in 0..download.chunks.len() {
                 let Chunk::Missing { not_before } = download.chunks[index] else {
@@ -680,20 +760,80 @@ impl Receiver {
                         Some(next_retry_at.map_or(not_before, |at| at.min(not_before)));
                     continue;
                 }
-                let chosen = if out.len() < max && fetches.len() < config.downloads_in_flight_max {
-                    choose_peer(
+                let can_open =
+                    peers_with_room > 0 && fetches.len() < config.downloads_in_flight_max;
+                if artifacts_started >= max || (!can_open && !batchable) {
+                    missing_left = true;
+                    continue;
+                }
+                if batchable {
+                    let placed = place_in_batch(
+                        config,
                         peers,
-                        fetches_by_peer,
+                        &mut open,
                         &entry.advertisers,
                         download,
-                        index,
-                        per_peer_max,
+                        size_bytes,
+                        can_open,
+                        fetches_by_peer,
                         now,
-                    )
-                } else {
-                    None
-                };
-                let Some(peer) = chosen else {
+                    );
+                    let Some(position) = placed else {
+                        missing_left = true;
+                        continue;
+                    };
+                    if open[position].artifacts.is_empty() {
+                        let peer = open[position].peer;
+                        *next_fetch += 1;
+                        open[position].fetch = FetchId(*next_fetch);
+                        let in_flight = fetches_by_peer.entry(peer).or_insert(0);
+                        *in_flight += 1;
+                        if *in_flight == per_peer_max {
+                            peers_with_room -= 1;
+                        }
+                        fetches.insert(
+                            open[position].fetch,
+                            InFlightFetch {
+                                peer,
+                                items: SmallVec::new(),
+                                live: 0,
+                            },
+                        );
+                        stats.fetches_started += 1;
+                    }
+                    let batch = &mut open[position];
+                    batch.artifacts.push(id.clone());
+                    batch.bytes += size_bytes;
+                    batch.failures = batch.failures.max(download.failures);
+                    download.chunks[0] = Chunk::InFlight {
+                        fetch: batch.fetch,
+                        peer: batch.peer,
+                    };
+                    let in_flight = fetches.get_mut(&batch.fetch).expect("open batch");
+                    in_flight.items.push((id.clone(), 0));
+                    in_flight.live += 1;
+                    peers
+                        .get_mut(&batch.peer)
+                        .expect("eligible peer")
+                        .bucket
+                        .take(size_bytes);
+                    bucket.take(size_bytes);
+                    artifacts_started += 1;
+                    if batch.artifacts.len() >= config.fetch_batch_artifacts_max {
+                        let batch = open.remove(position);
+                        out.push(close_batch(config, stats, batch));
+                    }
+                    continue;
+                }
+                let Some(peer) = choose_peer(
+                    peers,
+                    fetches_by_peer,
+                    &entry.advertisers,
+                    download,
+                    index,
+                    per_peer_max,
+                    now,
+                ) else {
                     missing_left = true;
                     continue;
                 };
@@ -714,12 +854,22 @@ impl Receiver {
                 }
                 state.bucket.take(expected);
                 bucket.take(expected);
-                fetches.insert(fetch_id, (id.clone(), index, peer));
+                let mut items = SmallVec::new();
+                items.push((id.clone(), index));
+                fetches.insert(
+                    fetch_id,
+                    InFlightFetch {
+                        peer,
+                        items,
+                        live: 1,
+                    },
+                );
                 stats.fetches_started += 1;
+                artifacts_started += 1;
                 out.push(Fetch {
                     id: fetch_id,
                     peer,
-                    artifact: id.clone(),
+                    artifacts: vec![id.clone()],
                     offset,
                     length,
                     timeout: config.backoff_timeout(download.failures),
@@ -728,6 +878,9 @@ impl Receiver {
             if !missing_left {
                 started_all.push(*order);
             }
+        }
+        for batch in open {
+            out.push(close_batch(config, stats, batch));
         }
         for order in started_all {
             downloads.remove(&order);
@@ -741,36 +894,96 @@ impl Receiver {
         }
     }
 
-    /// The outcome of a fetch from [`Receiver::poll_fetch`]: the bytes, or `None` when the RPC
-    /// failed (timeout, closed connection, error status).
+    /// The outcome of a fetch from [`Receiver::poll_fetches`]. Every artifact it asked for is
+    /// settled on its own: delivered, retried (not held, failed, wrong length) or, after a
+    /// failed content check, retried with the peer penalized.
     pub fn fetch_done(
         &mut self,
         fetch: FetchId,
-        outcome: Option<Buf>,
+        outcome: FetchOutcome,
         now: Duration,
         matches: &dyn Fn(&Advert, &[u8]) -> bool,
     ) {
-        let Some((id, index, peer)) = self.fetches.remove(&fetch) else {
+        let Some(in_flight) = self.fetches.remove(&fetch) else {
             return; // cancelled
         };
+        let peer = in_flight.peer;
         self.fetch_ended(peer);
-        let Some(bytes) = outcome else {
-            self.stats.fetches_failed += 1;
-            self.chunk_failed(&id, index, peer, now);
-            return;
+        let batch = in_flight.items.len() > 1;
+        let answers = match outcome {
+            FetchOutcome::Bytes(bytes) if !batch => vec![Some(bytes)],
+            FetchOutcome::Batch(answers) if batch && answers.len() == in_flight.items.len() => {
+                answers
+            }
+            FetchOutcome::Failed => {
+                self.stats.fetches_failed += 1;
+                self.items_failed(fetch, &in_flight, now);
+                return;
+            }
+            FetchOutcome::Bytes(_) | FetchOutcome::Batch(_) | FetchOutcome::Malformed => {
+                self.stats.fetches_failed += 1;
+                self.stats.protocol_offences += 1;
+                self.events.push_back(ReceiverEvent::Penalize {
+                    peer,
+                    offence: Offence::BadMessage,
+                });
+                self.items_failed(fetch, &in_flight, now);
+                return;
+            }
         };
         self.stats.fetches_succeeded += 1;
+        for ((id, index), answer) in in_flight.items.into_iter().zip(answers) {
+            if self.waits_on(fetch, &id, index) {
+                self.item_answered(&id, index, peer, answer, now, matches);
+            } else if let Some(bytes) = answer {
+                self.late_item(&id, peer, &bytes, matches);
+            }
+        }
+    }
+
+    /// Whether chunk `index` of `id`'s download still waits on `fetch`.
+    fn waits_on(&self, fetch: FetchId, id: &ArtifactId, index: usize) -> bool {
+        let Some(Track::Downloading(download)) = self.tracked.get(id).map(|t| &t.track) else {
+            return false;
+        };
+        matches!(download.chunks.get(index), Some(Chunk::InFlight { fetch: f, .. }) if *f == fetch)
+    }
+
+    fn items_failed(&mut self, fetch: FetchId, in_flight: &InFlightFetch, now: Duration) {
+        for (id, index) in &in_flight.items {
+            if self.waits_on(fetch, id, *index) {
+                self.chunk_failed(id, *index, in_flight.peer, now);
+            }
+        }
+    }
+
+    /// One artifact or chunk of a fetch answered: `None` when a batch answer says the peer does
+    /// not hold it.
+    fn item_answered(
+        &mut self,
+        id: &ArtifactId,
+        index: usize,
+        peer: NodeId,
+        answer: Option<Buf>,
+        now: Duration,
+        matches: &dyn Fn(&Advert, &[u8]) -> bool,
+    ) {
+        let Some(bytes) = answer else {
+            self.stats.batch_artifacts_not_held += 1;
+            self.chunk_failed(id, index, peer, now);
+            return;
+        };
         self.stats.bytes_fetched += bytes.len() as u64;
-        let expected = self.expected_chunk_bytes(&id, index);
+        let expected = self.expected_chunk_bytes(id, index);
         if expected != Some(bytes.len() as u64) {
             if expected.is_some() {
                 self.invalid(peer);
-                self.chunk_failed(&id, index, peer, now);
+                self.chunk_failed(id, index, peer, now);
             }
             return;
         }
         let download = self
-            .download_mut(&id)
+            .download_mut(id)
             .expect("expected_chunk_bytes found it");
         download.chunks[index] = Chunk::Done { bytes, from: peer };
         if download
@@ -778,7 +991,26 @@ impl Receiver {
             .iter()
             .all(|chunk| matches!(chunk, Chunk::Done { .. }))
         {
-            self.complete(&id, now, matches);
+            self.complete(id, now, matches);
+        }
+    }
+
+    /// An artifact of a batch answer that nothing waits on any more (it arrived from another
+    /// peer, or its download started over, while the batch was in flight): not used, but still
+    /// checked when its advert is known, so that wrong bytes cost their sender as they would
+    /// have a moment earlier.
+    fn late_item(
+        &mut self,
+        id: &ArtifactId,
+        peer: NodeId,
+        bytes: &[u8],
+        matches: &dyn Fn(&Advert, &[u8]) -> bool,
+    ) {
+        let Some(tracked) = self.tracked.get(id) else {
+            return;
+        };
+        if bytes.len() as u64 != tracked.advert.size_bytes || !matches(&tracked.advert, bytes) {
+            self.invalid(peer);
         }
     }
 
@@ -920,6 +1152,87 @@ fn choose_peer(
         return None;
     }
     Some(tied[(chunk + download.order as usize) % tied.len()])
+}
+
+/// The open batch (index into `open`) a small whole download joins, opening one if needed
+/// (with no artifacts yet and no fetch id: the caller starts it). In order: an open batch of
+/// an advertiser that has not failed this download; else the peer [`choose_peer`] picks when a
+/// new fetch may start (joining any open batch instead if that peer is one that failed it);
+/// else any open batch of an advertiser. `None`: nowhere to go now.
+#[allow(clippy::too_many_arguments)]
+fn place_in_batch(
+    config: &ReceiverConfig,
+    peers: &HashMap<NodeId, PeerState>,
+    open: &mut SmallVec<[OpenBatch; PEERS_INLINE]>,
+    advertisers: &[NodeId],
+    download: &Download,
+    size_bytes: u64,
+    can_open: bool,
+    fetches_by_peer: &HashMap<NodeId, usize>,
+    now: Duration,
+) -> Option<usize> {
+    debug_assert!(
+        download.single_source.is_none(),
+        "only chunked downloads have one"
+    );
+    let fits = |batch: &OpenBatch| {
+        advertisers.contains(&batch.peer)
+            && batch.artifacts.len() < config.fetch_batch_artifacts_max
+            && batch.bytes + size_bytes <= config.fetch_batch_bytes_max
+            && peers
+                .get(&batch.peer)
+                .is_some_and(|state| state.bucket.has_tokens_at(now))
+    };
+    let any_fitting = open.iter().position(fits);
+    let trusted = open
+        .iter()
+        .position(|batch| fits(batch) && !download.avoided.contains(&batch.peer));
+    if trusted.is_some() {
+        return trusted;
+    }
+    if !can_open {
+        return any_fitting;
+    }
+    let per_peer_max = config.downloads_in_flight_per_peer_max;
+    let Some(peer) = choose_peer(
+        peers,
+        fetches_by_peer,
+        advertisers,
+        download,
+        0,
+        per_peer_max,
+        now,
+    ) else {
+        return any_fitting;
+    };
+    if download.avoided.contains(&peer) && any_fitting.is_some() {
+        return any_fitting;
+    }
+    open.push(OpenBatch {
+        fetch: FetchId(0),
+        peer,
+        artifacts: Vec::new(),
+        bytes: 0,
+        failures: 0,
+    });
+    Some(open.len() - 1)
+}
+
+/// The request of a filled batch; a batch of one is a plain whole-artifact fetch.
+fn close_batch(config: &ReceiverConfig, stats: &mut ReceiverStats, batch: OpenBatch) -> Fetch {
+    debug_assert!(!batch.artifacts.is_empty());
+    if batch.artifacts.len() > 1 {
+        stats.batches_started += 1;
+        stats.batch_artifacts_requested += batch.artifacts.len() as u64;
+    }
+    Fetch {
+        id: batch.fetch,
+        peer: batch.peer,
+        artifacts: batch.artifacts,
+        offset: 0,
+        length: 0,
+        timeout: config.backoff_timeout(batch.failures),
+    }
 }
 
 /// Byte range of chunk `index`: (0, 0) (all of it) for an unchunked download.

@@ -1,6 +1,7 @@
-//! The consensus manager's RPC bodies: slot updates and artifact fetches, encoded with the
-//! codecs (`SlotUpdate`, `ArtifactRequest`; see docs/protocol.md) and decoded into the cores'
-//! types. Decoding never panics: remote bytes give a [`WireError`].
+//! The consensus manager's RPC bodies: slot updates and artifact fetches, single or batched,
+//! encoded with the codecs (`SlotUpdate`, `ArtifactRequest`, `ArtifactBatchRequest` and its
+//! answer; see docs/protocol.md) and decoded into the cores' types. Decoding never panics:
+//! remote bytes give a [`WireError`].
 
 use icn_codecs::{CodecLimits, DecodeError, EncodeError, Encoder};
 use icn_engine::{Buf, Route};
@@ -11,9 +12,11 @@ use super::sender::{OutboundUpdate, UpdateMessage};
 use crate::artifact::{Advert, Artifact, ArtifactId, ArtifactKind};
 
 /// Routes of the consensus manager: slot updates on `SLOT_UPDATE_ROUTE_BASE + kind`, fetches on
-/// `FETCH_ROUTE_BASE + kind` (256 each, one per possible kind).
+/// `FETCH_ROUTE_BASE + kind`, batch fetches on `FETCH_BATCH_ROUTE_BASE + kind` (256 each, one
+/// per possible kind).
 pub const SLOT_UPDATE_ROUTE_BASE: u16 = 0x100;
 pub const FETCH_ROUTE_BASE: u16 = 0x200;
+pub const FETCH_BATCH_ROUTE_BASE: u16 = 0x500;
 
 pub fn slot_update_route(kind: ArtifactKind) -> Route {
     Route(SLOT_UPDATE_ROUTE_BASE + u16::from(kind.0))
@@ -21,6 +24,10 @@ pub fn slot_update_route(kind: ArtifactKind) -> Route {
 
 pub fn fetch_route(kind: ArtifactKind) -> Route {
     Route(FETCH_ROUTE_BASE + u16::from(kind.0))
+}
+
+pub fn fetch_batch_route(kind: ArtifactKind) -> Route {
+    Route(FETCH_BATCH_ROUTE_BASE + u16::from(kind.0))
 }
 
 /// Slot updates one request may carry (a sender batches what it has queued for a peer). Bounds
@@ -36,6 +43,8 @@ pub enum WireError {
     Decode(#[from] DecodeError),
     #[error("message for artifact kind {got} on the route of kind {expected}")]
     WrongKind { expected: u8, got: u8 },
+    #[error("batch answer with {got} items for {asked} artifacts asked for")]
+    BatchItems { asked: usize, got: usize },
 }
 
 /// Encodes one slot update as an RPC body: the message, then (for a push) the artifact.
@@ -213,6 +222,82 @@ pub fn decode_fetch(
     })
 }
 
+/// Encodes a batch request for several whole artifacts (decoded by [`decode_fetch_batch`]).
+pub fn encode_fetch_batch(
+    encoder: &mut Encoder,
+    kind: ArtifactKind,
+    ids: &[ArtifactId],
+) -> Result<Buf, EncodeError> {
+    let request = icn_codecs::ArtifactBatchRequest {
+        artifact_kind: kind.0,
+        artifact_ids: ids.iter().map(ArtifactId::as_bytes).collect(),
+    };
+    Ok(Buf::copy_from_slice(
+        encoder.encode_artifact_batch_request(&request)?,
+    ))
+}
+
+/// The ids of a batch request for `kind` (1 to `icn_codecs::ARTIFACT_BATCH_IDS_MAX`, the
+/// protocol's bound, whatever this node's own batch setting).
+pub fn decode_fetch_batch(
+    body: &[u8],
+    kind: ArtifactKind,
+    limits: &CodecLimits,
+) -> Result<Vec<ArtifactId>, WireError> {
+    let request = icn_codecs::decode_artifact_batch_request(body, limits)?;
+    if request.artifact_kind != kind.0 {
+        return Err(WireError::WrongKind {
+            expected: kind.0,
+            got: request.artifact_kind,
+        });
+    }
+    Ok(request
+        .artifact_ids
+        .into_iter()
+        .map(ArtifactId::from_slice)
+        .collect())
+}
+
+/// Encodes the answer to a batch request: per id asked for, in order, the artifact or `None`.
+pub fn encode_batch_answer(
+    encoder: &mut Encoder,
+    artifacts: &[Option<Buf>],
+) -> Result<Buf, EncodeError> {
+    let items: SmallVec<[Option<&[u8]>; 32]> = artifacts.iter().map(|a| a.as_deref()).collect();
+    let mut body = Vec::new();
+    encoder.encode_artifact_batch_response(&items, &mut body)?;
+    Ok(Buf::from_vec(body))
+}
+
+/// Decodes the answer to a batch request for `asked` artifacts, which must have exactly that
+/// many items and at most `artifact_bytes_max` artifact bytes. The artifacts are slices of
+/// `body`, not copies.
+pub fn decode_batch_answer(
+    body: &Buf,
+    asked: usize,
+    limits: &CodecLimits,
+    artifact_bytes_max: u64,
+) -> Result<Vec<Option<Buf>>, WireError> {
+    let items =
+        icn_codecs::decode_artifact_batch_response(body, limits, asked, artifact_bytes_max)?;
+    if items.len() != asked {
+        return Err(WireError::BatchItems {
+            asked,
+            got: items.len(),
+        });
+    }
+    Ok(items
+        .into_iter()
+        .map(|item| {
+            item.map(|artifact| {
+                // `artifact` borrows from `body`: its offset is the distance between the pointers.
+                let start = artifact.as_ptr() as usize - body.as_ptr() as usize;
+                body.slice(start..start + artifact.len())
+            })
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,6 +375,36 @@ mod tests {
             .collect();
         let body = encode_updates(&mut encoder, kind, &too_many).unwrap();
         assert!(decode_updates(&body, kind, &limits).is_err());
+    }
+
+    #[test]
+    fn batch_fetches_round_trip_and_answers_are_slices() {
+        let kind = ArtifactKind(3);
+        let limits = CodecLimits::default();
+        let mut encoder = Encoder::default();
+        let ids: Vec<ArtifactId> = [&b"a"[..], b"bb", b"ccc"]
+            .iter()
+            .map(|id| ArtifactId::from_slice(id))
+            .collect();
+        let request = encode_fetch_batch(&mut encoder, kind, &ids).unwrap();
+        assert_eq!(decode_fetch_batch(&request, kind, &limits), Ok(ids.clone()));
+        assert!(decode_fetch_batch(&request, ArtifactKind(4), &limits).is_err());
+        let artifacts = vec![
+            Some(Buf::copy_from_slice(b"first")),
+            None,
+            Some(Buf::copy_from_slice(b"")),
+        ];
+        let body = encode_batch_answer(&mut encoder, &artifacts).unwrap();
+        let back = decode_batch_answer(&body, 3, &limits, 5).unwrap();
+        assert_eq!(back, artifacts);
+        assert!(back[0].as_ref().unwrap().same_storage(&body));
+        assert_eq!(
+            decode_batch_answer(&body, 4, &limits, 5),
+            Err(WireError::BatchItems { asked: 4, got: 3 })
+        );
+        assert!(decode_batch_answer(&body, 2, &limits, 5).is_err());
+        assert!(decode_batch_answer(&body, 3, &limits, 4).is_err());
+        assert!(decode_batch_answer(&body.slice(0..body.len() - 1), 3, &limits, 5).is_err());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Deterministic simulations of a 7-node subnet with 2 byzantine members on the memory transport:
 //! - the *liar* advertises the ids of real artifacts (ones honest nodes produce later), pushes
 //!   wrong bytes of the right length for the small ones and serves wrong bytes of the right
-//!   length whenever one is fetched from it;
+//!   length whenever one is fetched from it, alone or in a batch;
 //! - the *flooder* fills its slot table up to the advert-byte bound, then keeps sending adverts
 //!   past the byte bound, at slot numbers past `peer_slots_max`, larger than any message, and
 //!   garbage bodies on the slot-update and fetch routes.
@@ -32,7 +32,7 @@ use icn_engine::{
 };
 use icn_shards::artifact::{Advert, Artifact, ArtifactId, ArtifactKind, ArtifactPool};
 use icn_shards::artifact_manager::ArtifactManager;
-use icn_shards::consensus_manager::wire::{self, decode_update, encode_update};
+use icn_shards::consensus_manager::wire::{self, decode_update, encode_update, encode_updates};
 use icn_shards::consensus_manager::{
     ConsensusManager, GossipConfig, GossipHandle, OutboundUpdate, UpdateMessage,
 };
@@ -75,6 +75,9 @@ fn tuning() -> Tuning {
     gossip.peer_slots_max = PEER_SLOTS_MAX;
     gossip.peer_advert_bytes_max = PEER_ADVERT_BYTES_MAX;
     gossip.tracked_artifacts_max = TRACKED_ARTIFACTS_MAX;
+    // Every advertised payload (at most 256 KiB) may join a batch, so the liar's batch answers
+    // are tested too.
+    gossip.fetch_batch_bytes_max = 256 << 10;
     tuning.peers.ban_initial_ms = BAN.as_millis() as u64;
     tuning
 }
@@ -84,7 +87,8 @@ fn tuning() -> Tuning {
 struct Tap {
     /// Slot updates from the liar carrying (wrong) pushed bytes.
     liar_pushes: u64,
-    /// Non-empty fetch responses from the liar (always wrong bytes).
+    /// Non-empty fetch responses from the liar (always wrong bytes): single fetches, and each
+    /// artifact of a batch answer.
     liar_fetch_responses: u64,
     /// Garbage bodies from the flooder, either route.
     garbage: u64,
@@ -102,7 +106,11 @@ fn tapped_routes(gossip: &GossipHandle, roles: Rc<Roles>, tap: Rc<RefCell<Tap>>)
     let inner = gossip.routes(Router::new());
     let artifact_bytes_max = gossip.config().receiver.artifact_bytes_max;
     let mut router = Router::new();
-    for route in [wire::slot_update_route(KIND), wire::fetch_route(KIND)] {
+    for route in [
+        wire::slot_update_route(KIND),
+        wire::fetch_route(KIND),
+        wire::fetch_batch_route(KIND),
+    ] {
         let handler = inner.handler(route).expect("gossip route");
         let (roles, tap) = (roles.clone(), tap.clone());
         router = router.route(route, move |ctx: RequestContext, body: Buf| {
@@ -149,6 +157,8 @@ struct TappedTransport {
     inner: Rc<MemoryTransport>,
     liar: NodeId,
     tap: Rc<RefCell<Tap>>,
+    /// The honest node's bound on a batch answer (it decodes with the same one).
+    batch_bytes_max: u64,
 }
 
 impl Transport for TappedTransport {
@@ -163,11 +173,29 @@ impl Transport for TappedTransport {
         priority: Priority,
         request: Buf,
     ) -> Result<Buf, RpcError> {
+        let asked = (route == wire::fetch_batch_route(KIND))
+            .then(|| wire::decode_fetch_batch(&request, KIND, &CodecLimits::default()))
+            .and_then(Result::ok)
+            .map_or(0, |ids| ids.len());
         let result = self.inner.rpc(peer, route, priority, request).await;
-        let from_liar = peer == self.liar && route == wire::fetch_route(KIND);
-        if from_liar && result.as_ref().is_ok_and(|body| !body.is_empty()) {
-            self.tap.borrow_mut().liar_fetch_responses += 1;
-        }
+        let (Ok(body), true) = (&result, peer == self.liar) else {
+            return result;
+        };
+        let wrong = if route == wire::fetch_route(KIND) {
+            u64::from(!body.is_empty())
+        } else if route == wire::fetch_batch_route(KIND) {
+            let limits = CodecLimits::default();
+            wire::decode_batch_answer(body, asked, &limits, self.batch_bytes_max).map_or(
+                0,
+                |items| {
+                    let sent = items.iter().flatten().filter(|item| !item.is_empty());
+                    sent.count() as u64
+                },
+            )
+        } else {
+            0
+        };
+        self.tap.borrow_mut().liar_fetch_responses += wrong;
         result
     }
 
@@ -221,6 +249,7 @@ fn start_honest(
         inner: transport.clone(),
         liar: roles.liar,
         tap: tap.clone(),
+        batch_bytes_max: gossip.config().receiver.fetch_batch_bytes_max,
     }));
     peers.start(transport);
     let manager = ArtifactManager::start(gossip.clone(), 64, Duration::from_millis(20));
@@ -254,6 +283,7 @@ fn wrong_bytes(real: &Buf, offset: u64, length: u64) -> Buf {
 }
 
 fn liar_router(state: Rc<LiarState>, payloads: Rc<HashMap<ArtifactId, Buf>>) -> Router {
+    let (batch_state, batch_payloads) = (state.clone(), payloads.clone());
     Router::new()
         .route(wire::slot_update_route(KIND), |_ctx, _body: Buf| async {
             Ok(Buf::empty())
@@ -267,9 +297,30 @@ fn liar_router(state: Rc<LiarState>, payloads: Rc<HashMap<ArtifactId, Buf>>) -> 
             });
             async move { served.ok_or_else(|| RpcError::Handler("not advertised".into())) }
         })
+        .route(wire::fetch_batch_route(KIND), move |_ctx, body: Buf| {
+            let answer = wire::decode_fetch_batch(&body, KIND, &CodecLimits::default())
+                .map_err(|error| RpcError::PeerMisbehaved(error.to_string()))
+                .and_then(|ids| {
+                    let wrong: Vec<Option<Buf>> = ids
+                        .iter()
+                        .map(|id| {
+                            let real = batch_payloads.get(id)?;
+                            let served = &batch_state.fetches_served;
+                            served.set(served.get() + 1);
+                            Some(wrong_bytes(real, 0, 0))
+                        })
+                        .collect();
+                    let mut encoder = Encoder::new(CodecLimits::default());
+                    wire::encode_batch_answer(&mut encoder, &wrong)
+                        .map_err(|error| RpcError::Handler(error.to_string()))
+                });
+            async move { answer }
+        })
 }
 
-/// Sends every lie to `peer`, one update at a time, until the peer shuts it out.
+/// Sends every lie to `peer` until the peer shuts it out: the adverts together in one request
+/// (so that the peer's downloads from the liar start together and go out as batches), then the
+/// pushes one update at a time.
 async fn lie_to(
     transport: Rc<MemoryTransport>,
     peer: NodeId,
@@ -278,8 +329,11 @@ async fn lie_to(
     push_threshold_bytes: usize,
 ) {
     let mut encoder = Encoder::new(CodecLimits::default());
+    let route = wire::slot_update_route(KIND);
+    let (mut adverts, mut pushes) = (Vec::new(), Vec::new());
     for (slot, artifact) in lies.into_iter().enumerate() {
-        let message = if artifact.payload.len() < push_threshold_bytes {
+        let pushed = artifact.payload.len() < push_threshold_bytes;
+        let message = if pushed {
             let payload = wrong_bytes(&artifact.payload, 0, 0);
             UpdateMessage::Push(Artifact {
                 advert: artifact.advert,
@@ -295,12 +349,26 @@ async fn lie_to(
             commit_id: slot as u64 + 1,
             message,
         };
-        let pushed = matches!(update.message, UpdateMessage::Push(_));
+        if pushed {
+            pushes.push(update);
+        } else {
+            adverts.push(update);
+        }
+    }
+    if !adverts.is_empty() {
+        let body = encode_updates(&mut encoder, KIND, &adverts).expect("encodable");
+        if transport
+            .rpc(peer, route, Priority::Normal, body)
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+    for update in pushes {
         let body = encode_update(&mut encoder, KIND, &update).expect("encodable");
-        let route = wire::slot_update_route(KIND);
         match transport.rpc(peer, route, Priority::Normal, body).await {
-            Ok(_) if pushed => state.pushes_answered.set(state.pushes_answered.get() + 1),
-            Ok(_) => {}
+            Ok(_) => state.pushes_answered.set(state.pushes_answered.get() + 1),
             Err(_) => return,
         }
     }

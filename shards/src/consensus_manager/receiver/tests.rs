@@ -22,6 +22,18 @@ fn config() -> ReceiverConfig {
         download_bytes_per_s_max: 0,
         maybe_later_recheck: 50 * MS,
         artifact_bytes_max: 1 << 20,
+        // The tests before the batch tests check single fetches.
+        fetch_batch_artifacts_max: 1,
+        fetch_batch_bytes_max: 64,
+    }
+}
+
+/// Batches of up to 3 artifacts and 64 advertised bytes; room for more tracked ids.
+fn batch_config() -> ReceiverConfig {
+    ReceiverConfig {
+        tracked_artifacts_max: 16,
+        fetch_batch_artifacts_max: 3,
+        ..config()
     }
 }
 
@@ -91,13 +103,13 @@ fn events(receiver: &mut Receiver) -> Vec<ReceiverEvent> {
 }
 
 fn answer(receiver: &mut Receiver, fetch: &Fetch, size: usize, now: Duration) {
-    let whole = content(fetch.artifact.as_bytes(), size);
+    let whole = content(fetch.artifacts[0].as_bytes(), size);
     let bytes = if fetch.length == 0 {
         whole
     } else {
         whole.slice(fetch.offset as usize..(fetch.offset + fetch.length) as usize)
     };
-    receiver.fetch_done(fetch.id, Some(bytes), now, &matches);
+    receiver.fetch_done(fetch.id, FetchOutcome::Bytes(bytes), now, &matches);
 }
 
 #[test]
@@ -140,7 +152,7 @@ fn withdrawn_adverts_cancel_downloads_and_remove_delivered_artifacts() {
     assert_eq!(started.len(), 2);
     let a = started
         .iter()
-        .find(|f| f.artifact.as_bytes() == b"a")
+        .find(|f| f.artifacts[0].as_bytes() == b"a")
         .unwrap();
     answer(&mut receiver, a, 10, MS);
     events(&mut receiver);
@@ -217,7 +229,7 @@ fn failed_fetches_retry_elsewhere_with_growing_deadlines() {
     let first = fetches(&mut receiver, Duration::ZERO);
     assert_eq!(first.len(), 1);
     assert_eq!(first[0].timeout, 100 * MS);
-    receiver.fetch_done(first[0].id, None, MS, &matches);
+    receiver.fetch_done(first[0].id, FetchOutcome::Failed, MS, &matches);
     assert!(fetches(&mut receiver, 5 * MS).is_empty(), "backoff");
     assert_eq!(receiver.next_wakeup(), Some(11 * MS));
     let second = fetches(&mut receiver, 11 * MS);
@@ -261,7 +273,7 @@ fn a_peer_serving_bad_chunks_is_found_and_penalized() {
                 // Right length, wrong bytes.
                 let length = if fetch.length == 0 { 80 } else { fetch.length };
                 let bytes = Buf::from_vec(vec![0; length as usize]);
-                receiver.fetch_done(fetch.id, Some(bytes), now, &matches);
+                receiver.fetch_done(fetch.id, FetchOutcome::Bytes(bytes), now, &matches);
             } else {
                 answer(&mut receiver, &fetch, 80, now);
             }
@@ -362,10 +374,294 @@ fn a_reconnect_does_not_lose_count_of_fetches_in_flight() {
     }
     // The old fetch still counts: one more fits under the per-peer bound of 2.
     assert_eq!(fetches(&mut receiver, MS).len(), 1);
-    receiver.fetch_done(first[0].id, None, MS, &matches);
+    receiver.fetch_done(first[0].id, FetchOutcome::Failed, MS, &matches);
     assert_eq!(receiver.fetches_in_flight(), 1);
     // The failed fetch freed its slot: the busy peer takes exactly one more (bound 2).
     let next = fetches(&mut receiver, 100 * MS);
     let to_busy = next.iter().filter(|f| f.peer.0[0] == busy).count();
     assert_eq!(to_busy, 1, "{next:?}");
+}
+
+/// Every fetch that can start now, batches included (the driver's call).
+fn poll_all(receiver: &mut Receiver, now: Duration) -> Vec<Fetch> {
+    let mut out = Vec::new();
+    receiver.poll_fetches(now, usize::MAX, &mut out);
+    out
+}
+
+fn ids(fetch: &Fetch) -> Vec<&[u8]> {
+    fetch.artifacts.iter().map(ArtifactId::as_bytes).collect()
+}
+
+/// The answer an honest peer gives to a batch (sizes from `sizes`).
+fn batch_answer(fetch: &Fetch, sizes: &HashMap<&[u8], usize>) -> Vec<Option<Buf>> {
+    fetch
+        .artifacts
+        .iter()
+        .map(|id| Some(content(id.as_bytes(), sizes[id.as_bytes()])))
+        .collect()
+}
+
+fn delivered_ids(events: &[ReceiverEvent]) -> Vec<(Vec<u8>, NodeId)> {
+    events
+        .iter()
+        .filter_map(|event| match event {
+            ReceiverEvent::Deliver { artifact, from } => {
+                assert!(matches(&artifact.advert, &artifact.payload));
+                Some((artifact.advert.id.as_bytes().to_vec(), *from))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn penalties(events: &[ReceiverEvent]) -> Vec<(NodeId, Offence)> {
+    events
+        .iter()
+        .filter_map(|event| match event {
+            ReceiverEvent::Penalize { peer, offence } => Some((*peer, *offence)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn batches_form_per_peer_within_their_bounds() {
+    let mut receiver = Receiver::new(batch_config());
+    // Peer 1: four of 10 bytes, one of 50, then one of 70 (over the 64-byte batch bound, under
+    // the chunking threshold); peer 2: two of 10.
+    let plan: [(u8, &str, u64); 8] = [
+        (1, "a", 10),
+        (1, "b", 10),
+        (1, "c", 10),
+        (1, "d", 10),
+        (1, "e", 50),
+        (2, "f", 10),
+        (2, "g", 10),
+        (1, "h", 70),
+    ];
+    for (slot, (from, id, size)) in plan.iter().enumerate() {
+        let commit = slot as u64 + 1;
+        send(
+            &mut receiver,
+            *from,
+            1,
+            update(slot as u64, commit, advert(id, *size)),
+        )
+        .unwrap();
+    }
+    let started = poll_all(&mut receiver, Duration::ZERO);
+    let shape: Vec<(u8, Vec<&[u8]>)> = started.iter().map(|f| (f.peer.0[0], ids(f))).collect();
+    assert_eq!(
+        shape,
+        [
+            (1, vec![&b"a"[..], b"b", b"c"]), // full at 3 ids
+            (1, vec![&b"d"[..], b"e"]),       // 60 bytes; nothing else of peer 1's fits
+            (2, vec![&b"f"[..], b"g"]),       // only peer 2 advertises them
+        ]
+    );
+    assert!(started
+        .iter()
+        .all(|f| f.is_batch() && (f.offset, f.length) == (0, 0)));
+    // Two batches fill peer 1's window of 2: "h" waits, and a batch counts once.
+    assert_eq!(receiver.fetches_in_flight(), 3);
+    let stats = receiver.stats();
+    assert_eq!((stats.fetches_started, stats.batches_started), (3, 3));
+    assert_eq!(stats.batch_artifacts_requested, 7);
+    let sizes: HashMap<&[u8], usize> = plan
+        .iter()
+        .map(|(_, id, size)| (id.as_bytes(), *size as usize))
+        .collect();
+    let answer = FetchOutcome::Batch(batch_answer(&started[0], &sizes));
+    receiver.fetch_done(started[0].id, answer, MS, &matches);
+    assert_eq!(delivered_ids(&events(&mut receiver)).len(), 3);
+    // Room again: "h" goes alone, as a plain whole-artifact fetch.
+    let next = poll_all(&mut receiver, MS);
+    assert_eq!(next.len(), 1);
+    assert_eq!((ids(&next[0]), next[0].peer), (vec![&b"h"[..]], peer(1)));
+    assert!(!next[0].is_batch());
+}
+
+#[test]
+fn a_batch_item_not_held_is_retried_from_another_peer() {
+    let mut receiver = Receiver::new(batch_config());
+    for from in 1..=2 {
+        for (slot, id) in ["a", "b", "c"].iter().enumerate() {
+            let commit = slot as u64 + 1;
+            send(
+                &mut receiver,
+                from,
+                1,
+                update(slot as u64, commit, advert(id, 10)),
+            )
+            .unwrap();
+        }
+    }
+    let started = poll_all(&mut receiver, Duration::ZERO);
+    assert_eq!(
+        started.len(),
+        1,
+        "one batch to one of the advertisers: {started:?}"
+    );
+    let batch = &started[0];
+    assert_eq!(ids(batch), [&b"a"[..], b"b", b"c"]);
+    let (asked, other) = (
+        batch.peer,
+        if batch.peer == peer(1) {
+            peer(2)
+        } else {
+            peer(1)
+        },
+    );
+    let answers = vec![Some(content(b"a", 10)), None, Some(content(b"c", 10))];
+    receiver.fetch_done(batch.id, FetchOutcome::Batch(answers), MS, &matches);
+    let after = events(&mut receiver);
+    assert_eq!(
+        delivered_ids(&after),
+        [(b"a".to_vec(), asked), (b"c".to_vec(), asked)]
+    );
+    assert!(
+        penalties(&after).is_empty(),
+        "not holding an artifact is no offence"
+    );
+    assert_eq!(receiver.stats().batch_artifacts_not_held, 1);
+    // "b" waits for its backoff, then goes to the other advertiser.
+    assert!(poll_all(&mut receiver, 5 * MS).is_empty());
+    let retry = poll_all(&mut receiver, 11 * MS);
+    assert_eq!(retry.len(), 1);
+    assert_eq!((ids(&retry[0]), retry[0].peer), (vec![&b"b"[..]], other));
+    answer(&mut receiver, &retry[0], 10, 12 * MS);
+    assert_eq!(
+        delivered_ids(&events(&mut receiver)),
+        [(b"b".to_vec(), other)]
+    );
+}
+
+#[test]
+fn a_wrong_batch_item_blames_only_its_sender() {
+    let mut receiver = Receiver::new(batch_config());
+    for from in 1..=2 {
+        for (slot, id) in ["a", "b"].iter().enumerate() {
+            let commit = slot as u64 + 1;
+            send(
+                &mut receiver,
+                from,
+                1,
+                update(slot as u64, commit, advert(id, 10)),
+            )
+            .unwrap();
+        }
+    }
+    let started = poll_all(&mut receiver, Duration::ZERO);
+    assert_eq!(started.len(), 1);
+    let liar = started[0].peer;
+    // "a" right, "b" the right length with wrong bytes.
+    let answers = vec![Some(content(b"a", 10)), Some(Buf::from_vec(vec![0; 10]))];
+    receiver.fetch_done(started[0].id, FetchOutcome::Batch(answers), MS, &matches);
+    let after = events(&mut receiver);
+    assert_eq!(delivered_ids(&after), [(b"a".to_vec(), liar)]);
+    assert_eq!(penalties(&after), [(liar, Offence::InvalidArtifact)]);
+    assert_eq!(receiver.stats().invalid_artifacts, 1);
+    let retry = poll_all(&mut receiver, 11 * MS);
+    assert_eq!(retry.len(), 1);
+    assert_ne!(retry[0].peer, liar, "the failed peer is avoided");
+    answer(&mut receiver, &retry[0], 10, 12 * MS);
+    let last = events(&mut receiver);
+    assert_eq!(delivered_ids(&last), [(b"b".to_vec(), retry[0].peer)]);
+    assert!(penalties(&last).is_empty());
+}
+
+#[test]
+fn a_malformed_batch_answer_penalizes_its_sender_and_retries_every_item() {
+    let mut receiver = Receiver::new(batch_config());
+    for from in 1..=2 {
+        for (slot, id) in ["a", "b"].iter().enumerate() {
+            let commit = slot as u64 + 1;
+            send(
+                &mut receiver,
+                from,
+                1,
+                update(slot as u64, commit, advert(id, 10)),
+            )
+            .unwrap();
+        }
+    }
+    let started = poll_all(&mut receiver, Duration::ZERO);
+    let sender = started[0].peer;
+    receiver.fetch_done(started[0].id, FetchOutcome::Malformed, MS, &matches);
+    assert_eq!(
+        penalties(&events(&mut receiver)),
+        [(sender, Offence::BadMessage)]
+    );
+    let retry = poll_all(&mut receiver, 11 * MS);
+    assert_eq!(retry.len(), 1);
+    assert_eq!(ids(&retry[0]), [&b"a"[..], b"b"]);
+    assert_ne!(retry[0].peer, sender);
+}
+
+#[test]
+fn a_batch_lives_while_any_item_waits_and_late_items_are_still_checked() {
+    let mut receiver = Receiver::new(batch_config());
+    for (slot, id) in ["a", "b", "c"].iter().enumerate() {
+        let commit = slot as u64 + 1;
+        send(
+            &mut receiver,
+            1,
+            1,
+            update(slot as u64, commit, advert(id, 10)),
+        )
+        .unwrap();
+    }
+    let started = poll_all(&mut receiver, Duration::ZERO);
+    assert_eq!(ids(&started[0]), [&b"a"[..], b"b", b"c"]);
+    // Peer 2 pushes "a" and "c" while the batch is in flight: the batch goes on for "b".
+    for (slot, id) in ["a", "c"].iter().enumerate() {
+        let pushed = Artifact {
+            advert: Advert {
+                id: ArtifactId::from_slice(id.as_bytes()),
+                attributes: SmallVec::new(),
+                size_bytes: 10,
+            },
+            payload: content(id.as_bytes(), 10),
+        };
+        let message = UpdateMessage::Push(pushed);
+        send(&mut receiver, 2, 1, update(slot as u64, 1, message)).unwrap();
+    }
+    let pushed = events(&mut receiver);
+    assert_eq!(delivered_ids(&pushed).len(), 2);
+    assert!(!pushed
+        .iter()
+        .any(|e| matches!(e, ReceiverEvent::CancelFetch(_))));
+    assert_eq!(receiver.fetches_in_flight(), 1);
+    // The answer: "a" wrong (late, still checked), "b" right, "c" right (late, ignored).
+    let answers = vec![
+        Some(Buf::from_vec(vec![0; 10])),
+        Some(content(b"b", 10)),
+        Some(content(b"c", 10)),
+    ];
+    receiver.fetch_done(started[0].id, FetchOutcome::Batch(answers), MS, &matches);
+    let after = events(&mut receiver);
+    assert_eq!(delivered_ids(&after), [(b"b".to_vec(), peer(1))]);
+    assert_eq!(penalties(&after), [(peer(1), Offence::InvalidArtifact)]);
+    // Once nothing waits on a batch, it is cancelled.
+    for (slot, id) in ["d", "e"].iter().enumerate() {
+        let commit = slot as u64 + 10;
+        send(
+            &mut receiver,
+            1,
+            1,
+            update(slot as u64 + 3, commit, advert(id, 10)),
+        )
+        .unwrap();
+    }
+    let batch = poll_all(&mut receiver, 2 * MS);
+    assert_eq!(ids(&batch[0]), [&b"d"[..], b"e"]);
+    receiver.peer_disconnected(peer(1));
+    let cancelled: Vec<ReceiverEvent> = events(&mut receiver)
+        .into_iter()
+        .filter(|e| matches!(e, ReceiverEvent::CancelFetch(_)))
+        .collect();
+    assert_eq!(cancelled, [ReceiverEvent::CancelFetch(batch[0].id)]);
+    assert_eq!(receiver.fetches_in_flight(), 0);
+    assert_eq!(receiver.stats().fetches_cancelled, 1);
 }
