@@ -307,15 +307,7 @@ pub async fn run_owner_shard(
     shared: Arc<QuicShardsShared>,
 ) {
     ctx.spawn(publish_loop(ctx.clone(), transport.clone(), shared.clone()));
-    loop {
-        let message = or(ctx.recv_from(HOME_SHARD), async {
-            ctx.shutdown.wait().await;
-            None
-        })
-        .await;
-        let Some(message) = message else {
-            return;
-        };
+    while let Some(message) = next_message(&ctx, HOME_SHARD).await {
         match message {
             ShardMessage::Rpc {
                 peer,
@@ -338,6 +330,15 @@ pub async fn run_owner_shard(
             }
         }
     }
+}
+
+/// The next message shard `source` sends here; None once it stopped or the node stops.
+async fn next_message(ctx: &ShardContext<ShardMessage>, source: usize) -> Option<ShardMessage> {
+    or(ctx.recv_from(source), async {
+        ctx.shutdown.wait().await;
+        None
+    })
+    .await
 }
 
 /// Applies the allowed set to this shard's endpoint if its generation is newer than `seen`.
@@ -372,15 +373,7 @@ async fn publish_loop(
 
 /// Dispatches what shard `source` forwards with the home `router` until that shard stops.
 async fn serve_forwarded(ctx: Rc<ShardContext<ShardMessage>>, source: usize, router: Router) {
-    loop {
-        let message = or(ctx.recv_from(source), async {
-            ctx.shutdown.wait().await;
-            None
-        })
-        .await;
-        let Some(message) = message else {
-            return;
-        };
+    while let Some(message) = next_message(&ctx, source).await {
         match message {
             ShardMessage::Serve {
                 request,

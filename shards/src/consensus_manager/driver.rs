@@ -220,17 +220,22 @@ impl GossipHandle {
             )
     }
 
+    /// A request body from `peer` that does not decode: counted, the peer penalized, and the
+    /// error it is answered with.
+    fn undecodable(&self, peer: NodeId, error: impl std::fmt::Display) -> RpcError {
+        let inner = &self.inner;
+        inner
+            .undecodable_messages
+            .set(inner.undecodable_messages.get() + 1);
+        self.penalize(peer, Offence::BadMessage);
+        RpcError::PeerMisbehaved(error.to_string())
+    }
+
     fn on_update(&self, ctx: RequestContext, body: Buf) -> Result<Buf, RpcError> {
         let inner = &self.inner;
         let updates = match decode_updates(&body, inner.kind, &inner.config.codec_limits) {
             Ok(updates) => updates,
-            Err(error) => {
-                inner
-                    .undecodable_messages
-                    .set(inner.undecodable_messages.get() + 1);
-                self.penalize(ctx.peer, Offence::BadMessage);
-                return Err(RpcError::PeerMisbehaved(error.to_string()));
-            }
+            Err(error) => return Err(self.undecodable(ctx.peer, error)),
         };
         if inner.inbound.borrow().len() >= inner.config.inbound_queue_artifacts_max {
             return Err(busy());
@@ -271,13 +276,7 @@ impl GossipHandle {
         let inner = &self.inner;
         let request = match decode_fetch(&body, inner.kind, &inner.config.codec_limits) {
             Ok(request) => request,
-            Err(error) => {
-                inner
-                    .undecodable_messages
-                    .set(inner.undecodable_messages.get() + 1);
-                self.penalize(ctx.peer, Offence::BadMessage);
-                return Err(RpcError::PeerMisbehaved(error.to_string()));
-            }
+            Err(error) => return Err(self.undecodable(ctx.peer, error)),
         };
         let served = inner
             .sender
@@ -295,13 +294,7 @@ impl GossipHandle {
         let inner = &self.inner;
         let ids = match decode_fetch_batch(&body, inner.kind, &inner.config.codec_limits) {
             Ok(ids) => ids,
-            Err(error) => {
-                inner
-                    .undecodable_messages
-                    .set(inner.undecodable_messages.get() + 1);
-                self.penalize(ctx.peer, Offence::BadMessage);
-                return Err(RpcError::PeerMisbehaved(error.to_string()));
-            }
+            Err(error) => return Err(self.undecodable(ctx.peer, error)),
         };
         let bytes_max = inner.config.receiver.fetch_batch_bytes_max;
         let mut answer_bytes = 0;
