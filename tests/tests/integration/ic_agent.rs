@@ -47,6 +47,9 @@ const TEST_TIME_MAX: Duration = Duration::from_secs(60);
 /// How far the certified `/time` may be from this machine's clock (same machine; the margin is
 /// for the certified height's age).
 const CERTIFIED_TIME_SKEW_MAX: Duration = Duration::from_secs(30);
+/// How long another node may take to execute and certify the height that executed a call on
+/// the node that answered it (a few block intervals on a loaded machine).
+const STATUS_ON_ANOTHER_NODE_MAX: Duration = Duration::from_secs(10);
 
 fn counter() -> Principal {
     Principal::from_text(COUNTER).unwrap()
@@ -316,23 +319,34 @@ fn read_state_of_request_status_time_and_subnet_paths() {
             })
             .expect("increment");
 
-        // The request status, from another node: every node certifies the same state. Only the
-        // request's sender may read it (the interface specification's rule): an anonymous
-        // reader is refused with 403.
+        // The request status, from another node: every node certifies the same state, node 1
+        // a moment after node 0 answered (until then its certified tree has no such request and
+        // answers Unknown), so the sender polls node 1 until it is there.
+        let other = replica_agent(&subnet, 1, Some(BasicIdentity::from_raw_key(&seed))).await;
+        let deadline = tokio::time::Instant::now() + STATUS_ON_ANOTHER_NODE_MAX;
+        let status = loop {
+            let (status, _) = other
+                .request_status_raw(&request_id, counter())
+                .await
+                .expect("request status");
+            if !matches!(status, RequestStatusResponse::Unknown)
+                || tokio::time::Instant::now() >= deadline
+            {
+                break status;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let RequestStatusResponse::Replied(replied) = status else {
+            panic!("request status is {status:?}, not replied")
+        };
+        assert_eq!(replied.arg, reply);
+        // Only the request's sender may read it (the interface specification's rule): an
+        // anonymous reader is refused with 403.
         let stranger = replica_agent(&subnet, 1, None).await;
         match stranger.request_status_raw(&request_id, counter()).await {
             Err(AgentError::HttpError(payload)) => assert_eq!(payload.status, 403),
             other => panic!("another sender read the request status: {other:?}"),
         }
-        let other = replica_agent(&subnet, 1, Some(BasicIdentity::from_raw_key(&seed))).await;
-        let (status, _) = other
-            .request_status_raw(&request_id, counter())
-            .await
-            .expect("request status");
-        let RequestStatusResponse::Replied(replied) = status else {
-            panic!("request status is {status:?}, not replied")
-        };
-        assert_eq!(replied.arg, reply);
 
         // /time: a certified LEB128 timestamp close to this machine's clock.
         let certificate = agent
@@ -481,6 +495,11 @@ fn the_key_value_store_puts_gets_lists_and_deletes() {
         };
         put("alpha", value.clone()).await;
         put("beta", b"second".to_vec()).await;
+        // The reader's node executes the height a moment after the writer's answered.
+        let deadline = tokio::time::Instant::now() + STATUS_ON_ANOTHER_NODE_MAX;
+        while get("beta").await.is_none() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         assert_eq!(get("alpha").await, Some(value));
         assert_eq!(get("gamma").await, None);
         let reply = reader
@@ -506,6 +525,10 @@ fn the_key_value_store_puts_gets_lists_and_deletes() {
         );
         assert!(delete("alpha").await);
         assert!(!delete("alpha").await);
+        let deadline = tokio::time::Instant::now() + STATUS_ON_ANOTHER_NODE_MAX;
+        while get("alpha").await.is_some() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         assert_eq!(get("alpha").await, None);
     });
 }
