@@ -27,6 +27,11 @@
 //! the owning endpoint's `requests_in_flight_max` for its peer (more fail with `TooManyInFlight`),
 //! an incoming one a stream of its connection (`bidi_streams_max`). The published peer lists hold
 //! the allowed peers only.
+//!
+//! The working end of a crossing call is a detached task (a task set would keep one entry per
+//! call ever made): it ends with its call. At shutdown the owning endpoint's close fails its
+//! outgoing RPCs at once, and dropping its handlers drops the receivers the home shard's
+//! dispatch tasks race against, so none outlives the endpoints.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
