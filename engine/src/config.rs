@@ -127,6 +127,7 @@ impl ShardConfig {
             channel_capacity: engine.cross_shard_channel_messages_max,
             spin_before_park: spin_before_park(engine),
             preempt_timer: Duration::from_micros(engine.preempt_timer_us),
+            wake_tick: Duration::from_micros(engine.wake_tick_us),
         }
     }
 }
@@ -163,6 +164,7 @@ mod tests {
             io_memory_bytes = 262144
             spin_before_park_us = 37
             preempt_timer_us = 2345
+            wake_tick_us = 6789
             [udp]
             socket_send_buffer_bytes = 1048577
             socket_recv_buffer_bytes = 1048579
@@ -280,6 +282,7 @@ mod tests {
         assert_eq!(shards.io_memory_bytes, 256 << 10);
         assert_eq!(shards.spin_before_park, Some(Duration::from_micros(37)));
         assert_eq!(shards.preempt_timer, Duration::from_micros(2345));
+        assert_eq!(shards.wake_tick, Duration::from_micros(6789));
         assert_eq!(shards.channel_capacity, 777);
         let metrics = MetricsConfig::from_tuning(&tuning.metrics);
         assert_eq!(

@@ -40,6 +40,9 @@ pub struct ShardConfig {
     pub spin_before_park: Option<Duration>,
     /// Longest an executor runs tasks before polling its rings (completions, foreign wakes).
     pub preempt_timer: Duration,
+    /// Period of every executor's [`spawn_wake_tick`]: the longest a runnable task can wait
+    /// when glommio parks with it queued.
+    pub wake_tick: Duration,
 }
 
 impl Default for ShardConfig {
@@ -51,8 +54,33 @@ impl Default for ShardConfig {
             channel_capacity: 1024,
             spin_before_park: None,
             preempt_timer: Duration::from_millis(10),
+            wake_tick: WAKE_TICK_DEFAULT,
         }
     }
+}
+
+/// [`ShardConfig::wake_tick`] where no tuning says otherwise (`engine.wake_tick_us`'s default).
+pub const WAKE_TICK_DEFAULT: Duration =
+    Duration::from_micros(icn_tuning::ENGINE_WAKE_TICK_US_DEFAULT);
+
+/// Spawns, on the current glommio executor, a detached task that sleeps `period` in a loop, so
+/// the executor never sleeps longer than `period` without looking at its task queues again.
+///
+/// glommio 0.9's run loop can park with a task queued: when the preemption flag is already up at
+/// the top of `run_task_queues` (a latency-ring completion landed between its I/O poll and the
+/// task run, which happens when the thread is descheduled there), it runs nothing, reports "ran
+/// nothing", and the loop goes on to park; the completion that raised the flag is consumed with
+/// no waker, so the executor sleeps until some later event, and a task that was woken just
+/// before stays queued. With no later event (two executors connecting their shard channels,
+/// nothing else armed) it sleeps for ever: `icn node` hung at start under CPU load this way. The
+/// tick is that later event. It costs one timer completion per period on an idle executor.
+pub fn spawn_wake_tick(period: Duration) {
+    glommio::spawn_local(async move {
+        loop {
+            glommio::timer::sleep(period).await;
+        }
+    })
+    .detach();
 }
 
 impl ShardConfig {
@@ -187,6 +215,60 @@ impl<M: Send + 'static> ShardContext<M> {
     }
 }
 
+/// Connects every end of one shard concurrently, in this task (in sequence, two shards would wait
+/// on each other: a connect finishes only once the other end connected too).
+async fn connect_ends<M: Send + 'static>(
+    senders: Vec<Option<SharedSender<M>>>,
+    receivers: Vec<Option<SharedReceiver<M>>>,
+) -> (
+    Vec<Option<ConnectedSender<M>>>,
+    Vec<Option<ConnectedReceiver<M>>>,
+) {
+    let mut sending: Vec<_> = senders
+        .into_iter()
+        .map(|end| end.map(|end| Box::pin(end.connect())))
+        .collect();
+    let mut receiving: Vec<_> = receivers
+        .into_iter()
+        .map(|end| end.map(|end| Box::pin(end.connect())))
+        .collect();
+    let mut sent: Vec<Option<ConnectedSender<M>>> = (0..sending.len()).map(|_| None).collect();
+    let mut received: Vec<Option<ConnectedReceiver<M>>> =
+        (0..receiving.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (slot, end) in sent.iter_mut().zip(sending.iter_mut()) {
+            if let Some(future) = end {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(connected) => {
+                        *slot = Some(connected);
+                        *end = None;
+                    }
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        for (slot, end) in received.iter_mut().zip(receiving.iter_mut()) {
+            if let Some(future) = end {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(connected) => {
+                        *slot = Some(connected);
+                        *end = None;
+                    }
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    (sent, received)
+}
+
 /// One shard's channel ends before connecting: senders to each shard, receivers from each.
 type ShardEnds<M> = (Vec<Option<SharedSender<M>>>, Vec<Option<SharedReceiver<M>>>);
 
@@ -254,45 +336,16 @@ where
         let builder = with_spin_before_park(builder, config.spin_before_park);
         let body = body.clone();
         let shutdown = shutdown.clone();
+        let wake_tick = config.wake_tick;
         let handle = builder
             .spawn(move || async move {
-                // A connect waits for the other end to connect too, so every end of this shard
-                // connects concurrently (in sequence, two shards would wait on each other).
-                let sender_tasks: Vec<_> = senders
-                    .into_iter()
-                    .map(|sender| {
-                        glommio::spawn_local(async move {
-                            match sender {
-                                Some(sender) => Some(sender.connect().await),
-                                None => None,
-                            }
-                        })
-                    })
-                    .collect();
-                let receiver_tasks: Vec<_> = receivers
-                    .into_iter()
-                    .map(|receiver| {
-                        glommio::spawn_local(async move {
-                            match receiver {
-                                Some(receiver) => Some(receiver.connect().await),
-                                None => None,
-                            }
-                        })
-                    })
-                    .collect();
-                let mut connected_senders = Vec::with_capacity(sender_tasks.len());
-                for task in sender_tasks {
-                    connected_senders.push(task.await);
-                }
-                let mut connected_receivers = Vec::with_capacity(receiver_tasks.len());
-                for task in receiver_tasks {
-                    connected_receivers.push(task.await);
-                }
+                spawn_wake_tick(wake_tick);
+                let (senders, receivers) = connect_ends(senders, receivers).await;
                 let ctx = ShardContext {
                     index,
                     count,
-                    senders: connected_senders,
-                    receivers: connected_receivers,
+                    senders,
+                    receivers,
                     shutdown,
                     tasks: Rc::default(),
                 };
@@ -343,6 +396,7 @@ mod tests {
             // Spinning executors must still exchange messages and stop.
             spin_before_park: Some(Duration::from_micros(50)),
             preempt_timer: Duration::from_millis(10),
+            wake_tick: WAKE_TICK_DEFAULT,
         };
         let shutdown = Shutdown::new();
         let results = run_shards::<u64, (usize, u64), _, _>(&config, shutdown, |ctx| async move {
@@ -361,6 +415,49 @@ mod tests {
         assert_eq!(results, vec![(0, 10), (1, 0)]);
     }
 
+    /// Starting two shards whose first act is to message each other, many times over, every
+    /// start finishes. Under CPU load (the parallel test run) a start without the wake tick
+    /// hung within a few hundred rounds: one executor parked with its channel connect queued.
+    #[test]
+    fn repeated_starts_with_an_immediate_message_all_finish() {
+        const ROUNDS: usize = 500;
+        const ROUND_MAX: Duration = Duration::from_secs(10);
+        for round in 0..ROUNDS {
+            let config = ShardConfig {
+                shards: 2,
+                pin_cores: false,
+                io_memory_bytes: 512 << 10,
+                channel_capacity: 4,
+                spin_before_park: None,
+                preempt_timer: Duration::from_millis(10),
+                wake_tick: WAKE_TICK_DEFAULT,
+            };
+            let (done, finished) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let results =
+                    run_shards::<u64, u64, _, _>(&config, Shutdown::new(), |ctx| async move {
+                        if ctx.index == 1 {
+                            for value in 0..3 {
+                                assert!(ctx.send_to(0, value).await.is_ok());
+                            }
+                            0
+                        } else {
+                            let mut sum = 0;
+                            for _ in 0..3 {
+                                sum += ctx.recv_from(1).await.unwrap();
+                            }
+                            sum
+                        }
+                    });
+                let _ = done.send(results.map_err(|e| e.to_string()));
+            });
+            match finished.recv_timeout(ROUND_MAX) {
+                Ok(results) => assert_eq!(results.unwrap(), vec![3, 0], "round {round}"),
+                Err(_) => panic!("round {round}: the shards did not finish in {ROUND_MAX:?}"),
+            }
+        }
+    }
+
     #[test]
     fn shutdown_is_observed_quickly_and_tasks_are_joined() {
         let config = ShardConfig {
@@ -370,6 +467,7 @@ mod tests {
             channel_capacity: 4,
             spin_before_park: None,
             preempt_timer: Duration::from_millis(10),
+            wake_tick: WAKE_TICK_DEFAULT,
         };
         let shutdown = Shutdown::new();
         let trigger = shutdown.clone();

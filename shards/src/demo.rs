@@ -251,7 +251,10 @@ pub fn run_demo(options: &DemoOptions, exe: &Path, shutdown: Shutdown) -> Result
         .io_memory(load.tuning.engine.io_memory_bytes)
         .make()
         .map_err(setup("starting the load generator's executor"))?;
-    let result = executor.run(load.run());
+    let result = executor.run(async {
+        icn_engine::shard::spawn_wake_tick(Duration::from_micros(load.tuning.engine.wake_tick_us));
+        load.run().await
+    });
     drop(load);
     drop(dir);
     result

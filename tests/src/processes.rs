@@ -36,6 +36,8 @@ const READY_POLL_INTERVAL: Duration = Duration::from_millis(50);
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// The end of a node's log quoted when it failed to start.
 const LOG_TAIL_BYTES: usize = 4 << 10;
+/// How long `gdb` may take to print a stuck node's stacks.
+const STACK_DUMP_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The nodes share the machine's cores with each other and with the test; pinned, every node's
 /// shard would sit on the first core.
@@ -188,8 +190,9 @@ impl ProcessSubnet {
                 if Instant::now() >= deadline {
                     panic!(
                         "node {index}'s status endpoint on {addr} did not answer 200 \"healthy\" within \
-                         {NODES_READY_TIMEOUT:?}; its log:\n{}",
-                        log_tail(&self.log_path(index))
+                         {NODES_READY_TIMEOUT:?}; its log:\n{}\nits threads:\n{}",
+                        log_tail(&self.log_path(index)),
+                        thread_dump(self.children[index].id())
                     );
                 }
                 std::thread::sleep(READY_POLL_INTERVAL);
@@ -232,6 +235,69 @@ fn log_tail(path: &Path) -> String {
     }
     let start = text.len().saturating_sub(LOG_TAIL_BYTES);
     String::from_utf8_lossy(&text[start..]).into_owned()
+}
+
+/// What process `pid`'s threads are doing, for the report on a node that never answered:
+/// each thread's name, state and kernel wait channel from `/proc`, and, where `gdb` is
+/// installed, every thread's stack (bounded by [`STACK_DUMP_TIMEOUT`]).
+pub fn thread_dump(pid: u32) -> String {
+    let mut out = String::new();
+    let tasks = Path::new("/proc").join(pid.to_string()).join("task");
+    match std::fs::read_dir(&tasks) {
+        Ok(entries) => {
+            let mut tids: Vec<_> = entries
+                .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+                .collect();
+            tids.sort();
+            for tid in tids {
+                let read = |name: &str| {
+                    std::fs::read_to_string(tasks.join(&tid).join(name))
+                        .map(|text| text.trim().to_string())
+                        .unwrap_or_else(|e| format!("({e})"))
+                };
+                let stat = read("stat");
+                // The state is the field after the parenthesised name.
+                let state = stat
+                    .rsplit_once(") ")
+                    .and_then(|(_, rest)| rest.split(' ').next())
+                    .unwrap_or("?")
+                    .to_string();
+                out.push_str(&format!(
+                    "  {tid} {} state {state} wchan {}\n",
+                    read("comm"),
+                    read("wchan")
+                ));
+            }
+        }
+        Err(e) => out.push_str(&format!("  {}: {e}\n", tasks.display())),
+    }
+    let gdb = std::process::Command::new("timeout")
+        .arg(STACK_DUMP_TIMEOUT.as_secs().to_string())
+        .args([
+            "gdb",
+            "-p",
+            &pid.to_string(),
+            "-batch",
+            "-ex",
+            "thread apply all bt 30",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output();
+    match gdb {
+        Ok(output) if output.status.success() => {
+            out.push_str(&String::from_utf8_lossy(&output.stdout));
+        }
+        Ok(output) => out.push_str(&format!(
+            "  (no stacks: gdb {}; {})\n",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        )),
+        Err(e) => out.push_str(&format!("  (no stacks: {e})\n")),
+    }
+    out
 }
 
 #[cfg(test)]

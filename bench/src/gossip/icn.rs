@@ -189,7 +189,10 @@ fn run_node_thread(
         .preempt_timer(Duration::from_millis(10))
         .make()
         .map_err(|e| format!("glommio executor: {e}"))?;
-    executor.run(run_node(harness, identity, members, announce, table))
+    executor.run(async move {
+        icn_engine::shard::spawn_wake_tick(icn_engine::shard::WAKE_TICK_DEFAULT);
+        run_node(harness, identity, members, announce, table).await
+    })
 }
 
 pub(crate) fn quic_config() -> QuicConfig {

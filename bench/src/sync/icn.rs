@@ -228,7 +228,10 @@ where
         .preempt_timer(Duration::from_millis(10))
         .make()
         .map_err(|e| format!("glommio executor: {e}"))?;
-    executor.run(body())
+    executor.run(async move {
+        icn_engine::shard::spawn_wake_tick(icn_engine::shard::WAKE_TICK_DEFAULT);
+        body().await
+    })
 }
 
 /// A node's store, state sync service and QUIC transport, connected to the peers it may talk

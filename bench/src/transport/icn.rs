@@ -215,6 +215,7 @@ pub fn run_pair<P: IcnPair>(
         let (pair, stop, response_bytes) = (pair.clone(), stop.clone(), spec.response_bytes);
         executor("icn-bench-server", placement.server_core, spin_before_park)
             .spawn(move || async move {
+                icn_engine::shard::spawn_wake_tick(icn_engine::shard::WAKE_TICK_DEFAULT);
                 let started = pair.start_server(bench_router(response_bytes)).await;
                 let kept_alive = match started {
                     Ok((server, rendezvous)) => {
@@ -260,6 +261,7 @@ fn run_client_side<P: IcnPair>(
     let spec = spec.clone();
     executor("icn-bench-client", placement.client_core, spin_before_park)
         .spawn(move || async move {
+            icn_engine::shard::spawn_wake_tick(icn_engine::shard::WAKE_TICK_DEFAULT);
             let (client, peer) = pair.start_client(to).await?;
             Ok(drive_case(Rc::new(client), peer, &spec).await)
         })
