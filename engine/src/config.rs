@@ -77,6 +77,7 @@ impl QuicConfig {
             udp: UdpConfig::from_tuning(&tuning.udp, PortSharing::Exclusive),
             udp_payload_bytes_max: tuning.udp.udp_payload_bytes_max,
             handshake_timeout: millis(quic.handshake_timeout_ms),
+            initial_rtt: millis(quic.initial_rtt_ms),
             idle_timeout: millis(quic.idle_timeout_ms),
             keep_alive_interval: millis(quic.keep_alive_interval_ms),
             stream_window_bytes: quic.stream_window_bytes as u64,
@@ -175,6 +176,7 @@ mod tests {
             recv_batch_datagrams_max = 19
             [quic]
             handshake_timeout_ms = 1234
+            initial_rtt_ms = 47
             idle_timeout_ms = 4321
             keep_alive_interval_ms = 321
             stream_window_bytes = 100000
@@ -216,6 +218,7 @@ mod tests {
         assert_eq!(config.listen_addr, addr);
         assert_eq!(config.udp_payload_bytes_max, 1350);
         assert_eq!(config.handshake_timeout, Duration::from_millis(1234));
+        assert_eq!(config.initial_rtt, Duration::from_millis(47));
         assert_eq!(config.idle_timeout, Duration::from_millis(4321));
         assert_eq!(config.keep_alive_interval, Duration::from_millis(321));
         assert_eq!(config.stream_window_bytes, 100_000);

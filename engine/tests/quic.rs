@@ -1286,3 +1286,54 @@ fn quic_shards_carry_calls_and_cancellation_between_shards() {
     assert_eq!(peer_cancelled.load(Ordering::SeqCst), 1);
     assert_eq!(home_cancelled.load(Ordering::SeqCst), 1);
 }
+
+/// `initial_rtt` sets how soon a lost first flight is resent: two nodes dial a third whose
+/// socket is not bound yet, so both lose their first Initial; the one that assumes a 10 ms RTT
+/// resends within a few tens of milliseconds of the server starting, the one that assumes 2 s
+/// cannot resend before its first probe timeout (about 6 s) and is still waiting.
+#[test]
+fn the_initial_rtt_sets_how_soon_a_lost_first_flight_is_resent() {
+    const FAST_RTT: Duration = Duration::from_millis(10);
+    const SLOW_RTT: Duration = Duration::from_secs(2);
+    // The slow dialer's first probe timeout is about 3 × SLOW_RTT; the fast one must be in first.
+    const FAST_CONNECT_MAX: Duration = Duration::from_secs(4);
+    const SLOW_CONNECT_MAX: Duration = Duration::from_secs(12);
+    let mut nodes = [Node::new(), Node::new(), Node::new()];
+    nodes.sort_by_key(Node::id);
+    let [fast, slow, server] = nodes;
+    let (addr_fast, addr_slow, addr_server) = (reserve_port(), reserve_port(), reserve_port());
+    for dialer in [&fast, &slow] {
+        dialer.allow(server.id(), addr_server);
+    }
+    server.allow(fast.id(), addr_fast);
+    server.allow(slow.id(), addr_slow);
+    executor().run(async move {
+        let dialer_config = |addr, initial_rtt| QuicConfig {
+            initial_rtt,
+            handshake_timeout: Duration::from_secs(15),
+            ..config_at(addr)
+        };
+        let served = Rc::new(Cell::new(0));
+        let tf = fast.start(dialer_config(addr_fast, FAST_RTT), router(served.clone()));
+        let ts = slow.start(dialer_config(addr_slow, SLOW_RTT), router(served.clone()));
+        // Both first Initials go to a port nobody listens on.
+        glommio::timer::sleep(Duration::from_millis(100)).await;
+        let tserver = server.start(config_at(addr_server), router(served.clone()));
+        assert!(
+            tf.wait_connected(server.id(), FAST_CONNECT_MAX).await,
+            "the 10 ms dialer resent its first flight and connected"
+        );
+        assert!(
+            !ts.wait_connected(server.id(), Duration::from_millis(1))
+                .await,
+            "the 2 s dialer cannot have resent its first flight yet"
+        );
+        assert!(
+            ts.wait_connected(server.id(), SLOW_CONNECT_MAX).await,
+            "the 2 s dialer connects after its probe timeout"
+        );
+        tf.shutdown().await;
+        ts.shutdown().await;
+        tserver.shutdown().await;
+    });
+}

@@ -142,6 +142,12 @@ section! {
         /// long a half-open connection holds one of connections_max; 10 s rides out a few lost
         /// flights on a slow link.
         handshake_timeout_ms: u64 in 100..=120_000 = QUIC_HANDSHAKE_TIMEOUT_MS_DEFAULT = 10_000;
+        /// The round-trip time a new connection assumes until it has measured one. It sets the
+        /// first probe timeout (about 3× this), so it is how long a lost handshake flight waits
+        /// to be resent; each further loss doubles the wait. 333 ms is RFC 9002's default for
+        /// an unknown path; within one data centre (the lan profile) far less is right, while a
+        /// value below the real RTT plus the peer's handshake work resends flights needlessly.
+        initial_rtt_ms: u64 in 1..=2_000 = QUIC_INITIAL_RTT_MS_DEFAULT = 333;
         /// A connection silent this long is closed and its state freed (each side uses the smaller
         /// of both values). With keep-alives only a dead peer goes silent, so this is how fast a
         /// dead peer is noticed: 10 s.

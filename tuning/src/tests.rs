@@ -375,6 +375,7 @@ fn lan_and_wan_profiles_validate_and_lean_the_right_way() {
         Tuning::load(repo_path("profiles/wan.toml")).unwrap_or_else(|error| panic!("{error}"));
     assert!(lan.quic.idle_timeout_ms < default.quic.idle_timeout_ms);
     assert!(lan.quic.handshake_timeout_ms < default.quic.handshake_timeout_ms);
+    assert!(lan.quic.initial_rtt_ms < default.quic.initial_rtt_ms);
     assert!(wan.quic.stream_window_bytes > default.quic.stream_window_bytes);
     assert!(wan.quic.connection_window_bytes > default.quic.connection_window_bytes);
     assert!(wan.quic.idle_timeout_ms > default.quic.idle_timeout_ms);

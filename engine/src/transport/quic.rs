@@ -103,6 +103,8 @@ pub struct QuicConfig {
     /// 64 KiB and flatter every benchmark).
     pub udp_payload_bytes_max: usize,
     pub handshake_timeout: Duration,
+    /// The RTT a new connection assumes before its first sample (sets the first probe timeout).
+    pub initial_rtt: Duration,
     pub idle_timeout: Duration,
     /// A PING is sent on a connection idle for this long (must be below `idle_timeout`).
     pub keep_alive_interval: Duration,
@@ -163,6 +165,7 @@ impl Default for QuicConfig {
             udp: UdpConfig::default(),
             udp_payload_bytes_max: 1452,
             handshake_timeout: Duration::from_secs(5),
+            initial_rtt: Duration::from_millis(icn_tuning::QUIC_INITIAL_RTT_MS_DEFAULT),
             idle_timeout: Duration::from_secs(30),
             keep_alive_interval: Duration::from_secs(5),
             stream_window_bytes: 16 << 20,
@@ -1026,6 +1029,7 @@ fn build_quic_config(
     let mut q = quiche::Config::with_boring_ssl_ctx_builder(quiche::PROTOCOL_VERSION, tls)?;
     q.set_application_protos(&[ALPN])?;
     q.set_max_idle_timeout(config.idle_timeout.as_millis() as u64);
+    q.set_initial_rtt(config.initial_rtt);
     q.set_max_recv_udp_payload_size(config.udp_payload_bytes_max);
     q.set_max_send_udp_payload_size(config.udp_payload_bytes_max);
     q.set_initial_max_data(config.connection_window_bytes);
