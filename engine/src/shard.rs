@@ -66,14 +66,16 @@ pub const WAKE_TICK_DEFAULT: Duration =
 /// Spawns, on the current glommio executor, a detached task that sleeps `period` in a loop, so
 /// the executor never sleeps longer than `period` without looking at its task queues again.
 ///
-/// glommio 0.9's run loop can park with a task queued: when the preemption flag is already up at
-/// the top of `run_task_queues` (a latency-ring completion landed between its I/O poll and the
-/// task run, which happens when the thread is descheduled there), it runs nothing, reports "ran
-/// nothing", and the loop goes on to park; the completion that raised the flag is consumed with
-/// no waker, so the executor sleeps until some later event, and a task that was woken just
-/// before stays queued. With no later event (two executors connecting their shard channels,
-/// nothing else armed) it sleeps for ever: `icn node` hung at start under CPU load this way. The
-/// tick is that later event. It costs one timer completion per period on an idle executor.
+/// glommio 0.9's run loop can park with a task queued. As we read its executor: when the
+/// preemption flag is already up at the top of `run_task_queues` (a latency-ring completion
+/// landed between its I/O poll and the task run, as when the thread is descheduled there), it
+/// runs nothing and reports "ran nothing", and the loop goes on to park; the completion that
+/// raised the flag need not wake any task, so the executor sleeps until some later event with a
+/// woken task still queued. With no later event (two executors connecting their shard channels,
+/// nothing else armed) it sleeps for ever: `icn node` hung at start under CPU load, and
+/// `tests::repeated_starts_with_an_immediate_message_all_finish` hung within 37-848 starts
+/// without the tick and never with it. The tick is that later event; it wakes an idle executor
+/// once per period (see `engine.wake_tick_us` for the measured cost).
 pub fn spawn_wake_tick(period: Duration) {
     glommio::spawn_local(async move {
         loop {
