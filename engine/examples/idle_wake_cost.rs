@@ -42,9 +42,12 @@ fn main() {
         std::thread::sleep(Duration::from_secs(seconds));
         trigger.trigger();
     });
-    let result = run_shards::<(), (), _, _>(&config, shutdown, |ctx| async move {
-        ctx.shutdown.wait().await
-    });
+    let result =
+        run_shards::<(), (), _, _>(
+            &config,
+            shutdown,
+            |ctx| async move { ctx.shutdown.wait().await },
+        );
     if let Err(error) = result {
         eprintln!("shards: {error}");
         std::process::exit(1);

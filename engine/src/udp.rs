@@ -67,6 +67,8 @@ pub struct UdpStats {
     pub datagrams_sent: Cell<u64>,
     pub datagrams_received: Cell<u64>,
     pub bytes_sent: Cell<u64>,
+    /// The largest single datagram sent so far (a GSO batch counts its segment size).
+    pub largest_datagram_sent: Cell<u64>,
     pub bytes_received: Cell<u64>,
     pub send_calls: Cell<u64>,
     pub recv_calls: Cell<u64>,
@@ -75,6 +77,10 @@ pub struct UdpStats {
 
 fn bump(cell: &Cell<u64>, by: u64) {
     cell.set(cell.get().wrapping_add(by));
+}
+
+fn raise(cell: &Cell<u64>, to: u64) {
+    cell.set(cell.get().max(to));
 }
 
 /// A UDP socket driven by a glommio executor, with batched GSO sends and GRO receives.
@@ -387,6 +393,10 @@ impl UdpIo {
             data.len().div_ceil(segment_size) as u64,
         );
         bump(&self.stats.bytes_sent, data.len() as u64);
+        raise(
+            &self.stats.largest_datagram_sent,
+            segment_size.min(data.len()) as u64,
+        );
         Ok(())
     }
 
@@ -438,6 +448,7 @@ impl UdpIo {
             let sent = sent as usize;
             for chunk in &chunks[done..done + sent] {
                 bump(&self.stats.bytes_sent, chunk.len() as u64);
+                raise(&self.stats.largest_datagram_sent, chunk.len() as u64);
             }
             bump(&self.stats.datagrams_sent, sent as u64);
             done += sent;
