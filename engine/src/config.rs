@@ -128,9 +128,15 @@ impl ShardConfig {
             channel_capacity: engine.cross_shard_channel_messages_max,
             spin_before_park: spin_before_park(engine),
             preempt_timer: Duration::from_micros(engine.preempt_timer_us),
-            wake_tick: Duration::from_micros(engine.wake_tick_us),
+            wake_tick: wake_tick(engine),
         }
     }
+}
+
+/// The period of every executor's wake tick (`shard::spawn_wake_tick`), from
+/// `engine.wake_tick_us`.
+pub fn wake_tick(engine: &EngineTuning) -> Duration {
+    Duration::from_micros(engine.wake_tick_us)
 }
 
 /// The executors' busy-poll before parking, from `engine.spin_before_park_us` (0: off).

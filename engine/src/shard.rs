@@ -238,37 +238,39 @@ async fn connect_ends<M: Send + 'static>(
     let mut received: Vec<Option<ConnectedReceiver<M>>> =
         (0..receiving.len()).map(|_| None).collect();
     std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (slot, end) in sent.iter_mut().zip(sending.iter_mut()) {
-            if let Some(future) = end {
-                match future.as_mut().poll(cx) {
-                    std::task::Poll::Ready(connected) => {
-                        *slot = Some(connected);
-                        *end = None;
-                    }
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        for (slot, end) in received.iter_mut().zip(receiving.iter_mut()) {
-            if let Some(future) = end {
-                match future.as_mut().poll(cx) {
-                    std::task::Poll::Ready(connected) => {
-                        *slot = Some(connected);
-                        *end = None;
-                    }
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
+        // Both sides are polled every time (`&&` would skip the receivers while a sender waits).
+        let senders_done = poll_into(&mut sending, &mut sent, cx);
+        let receivers_done = poll_into(&mut receiving, &mut received, cx);
+        if senders_done && receivers_done {
             std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
         }
     })
     .await;
     (sent, received)
+}
+
+/// Polls each future still in `futures` once, moving each finished one's output into the same
+/// index of `outputs`; whether none is left.
+fn poll_into<F: Future + Unpin>(
+    futures: &mut [Option<F>],
+    outputs: &mut [Option<F::Output>],
+    cx: &mut std::task::Context<'_>,
+) -> bool {
+    let mut done = true;
+    for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+        if let Some(pending) = future {
+            match std::pin::Pin::new(pending).poll(cx) {
+                std::task::Poll::Ready(value) => {
+                    *output = Some(value);
+                    *future = None;
+                }
+                std::task::Poll::Pending => done = false,
+            }
+        }
+    }
+    done
 }
 
 /// One shard's channel ends before connecting: senders to each shard, receivers from each.

@@ -252,7 +252,7 @@ pub fn run_demo(options: &DemoOptions, exe: &Path, shutdown: Shutdown) -> Result
         .make()
         .map_err(setup("starting the load generator's executor"))?;
     let result = executor.run(async {
-        icn_engine::shard::spawn_wake_tick(Duration::from_micros(load.tuning.engine.wake_tick_us));
+        icn_engine::shard::spawn_wake_tick(icn_engine::config::wake_tick(&load.tuning.engine));
         load.run().await
     });
     drop(load);

@@ -240,7 +240,7 @@ fn log_tail(path: &Path) -> String {
 /// What process `pid`'s threads are doing, for the report on a node that never answered:
 /// each thread's name, state and kernel wait channel from `/proc`, and, where `gdb` is
 /// installed, every thread's stack (bounded by [`STACK_DUMP_TIMEOUT`]).
-pub fn thread_dump(pid: u32) -> String {
+fn thread_dump(pid: u32) -> String {
     let mut out = String::new();
     let tasks = Path::new("/proc").join(pid.to_string()).join("task");
     match std::fs::read_dir(&tasks) {
