@@ -238,6 +238,21 @@ impl Buf {
     pub fn same_storage(&self, other: &Buf) -> bool {
         Arc::ptr_eq(&self.shared, &other.shared)
     }
+
+    /// The bytes as an owned vector. When this is the only handle, it views the whole storage
+    /// and the storage is not pooled (a received RPC body, say), the storage itself is returned
+    /// without copying; otherwise the viewed bytes are copied.
+    pub fn into_vec(self) -> Vec<u8> {
+        let whole = self.start == 0 && self.end == self.shared.storage.len();
+        if whole && self.shared.pool.is_none() {
+            match Arc::try_unwrap(self.shared) {
+                // The emptied `Shared` drops with no pool, so nothing is given back.
+                Ok(mut shared) => return std::mem::take(&mut shared.storage),
+                Err(shared) => return shared.storage.clone(),
+            }
+        }
+        self[..].to_vec()
+    }
 }
 
 impl Deref for Buf {
@@ -292,6 +307,42 @@ mod tests {
         drop(copies);
         drop(frozen);
         assert_eq!(pool.in_use(), 0);
+    }
+
+    #[test]
+    fn into_vec_hands_over_a_sole_whole_unpooled_storage_and_copies_otherwise() {
+        let bytes: Vec<u8> = (0..64u8).collect();
+        let address = bytes.as_ptr();
+        let sole = Buf::from_vec(bytes.clone());
+        let sole_address = sole.as_ptr();
+        let vec = sole.into_vec();
+        assert_eq!(vec.as_ptr(), sole_address, "the storage itself, not a copy");
+        assert_eq!(vec, bytes);
+        assert_ne!(address, sole_address);
+
+        let shared = Buf::from_vec(bytes.clone());
+        let other = shared.clone();
+        let copied = shared.into_vec();
+        assert_ne!(copied.as_ptr(), other.as_ptr());
+        assert_eq!(copied, bytes);
+        assert_eq!(
+            &other[..],
+            &bytes[..],
+            "the other handle still sees its bytes"
+        );
+
+        let slice = Buf::from_vec(bytes.clone()).slice(8..16);
+        assert_eq!(slice.into_vec(), bytes[8..16].to_vec());
+
+        let pool = BufferPool::new(64, 1);
+        let mut pooled = pool.take().unwrap();
+        assert!(pooled.extend_from_slice(&bytes));
+        let pooled = pooled.freeze();
+        assert_eq!(pooled.into_vec(), bytes);
+        assert!(
+            pool.take().is_ok(),
+            "the pooled storage went back to its pool"
+        );
     }
 
     #[test]

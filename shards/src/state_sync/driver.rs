@@ -19,7 +19,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -799,7 +799,7 @@ impl StateSync {
         let io = self.inner.io;
         let task = self.task_id();
         self.spawn_task(async move {
-            let result = write_segments(io, &paths, &segments, &bytes).await;
+            let result = write_segments(io, &paths, &segments, bytes).await;
             Outcome::Written {
                 task,
                 chunk,
@@ -998,7 +998,8 @@ impl StateSync {
         let Some(active) = self.inner.active.borrow_mut().take() else {
             return;
         };
-        let result = self.inner.store.borrow_mut().adopt(active.scratch);
+        // The flush task fsynced the state tree after the last write (flush_then_adopt).
+        let result = self.inner.store.borrow_mut().adopt_flushed(active.scratch);
         match result {
             Ok(_) => self.inner.stats.borrow_mut().syncs_completed += 1,
             Err(error) => {
@@ -1206,41 +1207,64 @@ fn take_local_chunks(
     Ok(taken)
 }
 
+/// Writes a verified chunk's segments: io_uring (glommio buffered files) on a glommio shard,
+/// positional writes under the simulator. A chunk that is one whole segment (the bulk of a
+/// state: 1 MiB pieces of large files) hands its received buffer to the kernel as it is; the
+/// segments of a chunk of grouped small files are copied out one by one.
 async fn write_segments(
     io: FileIo,
     paths: &[PathBuf],
     segments: &[Segment],
-    bytes: &[u8],
+    bytes: Buf,
 ) -> io::Result<()> {
     match io {
-        FileIo::Std => write_segments_std(paths, segments, bytes),
+        FileIo::Std => write_segments_std(paths, segments, &bytes),
         FileIo::Glommio => {
+            if let ([path], [segment]) = (paths, segments) {
+                if segment.len == bytes.len() as u64 {
+                    return write_whole_glommio(path, segment.offset, bytes.into_vec()).await;
+                }
+            }
             let mut at = 0usize;
             for (path, segment) in paths.iter().zip(segments) {
                 let len = segment.len as usize;
-                let file = glommio::io::OpenOptions::new()
-                    .write(true)
-                    .buffered_open(path)
-                    .await
-                    .map_err(io::Error::from)?;
-                let mut written = 0usize;
-                while written < len {
-                    let part = bytes[at + written..at + len].to_vec();
-                    let n = file
-                        .write_at(part, segment.offset + written as u64)
-                        .await
-                        .map_err(io::Error::from)?;
-                    if n == 0 {
-                        return Err(io::Error::new(io::ErrorKind::WriteZero, "write returned 0"));
-                    }
-                    written += n;
-                }
-                file.close().await.map_err(io::Error::from)?;
+                let part = bytes[at..at + len].to_vec();
+                write_whole_glommio(path, segment.offset, part).await?;
                 at += len;
             }
             Ok(())
         }
     }
+}
+
+/// Writes `bytes` at `offset` of the file at `path` with one io_uring write. glommio takes
+/// the buffer by value, so a short write (which a regular file gives only when the disk is
+/// full or the file too large) cannot be resumed from here: it fails the chunk, and the
+/// session ends with its scratch kept (the driver's disk-error path).
+async fn write_whole_glommio(path: &Path, offset: u64, bytes: Vec<u8>) -> io::Result<()> {
+    let len = bytes.len();
+    if len == 0 {
+        return Ok(());
+    }
+    let file = glommio::io::OpenOptions::new()
+        .write(true)
+        .buffered_open(path)
+        .await
+        .map_err(io::Error::from)?;
+    let written = file.write_at(bytes, offset).await.map_err(io::Error::from);
+    let closed = file.close().await.map_err(io::Error::from);
+    let written = written?;
+    closed?;
+    if written != len {
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            format!(
+                "short write to {}: {written} of {len} bytes",
+                path.display()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Reads the segments of one chunk into one buffer: io_uring (glommio buffered files) on a

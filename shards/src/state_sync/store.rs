@@ -324,7 +324,18 @@ impl CheckpointStore {
     /// height must be above the latest checkpoint's. The
     /// caller guarantees that every chunk was verified; the manifest was checked against the
     /// root hash when it was set.
-    pub fn adopt(&mut self, mut scratch: Scratch) -> io::Result<Rc<Checkpoint>> {
+    pub fn adopt(&mut self, scratch: Scratch) -> io::Result<Rc<Checkpoint>> {
+        if scratch.loaded.is_some() {
+            sync_tree(&scratch.state_dir())?;
+        }
+        self.adopt_flushed(scratch)
+    }
+
+    /// [`CheckpointStore::adopt`] for a caller that already ran [`sync_tree`] on the scratch's
+    /// [`Scratch::state_dir`] after its last write (the state sync driver does, on a thread of
+    /// its own). It skips that second pass: fsync of a clean file is not free (on a disk with a
+    /// volatile write cache every call flushes it), and a large state has thousands of files.
+    pub fn adopt_flushed(&mut self, mut scratch: Scratch) -> io::Result<Rc<Checkpoint>> {
         let Some(loaded) = scratch.loaded.take() else {
             return Err(invalid_input(format!(
                 "sync {} has no manifest yet",
@@ -333,7 +344,6 @@ impl CheckpointStore {
         };
         let target = self.check_new_height(scratch.height)?;
         drop(scratch.journal.take());
-        sync_tree(&scratch.dir.join(STATE_DIR))?;
         // manifest.bin was written (and fsynced) by set_manifest; the journal only matters to a
         // sync in progress.
         remove_if_exists(&scratch.dir.join(JOURNAL_FILE))?;

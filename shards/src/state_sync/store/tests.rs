@@ -324,6 +324,11 @@ fn a_scratch_refuses_a_manifest_of_another_root_and_adopt_needs_one() {
         store.adopt(scratch).err().map(|error| error.kind()),
         Some(io::ErrorKind::InvalidInput)
     );
+    let scratch = store.scratch(1, [9; 32]).unwrap();
+    assert_eq!(
+        store.adopt_flushed(scratch).err().map(|error| error.kind()),
+        Some(io::ErrorKind::InvalidInput)
+    );
 
     // Pieces of another state under the right meta-manifest are refused too.
     let other = create_synthetic(&mut source, 2);
