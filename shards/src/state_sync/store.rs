@@ -325,6 +325,7 @@ impl CheckpointStore {
     /// caller guarantees that every chunk was verified; the manifest was checked against the
     /// root hash when it was set.
     pub fn adopt(&mut self, scratch: Scratch) -> io::Result<Rc<Checkpoint>> {
+        // A scratch without a manifest has no state tree yet: adopt_flushed refuses it.
         if scratch.loaded.is_some() {
             sync_tree(&scratch.state_dir())?;
         }
