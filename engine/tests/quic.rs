@@ -1085,8 +1085,8 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 }
 
 /// A node of two shards under `QuicShards` and four single-shard peers, two on each shard: the
-/// home shard's RPCs reach the other shard's peers, those peers' requests are served by the home
-/// router, cancellation crosses shards both ways, `peers()` and `rtt()` cover both shards, and
+/// home shard's RPCs reach the other shard's peers (and `rpc_then`'s work runs on the shard that
+/// owns the peer), those peers' requests are served by the home router, cancellation crosses shards both ways, `peers()` and `rtt()` cover both shards, and
 /// an allowed set without a peer closes its connection on the shard that owns it.
 #[test]
 fn quic_shards_carry_calls_and_cancellation_between_shards() {
@@ -1095,6 +1095,7 @@ fn quic_shards_carry_calls_and_cancellation_between_shards() {
     use icn_engine::transport::quic_shards::{
         forwarding_router, run_owner_shard, QuicShards, QuicShardsShared, ShardMessage,
     };
+    use icn_engine::transport::AnswerWork;
     use icn_engine::udp::{SteeredPort, UdpConfig};
     use std::sync::atomic::{AtomicUsize, Ordering};
     let node = Node::new();
@@ -1249,6 +1250,26 @@ fn quic_shards_carry_calls_and_cancellation_between_shards() {
                     // The peer's own thread answers, whichever shard sent it.
                     let reply = shards.rpc(*peer, WHERE, Priority::Normal, Buf::empty());
                     assert!(!reply.await.unwrap().starts_with(b"icn-shard"));
+                    // rpc_then's work runs on the shard that owns the peer, on its answer, and
+                    // what it returns is the reply.
+                    let work: AnswerWork = Box::new(|answer: Buf| {
+                        Box::pin(async move {
+                            let mut ran_on = std::thread::current()
+                                .name()
+                                .unwrap_or_default()
+                                .as_bytes()
+                                .to_vec();
+                            ran_on.push(b'|');
+                            ran_on.extend_from_slice(&answer);
+                            Ok(Buf::copy_from_slice(&ran_on))
+                        })
+                    });
+                    let body = Buf::copy_from_slice(&peer.0);
+                    let reply = shards.rpc_then(*peer, ECHO, Priority::Normal, body, work);
+                    let reply = reply.await.unwrap();
+                    let owner = format!("icn-shard-{}-", shard_of(peer, 2));
+                    assert!(reply.starts_with(owner.as_bytes()), "{reply:?}");
+                    assert!(reply.ends_with(&peer.0));
                 }
                 eventually("an RTT for every peer", || {
                     peer_ids.iter().all(|p| shards.rtt(*p).is_some())

@@ -13,6 +13,7 @@ use icn_engine::tls::{self, SharedRegistry};
 use icn_engine::transport::quic::{QuicConfig, QuicTransport, Steering};
 use icn_engine::transport::quic_shards::{QuicShards, QuicShardsShared, ShardMessage};
 use icn_engine::transport::tcp::{TcpConfig, TcpTransport};
+use icn_engine::transport::AnswerWork;
 use icn_engine::udp::BoundSocket;
 use icn_engine::{Buf, ConnId, NodeId, Priority, Route, Router, RpcError, Transport};
 use icn_tuning::Tuning;
@@ -246,6 +247,28 @@ impl Transport for NodeTransport {
                 transport.rpc(peer, route, priority, request).await
             }
             NodeTransport::Tcp(transport) => transport.rpc(peer, route, priority, request).await,
+        }
+    }
+
+    async fn rpc_then(
+        &self,
+        peer: NodeId,
+        route: Route,
+        priority: Priority,
+        request: Buf,
+        then: AnswerWork,
+    ) -> Result<Buf, RpcError> {
+        match self {
+            NodeTransport::Quic { transport, .. } => {
+                transport
+                    .rpc_then(peer, route, priority, request, then)
+                    .await
+            }
+            NodeTransport::Tcp(transport) => {
+                transport
+                    .rpc_then(peer, route, priority, request, then)
+                    .await
+            }
         }
     }
 

@@ -1,6 +1,12 @@
 //! The `icn` sync system: icn's state sync service (`shards/src/state_sync`) over its QUIC
-//! transport, one glommio executor per node, as `icn node` runs it.
+//! transport, as `icn node` runs it.
 //!
+//! - The syncing node runs as many shards as `icn node` does with default tuning (one per
+//!   core): one pinned glommio executor each, one socket each of one steered UDP port, each
+//!   shard's endpoint owning the sources `shard_of` places on it, the state sync service on the
+//!   home shard (`quic_shards::QuicShards`). Source identities are drawn until the sources
+//!   spread over the shards as evenly as their count allows (as the peers of a real subnet
+//!   spread), so a run does not measure one unlucky placement. Each source is a one-shard node.
 //! - P source nodes each open a hardlinked copy of the state's checkpoint store and serve it
 //!   (adverts, manifest pieces, chunks read from the files); the syncing node opens an empty
 //!   store in a fresh directory and writes chunks with io_uring (`FileIo::Glommio`).
@@ -19,17 +25,25 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use boring::ssl::SslContextBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
 use icn_codecs::state::Hash;
 use icn_engine::identity::Identity;
+use icn_engine::shard::{run_shards, ShardConfig, ShardContext, Shutdown};
 use icn_engine::tls::{self, PeerVerifier};
-use icn_engine::transport::quic::QuicTransport;
+use icn_engine::transport::quic::{shard_of, QuicTransport, Steering};
+use icn_engine::transport::quic_shards::{
+    forwarding_router, run_owner_shard, QuicShards, QuicShardsShared, ShardMessage, HOME_SHARD,
+};
+use icn_engine::udp::{BoundSocket, SteeredPort};
 use icn_engine::{NodeId, Router, Transport};
 use icn_shards::consensus_manager::driver::PenaltySink;
+use icn_shards::node::node_shards;
+use icn_shards::node_config::TransportKind;
 use icn_shards::runtime::{GlommioRuntime, Runtime};
 use icn_shards::state_sync::driver::{FileIo, StateSync, StateSyncConfig, StateSyncStats};
 use icn_shards::state_sync::store::CheckpointStore;
@@ -37,7 +51,7 @@ use icn_tuning::Tuning;
 use serde_json::{json, Value};
 
 use super::state::{self, RunMeter};
-use super::{thread_cores, Run, SyncCase, SyncState, SyncSystem};
+use super::{source_cores, thread_cores, Run, SyncCase, SyncState, SyncSystem};
 use crate::gossip::icn::{quic_config, EXECUTOR_IO_MEMORY_BYTES};
 use crate::transport::case::quic as shared;
 
@@ -47,6 +61,10 @@ const SETUP_TIMEOUT: Duration = Duration::from_secs(20);
 const SETUP_POLL: Duration = Duration::from_millis(10);
 /// How often the syncing node checks for adoption: the clock's resolution.
 const ADOPTION_POLL: Duration = Duration::from_millis(1);
+/// How long the syncing node's shards have to finish their tasks once it stops.
+const SHARD_JOIN_GRACE: Duration = Duration::from_secs(2);
+/// Identity draws allowed for spreading the sources evenly over the syncing node's shards.
+const IDENTITY_DRAWS_MAX: usize = 10_000;
 
 pub struct IcnSync;
 
@@ -55,7 +73,7 @@ type Table = Arc<Vec<(NodeId, SocketAddr)>>;
 
 struct NodeSetup {
     index: usize,
-    identity: Identity,
+    identity: Arc<Identity>,
     members: Arc<HashSet<NodeId>>,
     core: Option<usize>,
     announce: mpsc::Sender<(usize, NodeId, SocketAddr)>,
@@ -73,12 +91,20 @@ impl SyncSystem for IcnSync {
         let sources = state.source_stores(case.peers)?;
         let destination = state.destination()?;
         let nodes = case.peers + 1;
-        let identities: Vec<Identity> = (0..nodes)
-            .map(|_| Identity::generate().map_err(|e| e.to_string()))
-            .collect::<Result<_, _>>()?;
+        let shards = syncing_node_shards();
+        let identities = spread_identities(nodes, shards)?;
         let members: Arc<HashSet<NodeId>> =
             Arc::new(identities.iter().map(Identity::node_id).collect());
-        let cores = thread_cores(nodes);
+        // Shard k runs on the k-th usable core (run_shards' placement); each source off the
+        // core of the shard that owns its connection.
+        let shard_cores = thread_cores(shards);
+        let serving: Vec<Option<usize>> = identities[1..]
+            .iter()
+            .map(|identity| shard_cores[shard_of(&identity.node_id(), shards)])
+            .collect();
+        let cores: Vec<Option<usize>> = std::iter::once(None)
+            .chain(source_cores(&serving))
+            .collect();
         let stop = Arc::new(AtomicBool::new(false));
         let timeout = state::run_timeout(state.state_bytes());
         let (announce_tx, announce_rx) = mpsc::channel();
@@ -89,7 +115,7 @@ impl SyncSystem for IcnSync {
             table_txs.push(table_tx);
             setups.push(NodeSetup {
                 index,
-                identity,
+                identity: Arc::new(identity),
                 members: members.clone(),
                 core: cores[index],
                 announce: announce_tx.clone(),
@@ -109,9 +135,7 @@ impl SyncSystem for IcnSync {
         let syncer = thread::Builder::new()
             .name("icn-sync-node".into())
             .spawn(move || {
-                on_executor(syncer_setup.core, "icn-sync-node", || {
-                    run_syncer(syncer_setup, height, root, state_bytes, timeout)
-                })
+                run_syncer_shards(syncer_setup, shards, height, root, state_bytes, timeout)
             })
             .map_err(|e| e.to_string())?;
         let mut source_threads = Vec::with_capacity(case.peers);
@@ -167,6 +191,9 @@ impl SyncSystem for IcnSync {
         run.measurement
             .extra
             .insert("icn_chunks_served".into(), served as f64);
+        run.measurement
+            .extra
+            .insert("icn_syncing_node_shards".into(), shards as f64);
         if let Some(error) = source_error {
             run.measurement.errors += 1;
             run.measurement
@@ -202,7 +229,14 @@ impl SyncSystem for IcnSync {
                 "state_sync.advert_interval_ms".into(),
                 json!(sync.advert_interval_ms),
             ),
-            ("file_io".into(), json!("glommio (io_uring) on the syncing node")),
+            (
+                "file_io".into(),
+                json!("aligned chunk pieces O_DIRECT on icn's writer threads, the rest glommio buffered (io_uring), on the syncing node"),
+            ),
+            (
+                "syncing_node_shards".into(),
+                json!(syncing_node_shards()),
+            ),
             (
                 "manifest".into(),
                 json!("fetched from the sources and checked against the root (inside the measured time)"),
@@ -234,24 +268,81 @@ where
     })
 }
 
-/// A node's store, state sync service and QUIC transport, connected to the peers it may talk
-/// to (`allowed`: which table entries).
+/// How many shards the syncing node runs: as many as `icn node` runs with default tuning.
+fn syncing_node_shards() -> usize {
+    node_shards(&Tuning::default(), TransportKind::Quic)
+}
+
+/// Identities for the syncing node (index 0) and its sources, drawn until the sources spread
+/// over the syncing node's `shards` as evenly as their count allows.
+fn spread_identities(nodes: usize, shards: usize) -> Result<Vec<Identity>, String> {
+    let shards = shards.max(1);
+    let sources = nodes.saturating_sub(1);
+    // Every shard gets `base` sources and `extra` of them one more.
+    let (base, extra) = (sources / shards, sources % shards);
+    let mut placed = vec![0usize; shards];
+    let mut extras_used = 0;
+    let mut identities = vec![Identity::generate().map_err(|e| e.to_string())?];
+    for _ in 0..IDENTITY_DRAWS_MAX {
+        if identities.len() == nodes {
+            return Ok(identities);
+        }
+        let identity = Identity::generate().map_err(|e| e.to_string())?;
+        let shard = shard_of(&identity.node_id(), shards);
+        let fits = placed[shard] < base || (placed[shard] == base && extras_used < extra);
+        if fits {
+            if placed[shard] == base {
+                extras_used += 1;
+            }
+            placed[shard] += 1;
+            identities.push(identity);
+        }
+    }
+    if identities.len() == nodes {
+        return Ok(identities);
+    }
+    Err(format!(
+        "no even spread of {sources} sources over {shards} shards in {IDENTITY_DRAWS_MAX} draws"
+    ))
+}
+
+/// A node's store, state sync service and QUIC transport (its home shard's view of every
+/// shard's endpoint), connected to the peers it may talk to (`allowed`: which table entries).
 struct Node {
     sync: StateSync,
-    transport: Rc<QuicTransport>,
+    transport: Rc<QuicShards>,
     penalties: Rc<Cell<u64>>,
 }
 
-async fn start_node(setup: &NodeSetup, allowed: impl Fn(usize) -> bool) -> Result<Node, String> {
-    let identity = &setup.identity;
+/// TLS contexts (server, client) admitting the other members of the bench's node set.
+fn tls_contexts(
+    identity: &Identity,
+    members: &Arc<HashSet<NodeId>>,
+) -> Result<(SslContextBuilder, SslContextBuilder), String> {
     let local = identity.node_id();
     let verifier: PeerVerifier = {
-        let members = setup.members.clone();
+        let members = members.clone();
         Arc::new(move |peer: &NodeId| *peer != local && members.contains(peer))
     };
     let server_tls =
         tls::server_context_builder(identity, verifier.clone()).map_err(|e| e.to_string())?;
     let client_tls = tls::client_context_builder(identity, verifier).map_err(|e| e.to_string())?;
+    Ok((server_tls, client_tls))
+}
+
+/// Starts a node: with `home`, the home shard of a node whose other shards run
+/// [`run_other_shard`]; without, a one-shard node on a socket of its own.
+async fn start_node(
+    setup: &NodeSetup,
+    allowed: impl Fn(usize) -> bool,
+    home: Option<(
+        Rc<ShardContext<ShardMessage>>,
+        Arc<QuicShardsShared>,
+        BoundSocket,
+    )>,
+) -> Result<Node, String> {
+    let local = setup.identity.node_id();
+    let (server_tls, client_tls) = tls_contexts(&setup.identity, &setup.members)?;
     let config = StateSyncConfig::from_tuning(&Tuning::default());
     let store = CheckpointStore::open(
         &setup.store_root,
@@ -267,20 +358,40 @@ async fn start_node(setup: &NodeSetup, allowed: impl Fn(usize) -> bool) -> Resul
     let runtime: Rc<dyn Runtime> = GlommioRuntime::new();
     let sync = StateSync::new(local, config, runtime, FileIo::Glommio, store, sink);
     let router = sync.routes(Router::new());
-    let transport = Rc::new(
-        QuicTransport::start(
-            local,
-            server_tls,
-            client_tls,
-            quic_config(),
-            router,
-            HashMap::new(),
-        )
-        .map_err(|e| e.to_string())?,
-    );
+    let transport = match home {
+        None => QuicShards::single(
+            QuicTransport::start(
+                local,
+                server_tls,
+                client_tls,
+                quic_config(),
+                router,
+                HashMap::new(),
+            )
+            .map_err(|e| e.to_string())?,
+        ),
+        Some((ctx, shared, socket)) => {
+            let config = quic_config().for_shard(Steering {
+                index: ctx.index,
+                count: shared.shards(),
+            });
+            let endpoint = QuicTransport::start_steered(
+                local,
+                server_tls,
+                client_tls,
+                config,
+                router.clone(),
+                HashMap::new(),
+                socket,
+            )
+            .map_err(|e| e.to_string())?;
+            QuicShards::start_home(endpoint, ctx, shared, router)
+        }
+    };
+    let transport = Rc::new(transport);
     let _ = setup
         .announce
-        .send((setup.index, local, transport.local_addr()));
+        .send((setup.index, local, transport.local().local_addr()));
     let table = wait_for_table(&setup.table).await?;
     let peers: HashMap<NodeId, SocketAddr> = table
         .iter()
@@ -310,6 +421,113 @@ async fn start_node(setup: &NodeSetup, allowed: impl Fn(usize) -> bool) -> Resul
     })
 }
 
+/// A shard of the syncing node other than the home shard: the endpoint of the sources placed
+/// on it, until the home shard stops the node.
+async fn run_other_shard(
+    identity: Arc<Identity>,
+    members: Arc<HashSet<NodeId>>,
+    ctx: Rc<ShardContext<ShardMessage>>,
+    shared: Arc<QuicShardsShared>,
+    socket: BoundSocket,
+) -> Result<(), String> {
+    let (server_tls, client_tls) = tls_contexts(&identity, &members)?;
+    let config = quic_config().for_shard(Steering {
+        index: ctx.index,
+        count: shared.shards(),
+    });
+    let endpoint = QuicTransport::start_steered(
+        identity.node_id(),
+        server_tls,
+        client_tls,
+        config,
+        forwarding_router(ctx.clone()),
+        shared.allowed(),
+        socket,
+    )
+    .map_err(|e| e.to_string())?;
+    run_owner_shard(ctx.clone(), endpoint.clone(), shared).await;
+    endpoint.shutdown().await;
+    ctx.join_tasks(SHARD_JOIN_GRACE).await;
+    Ok(())
+}
+
+/// The syncing node as `icn node` runs it: `shards` pinned executors on one steered port,
+/// state sync on the home shard.
+fn run_syncer_shards(
+    setup: NodeSetup,
+    shards: usize,
+    height: u64,
+    root: Hash,
+    state_bytes: u64,
+    timeout: Duration,
+) -> Result<Run, String> {
+    let fail = |error: String| {
+        setup.stop.store(true, Ordering::Release);
+        Err(error)
+    };
+    let mut port = match SteeredPort::bind(quic_config().listen_addr, &quic_config().udp, shards) {
+        Ok(port) => port,
+        Err(error) => return fail(format!("binding the syncing node's port: {error}")),
+    };
+    let sockets: Vec<Mutex<Option<BoundSocket>>> = (0..shards)
+        .map(|shard| Mutex::new(port.take(shard)))
+        .collect();
+    let shared = QuicShardsShared::new(shards, HashMap::new());
+    let config = ShardConfig {
+        shards,
+        pin_cores: true,
+        io_memory_bytes: EXECUTOR_IO_MEMORY_BYTES,
+        preempt_timer: Duration::from_millis(10),
+        ..ShardConfig::default()
+    };
+    let (identity, members, stop) = (
+        setup.identity.clone(),
+        setup.members.clone(),
+        setup.stop.clone(),
+    );
+    let setup = Arc::new(Mutex::new(Some(setup)));
+    let sockets = Arc::new(sockets);
+    let started = run_shards::<ShardMessage, Result<Option<Run>, String>, _, _>(
+        &config,
+        Shutdown::new(),
+        move |ctx| {
+            let ctx = Rc::new(ctx);
+            let socket = sockets
+                .get(ctx.index)
+                .and_then(|slot| slot.lock().ok()?.take());
+            let home = (ctx.index == HOME_SHARD)
+                .then(|| setup.lock().ok()?.take())
+                .flatten();
+            let (shared, identity, members) = (shared.clone(), identity.clone(), members.clone());
+            async move {
+                let socket = socket.ok_or("a shard without its socket")?;
+                match home {
+                    Some(setup) => {
+                        let home = (ctx.clone(), shared, socket);
+                        let run = run_syncer(&setup, home, height, root, state_bytes, timeout);
+                        let run = run.await;
+                        ctx.shutdown.trigger();
+                        ctx.join_tasks(SHARD_JOIN_GRACE).await;
+                        run.map(Some)
+                    }
+                    None => run_other_shard(identity, members, ctx, shared, socket)
+                        .await
+                        .map(|()| None),
+                }
+            }
+        },
+    );
+    stop.store(true, Ordering::Release);
+    let results = started.map_err(|e| format!("the syncing node's shards: {e}"))?;
+    let mut run = None;
+    for result in results {
+        if let Some(home) = result? {
+            run = Some(home);
+        }
+    }
+    run.ok_or_else(|| "the home shard reported no run".into())
+}
+
 async fn wait_for_table(table: &mpsc::Receiver<Table>) -> Result<Table, String> {
     let deadline = Instant::now() + SETUP_TIMEOUT;
     loop {
@@ -329,7 +547,7 @@ async fn wait_for_table(table: &mpsc::Receiver<Table>) -> Result<Table, String> 
 /// A source: serves its checkpoint until the run stops (or its deadline passes); returns the
 /// chunks it served.
 async fn run_source(setup: NodeSetup, deadline: Duration) -> Result<u64, String> {
-    let node = start_node(&setup, |index| index == 0).await?;
+    let node = start_node(&setup, |index| index == 0, None).await?;
     let until = Instant::now() + deadline;
     while !setup.stop.load(Ordering::Acquire) && Instant::now() < until {
         glommio::timer::sleep(SETUP_POLL).await;
@@ -342,13 +560,18 @@ async fn run_source(setup: NodeSetup, deadline: Duration) -> Result<u64, String>
 
 /// The syncing node: waits for every source's advert, sets the target, waits for adoption.
 async fn run_syncer(
-    setup: NodeSetup,
+    setup: &NodeSetup,
+    home: (
+        Rc<ShardContext<ShardMessage>>,
+        Arc<QuicShardsShared>,
+        BoundSocket,
+    ),
     height: u64,
     root: Hash,
     state_bytes: u64,
     timeout: Duration,
 ) -> Result<Run, String> {
-    let node = match start_node(&setup, |_| true).await {
+    let node = match start_node(setup, |_| true, Some(home)).await {
         Ok(node) => node,
         Err(error) => {
             setup.stop.store(true, Ordering::Release);
@@ -487,6 +710,24 @@ mod tests {
                 measurement.extra["icn_chunks_served"],
                 f64::from(state.chunk_count())
             );
+            assert_eq!(
+                measurement.extra["icn_syncing_node_shards"],
+                syncing_node_shards() as f64
+            );
+        }
+    }
+
+    #[test]
+    fn sources_spread_evenly_over_the_syncing_nodes_shards() {
+        for (sources, shards) in [(1, 2), (3, 2), (6, 2), (6, 4), (3, 1)] {
+            let identities = spread_identities(sources + 1, shards).unwrap();
+            assert_eq!(identities.len(), sources + 1);
+            let mut placed = vec![0usize; shards];
+            for identity in &identities[1..] {
+                placed[shard_of(&identity.node_id(), shards)] += 1;
+            }
+            let (least, most) = (placed.iter().min().unwrap(), placed.iter().max().unwrap());
+            assert!(most - least <= 1, "{sources} over {shards}: {placed:?}");
         }
     }
 

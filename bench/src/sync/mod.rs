@@ -6,8 +6,10 @@
 //! - One synthetic state per invocation ([`state::SyncState`]): mostly 1 MiB files (so 1 MiB
 //!   chunks) plus a tail of small files grouped into shared chunks; at least 2 GiB in full
 //!   mode, about 256 MiB with `--quick`. Sources serve hardlinked copies of it.
-//! - Case `peers<P>`: P source nodes and one syncing node, each a thread pinned round-robin to
-//!   the usable cores (the syncing node on the first), all on 127.0.0.1. The syncing node
+//! - Case `peers<P>`: P source nodes and one syncing node, all on 127.0.0.1. The syncing
+//!   client (quinn) is a thread on the first usable core; icn's syncing node runs one shard
+//!   per core, as `icn node`. Each source is pinned off the core that receives its chunks
+//!   ([`source_cores`]), as the remote machine it stands for. The syncing node
 //!   starts from an empty directory (deleted after the run) and ends holding the whole state,
 //!   every chunk checked against the manifest before it is written, every file fsynced.
 //! - Measured from the start of the sync (connections already up) to the state being
@@ -113,6 +115,38 @@ pub fn thread_cores(threads: usize) -> Vec<Option<usize>> {
         .collect();
     (0..threads)
         .map(|thread| (ids.len() >= 2).then(|| ids[thread % ids.len()]))
+        .collect()
+}
+
+/// Cores for the source threads of a run, source i off `serving[i]`: the core of the syncing
+/// side's thread that receives its chunks (the quinn client's core; for icn, the core of the
+/// syncing node's shard that owns the source's connection). Sources stand in for other
+/// machines, so none shares the core of the thread it feeds: each takes the other usable cores
+/// round-robin (on 2 cores, the other core). All unpinned when fewer than two cores may be
+/// used.
+pub fn source_cores(serving: &[Option<usize>]) -> Vec<Option<usize>> {
+    let ids: Vec<usize> = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .iter()
+        .map(|core| core.id)
+        .collect();
+    if ids.len() < 2 {
+        return vec![None; serving.len()];
+    }
+    let mut taken: BTreeMap<Option<usize>, usize> = BTreeMap::new();
+    serving
+        .iter()
+        .map(|serving| {
+            let others: Vec<usize> = ids
+                .iter()
+                .copied()
+                .filter(|core| Some(*core) != *serving)
+                .collect();
+            let turn = taken.entry(*serving).or_insert(0);
+            let core = others[*turn % others.len()];
+            *turn += 1;
+            Some(core)
+        })
         .collect()
 }
 
@@ -228,7 +262,7 @@ pub fn suite_config(
     );
     config.insert(
         "placement".into(),
-        json!("syncing node (or client) on the first usable core, sources round-robin after it; unpinned with < 2 cores"),
+        json!("quinn client on the first usable core, icn's syncing node one shard per core; each source off the core that receives its chunks, round-robin over the others; unpinned with < 2 cores"),
     );
     config.insert(
         "run_timeout_s".into(),

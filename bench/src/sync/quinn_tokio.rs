@@ -32,7 +32,10 @@ use quinn::{Connection, VarInt};
 use serde_json::{json, Value};
 
 use super::state::{self, RunMeter};
-use super::{thread_cores, Run, SyncCase, SyncState, SyncSystem, QUINN_CHUNKS_IN_FLIGHT_PER_PEER};
+use super::{
+    source_cores, thread_cores, Run, SyncCase, SyncState, SyncSystem,
+    QUINN_CHUNKS_IN_FLIGHT_PER_PEER,
+};
 use crate::host::pin_current_thread;
 use crate::transport::case::quic;
 use crate::transport::quinn_tokio::{
@@ -62,7 +65,8 @@ impl SyncSystem for QuinnSync {
         let identity = Identity::generate()?;
         let sources = state.source_stores(case.peers)?;
         let destination = state.destination()?;
-        let cores = thread_cores(case.peers + 1);
+        let client_core = thread_cores(1)[0];
+        let source_cores = source_cores(&vec![client_core; case.peers]);
         let stop = Arc::new(AtomicBool::new(false));
         let timeout = state::run_timeout(state.state_bytes());
         let (address_tx, address_rx) = mpsc::channel();
@@ -73,7 +77,7 @@ impl SyncSystem for QuinnSync {
             let manifest = state.manifest.clone();
             let address_tx = address_tx.clone();
             let stop = stop.clone();
-            let core = cores[index + 1];
+            let core = source_cores[index];
             let server = thread::Builder::new()
                 .name("quinn-sync-server".into())
                 .spawn(move || {
@@ -103,7 +107,7 @@ impl SyncSystem for QuinnSync {
                 let manifest = state.manifest.clone();
                 let base = destination.path().to_path_buf();
                 let state_bytes = state.state_bytes();
-                let core = cores[0];
+                let core = client_core;
                 thread::Builder::new()
                     .name("quinn-sync-client".into())
                     .spawn(move || {

@@ -4,6 +4,11 @@
 //! - `rpc(peer, route, priority, request)` sends one request and waits for its one response. On
 //!   QUIC each RPC is one bidirectional stream; dropping the future cancels the RPC (QUIC sends
 //!   RESET_STREAM / STOP_SENDING; TCP sends a cancel frame; memory drops the exchange).
+//! - `rpc_then(peer, route, priority, request, then)` is `rpc` followed by `then` on the answer,
+//!   run where the answer arrived: on the shard that owns the peer's connection when a node
+//!   spreads its peers over shards (`quic_shards`), on the calling shard otherwise. It is for
+//!   costly work on an answer (hashing and writing a state chunk), which then runs beside the
+//!   packets it came in, on that shard's core. Dropping the future cancels the RPC and `then`.
 //! - `peers()` lists the connected peers, each with a connection id that increases monotonically
 //!   within one transport instance: a reconnect is always a new, larger id, so consumers can tell
 //!   a fresh connection from a stale one.
@@ -188,6 +193,11 @@ impl Router {
     }
 }
 
+/// What `Transport::rpc_then` runs on an answer. It may be sent to another shard before it runs,
+/// so it is `Send`; the future it makes runs on that shard and need not be.
+pub type AnswerWork =
+    Box<dyn FnOnce(Buf) -> Pin<Box<dyn Future<Output = Result<Buf, RpcError>>>> + Send>;
+
 /// The transport contract (see the module docs). Implemented by QUIC, TCP+TLS and memory.
 #[allow(async_fn_in_trait)]
 pub trait Transport {
@@ -203,6 +213,21 @@ pub trait Transport {
         priority: Priority,
         request: Buf,
     ) -> Result<Buf, RpcError>;
+
+    /// [`Transport::rpc`], then `then` on the answer where the answer arrived (see the module
+    /// docs); returns what `then` returns. A transport that owns all its connections on the
+    /// calling shard runs `then` here, as this default does.
+    async fn rpc_then(
+        &self,
+        peer: NodeId,
+        route: Route,
+        priority: Priority,
+        request: Buf,
+        then: AnswerWork,
+    ) -> Result<Buf, RpcError> {
+        let answer = self.rpc(peer, route, priority, request).await?;
+        then(answer).await
+    }
 
     /// Connected peers and their current connection ids.
     fn peers(&self) -> Vec<(NodeId, ConnId)>;

@@ -6,7 +6,9 @@
 //! cores. The node's services (consensus managers, state sync, the replica) run on the home shard
 //! ([`HOME_SHARD`]) and see one transport, [`QuicShards`]:
 //! - an RPC to a peer another shard owns crosses to that shard as [`ShardMessage::Rpc`] and is
-//!   sent by that shard's endpoint; the answer comes back on a one-shot channel;
+//!   sent by that shard's endpoint; the answer comes back on a one-shot channel. With
+//!   [`Transport::rpc_then`] the work on the answer crosses with it and runs on the owning
+//!   shard, and what it returns comes back instead;
 //! - a request that arrives on another shard's endpoint crosses to the home shard as
 //!   [`ShardMessage::Serve`] (that endpoint's router is [`forwarding_router`]) and is dispatched
 //!   by the home router, as a request on the home shard's own endpoint is;
@@ -47,7 +49,7 @@ use crate::buffer::Buf;
 use crate::shard::ShardContext;
 use crate::transport::quic::{shard_of, QuicTransport};
 use crate::transport::{
-    ConnId, NodeId, Priority, RequestContext, Route, Router, RpcError, Transport,
+    AnswerWork, ConnId, NodeId, Priority, RequestContext, Route, Router, RpcError, Transport,
 };
 
 /// The shard that runs the node's services and dispatches every request.
@@ -67,6 +69,8 @@ pub enum ShardMessage {
         route: Route,
         priority: Priority,
         body: Buf,
+        /// Runs on the answer on the owning shard (`rpc_then`); its result is the reply.
+        then: Option<AnswerWork>,
         reply: Reply,
     },
     /// Owner to home shard: a peer's request, for the home router.
@@ -230,6 +234,59 @@ impl QuicShards {
     fn home_index(&self) -> usize {
         self.ctx.as_ref().map_or(HOME_SHARD, |ctx| ctx.index)
     }
+
+    /// An RPC on the endpoint that owns `peer` (this shard's or another's), and `then` on its
+    /// answer there.
+    async fn call(
+        &self,
+        peer: NodeId,
+        route: Route,
+        priority: Priority,
+        request: Buf,
+        then: Option<AnswerWork>,
+    ) -> Result<Buf, RpcError> {
+        let owner = shard_of(&peer, self.shards());
+        let ctx = match &self.ctx {
+            Some(ctx) if owner != ctx.index => ctx,
+            _ => return rpc_then_here(&self.local, peer, route, priority, request, then).await,
+        };
+        let (reply, answer) = oneshot::channel();
+        let message = ShardMessage::Rpc {
+            peer,
+            route,
+            priority,
+            body: request,
+            then,
+            reply,
+        };
+        if ctx.send_to(owner, message).await.is_err() {
+            return Err(RpcError::Local(format!("QUIC shard {owner} stopped")));
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(RpcError::Local(format!(
+                "QUIC shard {owner} dropped the RPC"
+            )))
+        })
+    }
+}
+
+/// An RPC on this shard's endpoint, then `then` (if any) on its answer.
+async fn rpc_then_here(
+    endpoint: &QuicTransport,
+    peer: NodeId,
+    route: Route,
+    priority: Priority,
+    request: Buf,
+    then: Option<AnswerWork>,
+) -> Result<Buf, RpcError> {
+    match then {
+        Some(then) => {
+            endpoint
+                .rpc_then(peer, route, priority, request, then)
+                .await
+        }
+        None => endpoint.rpc(peer, route, priority, request).await,
+    }
 }
 
 impl Transport for QuicShards {
@@ -244,27 +301,18 @@ impl Transport for QuicShards {
         priority: Priority,
         request: Buf,
     ) -> Result<Buf, RpcError> {
-        let owner = shard_of(&peer, self.shards());
-        let ctx = match &self.ctx {
-            Some(ctx) if owner != ctx.index => ctx,
-            _ => return self.local.rpc(peer, route, priority, request).await,
-        };
-        let (reply, answer) = oneshot::channel();
-        let message = ShardMessage::Rpc {
-            peer,
-            route,
-            priority,
-            body: request,
-            reply,
-        };
-        if ctx.send_to(owner, message).await.is_err() {
-            return Err(RpcError::Local(format!("QUIC shard {owner} stopped")));
-        }
-        answer.await.unwrap_or_else(|_| {
-            Err(RpcError::Local(format!(
-                "QUIC shard {owner} dropped the RPC"
-            )))
-        })
+        self.call(peer, route, priority, request, None).await
+    }
+
+    async fn rpc_then(
+        &self,
+        peer: NodeId,
+        route: Route,
+        priority: Priority,
+        request: Buf,
+        then: AnswerWork,
+    ) -> Result<Buf, RpcError> {
+        self.call(peer, route, priority, request, Some(then)).await
     }
 
     fn peers(&self) -> Vec<(NodeId, ConnId)> {
@@ -319,11 +367,12 @@ pub async fn run_owner_shard(
                 route,
                 priority,
                 body,
+                then,
                 reply,
             } => {
                 let transport = transport.clone();
                 glommio::spawn_local(answer(reply, async move {
-                    transport.rpc(peer, route, priority, body).await
+                    rpc_then_here(&transport, peer, route, priority, body, then).await
                 }))
                 .detach();
             }

@@ -11,8 +11,11 @@
 //! ahead of the newest checkpoint, it starts a session for it, resumes from the scratch space
 //! a crashed or stopped sync left behind, hardlinks files and copies chunks the node already
 //! holds in its newest checkpoint, and fetches the rest: every request an RPC task with a
-//! deadline, every verified chunk written by its own task (io_uring on glommio, positional
-//! writes in the simulator) before it counts as held. When every chunk is held the scratch
+//! deadline. A chunk's answer is checked against its length and hash and, if it matches,
+//! written (io_uring on glommio, positional writes in the simulator) where it arrived: with
+//! `Transport::rpc_then`, on the shard that owns the peer's connection when a node spreads
+//! its peers over shards, so hashing and writing run on every shard's core beside the packets
+//! (this shard only schedules). It counts as held once it is on disk. When every chunk is held the scratch
 //! is adopted (renamed into place) as a checkpoint. A target that is no longer ahead stops the
 //! session and removes its scratch.
 
@@ -23,17 +26,21 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
 
+use futures_channel::oneshot;
 use futures_lite::future::or;
 use icn_codecs::state::{Hash, Manifest, ManifestLimits, Segment, META_MANIFEST_PIECE};
 use icn_codecs::{
     decode_chunk_request, decode_manifest_request, decode_state_advert, ChunkRequest, CodecLimits,
     Encoder, ManifestRequest, StateAdvert,
 };
+use icn_engine::transport::AnswerWork;
 use icn_engine::{Buf, NodeId, Priority, RequestContext, Route, Router, RpcError, Transport};
 use icn_tuning::Tuning;
 
+use super::direct::{DirectWriter, TrySubmit};
 use super::session::{
-    Accepted, Failure, SessionConfig, SessionStats, SyncOffence, SyncSession, Want,
+    Accepted, ChunkCheck, ChunkVerdict, Failure, SessionConfig, SessionStats, SyncOffence,
+    SyncSession, Want,
 };
 use super::store::{Checkpoint, CheckpointStore, Scratch};
 use crate::consensus_manager::driver::PenaltySink;
@@ -167,10 +174,13 @@ enum Outcome {
         want: Want,
         failure: Failure,
     },
-    Written {
+    /// A chunk's answer was checked and, if it matched, written: `Err` is a disk error.
+    Chunk {
         task: u64,
+        session: u64,
+        peer: NodeId,
         chunk: u32,
-        result: io::Result<()>,
+        verdict: io::Result<ChunkVerdict>,
     },
     AdvertsSent {
         task: u64,
@@ -184,6 +194,8 @@ enum Outcome {
 }
 
 struct Active {
+    /// Tells this session's outcomes from those of one abandoned before it.
+    id: u64,
     session: SyncSession,
     scratch: Scratch,
     started_at: Duration,
@@ -201,6 +213,9 @@ struct Inner {
     runtime: Rc<dyn Runtime>,
     io: FileIo,
     store: RefCell<CheckpointStore>,
+    /// Direct (`O_DIRECT`) writes of aligned chunks with `FileIo::Glommio`; None under the
+    /// simulator or where its threads could not start.
+    direct: Option<DirectWriter>,
     penalties: PenaltySink,
     progress: RefCell<Option<ProgressSink>>,
     /// Per peer, its newest adverts (at most `peer_adverts_max`), newest first.
@@ -210,6 +225,7 @@ struct Inner {
     outcomes: RefCell<Vec<Outcome>>,
     tasks: RefCell<HashMap<u64, TaskHandle>>,
     next_task: Cell<u64>,
+    next_session: Cell<u64>,
     wake: Signal,
     stopped: Cell<bool>,
     loop_task: RefCell<Option<TaskHandle>>,
@@ -232,6 +248,24 @@ impl StateSync {
         store: CheckpointStore,
         penalties: PenaltySink,
     ) -> StateSync {
+        let direct = match io {
+            FileIo::Std => None,
+            FileIo::Glommio => {
+                match DirectWriter::start(
+                    config.session.chunks_in_flight_max,
+                    config.chunk_bytes as usize,
+                ) {
+                    Ok(writer) => Some(writer),
+                    Err(error) => {
+                        eprintln!(
+                            "icn: state sync: no direct-write threads ({error}); chunks are \
+                             written through the page cache"
+                        );
+                        None
+                    }
+                }
+            }
+        };
         StateSync {
             inner: Rc::new(Inner {
                 local,
@@ -239,6 +273,7 @@ impl StateSync {
                 runtime,
                 io,
                 store: RefCell::new(store),
+                direct,
                 penalties,
                 progress: RefCell::new(None),
                 adverts: RefCell::new(HashMap::new()),
@@ -247,6 +282,7 @@ impl StateSync {
                 outcomes: RefCell::new(Vec::new()),
                 tasks: RefCell::new(HashMap::new()),
                 next_task: Cell::new(0),
+                next_session: Cell::new(0),
                 wake: Signal::new(),
                 stopped: Cell::new(false),
                 loop_task: RefCell::new(None),
@@ -713,13 +749,15 @@ impl StateSync {
                         (self.inner.penalties)(peer, Offence::BadMessage);
                     }
                 }
-                Outcome::Written {
+                Outcome::Chunk {
                     task,
+                    session,
+                    peer,
                     chunk,
-                    result,
+                    verdict,
                 } => {
                     self.inner.tasks.borrow_mut().remove(&task);
-                    self.on_written(chunk, result);
+                    self.on_chunk(session, peer, chunk, verdict);
                 }
             }
         }
@@ -740,16 +778,55 @@ impl StateSync {
                     self.io_failure("preparing the scratch space", error);
                 }
             }
-            Ok(Accepted::WriteChunk(chunk)) => self.write_chunk(chunk, bytes),
-            Err(offence) => {
-                let offence = match offence {
-                    SyncOffence::BadChunk { .. } | SyncOffence::BadManifest(_) => {
-                        Offence::InvalidArtifact
-                    }
-                    SyncOffence::Missing(_) => Offence::BadMessage,
-                };
-                (self.inner.penalties)(peer, offence);
+            Ok(Accepted::ChunkHeld(chunk)) => self.record_held(chunk),
+            Err(offence) => self.penalize(peer, offence),
+        }
+    }
+
+    /// What the work on a chunk's answer found. An outcome of a session abandoned meanwhile
+    /// (its chunk indices name another manifest's chunks, its writes another scratch) is moot.
+    fn on_chunk(&self, session: u64, peer: NodeId, chunk: u32, verdict: io::Result<ChunkVerdict>) {
+        let current = self.inner.active.borrow().as_ref().map(|active| active.id);
+        if current != Some(session) {
+            return;
+        }
+        let verdict = match verdict {
+            Ok(verdict) => verdict,
+            Err(error) => {
+                self.io_failure("writing a chunk", error);
+                return;
             }
+        };
+        let accepted = {
+            let mut active = self.inner.active.borrow_mut();
+            let Some(active) = active.as_mut() else {
+                return;
+            };
+            active.session.on_chunk(peer, chunk, verdict)
+        };
+        match accepted {
+            Ok(Accepted::ChunkHeld(chunk)) => self.record_held(chunk),
+            Ok(_) => {}
+            Err(offence) => self.penalize(peer, offence),
+        }
+    }
+
+    fn penalize(&self, peer: NodeId, offence: SyncOffence) {
+        let offence = match offence {
+            SyncOffence::BadChunk { .. } | SyncOffence::BadManifest(_) => Offence::InvalidArtifact,
+            SyncOffence::Missing(_) => Offence::BadMessage,
+        };
+        (self.inner.penalties)(peer, offence);
+    }
+
+    /// A chunk is verified on disk: the journal records it, so a resume does not fetch it again.
+    fn record_held(&self, chunk: u32) {
+        let recorded = match &mut *self.inner.active.borrow_mut() {
+            Some(active) => active.scratch.record_verified(&[chunk]),
+            None => Ok(()),
+        };
+        if let Err(error) = recorded {
+            self.io_failure("recording a verified chunk", error);
         }
     }
 
@@ -780,50 +857,6 @@ impl StateSync {
         }
         active.session.start_chunks();
         Ok(())
-    }
-
-    fn write_chunk(&self, chunk: u32, bytes: Buf) {
-        let (paths, segments) = {
-            let active = self.inner.active.borrow();
-            let Some(active) = active.as_ref() else {
-                return;
-            };
-            let manifest = active.session.manifest().expect("manifest ready");
-            let segments = manifest.segments(chunk).expect("chunk in range");
-            let paths: Vec<PathBuf> = segments
-                .iter()
-                .map(|segment| active.scratch.file_path(segment.file_index))
-                .collect();
-            (paths, segments)
-        };
-        let io = self.inner.io;
-        let task = self.task_id();
-        self.spawn_task(async move {
-            let result = write_segments(io, &paths, &segments, bytes).await;
-            Outcome::Written {
-                task,
-                chunk,
-                result,
-            }
-        });
-    }
-
-    fn on_written(&self, chunk: u32, result: io::Result<()>) {
-        let recorded = {
-            let mut active = self.inner.active.borrow_mut();
-            let Some(active) = active.as_mut() else {
-                return;
-            };
-            match result {
-                Ok(()) => active.scratch.record_verified(&[chunk]).map(|()| {
-                    active.session.chunk_written(chunk);
-                }),
-                Err(error) => Err(error),
-            }
-        };
-        if let Err(error) = recorded {
-            self.io_failure("writing a chunk", error);
-        }
     }
 
     /// A disk error ends the session; its scratch stays for a later resume (chunks whose
@@ -898,7 +931,10 @@ impl StateSync {
             }
         }
         let manifest_ready = session.manifest().is_some();
+        let id = inner.next_session.get();
+        inner.next_session.set(id + 1);
         *inner.active.borrow_mut() = Some(Active {
+            id,
             session,
             scratch,
             started_at: now,
@@ -1065,12 +1101,12 @@ impl StateSync {
     }
 
     fn start_requests<T: Transport + 'static>(&self, transport: &Rc<T>, now: Duration) {
-        let (requests, height) = {
+        let (requests, height, session) = {
             let mut active = self.inner.active.borrow_mut();
             let Some(active) = active.as_mut() else {
                 return;
             };
-            (active.session.poll(now), active.session.height())
+            (active.session.poll(now), active.session.height(), active.id)
         };
         let timeout_after = self.inner.config.request_timeout;
         for (peer, want) in requests {
@@ -1091,41 +1127,121 @@ impl StateSync {
                 };
                 Buf::copy_from_slice(encoded.expect("fixed-size requests always encode"))
             };
-            let route = match want {
-                Want::Chunk(_) => CHUNK_ROUTE,
-                _ => MANIFEST_ROUTE,
-            };
             let transport = transport.clone();
             let runtime = self.inner.runtime.clone();
             let task = self.task_id();
-            self.spawn_task(async move {
-                let rpc = transport.rpc(peer, route, Priority::Normal, body);
-                match timeout(&*runtime, timeout_after, rpc).await {
-                    Some(Ok(bytes)) => Outcome::Answer {
-                        task,
-                        peer,
-                        want,
-                        bytes,
-                    },
-                    Some(Err(error)) => Outcome::Failed {
-                        task,
-                        peer,
-                        want,
-                        failure: match error {
-                            RpcError::Handler(_) => Failure::Unavailable,
-                            RpcError::Timeout => Failure::Timeout,
-                            _ => Failure::Transport,
+            let Want::Chunk(chunk) = want else {
+                self.spawn_task(async move {
+                    let rpc = transport.rpc(peer, MANIFEST_ROUTE, Priority::Normal, body);
+                    match timeout(&*runtime, timeout_after, rpc).await {
+                        Some(Ok(bytes)) => Outcome::Answer {
+                            task,
+                            peer,
+                            want,
+                            bytes,
                         },
-                    },
-                    None => Outcome::Failed {
+                        Some(Err(error)) => Outcome::Failed {
+                            task,
+                            peer,
+                            want,
+                            failure: failure_of(&error),
+                        },
+                        None => Outcome::Failed {
+                            task,
+                            peer,
+                            want,
+                            failure: Failure::Timeout,
+                        },
+                    }
+                });
+                continue;
+            };
+            let Some((work, verdict)) = self.chunk_work(chunk) else {
+                // Not while poll hands chunks out (they follow the manifest); the chunk is
+                // released all the same, never left in flight.
+                self.spawn_task(async move {
+                    Outcome::Failed {
                         task,
                         peer,
                         want,
-                        failure: Failure::Timeout,
+                        failure: Failure::Transport,
+                    }
+                });
+                continue;
+            };
+            self.spawn_task(async move {
+                let rpc = transport.rpc_then(peer, CHUNK_ROUTE, Priority::Normal, body, work);
+                let failure = match timeout(&*runtime, timeout_after, rpc).await {
+                    Some(Ok(_)) => match verdict.await {
+                        Ok(verdict) => {
+                            return Outcome::Chunk {
+                                task,
+                                session,
+                                peer,
+                                chunk,
+                                verdict,
+                            }
+                        }
+                        // The work ended without a verdict: only a shard stopping drops it.
+                        Err(_) => Failure::Transport,
                     },
+                    Some(Err(error)) => failure_of(&error),
+                    None => Failure::Timeout,
+                };
+                Outcome::Failed {
+                    task,
+                    peer,
+                    want,
+                    failure,
                 }
             });
         }
+    }
+
+    /// The work on `chunk`'s answer, wherever it arrives: check its length and hash, write it
+    /// into the scratch if it matches, and send the verdict back (the RPC's own answer is
+    /// empty). None without a session and manifest.
+    fn chunk_work(
+        &self,
+        chunk: u32,
+    ) -> Option<(AnswerWork, oneshot::Receiver<io::Result<ChunkVerdict>>)> {
+        let (check, paths, segments) = {
+            let active = self.inner.active.borrow();
+            let active = active.as_ref()?;
+            let check: ChunkCheck = active.session.chunk_check(chunk)?;
+            let segments = active.session.manifest()?.segments(chunk)?;
+            let paths: Vec<PathBuf> = segments
+                .iter()
+                .map(|segment| active.scratch.file_path(segment.file_index))
+                .collect();
+            (check, paths, segments)
+        };
+        let io = self.inner.io;
+        let direct = self.inner.direct.clone();
+        let (send, verdict) = oneshot::channel();
+        let work: AnswerWork = Box::new(move |bytes: Buf| {
+            Box::pin(async move {
+                let found = if check.matches(&bytes) {
+                    write_segments(io, direct.as_ref(), &paths, &segments, bytes)
+                        .await
+                        .map(|()| ChunkVerdict::Written)
+                } else {
+                    Ok(ChunkVerdict::Corrupt)
+                };
+                let _ = send.send(found);
+                Ok(Buf::empty())
+            })
+        });
+        Some((work, verdict))
+    }
+}
+
+/// How a request that got no answer to check failed.
+fn failure_of(error: &RpcError) -> Failure {
+    match error {
+        RpcError::Handler(_) => Failure::Unavailable,
+        RpcError::Timeout => Failure::Timeout,
+        _ => Failure::Transport,
     }
 }
 
@@ -1207,12 +1323,14 @@ fn take_local_chunks(
     Ok(taken)
 }
 
-/// Writes a verified chunk's segments: io_uring (glommio buffered files) on a glommio shard,
-/// positional writes under the simulator. A chunk that is one whole segment (the bulk of a
-/// state: 1 MiB pieces of large files) hands its received buffer to the kernel as it is; the
-/// segments of a chunk of grouped small files are copied out one by one.
+/// Writes a verified chunk's segments: on a glommio shard, each segment whose offset and
+/// length are aligned (the bulk of a state: 1 MiB pieces of large files) with `O_DIRECT` on a
+/// writer thread (`direct`), the rest with io_uring through the page cache (glommio buffered
+/// files; a chunk that is one whole segment hands its received buffer over as it is);
+/// positional writes under the simulator.
 async fn write_segments(
     io: FileIo,
+    direct: Option<&DirectWriter>,
     paths: &[PathBuf],
     segments: &[Segment],
     bytes: Buf,
@@ -1220,17 +1338,32 @@ async fn write_segments(
     match io {
         FileIo::Std => write_segments_std(paths, segments, &bytes),
         FileIo::Glommio => {
-            if let ([path], [segment]) = (paths, segments) {
+            let mut at = 0usize;
+            let mut buffered = Vec::new();
+            for (path, segment) in paths.iter().zip(segments) {
+                let len = segment.len as usize;
+                let part = &bytes[at..at + len];
+                at += len;
+                if let Some(direct) = direct.filter(|_| DirectWriter::aligned(segment.offset, len))
+                {
+                    if let TrySubmit::Queued(done) =
+                        direct.submit(path.clone(), segment.offset, part)
+                    {
+                        done.await
+                            .map_err(|_| io::Error::other("the direct-write threads stopped"))??;
+                        continue;
+                    }
+                }
+                buffered.push((path, *segment, at - len));
+            }
+            if let [(path, segment, 0)] = buffered[..] {
                 if segment.len == bytes.len() as u64 {
                     return write_whole_glommio(path, segment.offset, bytes.into_vec()).await;
                 }
             }
-            let mut at = 0usize;
-            for (path, segment) in paths.iter().zip(segments) {
-                let len = segment.len as usize;
-                let part = bytes[at..at + len].to_vec();
+            for (path, segment, from) in buffered {
+                let part = bytes[from..from + segment.len as usize].to_vec();
                 write_whole_glommio(path, segment.offset, part).await?;
-                at += len;
             }
             Ok(())
         }

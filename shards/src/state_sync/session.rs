@@ -7,12 +7,14 @@
 //! the chunks it lacks: in a per-node XOR order (so joiners that sync at the same time fetch
 //! different chunks first and can serve each other), each from the least loaded peer that
 //! advertised the state, within per-peer and total in-flight limits. Every chunk is checked
-//! against its hash before the driver writes it. A peer that serves a bad manifest or chunk is
+//! against its length and hash ([`ChunkCheck`], which the driver runs where the answer
+//! arrives) before the driver writes it, and counts as held once it is on disk. A peer that serves a bad manifest or chunk is
 //! dropped from the session (and the driver penalizes it); a peer that times out or fails backs
 //! off; a partial peer (itself syncing) that does not hold a chunk yet is asked for others.
 //!
 //! The driver (`driver.rs`) feeds peers, answers and the clock in, sends the requests
-//! [`SyncSession::poll`] hands out, writes verified chunks and reports when they are on disk.
+//! [`SyncSession::poll`] hands out, checks and writes each chunk's answer and reports what it
+//! found ([`SyncSession::on_chunk`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::rc::Rc;
@@ -74,8 +76,8 @@ pub enum Accepted {
     /// The whole manifest arrived and checked out: prepare the scratch space, mark the chunks
     /// already held with [`SyncSession::mark_held`], then [`SyncSession::start_chunks`].
     ManifestReady,
-    /// The chunk checked out: write it, then call [`SyncSession::chunk_written`].
-    WriteChunk(u32),
+    /// The chunk checked out and is on disk: it is held now (record it for a resume).
+    ChunkHeld(u32),
 }
 
 /// Counters of one session (the driver turns them into metrics and test assertions).
@@ -99,11 +101,34 @@ pub struct SessionStats {
     pub missing: u64,
 }
 
+/// A chunk's expected length and hash, to check its answer against where the answer arrives
+/// (it is `Send`: it may run on the shard that owns the peer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkCheck {
+    pub size: u32,
+    pub hash: Hash,
+}
+
+impl ChunkCheck {
+    /// Whether `bytes` are the chunk: its length, then its hash.
+    pub fn matches(&self, bytes: &[u8]) -> bool {
+        bytes.len() == self.size as usize && chunk_hash(bytes) == self.hash
+    }
+}
+
+/// What the driver found on a chunk's answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChunkVerdict {
+    /// It matched its [`ChunkCheck`] and is on disk.
+    Written,
+    /// Its length or hash differs: the peer served bytes that are not the chunk.
+    Corrupt,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ChunkState {
     Missing,
     InFlight,
-    Writing,
     Held,
 }
 
@@ -143,10 +168,10 @@ pub struct SyncSession {
     chunks: Vec<ChunkState>,
     /// Missing chunks not in flight, in fetch order.
     queue: VecDeque<u32>,
-    /// Chunks in flight and whom they were asked of. Together with `writing`, at most
-    /// `chunks_in_flight_max`: a verified chunk holds its buffer until it is on disk.
+    /// Chunks in flight (asked, or being checked and written where they arrived) and whom
+    /// they were asked of; at most `chunks_in_flight_max`: a chunk holds its buffer until it
+    /// is on disk.
     in_flight: HashMap<u32, NodeId>,
-    writing: usize,
     held_bytes: u64,
     held_count: u64,
     stats: SessionStats,
@@ -169,7 +194,6 @@ impl SyncSession {
             chunks: Vec::new(),
             queue: VecDeque::new(),
             in_flight: HashMap::new(),
-            writing: 0,
             held_bytes: 0,
             held_count: 0,
             stats: SessionStats::default(),
@@ -214,7 +238,7 @@ impl SyncSession {
 
     /// Chunk requests in flight plus verified chunks being written.
     pub fn chunks_in_flight(&self) -> usize {
-        self.in_flight.len() + self.writing
+        self.in_flight.len()
     }
 
     pub fn is_complete(&self) -> bool {
@@ -294,7 +318,7 @@ impl SyncSession {
         }
         // Chunks: walk the queue once; a chunk no usable peer can serve now waits its turn.
         let mut skipped = Vec::new();
-        while self.in_flight.len() + self.writing < self.config.chunks_in_flight_max {
+        while self.in_flight.len() < self.config.chunks_in_flight_max {
             let Some(chunk) = self.queue.pop_front() else {
                 break;
             };
@@ -411,7 +435,10 @@ impl SyncSession {
         }
     }
 
-    /// An answer to `want` arrived from `peer`: checks it. An offence drops the peer.
+    /// An answer to a meta-manifest or piece request arrived from `peer`: checks it. An offence
+    /// drops the peer. Chunk answers are checked and written by the driver and reported with
+    /// [`SyncSession::on_chunk`]; raw chunk bytes handed in here are not taken (nothing says
+    /// they are on disk): the chunk is asked again.
     pub fn on_answer(
         &mut self,
         peer: NodeId,
@@ -422,8 +449,44 @@ impl SyncSession {
         let result = match want {
             Want::Meta => self.accept_meta(bytes),
             Want::Piece(index) => self.accept_piece(index, bytes),
-            Want::Chunk(chunk) => self.accept_chunk(peer, chunk, bytes),
+            Want::Chunk(_) => {
+                self.release(want);
+                Ok(Accepted::Nothing)
+            }
         };
+        self.judge(peer, result)
+    }
+
+    /// What the driver found on `peer`'s answer for `chunk` (see [`ChunkVerdict`]). A corrupt
+    /// chunk drops the peer and is asked of another.
+    pub fn on_chunk(
+        &mut self,
+        peer: NodeId,
+        chunk: u32,
+        verdict: ChunkVerdict,
+    ) -> Result<Accepted, SyncOffence> {
+        self.finished(peer);
+        let result = self.accept_chunk(peer, chunk, verdict);
+        self.judge(peer, result)
+    }
+
+    /// What [`SyncSession::on_chunk`] needs checked on `chunk`'s answer: its length and hash
+    /// from the manifest (None before the manifest or out of range).
+    pub fn chunk_check(&self, chunk: u32) -> Option<ChunkCheck> {
+        let entry = self.manifest.as_ref()?.chunks.get(chunk as usize)?;
+        Some(ChunkCheck {
+            size: entry.size,
+            hash: entry.hash,
+        })
+    }
+
+    /// Counts an answer's result against its peer: a good one clears its failures, an offence
+    /// drops it.
+    fn judge(
+        &mut self,
+        peer: NodeId,
+        result: Result<Accepted, SyncOffence>,
+    ) -> Result<Accepted, SyncOffence> {
         match &result {
             Ok(_) => {
                 if let Some(state) = self.peers.get_mut(&peer) {
@@ -530,40 +593,29 @@ impl SyncSession {
         &mut self,
         peer: NodeId,
         chunk: u32,
-        bytes: &[u8],
+        verdict: ChunkVerdict,
     ) -> Result<Accepted, SyncOffence> {
-        // Only the answer of the peer the chunk is in flight from counts.
+        // Only the answer of the peer the chunk is in flight from counts (a stale answer
+        // that was written anyway wrote the same verified bytes).
         if self.in_flight.get(&chunk) != Some(&peer) {
             return Ok(Accepted::Nothing);
         }
         self.in_flight.remove(&chunk);
-        let manifest = self
-            .manifest
-            .clone()
-            .expect("chunks are fetched after the manifest");
-        let entry = &manifest.chunks[chunk as usize];
-        if bytes.len() != entry.size as usize || chunk_hash(bytes) != entry.hash {
+        if verdict == ChunkVerdict::Corrupt {
             self.chunks[chunk as usize] = ChunkState::Missing;
             self.queue.push_front(chunk);
             return Err(SyncOffence::BadChunk { chunk });
         }
-        self.chunks[chunk as usize] = ChunkState::Writing;
-        self.writing += 1;
+        let size = self
+            .manifest
+            .as_ref()
+            .map_or(0, |manifest| manifest.chunks[chunk as usize].size);
+        self.chunks[chunk as usize] = ChunkState::Held;
+        self.held_count += 1;
+        self.held_bytes += u64::from(size);
         self.stats.chunks_fetched += 1;
-        self.stats.bytes_fetched += bytes.len() as u64;
-        Ok(Accepted::WriteChunk(chunk))
-    }
-
-    /// A verified chunk is on disk.
-    pub fn chunk_written(&mut self, chunk: u32) {
-        if self.chunks.get(chunk as usize) == Some(&ChunkState::Writing) {
-            self.writing -= 1;
-            self.chunks[chunk as usize] = ChunkState::Held;
-            self.held_count += 1;
-            if let Some(manifest) = &self.manifest {
-                self.held_bytes += u64::from(manifest.chunks[chunk as usize].size);
-            }
-        }
+        self.stats.bytes_fetched += u64::from(size);
+        Ok(Accepted::ChunkHeld(chunk))
     }
 
     /// Whether this node holds a verified copy of `chunk` (it may serve it while partial).

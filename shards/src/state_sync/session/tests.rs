@@ -83,6 +83,28 @@ fn config() -> SessionConfig {
     }
 }
 
+/// Hands `bytes` in as the driver does: manifest answers to be checked, chunk answers checked
+/// against [`SyncSession::chunk_check`] first (and, when they match, taken as written).
+fn answer(
+    session: &mut SyncSession,
+    peer: NodeId,
+    want: Want,
+    bytes: &[u8],
+) -> Result<Accepted, SyncOffence> {
+    let Want::Chunk(chunk) = want else {
+        return session.on_answer(peer, want, bytes);
+    };
+    let check = session
+        .chunk_check(chunk)
+        .expect("chunks follow the manifest");
+    let verdict = if check.matches(bytes) {
+        ChunkVerdict::Written
+    } else {
+        ChunkVerdict::Corrupt
+    };
+    session.on_chunk(peer, chunk, verdict)
+}
+
 /// Serves every request from `state` (corrupting chunks a peer in `bad` serves) until the
 /// session completes; returns the requests each peer got.
 fn run(session: &mut SyncSession, state: &State, bad: &[NodeId]) -> HashMap<NodeId, usize> {
@@ -103,9 +125,9 @@ fn run(session: &mut SyncSession, state: &State, bad: &[NodeId]) -> HashMap<Node
             if bad.contains(&peer) && matches!(want, Want::Chunk(_)) {
                 bytes[0] ^= 1;
             }
-            match session.on_answer(peer, want, &bytes) {
+            match answer(session, peer, want, &bytes) {
                 Ok(Accepted::ManifestReady) => session.start_chunks(),
-                Ok(Accepted::WriteChunk(c)) => session.chunk_written(c),
+                Ok(Accepted::ChunkHeld(_)) => {}
                 Ok(Accepted::Nothing) => {}
                 Err(SyncOffence::BadChunk { .. }) => assert!(bad.contains(&peer)),
                 Err(other) => panic!("{other:?}"),
@@ -317,4 +339,60 @@ fn a_full_peer_missing_what_it_advertised_is_dropped() {
     assert_eq!(session.stats().peers_dropped, 1);
     let (next, _) = session.poll(Duration::ZERO)[0];
     assert_ne!(next, peer);
+}
+
+#[test]
+fn a_chunk_counts_only_from_the_peer_it_was_asked_of_and_raw_bytes_are_asked_again() {
+    let state = state(4, 100, 100);
+    let mut session = SyncSession::new(3, state.root, node(9), config());
+    session.set_peers(&[(node(1), false)]);
+    let mut chunk_requests = Vec::new();
+    while chunk_requests.is_empty() {
+        for (peer, want) in session.poll(Duration::ZERO) {
+            match want {
+                Want::Chunk(_) => chunk_requests.push((peer, want)),
+                _ => {
+                    let bytes = match want {
+                        Want::Meta => state.meta.clone(),
+                        Want::Piece(i) => state.pieces[i as usize].clone(),
+                        Want::Chunk(_) => unreachable!(),
+                    };
+                    if answer(&mut session, peer, want, &bytes) == Ok(Accepted::ManifestReady) {
+                        session.start_chunks();
+                    }
+                }
+            }
+        }
+    }
+    let (peer, Want::Chunk(first)) = chunk_requests[0] else {
+        unreachable!()
+    };
+    let check = session.chunk_check(first).unwrap();
+    assert!(check.matches(&state.chunks[first as usize]));
+    assert!(!check.matches(&state.chunks[first as usize][1..]));
+    // Another peer's verdict on it changes nothing.
+    assert_eq!(
+        session.on_chunk(node(2), first, ChunkVerdict::Written),
+        Ok(Accepted::Nothing)
+    );
+    assert!(!session.holds(first));
+    // Raw bytes through on_answer are not taken: the chunk is released and asked again.
+    assert_eq!(
+        session.on_answer(peer, Want::Chunk(first), &state.chunks[first as usize]),
+        Ok(Accepted::Nothing)
+    );
+    assert!(!session.holds(first));
+    let again: Vec<Want> = session
+        .poll(Duration::ZERO)
+        .into_iter()
+        .map(|(_, want)| want)
+        .collect();
+    assert!(again.contains(&Want::Chunk(first)), "{again:?}");
+    assert_eq!(
+        session.on_chunk(peer, first, ChunkVerdict::Written),
+        Ok(Accepted::ChunkHeld(first))
+    );
+    assert!(session.holds(first));
+    assert_eq!(session.stats().chunks_fetched, 1);
+    assert_eq!(session.stats().bytes_fetched, 100);
 }
