@@ -1,12 +1,15 @@
 //! `raw-ceiling`: the same bytes copied locally by one thread, the most any sync of this state
 //! can reach on this machine: every chunk read sequentially from the source files (`pread`),
-//! hashed with `chunk_hash` and checked against the manifest, and written (`pwrite`) into
-//! files created at full length in a fresh directory, which are fsynced at the end. No network,
+//! hashed with `chunk_hash` and checked against the manifest, and written into files created
+//! at full length in a fresh directory as icn's syncing node writes them (aligned pieces with
+//! `O_DIRECT`, the rest with `pwrite`; see `state_sync::direct`), which are fsynced at the end.
+//! (Until 2026-12-07 it wrote everything with `pwrite`, which icn's direct writes outran.) No network,
 //! no encryption, no concurrency: the ceiling is disk and SHA-256, not a transport.
 
 use std::collections::BTreeMap;
 
 use icn_codecs::state::chunk_hash;
+use icn_shards::state_sync::direct::DirectScratch;
 use serde_json::{json, Value};
 
 use super::state::{self, RunMeter};
@@ -36,6 +39,7 @@ impl SyncSystem for RawCeiling {
                     let mut chunks = 0u64;
                     let mut fsync_s = None;
                     let mut buffer = Vec::with_capacity(state.chunk_bytes as usize);
+                    let mut direct = DirectScratch::new(state.chunk_bytes as usize);
                     let mut fail = |error: String| {
                         errors += 1;
                         first_error.get_or_insert(error);
@@ -63,11 +67,12 @@ impl SyncSystem for RawCeiling {
                                             }
                                         })
                                         .and_then(|()| {
-                                            state::write_chunk_pieces(
+                                            state::write_chunk_like_icn(
                                                 destination.path(),
                                                 manifest,
                                                 index,
-                                                &[&buffer],
+                                                &buffer,
+                                                &mut direct,
                                             )
                                             .map_err(|e| format!("writing chunk {index}: {e}"))
                                         });
@@ -100,7 +105,7 @@ impl SyncSystem for RawCeiling {
             ("threads".into(), json!(1)),
             (
                 "pattern".into(),
-                json!("per chunk in manifest order: pread, chunk_hash, compare, pwrite; fsync every file at the end"),
+                json!("per chunk in manifest order: pread, chunk_hash, compare, write as icn does (aligned pieces O_DIRECT, the rest pwrite); fsync every file at the end"),
             ),
             ("window_bytes".into(), json!(state.chunk_bytes)),
         ])

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use icn_codecs::state::{Hash, Manifest, Segment};
+use icn_shards::state_sync::direct::{DirectScratch, DirectWriter};
 use icn_shards::state_sync::store::CheckpointStore;
 use icn_shards::state_sync::synthetic::{write_state, SyntheticSpec};
 
@@ -215,6 +216,41 @@ pub fn read_chunk_into(
         File::open(file_path(base, manifest, segment.file_index))?
             .read_exact_at(&mut out[at..at + len], segment.offset)?;
         at += len;
+    }
+    Ok(())
+}
+
+/// Writes chunk `index` (one buffer) as icn's syncing node does: each segment whose offset and
+/// length are aligned with `O_DIRECT` through `direct` (icn's `state_sync::direct` write), the
+/// rest with `pwrite`.
+pub fn write_chunk_like_icn(
+    base: &Path,
+    manifest: &Manifest,
+    index: u32,
+    bytes: &[u8],
+    direct: &mut DirectScratch,
+) -> io::Result<()> {
+    let segments = segments(manifest, index)?;
+    if bytes.len() as u64 != u64::from(manifest.chunks[index as usize].size) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("chunk {index} of {} bytes", bytes.len()),
+        ));
+    }
+    let mut at = 0usize;
+    for segment in segments {
+        let len = segment.len as usize;
+        let part = &bytes[at..at + len];
+        at += len;
+        let path = file_path(base, manifest, segment.file_index);
+        if DirectWriter::aligned(segment.offset, len) {
+            direct.write(&path, segment.offset, part)?;
+        } else {
+            OpenOptions::new()
+                .write(true)
+                .open(path)?
+                .write_all_at(part, segment.offset)?;
+        }
     }
     Ok(())
 }

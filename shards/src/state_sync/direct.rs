@@ -197,6 +197,26 @@ impl DirectWriter {
     }
 }
 
+/// The writer threads' write for a caller that writes on a thread of its own (the sync
+/// bench's local ceiling): an aligned buffer reused across writes.
+pub struct DirectScratch(AlignedBuf);
+
+impl DirectScratch {
+    pub fn new(capacity: usize) -> DirectScratch {
+        DirectScratch(AlignedBuf::new(capacity))
+    }
+
+    /// Writes `bytes` at `offset` of `path` as a writer thread does (`O_DIRECT`, buffered where
+    /// refused); the write must be aligned ([`DirectWriter::aligned`]).
+    pub fn write(&mut self, path: &std::path::Path, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        if bytes.len() > self.0.capacity {
+            self.0 = AlignedBuf::new(bytes.len());
+        }
+        self.0.fill(bytes);
+        write_direct(path, offset, self.0.as_slice())
+    }
+}
+
 fn run_writer(queue: Receiver<Job>, shared: Arc<Shared>) {
     while let Ok(job) = queue.recv() {
         let result = write_direct(&job.path, job.offset, job.data.as_slice());
