@@ -9,10 +9,19 @@
 //!
 //! The reader and the writer are separate tasks sharing one [`TlsSocket`]; each borrows the
 //! `RefCell`s only inside a synchronous step, never across an `.await`.
+//!
+//! Once the handshake is done the socket is attached to the buffers ([`MemoryIo::attach`]), and
+//! BoringSSL's reads and writes try the socket itself first, with non-blocking `recv`/`send`:
+//! ciphertext then moves between the kernel and BoringSSL's own record buffers without the
+//! extra copy through `input`/`output`. Only when the socket has nothing (`EAGAIN`) does a read
+//! fall back to awaiting readiness, and a write goes to `output` whenever the socket is full,
+//! ciphertext is already queued there, or the writer's flush is in flight (so bytes keep their
+//! order).
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
@@ -28,6 +37,10 @@ pub struct MemoryIo {
     end: usize,
     /// Ciphertext BoringSSL produced and the socket has not taken yet.
     output: Vec<u8>,
+    /// The connected socket, once the handshake is done: tried directly before the buffers.
+    socket: Option<RawFd>,
+    /// A flush of `output` to the socket is in flight: new ciphertext queues behind it.
+    flushing: bool,
 }
 
 impl MemoryIo {
@@ -42,6 +55,65 @@ impl MemoryIo {
             start: 0,
             end: 0,
             output: Vec::new(),
+            socket: None,
+            flushing: false,
+        }
+    }
+
+    /// Lets BoringSSL read and write `socket` directly (see the module docs). `socket` must be
+    /// the non-blocking stream this connection's buffers are filled from and flushed to, and
+    /// stay open as long as these buffers are in use.
+    pub fn attach(&mut self, socket: RawFd) {
+        self.socket = Some(socket);
+    }
+
+    /// One non-blocking `recv` into `buf`; None where the socket has nothing now (or is at its
+    /// end, which the awaiting path reports).
+    fn recv_direct(socket: RawFd, buf: &mut [u8]) -> Option<io::Result<usize>> {
+        loop {
+            // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the whole call.
+            let n = unsafe {
+                libc::recv(
+                    socket,
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n > 0 {
+                return Some(Ok(n as usize));
+            }
+            if n == 0 {
+                return None;
+            }
+            let error = io::Error::last_os_error();
+            match error.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => return None,
+                _ => return Some(Err(error)),
+            }
+        }
+    }
+
+    /// One non-blocking `send` of `buf`; how much the socket took (0 when it is full or failed:
+    /// the rest goes through `output` and its flush, which reports a failure).
+    fn send_direct(socket: RawFd, buf: &[u8]) -> usize {
+        loop {
+            // SAFETY: `buf` is valid for reads of `buf.len()` bytes for the whole call.
+            let n = unsafe {
+                libc::send(
+                    socket,
+                    buf.as_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+            if n >= 0 {
+                return n as usize;
+            }
+            if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                return 0;
+            }
         }
     }
 
@@ -63,6 +135,12 @@ pub const MIN_INPUT_BYTES: usize = 17 << 10;
 impl Read for MemoryIo {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.start == self.end {
+            if let Some(read) = self
+                .socket
+                .and_then(|socket| MemoryIo::recv_direct(socket, buf))
+            {
+                return read;
+            }
             return Err(io::ErrorKind::WouldBlock.into());
         }
         let n = buf.len().min(self.end - self.start);
@@ -74,7 +152,13 @@ impl Read for MemoryIo {
 
 impl Write for MemoryIo {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.output.extend_from_slice(buf);
+        let sent = match self.socket {
+            Some(socket) if !self.flushing && self.output.is_empty() => {
+                MemoryIo::send_direct(socket, buf)
+            }
+            _ => 0,
+        };
+        self.output.extend_from_slice(&buf[sent..]);
         Ok(buf.len())
     }
 
@@ -166,7 +250,8 @@ pub struct TlsSocket {
 }
 
 impl TlsSocket {
-    pub fn new(stream: RefCell<TcpStream>, tls: SslStream<MemoryIo>) -> TlsSocket {
+    pub fn new(stream: RefCell<TcpStream>, mut tls: SslStream<MemoryIo>) -> TlsSocket {
+        tls.get_mut().attach(stream.borrow().as_raw_fd());
         TlsSocket {
             stream,
             tls: RefCell::new(tls),
@@ -217,8 +302,18 @@ impl TlsSocket {
 
     /// Sends whatever ciphertext is pending.
     pub async fn flush(&self) -> io::Result<()> {
-        let pending = std::mem::take(&mut self.tls.borrow_mut().get_mut().output);
-        write_all(&self.stream, &pending).await?;
+        let pending = {
+            let mut tls = self.tls.borrow_mut();
+            let io = tls.get_mut();
+            if io.output.is_empty() {
+                return Ok(());
+            }
+            io.flushing = true;
+            std::mem::take(&mut io.output)
+        };
+        let written = write_all(&self.stream, &pending).await;
+        self.tls.borrow_mut().get_mut().flushing = false;
+        written?;
         // Hand the (now empty) allocation back so the next record reuses it.
         let mut tls = self.tls.borrow_mut();
         let output = &mut tls.get_mut().output;
