@@ -1007,7 +1007,7 @@ impl StateSync {
             } else {
                 match std::thread::Builder::new()
                     .name("icn-sync-flush".into())
-                    .spawn(move || super::store::sync_tree(&dir))
+                    .spawn(move || super::store::flush_tree(&dir))
                 {
                     Ok(flusher) => {
                         while !flusher.is_finished() {

@@ -332,9 +332,9 @@ impl CheckpointStore {
         self.adopt_flushed(scratch)
     }
 
-    /// [`CheckpointStore::adopt`] for a caller that already ran [`sync_tree`] on the scratch's
-    /// [`Scratch::state_dir`] after its last write (the state sync driver does, on a thread of
-    /// its own). It skips that second pass: fsync of a clean file is not free (on a disk with a
+    /// [`CheckpointStore::adopt`] for a caller that already made the scratch's
+    /// [`Scratch::state_dir`] durable after its last write ([`sync_tree`] or [`flush_tree`]; the
+    /// state sync driver runs `flush_tree` on a thread of its own). It skips that second pass: fsync of a clean file is not free (on a disk with a
     /// volatile write cache every call flushes it), and a large state has thousands of files.
     pub fn adopt_flushed(&mut self, mut scratch: Scratch) -> io::Result<Rc<Checkpoint>> {
         let Some(loaded) = scratch.loaded.take() else {
@@ -1338,9 +1338,8 @@ fn parse_scratch_name(name: &str) -> Option<(u64, Hash)> {
 
 /// fsyncs every file and directory under `dir`, and `dir` itself: before a rename makes a
 /// directory a checkpoint, everything it holds must be on disk. Files that are hardlinks of an
-/// older checkpoint are clean, so their fsync costs little.
-/// fsyncs every file and directory under `dir` (public so a caller can do the slow part of
-/// [`CheckpointStore::adopt`] on another thread first; adopting then finds clean files).
+/// older checkpoint are clean, so their fsync costs little (but each fsync still flushes the
+/// device's cache: see [`flush_tree`]).
 pub fn sync_tree(dir: &Path) -> io::Result<()> {
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
@@ -1352,6 +1351,22 @@ pub fn sync_tree(dir: &Path) -> io::Result<()> {
         }
     }
     sync_dir(dir)
+}
+
+/// Makes everything under `dir` durable, as [`sync_tree`] does, with one `syncfs` of the file
+/// system that holds it: all its dirty data and metadata are written and the device's cache is
+/// flushed once, where `sync_tree` flushes it once per file (about 0.5 s for the 6,144 files of
+/// the sync bench's 2 GiB state on this project's VMs, whose ext4 has no journal, even with
+/// every file clean). It also writes whatever else is dirty on that file system. Falls back to
+/// [`sync_tree`] where `syncfs` fails.
+pub fn flush_tree(dir: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let handle = File::open(dir)?;
+    // SAFETY: `handle` is an open descriptor for the whole call.
+    if unsafe { libc::syncfs(handle.as_raw_fd()) } == 0 {
+        return Ok(());
+    }
+    sync_tree(dir)
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {

@@ -509,3 +509,19 @@ fn verify_lists_corrupted_missing_and_extra_files() {
         "nothing else differs: {differences:?}"
     );
 }
+
+#[test]
+fn flushing_a_tree_succeeds_on_a_real_tree_and_fails_on_a_missing_one() {
+    let dir = TempDir::new("flush-tree");
+    let nested = dir.0.join("a").join("b");
+    fs::create_dir_all(&nested).unwrap();
+    fs::write(nested.join("f"), b"bytes").unwrap();
+    fs::write(dir.0.join("g"), b"more").unwrap();
+    flush_tree(&dir.0).unwrap();
+    sync_tree(&dir.0).unwrap();
+    let missing = dir.0.join("missing");
+    assert_eq!(
+        flush_tree(&missing).unwrap_err().kind(),
+        io::ErrorKind::NotFound
+    );
+}
