@@ -2,14 +2,16 @@
 //! can reach on this machine: every chunk read sequentially from the source files (`pread`),
 //! hashed with `chunk_hash` and checked against the manifest, and written into files created
 //! at full length in a fresh directory as icn's syncing node writes them (aligned pieces with
-//! `O_DIRECT`, the rest with `pwrite`; see `state_sync::direct`), which are fsynced at the end.
-//! (Until 2026-12-07 it wrote everything with `pwrite`, which icn's direct writes outran.) No network,
+//! `O_DIRECT`, the rest with `pwrite`; see `state_sync::direct`), and made durable at the end
+//! as icn does (one `syncfs`, `store::flush_tree`). (Until 2026-12-07 it wrote everything with
+//! `pwrite` and fsynced every file, which icn's direct writes and syncfs outran.) No network,
 //! no encryption, no concurrency: the ceiling is disk and SHA-256, not a transport.
 
 use std::collections::BTreeMap;
 
 use icn_codecs::state::chunk_hash;
 use icn_shards::state_sync::direct::DirectScratch;
+use icn_shards::state_sync::store::flush_tree;
 use serde_json::{json, Value};
 
 use super::state::{self, RunMeter};
@@ -82,7 +84,7 @@ impl SyncSystem for RawCeiling {
                                 }
                             }
                             let flush = std::time::Instant::now();
-                            if let Err(error) = state::sync_files(destination.path(), manifest) {
+                            if let Err(error) = flush_tree(destination.path()) {
                                 fail(format!("fsync: {error}"));
                             }
                             fsync_s = Some(flush.elapsed().as_secs_f64());
@@ -105,7 +107,7 @@ impl SyncSystem for RawCeiling {
             ("threads".into(), json!(1)),
             (
                 "pattern".into(),
-                json!("per chunk in manifest order: pread, chunk_hash, compare, write as icn does (aligned pieces O_DIRECT, the rest pwrite); fsync every file at the end"),
+                json!("per chunk in manifest order: pread, chunk_hash, compare, write as icn does (aligned pieces O_DIRECT, the rest pwrite); one syncfs at the end, as icn"),
             ),
             ("window_bytes".into(), json!(state.chunk_bytes)),
         ])
