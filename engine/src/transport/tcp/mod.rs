@@ -452,8 +452,15 @@ impl TcpTransport {
         let listen_addr = record.tcp_addr;
         let shared: SharedRegistry = Arc::new(RwLock::new(registry.clone()));
         let verifier = tls::registry_verifier(shared.clone(), subnet.clone());
-        let server_ctx = tls::server_context_builder(identity, verifier.clone())?.build();
-        let client_ctx = tls::client_context_builder(identity, verifier)?.build();
+        // Read-ahead: BoringSSL asks for as much ciphertext as its record buffer holds, not a
+        // record's header and then its body, so once the socket is attached (tls_io) one
+        // `recv` brings in a large record or many small ones.
+        let mut server_ctx = tls::server_context_builder(identity, verifier.clone())?;
+        server_ctx.set_read_ahead(true);
+        let server_ctx = server_ctx.build();
+        let mut client_ctx = tls::client_context_builder(identity, verifier)?;
+        client_ctx.set_read_ahead(true);
+        let client_ctx = client_ctx.build();
         let (listener, listening) = listen(listen_addr)?;
         let inner = Rc::new(Inner {
             local_id,

@@ -13,8 +13,10 @@
 //! Once the handshake is done the socket is attached to the buffers ([`MemoryIo::attach`]), and
 //! BoringSSL's reads and writes try the socket itself first, with non-blocking `recv`/`send`:
 //! ciphertext then moves between the kernel and BoringSSL's own record buffers without the
-//! extra copy through `input`/`output`. Only when the socket has nothing (`EAGAIN`) does a read
-//! fall back to awaiting readiness, and a write goes to `output` whenever the socket is full,
+//! extra copy through `input`/`output` (the TCP contexts turn read-ahead on, so BoringSSL asks
+//! for whole buffers, not a record header and then its body; a read under
+//! [`DIRECT_READ_MIN`] still goes through `input`, filled by one larger `recv`). Only when the
+//! socket has nothing (`EAGAIN`) does a read fall back to awaiting readiness, and a write goes to `output` whenever the socket is full,
 //! ciphertext is already queued there, or the writer's flush is in flight (so bytes keep their
 //! order).
 
@@ -132,16 +134,26 @@ impl MemoryIo {
 /// A TLS record is at most 16 KiB of plaintext plus overhead; the input buffer must hold one.
 pub const MIN_INPUT_BYTES: usize = 17 << 10;
 
+/// BoringSSL reads at least this much directly from the socket; a smaller read (a record
+/// header, a small record) fills `input` with one larger `recv` instead, so small records
+/// cost one syscall for many rather than two each.
+const DIRECT_READ_MIN: usize = 4096;
+
 impl Read for MemoryIo {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.start == self.end {
-            if let Some(read) = self
-                .socket
-                .and_then(|socket| MemoryIo::recv_direct(socket, buf))
-            {
-                return read;
+            let Some(socket) = self.socket else {
+                return Err(io::ErrorKind::WouldBlock.into());
+            };
+            if buf.len() >= DIRECT_READ_MIN {
+                return MemoryIo::recv_direct(socket, buf)
+                    .unwrap_or_else(|| Err(io::ErrorKind::WouldBlock.into()));
             }
-            return Err(io::ErrorKind::WouldBlock.into());
+            match MemoryIo::recv_direct(socket, self.input_space()) {
+                Some(Ok(n)) => self.end += n,
+                Some(Err(error)) => return Err(error),
+                None => return Err(io::ErrorKind::WouldBlock.into()),
+            }
         }
         let n = buf.len().min(self.end - self.start);
         buf[..n].copy_from_slice(&self.input[self.start..self.start + n]);
