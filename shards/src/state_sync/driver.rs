@@ -161,15 +161,20 @@ pub struct StateSyncStats {
     pub chunks_in_flight: u64,
 }
 
+/// What a task of the loop reports. The request outcomes name their session (`Active::id`):
+/// one of a session abandoned meanwhile is dropped, since its wants name another manifest's
+/// pieces and chunks.
 enum Outcome {
     Answer {
         task: u64,
+        session: u64,
         peer: NodeId,
         want: Want,
         bytes: Buf,
     },
     Failed {
         task: u64,
+        session: u64,
         peer: NodeId,
         want: Want,
         failure: Failure,
@@ -727,20 +732,27 @@ impl StateSync {
                 }
                 Outcome::Answer {
                     task,
+                    session,
                     peer,
                     want,
                     bytes,
                 } => {
                     self.inner.tasks.borrow_mut().remove(&task);
-                    self.on_answer(peer, want, bytes);
+                    if self.is_current(session) {
+                        self.on_answer(peer, want, bytes);
+                    }
                 }
                 Outcome::Failed {
                     task,
+                    session,
                     peer,
                     want,
                     failure,
                 } => {
                     self.inner.tasks.borrow_mut().remove(&task);
+                    if !self.is_current(session) {
+                        continue;
+                    }
                     let offence = match &mut *self.inner.active.borrow_mut() {
                         Some(active) => active.session.on_failure(peer, want, failure, now),
                         None => None,
@@ -757,10 +769,17 @@ impl StateSync {
                     verdict,
                 } => {
                     self.inner.tasks.borrow_mut().remove(&task);
-                    self.on_chunk(session, peer, chunk, verdict);
+                    if self.is_current(session) {
+                        self.on_chunk(peer, chunk, verdict);
+                    }
                 }
             }
         }
+    }
+
+    /// Whether `session` is the one in progress.
+    fn is_current(&self, session: u64) -> bool {
+        self.inner.active.borrow().as_ref().map(|active| active.id) == Some(session)
     }
 
     fn on_answer(&self, peer: NodeId, want: Want, bytes: Buf) {
@@ -783,13 +802,8 @@ impl StateSync {
         }
     }
 
-    /// What the work on a chunk's answer found. An outcome of a session abandoned meanwhile
-    /// (its chunk indices name another manifest's chunks, its writes another scratch) is moot.
-    fn on_chunk(&self, session: u64, peer: NodeId, chunk: u32, verdict: io::Result<ChunkVerdict>) {
-        let current = self.inner.active.borrow().as_ref().map(|active| active.id);
-        if current != Some(session) {
-            return;
-        }
+    /// What the work on a chunk's answer of the current session found.
+    fn on_chunk(&self, peer: NodeId, chunk: u32, verdict: io::Result<ChunkVerdict>) {
         let verdict = match verdict {
             Ok(verdict) => verdict,
             Err(error) => {
@@ -1133,25 +1147,25 @@ impl StateSync {
             let Want::Chunk(chunk) = want else {
                 self.spawn_task(async move {
                     let rpc = transport.rpc(peer, MANIFEST_ROUTE, Priority::Normal, body);
-                    match timeout(&*runtime, timeout_after, rpc).await {
-                        Some(Ok(bytes)) => Outcome::Answer {
-                            task,
-                            peer,
-                            want,
-                            bytes,
-                        },
-                        Some(Err(error)) => Outcome::Failed {
-                            task,
-                            peer,
-                            want,
-                            failure: failure_of(&error),
-                        },
-                        None => Outcome::Failed {
-                            task,
-                            peer,
-                            want,
-                            failure: Failure::Timeout,
-                        },
+                    let failure = match timeout(&*runtime, timeout_after, rpc).await {
+                        Some(Ok(bytes)) => {
+                            return Outcome::Answer {
+                                task,
+                                session,
+                                peer,
+                                want,
+                                bytes,
+                            }
+                        }
+                        Some(Err(error)) => failure_of(&error),
+                        None => Failure::Timeout,
+                    };
+                    Outcome::Failed {
+                        task,
+                        session,
+                        peer,
+                        want,
+                        failure,
                     }
                 });
                 continue;
@@ -1162,6 +1176,7 @@ impl StateSync {
                 self.spawn_task(async move {
                     Outcome::Failed {
                         task,
+                        session,
                         peer,
                         want,
                         failure: Failure::Transport,
@@ -1190,6 +1205,7 @@ impl StateSync {
                 };
                 Outcome::Failed {
                     task,
+                    session,
                     peer,
                     want,
                     failure,
