@@ -29,7 +29,7 @@ type QuicReading = fn(&QuicTransport) -> u64;
 type TcpReading = fn(&TcpTransport) -> u64;
 
 /// Counters only the QUIC transport keeps: (name, help, reading).
-const QUIC_COUNTERS: [(&str, &str, QuicReading); 13] = [
+const QUIC_COUNTERS: [(&str, &str, QuicReading); 14] = [
     (
         "icn_quic_handshakes_refused_total",
         "QUIC handshakes that completed but whose peer was refused (wrong node, dialer or shard).",
@@ -79,6 +79,11 @@ const QUIC_COUNTERS: [(&str, &str, QuicReading); 13] = [
         "icn_quic_oversized_messages_total",
         "RPC messages over rpc.message_bytes_max refused on QUIC.",
         |t| t.stats().oversized_messages.get(),
+    ),
+    (
+        "icn_quic_flushes_retried_total",
+        "Flushes that found packets only after asking quiche again past a stale stream.",
+        |t| t.stats().flushes_retried.get(),
     ),
     (
         "icn_udp_sent_bytes_total",
