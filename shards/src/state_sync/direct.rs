@@ -12,7 +12,8 @@
 //! `O_DIRECT` by a writer thread; the rest (small grouped files, unaligned tails) stay buffered.
 //!
 //! The writes block, so they run on [`WRITER_THREADS`] threads, never on a shard; a shard
-//! awaits each write's answer on a one-shot channel. A file system without `O_DIRECT` (tmpfs
+//! awaits each write's answer on a one-shot channel. The state sync service starts them with
+//! the first chunk it writes, so a node that only serves never runs them. A file system without `O_DIRECT` (tmpfs
 //! refuses the open with `EINVAL`) gets a buffered write from the same thread.
 //!
 //! Bounds: jobs queue on a channel of `queue_max` entries (the state sync's chunk window, so it

@@ -218,9 +218,9 @@ struct Inner {
     runtime: Rc<dyn Runtime>,
     io: FileIo,
     store: RefCell<CheckpointStore>,
-    /// Direct (`O_DIRECT`) writes of aligned chunks with `FileIo::Glommio`; None under the
-    /// simulator or where its threads could not start.
-    direct: Option<DirectWriter>,
+    /// Direct (`O_DIRECT`) writes of aligned chunks with `FileIo::Glommio`, started with the
+    /// first chunk this node writes (see [`Inner::direct_writer`]).
+    direct: RefCell<Direct>,
     penalties: PenaltySink,
     progress: RefCell<Option<ProgressSink>>,
     /// Per peer, its newest adverts (at most `peer_adverts_max`), newest first.
@@ -238,6 +238,46 @@ struct Inner {
     encoder: RefCell<Encoder>,
 }
 
+/// Where a node's direct writes stand.
+enum Direct {
+    /// Not needed yet: a node that only serves never starts the writer threads.
+    NotStarted,
+    Running(DirectWriter),
+    /// The simulator's `FileIo::Std`, or the threads could not start: chunks are written
+    /// through the page cache.
+    Unavailable,
+}
+
+impl Inner {
+    /// The direct writer, its threads started on the first call (the first chunk this node
+    /// writes); None under the simulator or where the threads could not start (said once).
+    fn direct_writer(&self) -> Option<DirectWriter> {
+        let mut direct = self.direct.borrow_mut();
+        if matches!(*direct, Direct::NotStarted) {
+            *direct = match self.io {
+                FileIo::Std => Direct::Unavailable,
+                FileIo::Glommio => match DirectWriter::start(
+                    self.config.session.chunks_in_flight_max,
+                    self.config.chunk_bytes as usize,
+                ) {
+                    Ok(writer) => Direct::Running(writer),
+                    Err(error) => {
+                        eprintln!(
+                            "icn: state sync: no direct-write threads ({error}); chunks are \
+                             written through the page cache"
+                        );
+                        Direct::Unavailable
+                    }
+                },
+            };
+        }
+        match &*direct {
+            Direct::Running(writer) => Some(writer.clone()),
+            Direct::NotStarted | Direct::Unavailable => None,
+        }
+    }
+}
+
 /// The state sync service of a node (see the module docs). Cheap to clone.
 #[derive(Clone)]
 pub struct StateSync {
@@ -253,24 +293,6 @@ impl StateSync {
         store: CheckpointStore,
         penalties: PenaltySink,
     ) -> StateSync {
-        let direct = match io {
-            FileIo::Std => None,
-            FileIo::Glommio => {
-                match DirectWriter::start(
-                    config.session.chunks_in_flight_max,
-                    config.chunk_bytes as usize,
-                ) {
-                    Ok(writer) => Some(writer),
-                    Err(error) => {
-                        eprintln!(
-                            "icn: state sync: no direct-write threads ({error}); chunks are \
-                             written through the page cache"
-                        );
-                        None
-                    }
-                }
-            }
-        };
         StateSync {
             inner: Rc::new(Inner {
                 local,
@@ -278,7 +300,7 @@ impl StateSync {
                 runtime,
                 io,
                 store: RefCell::new(store),
-                direct,
+                direct: RefCell::new(Direct::NotStarted),
                 penalties,
                 progress: RefCell::new(None),
                 adverts: RefCell::new(HashMap::new()),
@@ -1233,7 +1255,7 @@ impl StateSync {
             (check, paths, segments)
         };
         let io = self.inner.io;
-        let direct = self.inner.direct.clone();
+        let direct = self.inner.direct_writer();
         let (send, verdict) = oneshot::channel();
         let work: AnswerWork = Box::new(move |bytes: Buf| {
             Box::pin(async move {
