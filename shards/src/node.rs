@@ -6,8 +6,11 @@
 //!
 //! With QUIC the node runs `engine.shard_count` shards (0: one per core) on one steered UDP port
 //! (`icn_engine::transport::quic_shards`): every other shard runs the QUIC endpoint of the peers
-//! it owns and its own metrics, and forwards their requests to the home shard. TCP runs on the
-//! home shard alone (its connections cannot be steered by content).
+//! it owns and its own metrics, and forwards their requests to the home shard. Every shard also
+//! serves the public HTTP API on the same `http_addr` (one SO_REUSEPORT listener each, the
+//! kernel spreading connections over them); the other shards hand their backend calls to the
+//! home shard's replica (`http::remote`). TCP runs on the home shard alone (its connections
+//! cannot be steered by content).
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -33,13 +36,15 @@ use icn_engine::transport::quic_shards::{
 };
 use icn_engine::udp::{BoundSocket, SteeredPort, UdpConfig};
 use icn_engine::{Buf, NodeId, RequestContext, Route, Router, RpcError};
-use icn_tuning::{LoadError, Tuning};
+use icn_tuning::{HttpTuning, LoadError, Tuning};
 
 use crate::consensus_manager::driver::PenaltySink;
 use crate::consensus_manager::Offence;
+use crate::http::remote::{HomeBackend, RemoteBackend, StatusBoard};
 use crate::http::tls::api_tls_context;
 use crate::http::{
-    system_clock, CpuPool, HttpDeps, HttpMetricIds, HttpMetrics, HttpServer, NoReplica,
+    system_clock, BackendStatus, CpuPool, HttpDeps, HttpMetricIds, HttpMetrics, HttpServer,
+    NoReplica,
 };
 use crate::node_config::{NodeConfig, TransportKind};
 use crate::node_metrics::{NodeMetricIds, ServiceMetrics, StatsSampler};
@@ -136,6 +141,19 @@ struct NodeParts {
     metrics: MetricsParts,
     /// The home shard's part of a QUIC transport over several shards.
     quic: Option<HomeQuicParts>,
+    /// What the shards serving the API share, when several do.
+    api: Option<ApiShared>,
+}
+
+/// What the shards serving the public HTTP API share when a QUIC node runs several shards:
+/// each binds `addr` (SO_REUSEPORT, the kernel spreads connections over them) with the
+/// `[http]` limits, which are per shard; all use the node's verification pool, and the
+/// shards other than home hand their backend calls to the home shard (`http::remote`).
+#[derive(Clone)]
+struct ApiShared {
+    addr: std::net::SocketAddr,
+    pool: Arc<CpuPool>,
+    status: StatusBoard,
 }
 
 /// The node's metrics schema, shared by its shards, and the ids of its families.
@@ -190,6 +208,8 @@ struct QuicShardParts {
     config: QuicConfig,
     shared: Arc<QuicShardsShared>,
     metrics: MetricsParts,
+    /// The node's HTTP tuning and the API's shared parts, when this node serves the API.
+    api: Option<(HttpTuning, ApiShared)>,
 }
 
 /// How many shards a node of `transport` runs: QUIC spreads its peers over
@@ -246,6 +266,18 @@ pub fn run_node(config: &NodeConfig, shutdown: Shutdown) -> Result<(), NodeError
     };
     let metrics = MetricsParts::declare(&tuning, config.transport, shards)?;
     let identity = Arc::new(identity);
+    let api = match (http_addr, &http_pool) {
+        (Some(addr), Some(pool)) if shards > 1 => Some(ApiShared {
+            addr,
+            pool: pool.clone(),
+            // Until the home shard's first copy (within `http::remote::STATUS_REFRESH`).
+            status: Arc::new(Mutex::new(BackendStatus {
+                replica_health_status: "starting",
+                ..BackendStatus::default()
+            })),
+        }),
+        _ => None,
+    };
     let mut owners: Vec<Option<QuicShardParts>> = Vec::new();
     let quic = if shards > 1 {
         let addr = record.quic_addr;
@@ -272,6 +304,7 @@ pub fn run_node(config: &NodeConfig, shutdown: Shutdown) -> Result<(), NodeError
                 }),
                 shared: shared.clone(),
                 metrics: metrics.clone(),
+                api: api.clone().map(|api| (tuning.http, api)),
             }));
         }
         Some(HomeQuicParts {
@@ -290,6 +323,7 @@ pub fn run_node(config: &NodeConfig, shutdown: Shutdown) -> Result<(), NodeError
         http_pool,
         metrics,
         quic,
+        api,
     })));
     let owners = Arc::new(Mutex::new(owners));
     let results =
@@ -330,6 +364,7 @@ async fn run_quic_shard(
         config,
         shared,
         metrics,
+        api,
     } = parts;
     let verifier = tls::registry_verifier(registry, subnet);
     let server =
@@ -346,6 +381,17 @@ async fn run_quic_shard(
     )
     .map_err(StartError::from)?;
     let shard_metrics = ShardMetrics::new(metrics.schema.clone(), ctx.index);
+    let _api = match api {
+        Some((tuning, api)) => Some(start_shard_api(
+            &ctx,
+            &identity,
+            tuning,
+            api,
+            &metrics,
+            &shard_metrics,
+        )?),
+        None => None,
+    };
     let sampler = StatsSampler::for_quic_shard(transport.clone(), &metrics.ids, &shard_metrics);
     let publisher = {
         let shared = shared.clone();
@@ -438,6 +484,7 @@ async fn run_shard(ctx: Rc<ShardContext<ShardMessage>>, parts: NodeParts) -> Res
         http_pool,
         metrics,
         quic,
+        api,
     } = parts;
     let registry = watcher.current();
     let local_id = identity.node_id();
@@ -574,12 +621,14 @@ async fn run_shard(ctx: Rc<ShardContext<ShardMessage>>, parts: NodeParts) -> Res
     }
     let _api = match (record.http_addr, http_pool) {
         (Some(addr), Some(pool)) => Some(start_api(
+            &ctx,
             addr,
             &tuning,
             &identity,
             pool,
             node.clone(),
             &http_ids,
+            api.as_ref(),
         )?),
         _ => None,
     };
@@ -616,6 +665,7 @@ async fn run_shard(ctx: Rc<ShardContext<ShardMessage>>, parts: NodeParts) -> Res
     );
 
     ctx.shutdown.wait().await;
+    HomeBackend::remove();
     if let Some(replica) = &node.replica {
         replica.stop().await;
     }
@@ -674,23 +724,32 @@ fn start_admin(
         .map_err(|source| NodeError::Admin { addr, source })
 }
 
-/// Starts the public HTTP API on this shard (its own SO_REUSEPORT listener) in front of
-/// [`NoReplica`]: status, admission, decoding and signature checks are live; requests that
-/// need a replica get 503 until the reference replica lands. Clients that open with a TLS
-/// handshake get TLS 1.3 with the node's certificate; others get plaintext.
+/// Starts the public HTTP API on the home shard (its own SO_REUSEPORT listener) in front of
+/// the reference replica, or of [`NoReplica`] without the subnet key (status, admission,
+/// decoding and signature checks are live; requests that need a replica get 503). Clients
+/// that open with a TLS handshake get TLS 1.3 with the node's certificate; others get
+/// plaintext. With `shared` (several shards serve the API) its backend is also installed for
+/// the other shards' requests, and its status published for them.
+#[allow(clippy::too_many_arguments)]
 fn start_api(
+    ctx: &ShardContext<ShardMessage>,
     addr: std::net::SocketAddr,
     tuning: &Tuning,
     identity: &Identity,
     pool: Arc<CpuPool>,
     node: Rc<NodeShard>,
     ids: &HttpMetricIds,
+    shared: Option<&ApiShared>,
 ) -> Result<HttpServer, NodeError> {
     let http_error = |source| NodeError::Http { addr, source };
     let backend: Rc<dyn crate::http::Backend> = match &node.replica {
         Some(replica) => Rc::new(ReplicaBackend(replica.clone())),
         None => Rc::new(NoReplica),
     };
+    if let Some(shared) = shared {
+        HomeBackend::install(backend.clone());
+        spawn_until_shutdown(ctx, HomeBackend::publish_status(shared.status.clone()));
+    }
     let deps = HttpDeps {
         backend,
         pool,
@@ -703,6 +762,32 @@ fn start_api(
         tls: Some(api_tls_context(identity).map_err(|e| http_error(std::io::Error::other(e)))?),
     };
     HttpServer::start(addr, tuning.http, deps).map_err(http_error)
+}
+
+/// Starts the public HTTP API on a shard other than the home shard: the same server as the
+/// home shard's, with the same per-shard limits, in front of a [`RemoteBackend`] that hands
+/// every request to the home shard's backend. Its `/metrics` renders the node's metrics as
+/// last published.
+fn start_shard_api(
+    ctx: &Rc<ShardContext<ShardMessage>>,
+    identity: &Identity,
+    tuning: HttpTuning,
+    shared: ApiShared,
+    metrics: &MetricsParts,
+    shard_metrics: &ShardMetrics,
+) -> Result<HttpServer, NodeError> {
+    let addr = shared.addr;
+    let http_error = |source| NodeError::Http { addr, source };
+    let collector = metrics.collector.clone();
+    let deps = HttpDeps {
+        backend: Rc::new(RemoteBackend::new(ctx.clone(), shared.status.clone())),
+        pool: shared.pool.clone(),
+        metrics: HttpMetrics::new(&metrics.http, shard_metrics),
+        render_metrics: Rc::new(move || collector.render()),
+        clock: system_clock(),
+        tls: Some(api_tls_context(identity).map_err(|e| http_error(std::io::Error::other(e)))?),
+    };
+    HttpServer::start(addr, tuning, deps).map_err(http_error)
 }
 
 async fn publish_loop(node: Rc<NodeShard>, interval: Duration) {

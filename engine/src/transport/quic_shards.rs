@@ -16,7 +16,9 @@
 //!   connection opens or closes and every [`PUBLISH_INTERVAL`], so [`Transport::peers`] on the
 //!   home shard lists the whole node's connections;
 //! - a new allowed set (registry version, peer manager) is stored once and every shard applies
-//!   the peers it owns.
+//!   the peers it owns;
+//! - other work for the home shard's services (the HTTP API's backend calls from the other
+//!   shards) crosses as [`ShardMessage::Home`] and runs on the home shard's thread.
 //!
 //! Bodies cross shards as refcounted [`Buf`]s, never copied. Dropping a crossing call on either
 //! side cancels the other side: the waiting end's receiver is dropped, and the working end races
@@ -81,7 +83,15 @@ pub enum ShardMessage {
     },
     /// Home shard to owner: the allowed set changed (read it from [`QuicShardsShared`]).
     AllowedChanged,
+    /// Another shard to the home shard: work for the home shard's services (the node's HTTP
+    /// API on another shard hands its backend calls over this way). It runs on the home
+    /// shard's thread as soon as it is received; anything long it must spawn.
+    Home(HomeWork),
 }
+
+/// Work one shard hands the home shard ([`ShardMessage::Home`]): it is `Send` to cross, and
+/// finds the home shard's (non-`Send`) services there, in thread-local state.
+pub type HomeWork = Box<dyn FnOnce() + Send>;
 
 /// One connected peer as its shard last published it.
 #[derive(Clone, Copy, Debug)]
@@ -382,6 +392,9 @@ pub async fn run_owner_shard(
                     "only the home shard serves requests".into(),
                 )));
             }
+            // Only the home shard has the services home work is for: dropping it drops the
+            // reply channel it carries, which its sender sees as the call failing.
+            ShardMessage::Home(_) => {}
         }
     }
 }
@@ -446,6 +459,7 @@ async fn serve_forwarded(ctx: Rc<ShardContext<ShardMessage>>, source: usize, rou
                 )));
             }
             ShardMessage::AllowedChanged => {}
+            ShardMessage::Home(work) => work(),
         }
     }
 }

@@ -16,7 +16,8 @@
 //! - [`batch`]: queries' and read_state requests' Ed25519 signatures verified in batches on
 //!   the pool while requests wait for a thread.
 //! - [`backend`]: the [`Backend`] trait the replica implements, with typed requests and
-//!   replies. [`metrics`]: the `icn_http_*` families.
+//!   replies. [`remote`]: the backend of the shards other than the home shard, which hands
+//!   requests to the home shard's. [`metrics`]: the `icn_http_*` families.
 //!
 //! - [`tls`]: TLS 1.3 with BoringSSL over in-memory buffers, as a stream hyper can drive; a
 //!   connection whose first byte is a TLS handshake record gets TLS when the server has a
@@ -31,6 +32,7 @@ pub mod batch;
 pub mod io;
 pub mod metrics;
 pub mod pool;
+pub mod remote;
 pub mod routes;
 pub mod server;
 pub mod service;

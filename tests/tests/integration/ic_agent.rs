@@ -579,6 +579,55 @@ fn the_same_signed_update_sent_to_two_nodes_executes_once() {
     });
 }
 
+/// A QUIC node serves the API on every shard (one SO_REUSEPORT listener each), and the shards
+/// other than home hand their requests to the home shard's replica. Agents each with a client
+/// of their own (own connection) land on either shard as the kernel spreads them; all get the
+/// same verified answers, an update through one is seen by all, and both shards hold open
+/// API connections.
+#[test]
+fn every_shard_of_a_node_serves_the_api_in_front_of_the_home_shards_replica() {
+    // With 24 connections, all on one of the two shards has odds of 2 in 2^24.
+    const AGENTS: usize = 24;
+    let _heavy = icn_tests::heavy_test_lock();
+    let subnet = ProcessSubnet::start_some(
+        "ic-agent-shards",
+        NODES,
+        NODES,
+        "[engine]\nshard_count = 2\n",
+    );
+    run(async {
+        let mut agents = Vec::new();
+        for _ in 0..AGENTS {
+            let agent = replica_agent(&subnet, 2, Some(ed25519_identity())).await;
+            assert_eq!(counter_value(&agent).await, 0);
+            agents.push(agent);
+        }
+        let reply = agents[AGENTS - 1]
+            .update(&counter(), "increment")
+            .with_arg(Encode!().unwrap())
+            .call_and_wait()
+            .await
+            .expect("increment");
+        assert_eq!(decode_nat64(&reply), 1);
+        for agent in &agents {
+            assert_eq!(counter_value(agent).await, 1);
+        }
+        // The agents' connections stay open (keep-alive); the gauge is published every second.
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        let answer = request(subnet.http_addr(2), "GET", "/metrics", None);
+        let text = String::from_utf8_lossy(&answer.body).into_owned();
+        for shard in 0..2 {
+            let prefix = format!("icn_http_connections{{shard=\"{shard}\"}} ");
+            let open = text
+                .lines()
+                .find_map(|line| line.strip_prefix(prefix.as_str()))
+                .and_then(|value| value.trim().parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("no {prefix}in the metrics"));
+            assert!(open >= 1.0, "shard {shard} holds no API connection");
+        }
+    });
+}
+
 /// A node's value of an unlabelled metric, read from `/metrics` on its API port.
 fn metric(subnet: &ProcessSubnet, node: usize, name: &str) -> u64 {
     let answer = request(subnet.http_addr(node), "GET", "/metrics", None);
