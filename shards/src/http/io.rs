@@ -13,7 +13,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
+use std::task::{ready, Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncWrite};
@@ -175,12 +175,50 @@ impl Future for Moved<'_> {
 
 /// A byte stream under hyper: `prefix` holds bytes already read while sniffing the protocol,
 /// replayed before the socket is read again.
+///
+/// # Pipelined answers
+///
+/// hyper's HTTP/1.1 server sends each answer as soon as it is ready and reads the next request
+/// only once that send is done, so a client that pipelines (sends requests without waiting for
+/// the answers, as load and attack tools do) costs one `send` per request; under a flood of
+/// refused requests those sends are most of the server's work. hyper's own remedy
+/// (`pipeline_flush`) skips the flush while request bytes are buffered, also when the
+/// connection then closes, which loses the last answer (a 413 refusing a chunked body, for
+/// one). With [`HyperIo::coalescing`] the adapter coalesces instead, in its own buffer that it
+/// always empties before a shutdown:
+///
+/// - an answer hyper writes is copied to the adapter's buffer (up to [`COALESCE_BYTES_MAX`];
+///   past that the buffer is sent first, and a full socket pushes back on hyper as before);
+/// - a flush while the last read brought bytes is reported done but held back: hyper is
+///   answering requests it had read, and it reads again by itself once it has answered them
+///   all (as it does after any read that was not left waiting), so it goes on to answer the
+///   rest of a pipelined burst;
+/// - the held answers go out with one `send` when hyper reads, when the buffer is full and at
+///   shutdown; a flush after a read that found nothing (hyper waits for the socket) sends at
+///   once.
+///
+/// A client that waits for each answer gets it with hyper's next read, which hyper makes
+/// anyway to find the next request: in the same executor turn, or the next one for a refused
+/// request whose body hyper still has to skip. Held answers ahead of an admitted request wait
+/// for its handler, since hyper reads only after that; hyper's `pipeline_flush` does the same.
 pub struct HyperIo<S> {
     stream: S,
     prefix: Vec<u8>,
     prefix_pos: usize,
     activity: Rc<ConnActivity>,
+    /// Whether pipelined answers are coalesced (HTTP/1.1 only).
+    coalescing: bool,
+    /// Answers written by hyper and not yet sent (coalescing only).
+    out: Vec<u8>,
+    /// Bytes at the front of `out` already sent.
+    out_sent: usize,
+    /// The last read found no bytes: hyper waits for the socket and reads only when woken.
+    read_waiting: bool,
 }
+
+/// The most answer bytes a coalescing [`HyperIo`] holds (its own buffer's bound: about 16
+/// pipelined 429s or query answers).
+pub const COALESCE_BYTES_MAX: usize = 16 << 10;
 
 impl<S> HyperIo<S> {
     pub fn new(stream: S, prefix: Vec<u8>, activity: Rc<ConnActivity>) -> HyperIo<S> {
@@ -189,17 +227,63 @@ impl<S> HyperIo<S> {
             prefix,
             prefix_pos: 0,
             activity,
+            coalescing: false,
+            out: Vec::new(),
+            out_sent: 0,
+            read_waiting: true,
         }
+    }
+
+    /// Coalesces the answers to pipelined requests (type docs, "Pipelined answers"): for
+    /// HTTP/1.1, whose answers go out in request order anyway.
+    pub fn coalescing(mut self, enabled: bool) -> HyperIo<S> {
+        self.coalescing = enabled;
+        self
+    }
+
+    /// Whether this flush may be held back: the last read brought bytes (so hyper reads again
+    /// by itself once it has answered what it holds) and no handler of this connection is
+    /// running (hyper is not about to wait for one).
+    fn hold_flush(&self) -> bool {
+        !self.read_waiting
     }
 }
 
-impl<S: AsyncRead + Unpin> hyper::rt::Read for HyperIo<S> {
+impl<S: AsyncWrite + Unpin> HyperIo<S> {
+    /// Sends what `out` holds; Pending while the socket is full.
+    fn poll_send_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.out_sent < self.out.len() {
+            match Pin::new(&mut self.stream).poll_write(cx, &self.out[self.out_sent..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    self.out_sent += n;
+                    self.activity.last_progress.set(Instant::now());
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        self.out.clear();
+        self.out_sent = 0;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> hyper::rt::Read for HyperIo<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         mut buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.coalescing && this.out_sent < this.out.len() {
+            // hyper wants more request bytes: it has answered every request it had, so send
+            // the answers first. A full socket does not stop the read (the client may be
+            // sending before it reads).
+            if let Poll::Ready(Err(e)) = this.poll_send_out(cx) {
+                return Poll::Ready(Err(e));
+            }
+        }
         if this.prefix_pos < this.prefix.len() {
             let rest = &this.prefix[this.prefix_pos..];
             let n = rest.len().min(buf.remaining());
@@ -209,6 +293,7 @@ impl<S: AsyncRead + Unpin> hyper::rt::Read for HyperIo<S> {
                 this.prefix = Vec::new();
                 this.prefix_pos = 0;
             }
+            this.read_waiting = false;
             return Poll::Ready(Ok(()));
         }
         // SAFETY: we only write initialised bytes into the cursor's spare capacity (the chunk
@@ -221,7 +306,9 @@ impl<S: AsyncRead + Unpin> hyper::rt::Read for HyperIo<S> {
         }
         // SAFETY: every byte of `chunk` was initialised just above.
         let chunk: &mut [u8] = unsafe { &mut *(chunk as *mut [MaybeUninit<u8>] as *mut [u8]) };
-        match Pin::new(&mut this.stream).poll_read(cx, chunk) {
+        let read = Pin::new(&mut this.stream).poll_read(cx, chunk);
+        this.read_waiting = read.is_pending();
+        match read {
             Poll::Ready(Ok(n)) => {
                 if n > 0 {
                     this.activity.note_read(Instant::now());
@@ -243,6 +330,15 @@ impl<S: AsyncWrite + Unpin> hyper::rt::Write for HyperIo<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if this.coalescing {
+            if this.out.len() + buf.len() > COALESCE_BYTES_MAX {
+                ready!(this.poll_send_out(cx))?;
+            }
+            if buf.len() <= COALESCE_BYTES_MAX {
+                this.out.extend_from_slice(buf);
+                return Poll::Ready(Ok(buf.len()));
+            }
+        }
         let result = Pin::new(&mut this.stream).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = &result {
             if *n > 0 {
@@ -253,13 +349,23 @@ impl<S: AsyncWrite + Unpin> hyper::rt::Write for HyperIo<S> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        let this = self.get_mut();
+        if this.coalescing && this.out_sent < this.out.len() {
+            if this.hold_flush() {
+                return Poll::Ready(Ok(()));
+            }
+            ready!(this.poll_send_out(cx))?;
+        }
+        Pin::new(&mut this.stream).poll_flush(cx)
     }
 
-    /// Only flushes: the driver closes the socket itself, after draining unread request
-    /// bytes (see `server::linger`), so that the last answer is not destroyed by a reset.
+    /// Sends what is held and flushes; the driver closes the socket itself, after draining
+    /// unread request bytes (see `server::linger`), so that the last answer is not destroyed
+    /// by a reset.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        let this = self.get_mut();
+        ready!(this.poll_send_out(cx))?;
+        Pin::new(&mut this.stream).poll_flush(cx)
     }
 }
 
@@ -311,6 +417,128 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::VecDeque;
+
+    /// A socket double: each read hands out the next scripted chunk (`None`: no bytes yet, so
+    /// Pending), each write is recorded whole.
+    #[derive(Default)]
+    struct Scripted {
+        reads: VecDeque<Option<Vec<u8>>>,
+        writes: Vec<Vec<u8>>,
+    }
+
+    impl AsyncRead for Scripted {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
+            match self.get_mut().reads.pop_front() {
+                Some(Some(bytes)) => {
+                    buf[..bytes.len()].copy_from_slice(&bytes);
+                    Poll::Ready(Ok(bytes.len()))
+                }
+                _ => Poll::Pending,
+            }
+        }
+    }
+
+    impl AsyncWrite for Scripted {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.get_mut().writes.push(buf.to_vec());
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn read(io: &mut HyperIo<Scripted>) -> Poll<usize> {
+        use hyper::rt::Read;
+        let mut storage = [MaybeUninit::<u8>::uninit(); 256];
+        let mut buf = hyper::rt::ReadBuf::uninit(&mut storage);
+        let mut cx = Context::from_waker(Waker::noop());
+        Pin::new(io)
+            .poll_read(&mut cx, buf.unfilled())
+            .map(|r| r.map(|()| buf.filled().len()).unwrap())
+    }
+
+    fn answer(io: &mut HyperIo<Scripted>, bytes: &[u8]) {
+        use hyper::rt::Write;
+        let mut cx = Context::from_waker(Waker::noop());
+        let written = Pin::new(&mut *io).poll_write(&mut cx, bytes);
+        assert!(matches!(written, Poll::Ready(Ok(n)) if n == bytes.len()));
+        assert!(matches!(
+            Pin::new(io).poll_flush(&mut cx),
+            Poll::Ready(Ok(()))
+        ));
+    }
+
+    fn written(io: &HyperIo<Scripted>) -> Vec<&[u8]> {
+        io.stream.writes.iter().map(Vec::as_slice).collect()
+    }
+
+    #[test]
+    fn pipelined_answers_go_out_together_when_hyper_reads_again() {
+        let stream = Scripted {
+            reads: VecDeque::from([Some(b"two requests".to_vec()), None, Some(b"one".to_vec())]),
+            ..Scripted::default()
+        };
+        let activity = ConnActivity::new(Instant::now());
+        let mut io = HyperIo::new(stream, Vec::new(), activity.clone()).coalescing(true);
+        assert_eq!(read(&mut io), Poll::Ready(12));
+        // Answers to requests hyper already holds: held while it answers the rest.
+        answer(&mut io, b"A");
+        answer(&mut io, b"B");
+        assert!(written(&io).is_empty());
+        // hyper asks for more bytes: the held answers go out first, in one send.
+        assert_eq!(read(&mut io), Poll::Pending);
+        assert_eq!(written(&io), [b"AB"]);
+        // After a read that found nothing, an answer goes out at once.
+        answer(&mut io, b"C");
+        assert_eq!(written(&io), [&b"AB"[..], b"C"]);
+        // A held answer is sent at shutdown (an answer that closes the connection).
+        assert_eq!(read(&mut io), Poll::Ready(3));
+        answer(&mut io, b"D");
+        assert_eq!(written(&io).len(), 2);
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(hyper::rt::Write::poll_shutdown(Pin::new(&mut io), &mut cx).is_ready());
+        assert_eq!(written(&io), [&b"AB"[..], b"C", b"D"]);
+    }
+
+    #[test]
+    fn the_hold_is_bounded_and_off_without_coalescing() {
+        let big = vec![7u8; COALESCE_BYTES_MAX + 1];
+        let stream = Scripted {
+            reads: VecDeque::from([Some(b"requests".to_vec())]),
+            ..Scripted::default()
+        };
+        let mut io =
+            HyperIo::new(stream, Vec::new(), ConnActivity::new(Instant::now())).coalescing(true);
+        assert_eq!(read(&mut io), Poll::Ready(8));
+        answer(&mut io, b"A");
+        assert!(written(&io).is_empty());
+        // An answer past the buffer's bound: what is held goes first, then the answer itself.
+        answer(&mut io, &big);
+        assert_eq!(written(&io), [&b"A"[..], &big[..]]);
+        // Without coalescing (HTTP/2) every write reaches the socket as it comes.
+        let stream = Scripted {
+            reads: VecDeque::from([Some(b"frames".to_vec())]),
+            ..Scripted::default()
+        };
+        let mut io = HyperIo::new(stream, Vec::new(), ConnActivity::new(Instant::now()));
+        assert_eq!(read(&mut io), Poll::Ready(6));
+        answer(&mut io, b"A");
+        answer(&mut io, b"B");
+        assert_eq!(written(&io), [b"A", b"B"]);
+    }
 
     #[test]
     fn header_clock_runs_only_between_requests() {

@@ -158,7 +158,7 @@ async fn serve_connection(state: Rc<ServerState>, stream: TcpStream) {
                         return;
                     };
                     let is_h2 = tls.alpn() == Some(b"h2");
-                    let io = HyperIo::new(tls, Vec::new(), activity.clone());
+                    let io = HyperIo::new(tls, Vec::new(), activity.clone()).coalescing(!is_h2);
                     serve_http(io, is_h2, state, activity).await;
                     return;
                 }
@@ -167,7 +167,7 @@ async fn serve_connection(state: Rc<ServerState>, stream: TcpStream) {
                 return;
             };
             let is_h2 = prefix == H2_PREFACE;
-            let io = HyperIo::new(stream, prefix, activity.clone());
+            let io = HyperIo::new(stream, prefix, activity.clone()).coalescing(!is_h2);
             serve_http(io, is_h2, state, activity).await;
         }
     };

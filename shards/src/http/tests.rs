@@ -267,6 +267,76 @@ fn body_size_boundary_is_exact_and_chunked_bodies_are_cut_too() {
     assert_eq!(answer.status, 413);
 }
 
+/// (status, whether the answer says `connection: close`) of each answer in `bytes`, which
+/// must hold whole answers with Content-Length bodies.
+fn statuses_in(mut bytes: &[u8]) -> Vec<(u16, bool)> {
+    let mut answers = Vec::new();
+    while !bytes.is_empty() {
+        let end = bytes
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a whole answer head")
+            + 4;
+        let head = String::from_utf8_lossy(&bytes[..end]).to_ascii_lowercase();
+        let status = head[9..12].parse().unwrap();
+        let length: usize = head
+            .lines()
+            .find_map(|line| line.strip_prefix("content-length:"))
+            .map_or(0, |value| value.trim().parse().unwrap());
+        answers.push((status, head.contains("connection: close")));
+        bytes = &bytes[end + length..];
+    }
+    answers
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order_up_to_a_closing_refusal() {
+    let tuning = test_tuning();
+    let server = ServerThread::start(tuning, ScriptConfig::default());
+    let body = call_envelope(None, true, test_canister(), "get", b"", fresh_expiry());
+    // One write: the server reads the requests together and answers them in one burst
+    // (HyperIo's coalescing). The last answer closes the connection with request bytes still
+    // unread, which is where a deferred flush can lose it (hyper's own `pipeline_flush` does).
+    let mut burst = Vec::new();
+    for _ in 0..3 {
+        burst.extend(request_bytes("GET", "/api/v2/status", None));
+    }
+    for _ in 0..2 {
+        burst.extend(request_bytes("POST", &query_path(), Some(&body)));
+    }
+    burst.extend(request_bytes("GET", "/nope", None));
+    // A chunked body over the maximum: refused with 413 once the chunks pass it.
+    burst.extend(
+        format!(
+            "POST {} HTTP/1.1\r\nHost: t\r\nContent-Type: application/cbor\r\nTransfer-Encoding: chunked\r\n\r\n",
+            query_path()
+        )
+        .into_bytes(),
+    );
+    let chunk = vec![b'a'; 16 << 10];
+    for _ in 0..(tuning.body_bytes_max / chunk.len() + 1) {
+        burst.extend(format!("{:x}\r\n", chunk.len()).into_bytes());
+        burst.extend(&chunk);
+        burst.extend(b"\r\n");
+    }
+    let mut stream = connect(server.addr);
+    stream.write_all(&burst).unwrap();
+    let mut answers = Vec::new();
+    stream.read_to_end(&mut answers).unwrap();
+    assert_eq!(
+        statuses_in(&answers),
+        [
+            (200, false),
+            (200, false),
+            (200, false),
+            (200, false),
+            (200, false),
+            (404, false),
+            (413, true)
+        ]
+    );
+}
+
 #[test]
 fn a_slow_body_gets_408_within_the_body_deadline() {
     let tuning = test_tuning();
