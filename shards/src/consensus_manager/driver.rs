@@ -13,7 +13,7 @@
 //! updates are refused as busy (the sender retries), so nothing is lost and nothing grows.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -30,6 +30,7 @@ use super::wire::{
     self, decode_batch_answer, decode_fetch, decode_fetch_batch, decode_updates,
     encode_batch_answer, encode_fetch, encode_fetch_batch, encode_updates,
 };
+use super::LocalMap;
 use super::{Backoff, ReceiverStats, SenderStats};
 use crate::artifact::{Artifact, ArtifactId, ArtifactKind, ArtifactPool, Transmit};
 use crate::runtime::{timeout, Runtime, TaskHandle};
@@ -131,8 +132,8 @@ struct Inner {
     wake: Signal,
     update_outcomes: RefCell<Vec<(Vec<OutboundUpdate>, bool, u64)>>,
     fetch_outcomes: RefCell<Vec<(FetchId, FetchOutcome)>>,
-    update_tasks: RefCell<HashMap<u64, TaskHandle>>,
-    fetch_tasks: RefCell<HashMap<FetchId, TaskHandle>>,
+    update_tasks: RefCell<LocalMap<u64, TaskHandle>>,
+    fetch_tasks: RefCell<LocalMap<FetchId, TaskHandle>>,
     next_update_task: Cell<u64>,
     stopped: Cell<bool>,
     loop_task: RefCell<Option<TaskHandle>>,
@@ -166,8 +167,8 @@ impl ConsensusManager {
             wake: Signal::new(),
             update_outcomes: RefCell::new(Vec::new()),
             fetch_outcomes: RefCell::new(Vec::new()),
-            update_tasks: RefCell::new(HashMap::new()),
-            fetch_tasks: RefCell::new(HashMap::new()),
+            update_tasks: RefCell::new(LocalMap::default()),
+            fetch_tasks: RefCell::new(LocalMap::default()),
             next_update_task: Cell::new(0),
             stopped: Cell::new(false),
             loop_task: RefCell::new(None),

@@ -23,6 +23,7 @@ pub mod receiver;
 pub mod sender;
 pub mod wire;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 pub use driver::{ConsensusManager, GossipConfig, GossipHandle, GossipStats};
@@ -34,6 +35,19 @@ pub use sender::{
     OutboundUpdate, Sender, SenderConfig, SenderStats, ServeError, SlotNumber, SlotTableFull,
     UpdateMessage,
 };
+
+/// A map keyed by what this node assigns (fetch ids, task ids, its own slot numbers) or by the
+/// registry's node ids: FxHash, unseeded and the cheapest to compute (a multiply per word),
+/// which is safe because no remote peer chooses these keys. The maps on the per-artifact path
+/// are looked up several times per artifact per peer, so the hasher shows in the 1 KiB gossip
+/// profile.
+pub(crate) type LocalMap<K, V> = rustc_hash::FxHashMap<K, V>;
+/// A set of [`LocalMap`] keys.
+pub(crate) type LocalSet<K> = rustc_hash::FxHashSet<K>;
+/// A map keyed by what remote peers choose (artifact ids, a peer's slot numbers): foldhash with
+/// a per-process random seed, close to FxHash's speed, where an unseeded hash would let a peer
+/// pick keys that all collide and make every lookup walk its whole (bounded) table.
+pub(crate) type RemoteMap<K, V> = HashMap<K, V, foldhash::quality::RandomState>;
 
 /// Exponential backoff: `initial`, doubling per failure, capped at `max`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -20,14 +20,14 @@
 //!   `fetch_batch_bytes_max` advertised bytes) is one fetch. Each artifact of a batch keeps its
 //!   own outcome: a missing or wrong one is retried and blamed exactly as a single fetch is.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use icn_engine::{Buf, ConnId, NodeId};
 use smallvec::SmallVec;
 
 use super::sender::{SlotNumber, UpdateMessage};
-use super::{Backoff, TokenBucket};
+use super::{Backoff, LocalMap, RemoteMap, TokenBucket};
 use crate::artifact::{Advert, Artifact, ArtifactId, Want};
 
 /// Identifies one fetch (one RPC) started by the downloader.
@@ -178,7 +178,7 @@ const PEERS_INLINE: usize = 8;
 
 struct PeerState {
     conn: ConnId,
-    slots: HashMap<SlotNumber, (u64, ArtifactId, usize)>,
+    slots: RemoteMap<SlotNumber, (u64, ArtifactId, usize)>,
     advert_bytes: usize,
     bucket: TokenBucket,
 }
@@ -246,18 +246,18 @@ struct OpenBatch {
 /// Every peer's adverts for one artifact kind and the downloads they lead to.
 pub struct Receiver {
     config: ReceiverConfig,
-    peers: HashMap<NodeId, PeerState>,
-    tracked: HashMap<ArtifactId, Tracked>,
+    peers: LocalMap<NodeId, PeerState>,
+    tracked: RemoteMap<ArtifactId, Tracked>,
     /// Downloads with work to do, in order: order -> id.
     downloads: BTreeMap<u64, ArtifactId>,
     next_order: u64,
     maybe_later: BTreeSet<(Duration, ArtifactId)>,
     /// Bounded by `downloads_in_flight_max` entries of at most `fetch_batch_artifacts_max` items.
-    fetches: HashMap<FetchId, InFlightFetch>,
+    fetches: LocalMap<FetchId, InFlightFetch>,
     /// Fetches in flight per peer, kept apart from the peer's state so that a reconnect (a new
     /// state) cannot lose count of the old connection's fetches. Only peers with a fetch in
     /// flight have an entry: at most `downloads_in_flight_max`.
-    fetches_by_peer: HashMap<NodeId, usize>,
+    fetches_by_peer: LocalMap<NodeId, usize>,
     next_fetch: u64,
     bucket: TokenBucket,
     events: VecDeque<ReceiverEvent>,
@@ -275,13 +275,13 @@ impl Receiver {
         );
         Receiver {
             config,
-            peers: HashMap::new(),
-            tracked: HashMap::new(),
+            peers: LocalMap::default(),
+            tracked: RemoteMap::default(),
             downloads: BTreeMap::new(),
             next_order: 0,
             maybe_later: BTreeSet::new(),
-            fetches: HashMap::new(),
-            fetches_by_peer: HashMap::new(),
+            fetches: LocalMap::default(),
+            fetches_by_peer: LocalMap::default(),
             next_fetch: 0,
             bucket: TokenBucket::new(config.download_bytes_per_s_max),
             events: VecDeque::new(),
@@ -411,7 +411,7 @@ impl Receiver {
             peer,
             PeerState {
                 conn,
-                slots: HashMap::new(),
+                slots: RemoteMap::default(),
                 advert_bytes: 0,
                 bucket,
             },
@@ -1115,8 +1115,8 @@ impl Receiver {
 /// spread over its advertisers.
 #[allow(clippy::too_many_arguments)]
 fn choose_peer(
-    peers: &HashMap<NodeId, PeerState>,
-    fetches_by_peer: &HashMap<NodeId, usize>,
+    peers: &LocalMap<NodeId, PeerState>,
+    fetches_by_peer: &LocalMap<NodeId, usize>,
     advertisers: &[NodeId],
     download: &Download,
     chunk: usize,
@@ -1162,13 +1162,13 @@ fn choose_peer(
 #[allow(clippy::too_many_arguments)]
 fn place_in_batch(
     config: &ReceiverConfig,
-    peers: &HashMap<NodeId, PeerState>,
+    peers: &LocalMap<NodeId, PeerState>,
     open: &mut SmallVec<[OpenBatch; PEERS_INLINE]>,
     advertisers: &[NodeId],
     download: &Download,
     size_bytes: u64,
     can_open: bool,
-    fetches_by_peer: &HashMap<NodeId, usize>,
+    fetches_by_peer: &LocalMap<NodeId, usize>,
     now: Duration,
 ) -> Option<usize> {
     debug_assert!(

@@ -13,12 +13,12 @@
 //! - A failed update is retried with exponential backoff while the slot still holds the same
 //!   commit; a newer commit supersedes it.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use icn_engine::{Buf, ConnId, NodeId};
 
-use super::Backoff;
+use super::{Backoff, LocalMap, LocalSet, RemoteMap};
 use crate::artifact::{Advert, Artifact, ArtifactId, ArtifactKind};
 
 /// A slot's number in the sender's table.
@@ -106,9 +106,9 @@ struct Outbox {
     conn: ConnId,
     /// Slots to send, in order; `queued` dedups them.
     queue: VecDeque<SlotNumber>,
-    queued: HashSet<SlotNumber>,
+    queued: LocalSet<SlotNumber>,
     /// Updates on the wire: slot -> commit.
-    in_flight: HashMap<SlotNumber, u64>,
+    in_flight: LocalMap<SlotNumber, u64>,
     /// Failed updates waiting to be retried: (when, slot) -> commit.
     retries: BTreeMap<(Duration, SlotNumber), u64>,
     /// Consecutive failures towards this peer, for the backoff.
@@ -120,8 +120,8 @@ impl Outbox {
         Outbox {
             conn,
             queue: VecDeque::new(),
-            queued: HashSet::new(),
-            in_flight: HashMap::new(),
+            queued: LocalSet::default(),
+            in_flight: LocalMap::default(),
             retries: BTreeMap::new(),
             failures: 0,
         }
@@ -150,7 +150,7 @@ pub struct Sender {
     slots: Vec<Option<Slot>>,
     /// Slots never used or cleared, reused before the table grows.
     free: Vec<SlotNumber>,
-    by_id: HashMap<ArtifactId, SlotNumber>,
+    by_id: RemoteMap<ArtifactId, SlotNumber>,
     commit_id: u64,
     outboxes: BTreeMap<NodeId, Outbox>,
     /// Freed slots whose clear is not queued yet: (due, slot, commit of the clear), in due
@@ -170,7 +170,7 @@ impl Sender {
             config,
             slots: Vec::new(),
             free: Vec::new(),
-            by_id: HashMap::new(),
+            by_id: RemoteMap::default(),
             commit_id: 0,
             outboxes: BTreeMap::new(),
             pending_clears: VecDeque::new(),
