@@ -14,8 +14,12 @@
 //! Bounds: a call in flight here holds its class's admission permit on this shard while it
 //! waits. The crossing is bounded by the shard mesh's channel
 //! (`engine.cross_shard_channel_messages_max`; a full channel makes the sender wait, inside the
-//! request's `http.backend_timeout_ms`). A request whose client went away still runs to its
-//! end on the home shard; its answer is dropped.
+//! request's `http.backend_timeout_ms`). The work on the home shard ends with the request
+//! here: when the client goes away or the backend deadline passes, the permit is released and
+//! the home shard drops the work (a synchronous call stops waiting for its certificate; an
+//! ingress message already submitted stays in the pool, as with the home shard's own API). So
+//! the home shard never holds more of the other shards' requests than their gates admit plus
+//! what the channel holds.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -114,13 +118,29 @@ impl RemoteBackend {
 }
 
 /// Spawns `future` on the home shard (the caller is the home shard's message loop) and sends
-/// its output to `reply`.
+/// its output to `reply`. The future is dropped unfinished, or never started, once nobody
+/// awaits the answer: the request's task on its own shard ended (the client went away, or the
+/// backend deadline answered 504), which dropped the receiver.
 fn spawn_answer<T: 'static>(
-    reply: oneshot::Sender<Result<T, BackendError>>,
+    mut reply: oneshot::Sender<Result<T, BackendError>>,
     future: impl std::future::Future<Output = Result<T, BackendError>> + 'static,
 ) {
     glommio::spawn_local(async move {
-        let _ = reply.send(future.await);
+        let outcome = {
+            let abandoned = reply.cancellation();
+            // The abandonment is polled first, so work already abandoned never starts.
+            futures_lite::future::or(
+                async {
+                    abandoned.await;
+                    None
+                },
+                async { Some(future.await) },
+            )
+            .await
+        };
+        if let Some(outcome) = outcome {
+            let _ = reply.send(outcome);
+        }
     })
     .detach();
 }
@@ -152,5 +172,60 @@ impl Backend for RemoteBackend {
         Box::pin(self.on_home(move |backend, reply| {
             spawn_answer(reply, async move { backend.read_state(request).await })
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    /// Sets its flag when dropped: shows whether the work was dropped.
+    struct DropFlag(Rc<Cell<bool>>);
+
+    impl Drop for DropFlag {
+        fn drop(&mut self) {
+            self.0.set(true);
+        }
+    }
+
+    #[test]
+    fn home_work_stops_when_nobody_awaits_its_answer() {
+        glommio::LocalExecutorBuilder::default()
+            .io_memory(256 << 10)
+            .make()
+            .unwrap()
+            .run(async {
+                // Abandoned while running: the waiting work is dropped unfinished.
+                let (reply, answer) = oneshot::channel::<Result<u32, BackendError>>();
+                let (dropped, finished) = (Rc::new(Cell::new(false)), Rc::new(Cell::new(false)));
+                let (guard, done) = (DropFlag(dropped.clone()), finished.clone());
+                spawn_answer(reply, async move {
+                    let _guard = guard;
+                    glommio::timer::sleep(Duration::from_secs(30)).await;
+                    done.set(true);
+                    Ok(1)
+                });
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+                assert!(!dropped.get());
+                drop(answer);
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+                assert!(dropped.get() && !finished.get());
+                // Abandoned before it ran: never started.
+                let (reply, answer) = oneshot::channel::<Result<u32, BackendError>>();
+                drop(answer);
+                let started = Rc::new(Cell::new(false));
+                let flag = started.clone();
+                spawn_answer(reply, async move {
+                    flag.set(true);
+                    Ok(2)
+                });
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+                assert!(!started.get());
+                // Awaited: the answer arrives.
+                let (reply, answer) = oneshot::channel::<Result<u32, BackendError>>();
+                spawn_answer(reply, async { Ok(3) });
+                assert_eq!(answer.await.unwrap().unwrap(), 3);
+            });
     }
 }
