@@ -446,7 +446,8 @@ section! {
     /// class, timeouts and the signature-verification pool.
     pub struct HttpTuning in "http" {
         /// Open API connections per shard; one more is closed at accept. Each holds at most one
-        /// request head and, per admitted request, one body (http.body_bytes_max), so this also
+        /// request head, per admitted request one body (http.body_bytes_max), and up to 16 KiB
+        /// of HTTP/1.1 answers to pipelined requests waiting to go out together; this also
         /// bounds the per-IP map. 4096 is far above what one core serves well.
         connections_max: usize in 1..=1_000_000 = HTTP_CONNECTIONS_MAX_DEFAULT = 4096;
         /// Open connections from one IP address per shard; one more is closed at accept, so a
