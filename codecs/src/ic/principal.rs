@@ -165,45 +165,60 @@ impl Principal {
         if found != expected {
             return Err(PrincipalError::BadChecksum { expected, found });
         }
-        let canonical = principal.to_string();
-        if !canonical.eq_ignore_ascii_case(text) {
-            return Err(PrincipalError::NotCanonical { canonical });
+        // Compared on the stack: the API routes every request by a principal in its path.
+        let mut canonical = [0u8; PRINCIPAL_TEXT_CHARS_MAX];
+        let len = principal.write_text(expected, &mut canonical);
+        if !canonical[..len].eq_ignore_ascii_case(text.as_bytes()) {
+            return Err(PrincipalError::NotCanonical {
+                canonical: principal.to_string(),
+            });
         }
         Ok(principal)
     }
-}
 
-impl fmt::Display for Principal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    /// Writes the textual form into `out` (its CRC-32 given) and returns its length: base32 of
+    /// the checksum and the bytes, lower case, a dash after every five characters.
+    fn write_text(&self, crc: u32, out: &mut [u8; PRINCIPAL_TEXT_CHARS_MAX]) -> usize {
         const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
         let mut raw = [0u8; 4 + PRINCIPAL_BYTES_MAX];
-        raw[..4].copy_from_slice(&crc32(self.as_slice()).to_be_bytes());
+        raw[..4].copy_from_slice(&crc.to_be_bytes());
         let raw_len = 4 + usize::from(self.len);
         raw[4..raw_len].copy_from_slice(self.as_slice());
         let mut buffer: u32 = 0;
         let mut bits = 0;
-        let mut written = 0;
-        let mut emit = |f: &mut fmt::Formatter<'_>, index: u32| -> fmt::Result {
-            if written > 0 && written % 5 == 0 {
-                f.write_str("-")?;
+        let mut digits = 0;
+        let mut len = 0;
+        let mut emit = |index: u32| {
+            if digits > 0 && digits % 5 == 0 {
+                out[len] = b'-';
+                len += 1;
             }
-            written += 1;
-            let c = ALPHABET[index as usize] as char;
-            fmt::Write::write_char(f, c)
+            digits += 1;
+            out[len] = ALPHABET[index as usize];
+            len += 1;
         };
         for &byte in &raw[..raw_len] {
             buffer = (buffer << 8) | u32::from(byte);
             bits += 8;
             while bits >= 5 {
                 bits -= 5;
-                emit(f, (buffer >> bits) & 31)?;
+                emit((buffer >> bits) & 31);
             }
             buffer &= (1 << bits) - 1;
         }
         if bits > 0 {
-            emit(f, (buffer << (5 - bits)) & 31)?;
+            emit((buffer << (5 - bits)) & 31);
         }
-        Ok(())
+        len
+    }
+}
+
+impl fmt::Display for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut text = [0u8; PRINCIPAL_TEXT_CHARS_MAX];
+        let len = self.write_text(crc32(self.as_slice()), &mut text);
+        // write_text emits only ASCII from its alphabet and dashes.
+        f.write_str(std::str::from_utf8(&text[..len]).map_err(|_| fmt::Error)?)
     }
 }
 

@@ -374,13 +374,13 @@ mod tests {
             SignatureMode::Now,
         )
         .map(|_| ())
-        .map_err(|r| (r.status, r.message))
+        .map_err(|r| (r.status, String::from_utf8_lossy(&r.message).into_owned()))
     }
 
     fn verdict(outcome: &BatchOutcome) -> Result<(), (StatusCode, String)> {
         match &outcome.verified {
             Ok(_) => Ok(()),
-            Err(r) => Err((r.status, r.message.clone())),
+            Err(r) => Err((r.status, String::from_utf8_lossy(&r.message).into_owned())),
         }
     }
 

@@ -88,6 +88,9 @@ pub struct ServerState {
     /// Batches the signature checks of queries and read_state requests (None when
     /// `http.verify_batch_max` is 1).
     pub(crate) batcher: Option<Arc<VerifyBatcher>>,
+    /// The body of each class's delay-control 429, built once: under a flood it is the answer
+    /// to most requests, and a shared `Bytes` costs no allocation per refusal.
+    congested: [Bytes; 4],
 }
 
 impl ServerState {
@@ -149,6 +152,13 @@ impl ServerState {
             deps,
             admitted_queue: Cell::new(None),
             batcher: (tuning.verify_batch_max > 1).then(|| VerifyBatcher::new(tuning, limits)),
+            congested: EndpointClass::ALL.map(|class| {
+                Bytes::from(format!(
+                    "{} requests are waiting longer than the {} ms target, retry later",
+                    class.label(),
+                    tuning.delay_target_ms
+                ))
+            }),
         })
     }
 
@@ -165,12 +175,13 @@ impl ServerState {
 /// 404 that no bound caused).
 pub(crate) struct Refusal {
     pub(crate) status: StatusCode,
-    pub(crate) message: String,
+    /// UTF-8 text.
+    pub(crate) message: Bytes,
     pub(crate) reason: Option<Rejection>,
 }
 
 impl Refusal {
-    fn new(status: StatusCode, message: impl Into<String>, reason: Option<Rejection>) -> Self {
+    fn new(status: StatusCode, message: impl Into<Bytes>, reason: Option<Rejection>) -> Self {
         Refusal {
             status,
             message: message.into(),
@@ -178,7 +189,7 @@ impl Refusal {
         }
     }
 
-    fn bad_request(message: impl Into<String>) -> Self {
+    fn bad_request(message: impl Into<Bytes>) -> Self {
         Refusal::new(
             StatusCode::BAD_REQUEST,
             message,
@@ -286,11 +297,7 @@ where
     let congested = || {
         Refusal::new(
             StatusCode::TOO_MANY_REQUESTS,
-            format!(
-                "{} requests are waiting longer than the {} ms target, retry later",
-                class.label(),
-                state.tuning.delay_target_ms
-            ),
+            state.congested[class.index()].clone(),
             Some(Rejection::Congested),
         )
     };
@@ -303,7 +310,7 @@ where
                 None => {
                     return Err(Refusal::new(
                         StatusCode::TOO_MANY_REQUESTS,
-                        format!("{} queue wait timed out, retry later", class.label()),
+                        queue_timed_out(class),
                         Some(Rejection::QueueTimeout),
                     ))
                 }
@@ -312,7 +319,7 @@ where
         Admission::Full => {
             return Err(Refusal::new(
                 StatusCode::TOO_MANY_REQUESTS,
-                format!("{} capacity exhausted, retry later", class.label()),
+                capacity_exhausted(class),
                 Some(Rejection::QueueFull),
             ))
         }
@@ -835,8 +842,28 @@ pub(crate) async fn timeout<T>(
     .await
 }
 
-fn text(status: StatusCode, body: impl Into<String>) -> HttpResponse {
-    let mut response = Response::new(Full::new(Bytes::from(body.into())));
+/// The 429 text when a class's slots and queue are full.
+fn capacity_exhausted(class: EndpointClass) -> &'static str {
+    match class {
+        EndpointClass::Call => "call capacity exhausted, retry later",
+        EndpointClass::Query => "query capacity exhausted, retry later",
+        EndpointClass::ReadState => "read_state capacity exhausted, retry later",
+        EndpointClass::Status => "status capacity exhausted, retry later",
+    }
+}
+
+/// The 429 text when a request waited its class's whole queue timeout.
+fn queue_timed_out(class: EndpointClass) -> &'static str {
+    match class {
+        EndpointClass::Call => "call queue wait timed out, retry later",
+        EndpointClass::Query => "query queue wait timed out, retry later",
+        EndpointClass::ReadState => "read_state queue wait timed out, retry later",
+        EndpointClass::Status => "status queue wait timed out, retry later",
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> HttpResponse {
+    let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
     response.headers_mut().insert(
         CONTENT_TYPE,
