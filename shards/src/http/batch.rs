@@ -374,13 +374,13 @@ mod tests {
             SignatureMode::Now,
         )
         .map(|_| ())
-        .map_err(|r| (r.status, String::from_utf8_lossy(&r.message).into_owned()))
+        .map_err(|r| (r.status, r.text()))
     }
 
     fn verdict(outcome: &BatchOutcome) -> Result<(), (StatusCode, String)> {
         match &outcome.verified {
             Ok(_) => Ok(()),
-            Err(r) => Err((r.status, String::from_utf8_lossy(&r.message).into_owned())),
+            Err(r) => Err((r.status, r.text())),
         }
     }
 

@@ -241,9 +241,8 @@ impl<S> HyperIo<S> {
         self
     }
 
-    /// Whether this flush may be held back: the last read brought bytes (so hyper reads again
-    /// by itself once it has answered what it holds) and no handler of this connection is
-    /// running (hyper is not about to wait for one).
+    /// Whether this flush may be held back: the last read brought bytes, so hyper reads again
+    /// by itself once it has answered what it holds (type docs, "Pipelined answers").
     fn hold_flush(&self) -> bool {
         !self.read_waiting
     }
@@ -253,15 +252,12 @@ impl<S: AsyncWrite + Unpin> HyperIo<S> {
     /// Sends what `out` holds; Pending while the socket is full.
     fn poll_send_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.out_sent < self.out.len() {
-            match Pin::new(&mut self.stream).poll_write(cx, &self.out[self.out_sent..]) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => {
-                    self.out_sent += n;
-                    self.activity.last_progress.set(Instant::now());
-                }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
+            let n = ready!(Pin::new(&mut self.stream).poll_write(cx, &self.out[self.out_sent..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
+            self.out_sent += n;
+            self.activity.last_progress.set(Instant::now());
         }
         self.out.clear();
         self.out_sent = 0;
@@ -491,8 +487,8 @@ mod tests {
             reads: VecDeque::from([Some(b"two requests".to_vec()), None, Some(b"one".to_vec())]),
             ..Scripted::default()
         };
-        let activity = ConnActivity::new(Instant::now());
-        let mut io = HyperIo::new(stream, Vec::new(), activity.clone()).coalescing(true);
+        let mut io =
+            HyperIo::new(stream, Vec::new(), ConnActivity::new(Instant::now())).coalescing(true);
         assert_eq!(read(&mut io), Poll::Ready(12));
         // Answers to requests hyper already holds: held while it answers the rest.
         answer(&mut io, b"A");

@@ -88,9 +88,33 @@ pub struct ServerState {
     /// Batches the signature checks of queries and read_state requests (None when
     /// `http.verify_batch_max` is 1).
     pub(crate) batcher: Option<Arc<VerifyBatcher>>,
-    /// The body of each class's delay-control 429, built once: under a flood it is the answer
-    /// to most requests, and a shared `Bytes` costs no allocation per refusal.
-    congested: [Bytes; 4],
+    /// The texts of the admission 429s, per class, built once: under a flood they answer most
+    /// requests, and a shared `Bytes` costs no allocation per refusal.
+    busy: [BusyTexts; 4],
+}
+
+/// One class's admission refusal texts (see [`ServerState::busy`]).
+struct BusyTexts {
+    /// The delay control holds the limit and every slot is taken.
+    congested: Bytes,
+    /// Slots and queue are full.
+    full: Bytes,
+    /// The request waited the whole `http.queue_wait_timeout_ms`.
+    timed_out: Bytes,
+}
+
+impl BusyTexts {
+    fn new(class: EndpointClass, tuning: &HttpTuning) -> BusyTexts {
+        let label = class.label();
+        BusyTexts {
+            congested: Bytes::from(format!(
+                "{label} requests are waiting longer than the {} ms target, retry later",
+                tuning.delay_target_ms
+            )),
+            full: Bytes::from(format!("{label} capacity exhausted, retry later")),
+            timed_out: Bytes::from(format!("{label} queue wait timed out, retry later")),
+        }
+    }
 }
 
 impl ServerState {
@@ -152,13 +176,7 @@ impl ServerState {
             deps,
             admitted_queue: Cell::new(None),
             batcher: (tuning.verify_batch_max > 1).then(|| VerifyBatcher::new(tuning, limits)),
-            congested: EndpointClass::ALL.map(|class| {
-                Bytes::from(format!(
-                    "{} requests are waiting longer than the {} ms target, retry later",
-                    class.label(),
-                    tuning.delay_target_ms
-                ))
-            }),
+            busy: EndpointClass::ALL.map(|class| BusyTexts::new(class, &tuning)),
         })
     }
 
@@ -187,6 +205,12 @@ impl Refusal {
             message: message.into(),
             reason,
         }
+    }
+
+    /// The message as a `String` (tests compare it).
+    #[cfg(test)]
+    pub(crate) fn text(&self) -> String {
+        String::from_utf8_lossy(&self.message).into_owned()
     }
 
     fn bad_request(message: impl Into<Bytes>) -> Self {
@@ -297,7 +321,7 @@ where
     let congested = || {
         Refusal::new(
             StatusCode::TOO_MANY_REQUESTS,
-            state.congested[class.index()].clone(),
+            state.busy[class.index()].congested.clone(),
             Some(Rejection::Congested),
         )
     };
@@ -310,7 +334,7 @@ where
                 None => {
                     return Err(Refusal::new(
                         StatusCode::TOO_MANY_REQUESTS,
-                        queue_timed_out(class),
+                        state.busy[class.index()].timed_out.clone(),
                         Some(Rejection::QueueTimeout),
                     ))
                 }
@@ -319,7 +343,7 @@ where
         Admission::Full => {
             return Err(Refusal::new(
                 StatusCode::TOO_MANY_REQUESTS,
-                capacity_exhausted(class),
+                state.busy[class.index()].full.clone(),
                 Some(Rejection::QueueFull),
             ))
         }
@@ -840,26 +864,6 @@ pub(crate) async fn timeout<T>(
         None
     })
     .await
-}
-
-/// The 429 text when a class's slots and queue are full.
-fn capacity_exhausted(class: EndpointClass) -> &'static str {
-    match class {
-        EndpointClass::Call => "call capacity exhausted, retry later",
-        EndpointClass::Query => "query capacity exhausted, retry later",
-        EndpointClass::ReadState => "read_state capacity exhausted, retry later",
-        EndpointClass::Status => "status capacity exhausted, retry later",
-    }
-}
-
-/// The 429 text when a request waited its class's whole queue timeout.
-fn queue_timed_out(class: EndpointClass) -> &'static str {
-    match class {
-        EndpointClass::Call => "call queue wait timed out, retry later",
-        EndpointClass::Query => "query queue wait timed out, retry later",
-        EndpointClass::ReadState => "read_state queue wait timed out, retry later",
-        EndpointClass::Status => "status queue wait timed out, retry later",
-    }
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> HttpResponse {
