@@ -10,7 +10,6 @@
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
-use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{ready, Context, Poll, Waker};
@@ -18,9 +17,17 @@ use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncWrite};
 
-/// Largest read handed to the socket at once. The adapter must initialise the bytes it lends
-/// to `AsyncRead` (hyper's buffer is uninitialised), so reads are capped to keep that cheap.
+/// Largest read handed to the socket at once: the size of each shard thread's scratch chunk
+/// (`AsyncRead` needs initialised bytes and hyper's buffer is not, so the socket reads into the
+/// scratch and the bytes it brought are copied on).
 const READ_CHUNK_BYTES: usize = 16 << 10;
+
+thread_local! {
+    /// The read scratch chunk of this thread's connections (zeroed once; one 16 KiB chunk per
+    /// shard thread, whatever the number of connections).
+    static READ_SCRATCH: RefCell<Box<[u8]>> =
+        RefCell::new(vec![0; READ_CHUNK_BYTES].into_boxed_slice());
+}
 
 /// What the watchdog knows about a connection.
 pub struct ConnActivity {
@@ -292,25 +299,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin> hyper::rt::Read for HyperIo<S> {
             this.read_waiting = false;
             return Poll::Ready(Ok(()));
         }
-        // SAFETY: we only write initialised bytes into the cursor's spare capacity (the chunk
-        // is zeroed first), and advance it by exactly the count the socket reported written.
-        let spare: &mut [MaybeUninit<u8>] = unsafe { buf.as_mut() };
-        let len = spare.len().min(READ_CHUNK_BYTES);
-        let chunk = &mut spare[..len];
-        for byte in chunk.iter_mut() {
-            byte.write(0);
-        }
-        // SAFETY: every byte of `chunk` was initialised just above.
-        let chunk: &mut [u8] = unsafe { &mut *(chunk as *mut [MaybeUninit<u8>] as *mut [u8]) };
-        let read = Pin::new(&mut this.stream).poll_read(cx, chunk);
+        // The socket reads into this thread's scratch chunk, initialised once, and only the
+        // bytes it brought are copied into hyper's (uninitialised) buffer: a few hundred
+        // bytes per request instead of zeroing a whole chunk on every read.
+        let len = buf.remaining().min(READ_CHUNK_BYTES);
+        let stream = &mut this.stream;
+        let read = READ_SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+            Ok(mut scratch) => {
+                let chunk = &mut scratch[..len];
+                let read = Pin::new(stream).poll_read(cx, chunk);
+                if let Poll::Ready(Ok(n)) = read {
+                    buf.put_slice(&chunk[..n.min(len)]);
+                }
+                read
+            }
+            // Only a read nested inside another read of this thread could find the scratch
+            // taken; it reads into a chunk of its own.
+            Err(_) => {
+                let mut chunk = vec![0; len];
+                let read = Pin::new(stream).poll_read(cx, &mut chunk);
+                if let Poll::Ready(Ok(n)) = read {
+                    buf.put_slice(&chunk[..n.min(len)]);
+                }
+                read
+            }
+        });
         this.read_waiting = read.is_pending();
         match read {
             Poll::Ready(Ok(n)) => {
                 if n > 0 {
                     this.activity.note_read(Instant::now());
                 }
-                // SAFETY: the socket initialised (wrote) the first `n` bytes of the chunk.
-                unsafe { buf.advance(n.min(len)) };
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
@@ -458,12 +477,99 @@ mod tests {
 
     fn read(io: &mut HyperIo<Scripted>) -> Poll<usize> {
         use hyper::rt::Read;
-        let mut storage = [MaybeUninit::<u8>::uninit(); 256];
+        let mut storage = [std::mem::MaybeUninit::<u8>::uninit(); 256];
         let mut buf = hyper::rt::ReadBuf::uninit(&mut storage);
         let mut cx = Context::from_waker(Waker::noop());
         Pin::new(io)
             .poll_read(&mut cx, buf.unfilled())
             .map(|r| r.map(|()| buf.filled().len()).unwrap())
+    }
+
+    /// What one `poll_read` put into hyper's buffer (`None`: Pending).
+    fn read_bytes<S: AsyncRead + AsyncWrite + Unpin>(io: &mut HyperIo<S>) -> Option<Vec<u8>> {
+        use hyper::rt::Read;
+        let mut storage = [std::mem::MaybeUninit::<u8>::uninit(); 256];
+        let mut buf = hyper::rt::ReadBuf::uninit(&mut storage);
+        let mut cx = Context::from_waker(Waker::noop());
+        match Pin::new(io).poll_read(&mut cx, buf.unfilled()) {
+            Poll::Ready(result) => {
+                result.unwrap();
+                Some(buf.filled().to_vec())
+            }
+            Poll::Pending => None,
+        }
+    }
+
+    /// A socket whose read first reads another connection's `HyperIo` on the same thread, so
+    /// the outer read finds the thread's scratch chunk taken.
+    struct Nested {
+        inner: HyperIo<Scripted>,
+        inner_read: Option<Vec<u8>>,
+        bytes: Vec<u8>,
+    }
+
+    impl AsyncRead for Nested {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            this.inner_read = read_bytes(&mut this.inner);
+            buf[..this.bytes.len()].copy_from_slice(&this.bytes);
+            Poll::Ready(Ok(this.bytes.len()))
+        }
+    }
+
+    impl AsyncWrite for Nested {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn reads_hand_hyper_exactly_the_bytes_the_socket_brought() {
+        let scripted = |reads: Vec<Option<Vec<u8>>>| {
+            let stream = Scripted {
+                reads: reads.into(),
+                ..Scripted::default()
+            };
+            HyperIo::new(stream, Vec::new(), ConnActivity::new(Instant::now()))
+        };
+        // Two connections of one thread share its scratch chunk: the second's short read
+        // gets its own bytes, nothing left over from the first's longer one.
+        let mut first = scripted(vec![Some(vec![b'a'; 200]), None]);
+        let mut second = scripted(vec![Some(b"xyz".to_vec())]);
+        assert_eq!(read_bytes(&mut first), Some(vec![b'a'; 200]));
+        assert_eq!(read_bytes(&mut second), Some(b"xyz".to_vec()));
+        assert_eq!(read_bytes(&mut first), None);
+        // The replayed prefix comes before the socket's bytes.
+        let stream = Scripted {
+            reads: VecDeque::from([Some(b"body".to_vec())]),
+            ..Scripted::default()
+        };
+        let mut sniffed = HyperIo::new(stream, b"head".to_vec(), ConnActivity::new(Instant::now()));
+        assert_eq!(read_bytes(&mut sniffed), Some(b"head".to_vec()));
+        assert_eq!(read_bytes(&mut sniffed), Some(b"body".to_vec()));
+        // A read nested in another read of the thread reads into a chunk of its own.
+        let nested = Nested {
+            inner: scripted(vec![Some(b"inner".to_vec())]),
+            inner_read: None,
+            bytes: b"outer".to_vec(),
+        };
+        let mut outer = HyperIo::new(nested, Vec::new(), ConnActivity::new(Instant::now()));
+        assert_eq!(read_bytes(&mut outer), Some(b"outer".to_vec()));
+        assert_eq!(outer.stream.inner_read, Some(b"inner".to_vec()));
     }
 
     fn answer(io: &mut HyperIo<Scripted>, bytes: &[u8]) {
