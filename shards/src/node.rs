@@ -54,7 +54,7 @@ use crate::p2p_metrics::{P2pMetricIds, P2pSampler};
 use crate::peer_manager::driver::{PeerManagerHandle, RegistrySource};
 use crate::peer_manager::PeerManagerConfig;
 use crate::replica::checkpoint::run_replica_checkpoints;
-use crate::replica::driver::{Replica, ReplicaBackend, ReplicaConfig, ReplicaKeys};
+use crate::replica::driver::{NodeSigner, Replica, ReplicaBackend, ReplicaConfig, ReplicaKeys};
 use crate::replica::metrics::{ReplicaMetricIds, ReplicaSampler};
 use crate::runtime::{GlommioRuntime, Runtime};
 use crate::state_sync::driver::{FileIo, StateSync, StateSyncConfig};
@@ -113,6 +113,8 @@ pub enum NodeError {
     Workload(String),
     #[error("subnet key: {0}")]
     SubnetKey(String),
+    #[error("node key for query responses: {0}")]
+    NodeKey(String),
     #[error("state directory {dir}: {source}")]
     State {
         dir: PathBuf,
@@ -550,7 +552,7 @@ async fn run_shard(ctx: Rc<ShardContext<ShardMessage>>, parts: NodeParts) -> Res
             &tuning,
             ReplicaKeys {
                 subnet,
-                node: identity.key().to_owned(),
+                node: NodeSigner::from_pkey(identity.key()).map_err(NodeError::NodeKey)?,
             },
             &member_ids(&registry, &config.subnet_id),
             runtime.clone(),

@@ -2,7 +2,8 @@
 //! runtime, tower's `load_shed` in front of a bounded `buffer` and a `concurrency_limit`, and a
 //! `timeout`) doing the same work per query as icn: decode the CBOR envelope and compute its
 //! request id, check the expiry window, verify the sender's signature, execute on the same
-//! built-in canisters, sign the response with an Ed25519 node key and encode it.
+//! built-in canisters, sign the response with an Ed25519 node key (icn's own `NodeSigner`) and
+//! encode it.
 //!
 //! It runs as a child process of `icn-bench` (the hidden `http-axum-serve` subcommand) so its
 //! CPU time and peak resident memory are its own, as an `icn node`'s are. The CPU work of a
@@ -27,14 +28,14 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{BoxError, Router};
-use boring::pkey::{Id, PKey, Private};
-use boring::sign::Signer;
+use boring::pkey::{Id, PKey};
 use icn_codecs::ic::{
     decode_request_envelope, encode_query_response, query_response_signing_bytes, IcLimits,
     NodeSignature, Principal, QueryOutcome, Reject, RequestContent,
 };
 use icn_shards::http::auth::{authenticate, check_ingress_expiry};
 use icn_shards::replica::canisters::{CallOutcome, CanisterLimits, Canisters};
+use icn_shards::replica::driver::NodeSigner;
 use serde_json::{json, Value};
 use tower::ServiceBuilder;
 
@@ -94,7 +95,7 @@ pub const STAGES: [&str; 6] = [
 
 struct Node {
     canisters: Canisters,
-    key: PKey<Private>,
+    key: NodeSigner,
     principal: Principal,
     limits: IcLimits,
     stages: Stages,
@@ -135,7 +136,7 @@ async fn serve(listen: SocketAddr) -> Result<(), String> {
     let node = Arc::new(Node {
         canisters: Canisters::new(CanisterLimits::from_tuning(&Default::default())),
         principal: Principal::self_authenticating(&der),
-        key,
+        key: NodeSigner::from_pkey(&key)?,
         limits: IcLimits::default(),
         stages: Stages::default(),
     });
@@ -274,9 +275,7 @@ fn answer_query(
     };
     let timestamp = icn_shards::http::testing::now_ns();
     let message = query_response_signing_bytes(&wire, timestamp, &envelope.request_id);
-    let signature = Signer::new_without_digest(&node.key)
-        .and_then(|mut signer| signer.sign_oneshot_to_vec(&message))
-        .map_err(|e| format!("signing: {e}"))?;
+    let signature = node.key.sign(&message);
     stages.sign_ns.fetch_add(elapsed_ns(t), Ordering::Relaxed);
     let t = Instant::now();
     let mut out = Vec::with_capacity(256);
