@@ -184,11 +184,69 @@ impl Pinning {
                 server_core,
                 generator_core,
             } => format!(
-                "servers (every thread) on core {server_core}, the load generator (one tokio \
-                 worker) on core {generator_core}"
+                "servers started on core {server_core} (each sizes itself to that one core) with \
+                 every thread kept there, the load generator (one tokio worker) on core \
+                 {generator_core}"
             ),
         }
     }
+}
+
+/// Starts servers with `start` and places them. With split pinning the calling thread sits on
+/// the server core while they start, so each server process inherits that one core and sizes
+/// itself to it, as under `taskset -c <core>`: an icn node runs one shard and one verification
+/// thread, the baseline one tokio worker and one blocking thread. (Pinned only after they
+/// started, both would size themselves to every core and crowd threads onto one.)
+fn start_placed(
+    pinning: Pinning,
+    start: impl FnOnce() -> Result<ServerProcesses, String>,
+) -> Result<ServerProcesses, String> {
+    let Pinning::Split { server_core, .. } = pinning else {
+        return start();
+    };
+    let saved = thread_affinity()?;
+    let mut only = empty_cpu_set();
+    // SAFETY: CPU_SET writes one bit of the set we own.
+    unsafe { libc::CPU_SET(server_core, &mut only) };
+    set_thread_affinity(&only)?;
+    let started = start();
+    let restored = set_thread_affinity(&saved);
+    let mut servers = started?;
+    restored?;
+    servers.place(pinning)?;
+    Ok(servers)
+}
+
+fn empty_cpu_set() -> libc::cpu_set_t {
+    // SAFETY: an all-zero cpu_set_t is the valid empty set.
+    unsafe { std::mem::zeroed() }
+}
+
+/// The calling thread's CPU affinity.
+fn thread_affinity() -> Result<libc::cpu_set_t, String> {
+    let mut set = empty_cpu_set();
+    // SAFETY: sched_getaffinity writes at most size_of::<cpu_set_t>() bytes into our set.
+    let result =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if result != 0 {
+        return Err(format!(
+            "reading this thread's CPU affinity: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(set)
+}
+
+fn set_thread_affinity(set: &libc::cpu_set_t) -> Result<(), String> {
+    // SAFETY: sched_setaffinity only reads the set.
+    let result = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) };
+    if result != 0 {
+        return Err(format!(
+            "setting this thread's CPU affinity: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
 }
 
 /// Sets the affinity of every thread of `pid` to `core`.
@@ -442,11 +500,10 @@ pub fn run_points(
         };
         let mut query_server = None;
         if !query_cases.is_empty() || (quick && !update_cases.is_empty()) {
-            let started = match system {
+            let started = start_placed(pinning, || match system {
                 "icn" => icn::start(1),
                 _ => axum_tokio::start(),
-            }
-            .and_then(|mut servers| servers.place(pinning).map(|()| servers));
+            });
             match started {
                 Ok(servers) => query_server = Some(servers),
                 Err(error) => {
@@ -514,8 +571,7 @@ pub fn run_points(
                 .ok_or_else(|| "the node did not start".to_string())
         } else {
             drop(query_server.take());
-            icn::start(UPDATE_NODES_FULL)
-                .and_then(|mut servers| servers.place(pinning).map(|()| servers))
+            start_placed(pinning, || icn::start(UPDATE_NODES_FULL))
         };
         let servers = match subnet {
             Ok(servers) => servers,
