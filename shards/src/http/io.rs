@@ -476,13 +476,10 @@ mod tests {
     }
 
     fn read(io: &mut HyperIo<Scripted>) -> Poll<usize> {
-        use hyper::rt::Read;
-        let mut storage = [std::mem::MaybeUninit::<u8>::uninit(); 256];
-        let mut buf = hyper::rt::ReadBuf::uninit(&mut storage);
-        let mut cx = Context::from_waker(Waker::noop());
-        Pin::new(io)
-            .poll_read(&mut cx, buf.unfilled())
-            .map(|r| r.map(|()| buf.filled().len()).unwrap())
+        match read_bytes(io) {
+            Some(bytes) => Poll::Ready(bytes.len()),
+            None => Poll::Pending,
+        }
     }
 
     /// What one `poll_read` put into hyper's buffer (`None`: Pending).
