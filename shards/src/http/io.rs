@@ -304,25 +304,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> hyper::rt::Read for HyperIo<S> {
         // bytes per request instead of zeroing a whole chunk on every read.
         let len = buf.remaining().min(READ_CHUNK_BYTES);
         let stream = &mut this.stream;
-        let read = READ_SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
-            Ok(mut scratch) => {
-                let chunk = &mut scratch[..len];
-                let read = Pin::new(stream).poll_read(cx, chunk);
-                if let Poll::Ready(Ok(n)) = read {
-                    buf.put_slice(&chunk[..n.min(len)]);
-                }
-                read
-            }
+        let read = READ_SCRATCH.with(|scratch| {
             // Only a read nested inside another read of this thread could find the scratch
             // taken; it reads into a chunk of its own.
-            Err(_) => {
-                let mut chunk = vec![0; len];
-                let read = Pin::new(stream).poll_read(cx, &mut chunk);
-                if let Poll::Ready(Ok(n)) = read {
-                    buf.put_slice(&chunk[..n.min(len)]);
+            let mut scratch = scratch.try_borrow_mut();
+            let mut own = Vec::new();
+            let chunk: &mut [u8] = match scratch.as_mut() {
+                Ok(scratch) => &mut scratch[..len],
+                Err(_) => {
+                    own.resize(len, 0);
+                    &mut own
                 }
-                read
+            };
+            let read = Pin::new(stream).poll_read(cx, chunk);
+            if let Poll::Ready(Ok(n)) = read {
+                buf.put_slice(&chunk[..n.min(len)]);
             }
+            read
         });
         this.read_waiting = read.is_pending();
         match read {
