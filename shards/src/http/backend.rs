@@ -196,15 +196,16 @@ pub fn owned_read_state(content: &ReadStateContent<'_>) -> ReadStateContent<'sta
     }
 }
 
-/// The backend of an `icn node` that runs no replica yet: the API front is up (status,
+/// The backend of an `icn node` that runs no replica: one whose identity folder holds no subnet
+/// key (`subnet_bls_key.pem`), so it cannot certify state. The API front is up (status,
 /// admission, decoding, signature checks, metrics), and every request that would need a
 /// replica is answered 503 with a message saying so, which is what agents see from a replica
-/// that is still starting. The reference replica replaces it.
+/// that is still starting. A node with the key runs the reference replica instead.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NoReplica;
 
 impl NoReplica {
-    const MESSAGE: &'static str = "no replica runs behind this node yet (the reference replica of issue 5 is not part of this build)";
+    const MESSAGE: &'static str = "no replica runs behind this node: its identity folder holds no subnet key (subnet_bls_key.pem)";
 }
 
 impl Backend for NoReplica {

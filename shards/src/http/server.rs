@@ -33,6 +33,14 @@ const CONNECTION_SHARES: usize = 1000;
 const ADMITTED_SHARES: usize = 1000;
 const ADMITTED_LATENCY: Duration = Duration::from_millis(1);
 
+/// HTTP/2 streams a client may reset before the server has taken them up (rapid reset,
+/// CVE-2023-44487): one more ends the connection with GOAWAY ENHANCE_YOUR_CALM. hyper's own
+/// default, set here so that no change of defaults can lift the guard.
+const H2_PENDING_RESETS_MAX: usize = 20;
+/// HTTP/2 streams the server may reset for the client's protocol errors before it ends the
+/// connection (hyper's default, pinned for the same reason).
+const H2_ERROR_RESETS_MAX: usize = 1024;
+
 /// The HTTP/2 connection preface a client with prior knowledge (h2c) starts with.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -57,10 +65,10 @@ impl HttpServer {
         let local_addr = listener.local_addr().map_err(io::Error::from)?;
         let state = ServerState::new(tuning, deps);
         let executor = glommio::executor();
-        // Connections (reading heads, answering refusals) run at a tenth of the default
-        // shares; admitted requests continue at the default shares and ask for the executor
-        // within a millisecond, so a flood of refused requests cannot starve admitted ones
-        // or the node's other work (gossip, consensus).
+        // Connections (reading heads, answering refusals) and admitted requests get equal
+        // shares, and admitted requests ask for the executor within a millisecond of becoming
+        // runnable, so a flood of refused requests cannot starve admitted ones or the node's
+        // other work (gossip, consensus).
         let connections = executor.create_task_queue(
             Shares::Static(CONNECTION_SHARES),
             Latency::NotImportant,
@@ -233,6 +241,8 @@ async fn serve_http<S>(
         let mut builder = http2::Builder::new(LocalExec);
         builder
             .max_concurrent_streams(tuning.h2_streams_per_connection_max)
+            .max_pending_accept_reset_streams(H2_PENDING_RESETS_MAX)
+            .max_local_error_reset_streams(Some(H2_ERROR_RESETS_MAX))
             .max_header_list_size(u32::try_from(tuning.request_head_bytes_max).unwrap_or(u32::MAX));
         let _ = builder.serve_connection(io, service).await;
     } else {

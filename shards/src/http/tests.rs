@@ -668,3 +668,90 @@ fn an_http2_connection_outlives_the_header_timeout_between_requests_and_ends_whe
         "{lived:?}"
     );
 }
+
+/// One HTTP/2 frame: 24-bit length, type, flags, stream id, payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+    let mut frame = vec![len[1], len[2], len[3], kind, flags];
+    frame.extend_from_slice(&stream.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// The client preface and an empty SETTINGS frame.
+fn h2_preface() -> Vec<u8> {
+    [
+        &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..],
+        &h2_frame(0x4, 0, 0, &[]),
+    ]
+    .concat()
+}
+
+/// Reads frames until a GOAWAY and returns its error code; None when the connection ends
+/// (or stays silent for the read timeout) first.
+fn h2_goaway_code(stream: &mut std::net::TcpStream) -> Option<u32> {
+    loop {
+        let mut head = [0u8; 9];
+        stream.read_exact(&mut head).ok()?;
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        stream.read_exact(&mut payload).ok()?;
+        if head[3] == 0x7 && payload.len() >= 8 {
+            return Some(u32::from_be_bytes([
+                payload[4], payload[5], payload[6], payload[7],
+            ]));
+        }
+    }
+}
+
+#[test]
+fn http2_rapid_resets_and_endless_header_blocks_end_their_connection_only() {
+    const ENHANCE_YOUR_CALM: u32 = 0xb;
+    let server = ServerThread::start(test_tuning(), ScriptConfig::default());
+    // HPACK: :method GET, :scheme http (static table), then :path as a literal.
+    let path = b"/api/v2/status";
+    let mut block = vec![0x82, 0x86, 0x04, path.len() as u8];
+    block.extend_from_slice(path);
+
+    // Rapid reset (CVE-2023-44487): every stream is cancelled as soon as it is opened, so
+    // the requests cost the server work while the client's stream limit never binds.
+    let mut stream = connect(server.addr);
+    let mut flood = h2_preface();
+    for i in 0..20_000u32 {
+        let id = 2 * i + 1;
+        flood.extend(h2_frame(0x1, 0x4 | 0x1, id, &block));
+        flood.extend(h2_frame(0x3, 0, id, &8u32.to_be_bytes()));
+    }
+    // The server may stop reading once it has given up on the connection.
+    let _ = stream.write_all(&flood);
+    assert_eq!(h2_goaway_code(&mut stream), Some(ENHANCE_YOUR_CALM));
+
+    // A header block that never ends: HEADERS without END_HEADERS, then CONTINUATION frames
+    // whose headers add up far past http.request_head_bytes_max.
+    let mut stream = connect(server.addr);
+    let mut endless = h2_preface();
+    endless.extend(h2_frame(0x1, 0x1, 1, &block));
+    let mut filler = Vec::new();
+    for _ in 0..100 {
+        // Literal header without indexing, new name "x-filler", a 100-byte value.
+        filler.extend_from_slice(&[0x00, 8]);
+        filler.extend_from_slice(b"x-filler");
+        filler.push(100);
+        filler.extend_from_slice(&[b'a'; 100]);
+    }
+    for _ in 0..1_000 {
+        endless.extend(h2_frame(0x9, 0, 1, &filler));
+    }
+    let _ = stream.write_all(&endless);
+    let code = h2_goaway_code(&mut stream);
+    assert!(
+        code.is_some_and(|code| code != 0),
+        "no GOAWAY with an error for an endless header block: {code:?}"
+    );
+
+    // Neither cost anyone else anything.
+    assert_eq!(
+        request(server.addr, "GET", "/api/v2/status", None).status,
+        200
+    );
+}
