@@ -3,6 +3,9 @@
 //! Routing is a pure function of method and path so that a request is classified, and
 //! admitted or refused, before anything else about it (headers aside) is looked at.
 
+use std::cell::RefCell;
+
+use icn_codecs::ic::principal::PRINCIPAL_TEXT_CHARS_MAX;
 use icn_codecs::ic::Principal;
 
 use super::backend::CallVersion;
@@ -128,7 +131,7 @@ fn api_route(path: &str) -> Result<Route, RouteError> {
     if !known {
         return Err(RouteError::NotFound);
     }
-    let id = Principal::from_text(id)
+    let id = parse_principal(id)
         .map_err(|e| RouteError::BadPrincipal(format!("{kind} id in the path: {e}")))?;
     Ok(match (kind, endpoint) {
         ("canister", "call") => {
@@ -143,6 +146,61 @@ fn api_route(path: &str) -> Result<Route, RouteError> {
         ("canister", _) => Route::CanisterReadState(id),
         _ => Route::SubnetReadState(id),
     })
+}
+
+/// Ids remembered per thread by [`parse_principal`]: a fixed number, so remote input cannot
+/// grow the cache, and enough for the few canisters that most requests go to.
+const PRINCIPAL_CACHE_SLOTS: usize = 8;
+
+/// Texts that parsed as principals, and what they parsed to (round-robin replacement).
+struct PrincipalCache {
+    slots: [Option<([u8; PRINCIPAL_TEXT_CHARS_MAX], u8, Principal)>; PRINCIPAL_CACHE_SLOTS],
+    next: usize,
+}
+
+thread_local! {
+    static PRINCIPALS: RefCell<PrincipalCache> = const {
+        RefCell::new(PrincipalCache {
+            slots: [None; PRINCIPAL_CACHE_SLOTS],
+            next: 0,
+        })
+    };
+}
+
+/// [`Principal::from_text`] through a small per-thread cache. Decoding the base32, the CRC-32
+/// and the canonical-form check cost more than the rest of routing together, and under a
+/// flood every request is routed before it is refused; clients mostly name a few canisters.
+/// Only texts that parsed are remembered, so errors are always computed afresh.
+fn parse_principal(text: &str) -> Result<Principal, icn_codecs::ic::PrincipalError> {
+    let bytes = text.as_bytes();
+    let cached = PRINCIPALS.with(|cache| {
+        cache
+            .borrow()
+            .slots
+            .iter()
+            .flatten()
+            .find_map(|(stored, len, principal)| {
+                (stored[..usize::from(*len)] == *bytes).then_some(*principal)
+            })
+    });
+    if let Some(principal) = cached {
+        return Ok(principal);
+    }
+    let principal = Principal::from_text(text)?;
+    // from_text refuses texts longer than the slot, so the length fits.
+    if let Ok(len) = u8::try_from(bytes.len()) {
+        if bytes.len() <= PRINCIPAL_TEXT_CHARS_MAX {
+            let mut stored = [0u8; PRINCIPAL_TEXT_CHARS_MAX];
+            stored[..bytes.len()].copy_from_slice(bytes);
+            PRINCIPALS.with(|cache| {
+                let mut cache = cache.borrow_mut();
+                let slot = cache.next;
+                cache.slots[slot] = Some((stored, len, principal));
+                cache.next = (slot + 1) % PRINCIPAL_CACHE_SLOTS;
+            });
+        }
+    }
+    Ok(principal)
 }
 
 #[cfg(test)]
@@ -201,6 +259,29 @@ mod tests {
         assert_eq!(route(&Method::HEAD, "/health"), Ok(Route::Health));
         assert_eq!(route(&Method::GET, "/metrics"), Ok(Route::Metrics));
         assert_eq!(Route::Metrics.class(), None);
+    }
+
+    #[test]
+    fn cached_ids_parse_as_uncached_ones_and_bad_ids_stay_refused() {
+        // More distinct ids than the cache holds, each routed twice, interleaved with a bad id
+        // that differs from a good one in its checksum only.
+        let ids: Vec<Principal> = (0..3 * PRINCIPAL_CACHE_SLOTS as u64)
+            .map(|n| Principal::from_slice(&n.to_be_bytes()).unwrap())
+            .collect();
+        for _ in 0..2 {
+            for id in &ids {
+                let text = id.to_string();
+                assert_eq!(parse_principal(&text), Ok(*id));
+                assert_eq!(parse_principal(&text), Principal::from_text(&text));
+                let mut bad = text.clone().into_bytes();
+                let last = bad.len() - 1;
+                bad[last] = if bad[last] == b'a' { b'b' } else { b'a' };
+                let bad = String::from_utf8(bad).unwrap();
+                assert!(parse_principal(&bad).is_err(), "{bad}");
+                assert_eq!(parse_principal(&bad), Principal::from_text(&bad));
+            }
+        }
+        assert!(parse_principal(&"a".repeat(200)).is_err());
     }
 
     #[test]
