@@ -308,10 +308,16 @@ where
         }
     };
     let (parts, body) = request.into_parts();
+    let hint = body.size_hint();
+    // From here every refusal leaves the body unread; on HTTP/2 it is drained rather than
+    // dropped (UnreadBody).
+    let mut body = UnreadBody::new(body, parts.version == http::Version::HTTP_2, &state.tuning);
     if route.is_post() {
         // Refused before admission: a declared size is known without reading anything.
-        if let Some(declared) = body.size_hint().exact().or(body.size_hint().upper()) {
+        if let Some(declared) = hint.exact().or(hint.upper()) {
             if declared > state.tuning.body_bytes_max as u64 {
+                // Never drained: it is over the bound by its own declaration.
+                drop(body.take());
                 return Err(too_large(state));
             }
         }
@@ -359,7 +365,7 @@ where
         // excess with 429s must not starve the requests already let in.
         Some(queue) => {
             let task = glommio::spawn_local_into(
-                serve_admitted(state.clone(), route, body, permit, stages),
+                serve_admitted(state.clone(), route, body.take(), permit, stages),
                 queue,
             )
             .map_err(|e| {
@@ -371,7 +377,64 @@ where
             })?;
             task.await
         }
-        None => serve_admitted(state.clone(), route, body, permit, stages).await,
+        None => serve_admitted(state.clone(), route, body.take(), permit, stages).await,
+    }
+}
+
+/// The body of a request that may still be refused. Refusals are decided before any body byte
+/// is read, and on HTTP/1.1 an unread body just ends the connection's reuse. On HTTP/2,
+/// dropping it would make the server reset the stream, and the client's DATA frames already
+/// on the way then count as protocol errors against the connection
+/// (`H2_ERROR_RESETS_MAX` in server.rs): a client multiplexing queries over one connection
+/// would lose it, and every request on it, after about a thousand 429s. So a refused HTTP/2
+/// body is read to its end and discarded in a task of its own, after the answer has gone out,
+/// at most `http.body_bytes_max` bytes within `http.body_read_timeout_ms` (then it is dropped
+/// after all). Its stream stays open meanwhile and counts against the connection's stream
+/// limit.
+struct UnreadBody<B: http_body::Body<Data = Bytes> + Unpin + 'static> {
+    body: Option<B>,
+    drain: bool,
+    bytes_max: usize,
+    timeout: Duration,
+}
+
+impl<B: http_body::Body<Data = Bytes> + Unpin + 'static> UnreadBody<B> {
+    fn new(body: B, h2: bool, tuning: &HttpTuning) -> Self {
+        UnreadBody {
+            body: Some(body),
+            drain: h2,
+            bytes_max: tuning.body_bytes_max,
+            timeout: Duration::from_millis(tuning.body_read_timeout_ms),
+        }
+    }
+
+    /// The body, for an admitted request that reads it.
+    fn take(&mut self) -> B {
+        self.body.take().expect("the body is taken once")
+    }
+}
+
+impl<B: http_body::Body<Data = Bytes> + Unpin + 'static> Drop for UnreadBody<B> {
+    fn drop(&mut self) {
+        let Some(mut body) = self.body.take() else {
+            return;
+        };
+        if !self.drain || body.is_end_stream() {
+            return;
+        }
+        let (bytes_max, deadline) = (self.bytes_max, self.timeout);
+        let drain = async move {
+            let mut read = 0usize;
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Ok(data) = frame.into_data() {
+                    read = read.saturating_add(data.len());
+                    if read > bytes_max {
+                        break;
+                    }
+                }
+            }
+        };
+        glommio::spawn_local(timeout(deadline, drain)).detach();
     }
 }
 

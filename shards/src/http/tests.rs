@@ -755,3 +755,68 @@ fn http2_rapid_resets_and_endless_header_blocks_end_their_connection_only() {
         200
     );
 }
+
+#[test]
+fn http2_refusals_before_the_body_neither_reset_the_stream_nor_cost_the_connection() {
+    let server = ServerThread::start(test_tuning(), ScriptConfig::default());
+    let mut stream = connect(server.addr);
+    stream.write_all(&h2_preface()).unwrap();
+    // HPACK: :method POST, :scheme http (static table), :path as a literal, then content-type
+    // text/plain (refused with 400 before the body is read) and content-length 5, both with
+    // names from the static table.
+    let path = query_path();
+    let mut block = vec![0x83, 0x86, 0x04, path.len() as u8];
+    block.extend_from_slice(path.as_bytes());
+    block.extend_from_slice(&[0x0f, 0x10, 10]);
+    block.extend_from_slice(b"text/plain");
+    block.extend_from_slice(&[0x0f, 0x0d, 1, b'5']);
+    // More refusals than the connection's error-reset bound (H2_ERROR_RESETS_MAX): each body
+    // is sent only after its answer arrived, as from a client whose DATA was on the way.
+    let (mut resets, mut refused) = (0, 0);
+    for i in 0..1_100u32 {
+        let id = 2 * i + 1;
+        stream.write_all(&h2_frame(0x1, 0x4, id, &block)).unwrap();
+        loop {
+            let mut head = [0u8; 9];
+            stream.read_exact(&mut head).unwrap();
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let mut payload = vec![0u8; len];
+            stream.read_exact(&mut payload).unwrap();
+            let on = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+            match head[3] {
+                0x7 => panic!("GOAWAY after {refused} refusals: {payload:?}"),
+                0x3 => resets += 1,
+                // HEADERS: the first byte of a 400 answer is the static-table index of
+                // `:status 400` (0x8c); DATA or HEADERS with END_STREAM ends the answer.
+                0x1 if on == id && payload.first() == Some(&0x8c) => refused += 1,
+                _ => {}
+            }
+            if on == id && head[4] & 0x1 == 0x1 && matches!(head[3], 0x0 | 0x1) {
+                break;
+            }
+        }
+        stream.write_all(&h2_frame(0x0, 0x1, id, b"hello")).unwrap();
+    }
+    assert_eq!(refused, 1_100);
+    assert_eq!(resets, 0, "the server reset refused streams");
+    // The connection still serves: a status request on the next stream is answered 200
+    // (`:status 200` is static index 8).
+    let id = 2 * 1_100 + 1;
+    let status = [&[0x82u8, 0x86, 0x04, 14][..], b"/api/v2/status"].concat();
+    stream
+        .write_all(&h2_frame(0x1, 0x4 | 0x1, id, &status))
+        .unwrap();
+    loop {
+        let mut head = [0u8; 9];
+        stream.read_exact(&mut head).unwrap();
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        stream.read_exact(&mut payload).unwrap();
+        let on = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        assert_ne!(head[3], 0x7, "GOAWAY: {payload:?}");
+        if head[3] == 0x1 && on == id {
+            assert_eq!(payload.first(), Some(&0x88));
+            break;
+        }
+    }
+}
