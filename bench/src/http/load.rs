@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use icn_codecs::ic::Principal;
 use icn_shards::http::testing::{call_envelope, request_bytes, TestKey};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -90,6 +91,24 @@ impl RequestPool {
     }
 }
 
+impl RequestPool {
+    /// Each request as HTTP/2 needs it: its path and its body.
+    fn h2_parts(&self) -> Vec<(String, Bytes)> {
+        self.requests
+            .iter()
+            .map(|request| {
+                let head_end = request
+                    .windows(4)
+                    .position(|w| w == b"\r\n\r\n")
+                    .map_or(request.len(), |end| end + 4);
+                let line = String::from_utf8_lossy(&request[..head_end]);
+                let path = line.split(' ').nth(1).unwrap_or("/").to_string();
+                (path, Bytes::copy_from_slice(&request[head_end..]))
+            })
+            .collect()
+    }
+}
+
 /// Candid `()`: the magic and two empty tables.
 fn candid_empty_args() -> Vec<u8> {
     b"DIDL\x00\x00".to_vec()
@@ -120,11 +139,23 @@ pub struct LoadSpec {
     /// The core the generator's one worker thread is pinned to (None: one worker per core,
     /// unpinned).
     pub generator_core: Option<usize>,
-    /// Requests a connection may have sent and not yet had answered (HTTP/1.1 pipelining).
-    /// 1: a connection sends its next request only after the answer to the last; more (open
-    /// loop only) lets an overloaded server's backlog build in its own socket buffers instead of
-    /// in the generator, so the offered rate does not depend on how fast it answers.
-    pub pipeline_depth: usize,
+    /// How the requests travel.
+    pub wire: Wire,
+}
+
+/// The protocol of a load's connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wire {
+    /// HTTP/1.1 keep-alive with up to `pipeline_depth` requests sent and not yet answered per
+    /// connection (pipelining). 1: a connection sends its next request only after the answer
+    /// to the last; more (open loop only) lets an overloaded server's backlog build in its own
+    /// socket buffers instead of in the generator, so the offered rate does not depend on how
+    /// fast it answers; answers come in order, so each waits for those before it.
+    Http1 { pipeline_depth: usize },
+    /// HTTP/2 with prior knowledge (h2c), open loop only: every request is a stream of its
+    /// own, as many open per connection as the server allows (a request due while all are
+    /// taken waits, and the wait counts in its latency), answered in any order.
+    Http2,
 }
 
 /// What one load run saw.
@@ -181,9 +212,15 @@ async fn run_async(spec: LoadSpec, pool: Arc<RequestPool>) -> LoadOutcome {
     let (window_tx, window_rx) = tokio::sync::watch::channel(None::<(Instant, Instant)>);
     let mut tasks = Vec::with_capacity(spec.connections);
     let first = first_source_host();
+    let h2_requests = Arc::new(if spec.wire == Wire::Http2 {
+        pool.h2_parts()
+    } else {
+        Vec::new()
+    });
     for connection in 0..spec.connections {
         let source = source_ip(first, connection);
         let (shared, next, pool) = (shared.clone(), next.clone(), pool.clone());
+        let h2_requests = h2_requests.clone();
         let (connected, mut window_rx) = (connected.clone(), window_rx.clone());
         tasks.push(tokio::spawn(async move {
             let stream = tokio::time::timeout(REQUEST_TIMEOUT, connect(spec.addr, source))
@@ -195,14 +232,40 @@ async fn run_async(spec: LoadSpec, pool: Arc<RequestPool>) -> LoadOutcome {
                 return;
             };
             let (start, end) = window.expect("waited for Some");
-            match spec.pacing {
-                Pacing::Open { rate_per_s } if spec.pipeline_depth > 1 => {
+            match (spec.pacing, spec.wire) {
+                (Pacing::Open { rate_per_s }, Wire::Http2) => {
                     let window = Window {
                         start,
                         end,
                         rate_per_s,
                     };
-                    pipelined_loop(spec, source, stream, window, &shared, &next, &pool).await;
+                    let load = H2Load {
+                        shared: shared.clone(),
+                        next: next.clone(),
+                        pool: pool.clone(),
+                        requests: h2_requests,
+                    };
+                    h2_loop(spec, source, stream, window, load).await;
+                }
+                (Pacing::Open { rate_per_s }, Wire::Http1 { pipeline_depth })
+                    if pipeline_depth > 1 =>
+                {
+                    let window = Window {
+                        start,
+                        end,
+                        rate_per_s,
+                    };
+                    pipelined_loop(
+                        spec,
+                        pipeline_depth,
+                        source,
+                        stream,
+                        window,
+                        &shared,
+                        &next,
+                        &pool,
+                    )
+                    .await;
                 }
                 _ => connection_loop(spec, source, stream, start, end, &shared, &next, &pool).await,
             }
@@ -340,11 +403,13 @@ struct Window {
 }
 
 /// One connection of a pipelined open loop: a writer sends each request it takes when it is
-/// due, while up to `spec.pipeline_depth` are unanswered (beyond that it waits, and the wait
+/// due, while up to `pipeline_depth` are unanswered (beyond that it waits, and the wait
 /// counts in the latency), and a reader takes the answers in order. A broken connection ends
 /// the loop; its unanswered requests count as errors.
+#[allow(clippy::too_many_arguments)]
 async fn pipelined_loop(
     spec: LoadSpec,
+    pipeline_depth: usize,
     source: IpAddr,
     stream: Option<TcpStream>,
     window: Window,
@@ -368,7 +433,7 @@ async fn pipelined_loop(
         },
     };
     let (mut reader, mut writer) = stream.into_split();
-    let (due_tx, mut due_rx) = tokio::sync::mpsc::channel::<Instant>(spec.pipeline_depth);
+    let (due_tx, mut due_rx) = tokio::sync::mpsc::channel::<Instant>(pipeline_depth);
     // The write half outlives the writer: dropping it would shut our side down, and a server
     // may then drop the answers still owed on the connection.
     let writer = &mut writer;
@@ -431,6 +496,117 @@ async fn pipelined_loop(
         shared.outcome.errors += 1;
         shared.outcome.first_error.get_or_insert(error);
     }
+}
+
+/// What the connections of an HTTP/2 load share.
+struct H2Load {
+    shared: Arc<Mutex<Shared>>,
+    next: Arc<AtomicU64>,
+    pool: Arc<RequestPool>,
+    /// The pool's requests as (path, body), same order.
+    requests: Arc<Vec<(String, Bytes)>>,
+}
+
+/// One connection of an HTTP/2 open loop: the next due request goes out as a new stream once
+/// the server's stream limit leaves room (the wait counts in its latency), and a task per
+/// stream records its answer whenever it comes. A broken connection ends the loop; the
+/// requests it carried count as errors.
+async fn h2_loop(
+    spec: LoadSpec,
+    source: IpAddr,
+    stream: Option<TcpStream>,
+    window: Window,
+    load: H2Load,
+) {
+    let fail = |error: String| {
+        let mut shared = lock(&load.shared);
+        shared.outcome.errors += 1;
+        shared.outcome.first_error.get_or_insert(error);
+    };
+    let stream = match stream {
+        Some(stream) => stream,
+        None => match connect(spec.addr, source).await {
+            Ok(stream) => stream,
+            Err(error) => return fail(format!("connect: {error}")),
+        },
+    };
+    let (mut sender, connection) = match h2::client::handshake(stream).await {
+        Ok(handshake) => handshake,
+        Err(error) => return fail(format!("HTTP/2 handshake: {error}")),
+    };
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut streams = tokio::task::JoinSet::new();
+    loop {
+        let index = load.next.fetch_add(1, Ordering::Relaxed);
+        let due = window.start + Duration::from_secs_f64(index as f64 / window.rate_per_s);
+        if due >= window.end || Instant::now() >= window.end {
+            break;
+        }
+        tokio::time::sleep_until(due.into()).await;
+        if load.pool.take(index, &load.shared).is_none() {
+            break;
+        }
+        let (path, body) = &load.requests[index as usize % load.requests.len()];
+        sender = match sender.clone().ready().await {
+            Ok(ready) => ready,
+            Err(error) => {
+                fail(format!("HTTP/2 connection: {error}"));
+                break;
+            }
+        };
+        let request = http::Request::post(format!("http://{}{path}", spec.addr))
+            .header("content-type", "application/cbor")
+            .body(())
+            .expect("a valid request head");
+        let (answer, mut body_out) = match sender.send_request(request, false) {
+            Ok(sent) => sent,
+            Err(error) => {
+                fail(format!("HTTP/2 request: {error}"));
+                break;
+            }
+        };
+        if let Err(error) = body_out.send_data(body.clone(), true) {
+            fail(format!("HTTP/2 body: {error}"));
+            break;
+        }
+        let shared = load.shared.clone();
+        streams.spawn(async move {
+            let result = tokio::time::timeout(REQUEST_TIMEOUT, async move {
+                let answer = answer.await.map_err(|e| format!("HTTP/2 answer: {e}"))?;
+                let status = answer.status().as_u16();
+                let mut body = answer.into_body();
+                let mut bytes = 0usize;
+                while let Some(chunk) = body.data().await {
+                    let chunk = chunk.map_err(|e| format!("HTTP/2 answer body: {e}"))?;
+                    bytes += chunk.len();
+                    if bytes > ANSWER_BODY_BYTES_MAX {
+                        return Err(format!("answer body over {ANSWER_BODY_BYTES_MAX} bytes"));
+                    }
+                    let _ = body.flow_control().release_capacity(chunk.len());
+                }
+                Ok((status, bytes))
+            })
+            .await
+            .unwrap_or_else(|_| Err("no answer within the request timeout".to_string()));
+            let now = Instant::now();
+            let mut shared = lock(&shared);
+            shared.last_answer = Some(now);
+            shared.outcome.sent += 1;
+            match result {
+                Ok((status, bytes)) => record_answer(&mut shared.outcome, status, bytes, now - due),
+                Err(error) => {
+                    shared.outcome.errors += 1;
+                    shared.outcome.first_error.get_or_insert(error);
+                }
+            }
+        });
+        while streams.try_join_next().is_some() {}
+    }
+    while streams.join_next().await.is_some() {}
+    drop(sender);
+    driver.abort();
 }
 
 /// Counts one answer: 2xx with its latency, 429 with its latency, anything else an error.
@@ -656,7 +832,7 @@ mod tests {
             connections: 4,
             duration: Duration::from_secs(1),
             generator_core: None,
-            pipeline_depth,
+            wire: Wire::Http1 { pipeline_depth },
         };
         // One at a time, four connections answered every 40 ms carry at most 100/s.
         let single = runtime.block_on(run_async(spec(1), pool.clone()));
@@ -672,6 +848,67 @@ mod tests {
         // The queue built in the server: the last answers came long after they were due.
         let latency = pipelined.reject_latency.summary().unwrap();
         assert!(latency.p99 >= 500_000.0, "{latency:?}");
+    }
+
+    /// An HTTP/2 (h2c) server that answers every request 429 with a short body, reading the
+    /// request body to its end first.
+    async fn h2_refusing_server() -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let Ok(mut connection) = h2::server::handshake(conn).await else {
+                        return;
+                    };
+                    while let Some(Ok((request, mut respond))) = connection.accept().await {
+                        tokio::spawn(async move {
+                            let mut body = request.into_body();
+                            while let Some(Ok(chunk)) = body.data().await {
+                                let _ = body.flow_control().release_capacity(chunk.len());
+                            }
+                            let answer = http::Response::builder().status(429).body(()).unwrap();
+                            if let Ok(mut out) = respond.send_response(answer, false) {
+                                let _ = out.send_data(Bytes::from_static(b"busy"), true);
+                            }
+                        });
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn an_http2_open_loop_sends_its_rate_as_streams_and_counts_every_answer() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let addr = runtime.block_on(h2_refusing_server());
+        let pool = Arc::new(RequestPool {
+            requests: vec![request_bytes("POST", "/api/x", Some(b"abc"))],
+            reusable: true,
+        });
+        assert_eq!(
+            pool.h2_parts(),
+            vec![("/api/x".to_string(), Bytes::from_static(b"abc"))]
+        );
+        let spec = LoadSpec {
+            addr,
+            pacing: Pacing::Open { rate_per_s: 400.0 },
+            connections: 4,
+            duration: Duration::from_secs(1),
+            generator_core: None,
+            wire: Wire::Http2,
+        };
+        let outcome = runtime.block_on(run_async(spec, pool));
+        assert_eq!(outcome.errors, 0, "{:?}", outcome.first_error);
+        assert!(outcome.sent >= 360, "{}", outcome.sent);
+        assert_eq!(outcome.rejected, outcome.sent);
+        assert_eq!(outcome.ok, 0);
+        assert_eq!(outcome.reject_latency.count(), outcome.sent);
     }
 
     #[test]

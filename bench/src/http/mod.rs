@@ -34,7 +34,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::report::{PointReport, RunRecord};
-use load::{Endpoint, LoadOutcome, LoadSpec, Pacing, RequestPool};
+use load::{Endpoint, LoadOutcome, LoadSpec, Pacing, RequestPool, Wire};
 
 /// Every system name of the http suite (BENCH.md), in report order.
 pub const SYSTEM_NAMES: [&str; 2] = ["icn", "axum-tokio"];
@@ -60,6 +60,10 @@ pub const OPEN_LOOP_CONNECTIONS: usize = 2048;
 /// generator's 2,048 connections, all waiting, had capped what it could send at connections
 /// divided by the server's answer time.
 pub const FLOOD_PIPELINE_DEPTH: usize = 16;
+/// Connections of `query-10x-h2`, the same flood over HTTP/2 (h2c): each carries as many
+/// streams at once as the server allows (icn: `http.h2_streams_per_connection_max`, 100), so
+/// 64 connections hold up to 6,400 requests, and a refusal never waits behind another answer.
+pub const H2_FLOOD_CONNECTIONS: usize = 64;
 /// Connections of the unloaded runs.
 pub const UNLOADED_CONNECTIONS: usize = 8;
 /// Requests per second of `query-unloaded` and `update-unloaded`.
@@ -80,15 +84,17 @@ pub enum HttpCase {
     QueryUnloaded,
     QueryPeak,
     Query10x,
+    Query10xH2,
     UpdateUnloaded,
     UpdatePeak,
 }
 
 impl HttpCase {
-    pub const ALL: [HttpCase; 5] = [
+    pub const ALL: [HttpCase; 6] = [
         HttpCase::QueryUnloaded,
         HttpCase::QueryPeak,
         HttpCase::Query10x,
+        HttpCase::Query10xH2,
         HttpCase::UpdateUnloaded,
         HttpCase::UpdatePeak,
     ];
@@ -98,6 +104,7 @@ impl HttpCase {
             HttpCase::QueryUnloaded => "query-unloaded",
             HttpCase::QueryPeak => "query-peak",
             HttpCase::Query10x => "query-10x",
+            HttpCase::Query10xH2 => "query-10x-h2",
             HttpCase::UpdateUnloaded => "update-unloaded",
             HttpCase::UpdatePeak => "update-peak",
         }
@@ -376,7 +383,7 @@ fn measure(
     system: &str,
     pacing: Pacing,
     connections: usize,
-    pipeline_depth: usize,
+    wire: Wire,
     duration: Duration,
     pool: RequestPool,
 ) -> RunRecord {
@@ -396,7 +403,7 @@ fn measure(
         connections,
         duration,
         generator_core: servers.generator_core,
-        pipeline_depth,
+        wire,
     };
     let outcome = load::run(spec, Arc::new(pool));
     let cpu = total_cpu_seconds(&pids) - cpu_before;
@@ -521,7 +528,7 @@ pub fn run_points(
                 system,
                 Pacing::Closed,
                 PEAK_FIND_CONNECTIONS,
-                1,
+                Wire::Http1 { pipeline_depth: 1 },
                 durations.warmup,
                 pool(),
             );
@@ -530,7 +537,7 @@ pub fn run_points(
                 system,
                 Pacing::Closed,
                 PEAK_FIND_CONNECTIONS,
-                1,
+                Wire::Http1 { pipeline_depth: 1 },
                 durations.peak_find,
                 pool(),
             );
@@ -541,10 +548,18 @@ pub fn run_points(
             ));
             peaks.insert(format!("{system}_query_peak_per_s"), json!(peak));
             for &case in &query_cases {
-                let (rate, connections, depth) = match case {
-                    HttpCase::QueryUnloaded => (UNLOADED_QUERY_RATE, UNLOADED_CONNECTIONS, 1),
-                    HttpCase::QueryPeak => (peak, OPEN_LOOP_CONNECTIONS, 1),
-                    _ => (peak * 10.0, OPEN_LOOP_CONNECTIONS, FLOOD_PIPELINE_DEPTH),
+                let one = Wire::Http1 { pipeline_depth: 1 };
+                let (rate, connections, wire) = match case {
+                    HttpCase::QueryUnloaded => (UNLOADED_QUERY_RATE, UNLOADED_CONNECTIONS, one),
+                    HttpCase::QueryPeak => (peak, OPEN_LOOP_CONNECTIONS, one),
+                    HttpCase::Query10xH2 => (peak * 10.0, H2_FLOOD_CONNECTIONS, Wire::Http2),
+                    _ => (
+                        peak * 10.0,
+                        OPEN_LOOP_CONNECTIONS,
+                        Wire::Http1 {
+                            pipeline_depth: FLOOD_PIPELINE_DEPTH,
+                        },
+                    ),
                 };
                 points.push(repeat(system, case, repetitions, progress, || {
                     if rate <= 0.0 {
@@ -555,7 +570,7 @@ pub fn run_points(
                         system,
                         Pacing::Open { rate_per_s: rate },
                         connections,
-                        depth,
+                        wire,
                         durations.run,
                         pool(),
                     )
@@ -591,7 +606,7 @@ pub fn run_points(
                 system,
                 Pacing::Closed,
                 UPDATE_CONNECTIONS,
-                1,
+                Wire::Http1 { pipeline_depth: 1 },
                 durations.peak_find,
                 updates(UPDATE_POOL_MAX),
             );
@@ -623,7 +638,7 @@ pub fn run_points(
                     system,
                     Pacing::Open { rate_per_s: rate },
                     connections,
-                    1,
+                    Wire::Http1 { pipeline_depth: 1 },
                     durations.run,
                     updates(count),
                 )
@@ -715,6 +730,7 @@ pub fn suite_config(quick: bool, repetitions: usize, peaks: Value, pinning: Pinn
         "peak_find_connections": PEAK_FIND_CONNECTIONS,
         "open_loop_connections": OPEN_LOOP_CONNECTIONS,
         "flood_pipeline_depth": FLOOD_PIPELINE_DEPTH,
+        "h2_flood_connections": H2_FLOOD_CONNECTIONS,
         "unloaded_connections": UNLOADED_CONNECTIONS,
         "update_connections": UPDATE_CONNECTIONS,
         "unloaded_query_rate_per_s": UNLOADED_QUERY_RATE,
