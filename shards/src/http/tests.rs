@@ -687,19 +687,36 @@ fn h2_preface() -> Vec<u8> {
     .concat()
 }
 
+/// One HTTP/2 frame as read: type, flags, stream id, payload.
+struct H2Frame {
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    payload: Vec<u8>,
+}
+
+fn h2_read_frame(stream: &mut std::net::TcpStream) -> std::io::Result<H2Frame> {
+    let mut head = [0u8; 9];
+    stream.read_exact(&mut head)?;
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let mut payload = vec![0u8; len];
+    stream.read_exact(&mut payload)?;
+    Ok(H2Frame {
+        kind: head[3],
+        flags: head[4],
+        stream: u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff,
+        payload,
+    })
+}
+
 /// Reads frames until a GOAWAY and returns its error code; None when the connection ends
 /// (or stays silent for the read timeout) first.
 fn h2_goaway_code(stream: &mut std::net::TcpStream) -> Option<u32> {
     loop {
-        let mut head = [0u8; 9];
-        stream.read_exact(&mut head).ok()?;
-        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-        let mut payload = vec![0u8; len];
-        stream.read_exact(&mut payload).ok()?;
-        if head[3] == 0x7 && payload.len() >= 8 {
-            return Some(u32::from_be_bytes([
-                payload[4], payload[5], payload[6], payload[7],
-            ]));
+        let frame = h2_read_frame(stream).ok()?;
+        if frame.kind == 0x7 && frame.payload.len() >= 8 {
+            let code = &frame.payload[4..8];
+            return Some(u32::from_be_bytes([code[0], code[1], code[2], code[3]]));
         }
     }
 }
@@ -777,21 +794,17 @@ fn http2_refusals_before_the_body_neither_reset_the_stream_nor_cost_the_connecti
         let id = 2 * i + 1;
         stream.write_all(&h2_frame(0x1, 0x4, id, &block)).unwrap();
         loop {
-            let mut head = [0u8; 9];
-            stream.read_exact(&mut head).unwrap();
-            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-            let mut payload = vec![0u8; len];
-            stream.read_exact(&mut payload).unwrap();
-            let on = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
-            match head[3] {
-                0x7 => panic!("GOAWAY after {refused} refusals: {payload:?}"),
+            let frame = h2_read_frame(&mut stream).unwrap();
+            let ours = frame.stream == id;
+            match frame.kind {
+                0x7 => panic!("GOAWAY after {refused} refusals: {:?}", frame.payload),
                 0x3 => resets += 1,
                 // HEADERS: the first byte of a 400 answer is the static-table index of
                 // `:status 400` (0x8c); DATA or HEADERS with END_STREAM ends the answer.
-                0x1 if on == id && payload.first() == Some(&0x8c) => refused += 1,
+                0x1 if ours && frame.payload.first() == Some(&0x8c) => refused += 1,
                 _ => {}
             }
-            if on == id && head[4] & 0x1 == 0x1 && matches!(head[3], 0x0 | 0x1) {
+            if ours && frame.flags & 0x1 == 0x1 && matches!(frame.kind, 0x0 | 0x1) {
                 break;
             }
         }
@@ -807,15 +820,10 @@ fn http2_refusals_before_the_body_neither_reset_the_stream_nor_cost_the_connecti
         .write_all(&h2_frame(0x1, 0x4 | 0x1, id, &status))
         .unwrap();
     loop {
-        let mut head = [0u8; 9];
-        stream.read_exact(&mut head).unwrap();
-        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-        let mut payload = vec![0u8; len];
-        stream.read_exact(&mut payload).unwrap();
-        let on = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
-        assert_ne!(head[3], 0x7, "GOAWAY: {payload:?}");
-        if head[3] == 0x1 && on == id {
-            assert_eq!(payload.first(), Some(&0x88));
+        let frame = h2_read_frame(&mut stream).unwrap();
+        assert_ne!(frame.kind, 0x7, "GOAWAY: {:?}", frame.payload);
+        if frame.kind == 0x1 && frame.stream == id {
+            assert_eq!(frame.payload.first(), Some(&0x88));
             break;
         }
     }
