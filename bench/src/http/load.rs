@@ -417,20 +417,9 @@ async fn pipelined_loop(
     next: &AtomicU64,
     pool: &RequestPool,
 ) {
-    let stream = match stream {
-        Some(stream) => stream,
-        None => match connect(spec.addr, source).await {
-            Ok(stream) => stream,
-            Err(error) => {
-                let mut shared = lock(shared);
-                shared.outcome.errors += 1;
-                shared
-                    .outcome
-                    .first_error
-                    .get_or_insert(format!("connect: {error}"));
-                return;
-            }
-        },
+    let stream = match connected(stream, spec.addr, source).await {
+        Ok(stream) => stream,
+        Err(error) => return count_error(shared, error),
     };
     let (mut reader, mut writer) = stream.into_split();
     let (due_tx, mut due_rx) = tokio::sync::mpsc::channel::<Instant>(pipeline_depth);
@@ -492,9 +481,28 @@ async fn pipelined_loop(
     };
     let (written, _) = tokio::join!(write, read);
     if let Err(error) = written {
-        let mut shared = lock(shared);
-        shared.outcome.errors += 1;
-        shared.outcome.first_error.get_or_insert(error);
+        count_error(shared, error);
+    }
+}
+
+/// Counts one failed operation; the run keeps its first error.
+fn count_error(shared: &Mutex<Shared>, error: String) {
+    let mut shared = lock(shared);
+    shared.outcome.errors += 1;
+    shared.outcome.first_error.get_or_insert(error);
+}
+
+/// The connection opened before the window, or a new one where that failed.
+async fn connected(
+    stream: Option<TcpStream>,
+    addr: SocketAddr,
+    source: IpAddr,
+) -> Result<TcpStream, String> {
+    match stream {
+        Some(stream) => Ok(stream),
+        None => connect(addr, source)
+            .await
+            .map_err(|error| format!("connect: {error}")),
     }
 }
 
@@ -518,17 +526,10 @@ async fn h2_loop(
     window: Window,
     load: H2Load,
 ) {
-    let fail = |error: String| {
-        let mut shared = lock(&load.shared);
-        shared.outcome.errors += 1;
-        shared.outcome.first_error.get_or_insert(error);
-    };
-    let stream = match stream {
-        Some(stream) => stream,
-        None => match connect(spec.addr, source).await {
-            Ok(stream) => stream,
-            Err(error) => return fail(format!("connect: {error}")),
-        },
+    let fail = |error: String| count_error(&load.shared, error);
+    let stream = match connected(stream, spec.addr, source).await {
+        Ok(stream) => stream,
+        Err(error) => return fail(error),
     };
     let (mut sender, connection) = match h2::client::handshake(stream).await {
         Ok(handshake) => handshake,

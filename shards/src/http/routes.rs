@@ -187,19 +187,16 @@ fn parse_principal(text: &str) -> Result<Principal, icn_codecs::ic::PrincipalErr
         return Ok(principal);
     }
     let principal = Principal::from_text(text)?;
-    // from_text refuses texts longer than the slot, so the length fits.
-    if let Ok(len) = u8::try_from(bytes.len()) {
-        if bytes.len() <= PRINCIPAL_TEXT_CHARS_MAX {
-            let mut stored = [0u8; PRINCIPAL_TEXT_CHARS_MAX];
-            stored[..bytes.len()].copy_from_slice(bytes);
-            PRINCIPALS.with(|cache| {
-                let mut cache = cache.borrow_mut();
-                let slot = cache.next;
-                cache.slots[slot] = Some((stored, len, principal));
-                cache.next = (slot + 1) % PRINCIPAL_CACHE_SLOTS;
-            });
-        }
-    }
+    // from_text refuses texts longer than a slot, so every text that parsed fits one.
+    let mut stored = [0u8; PRINCIPAL_TEXT_CHARS_MAX];
+    stored[..bytes.len()].copy_from_slice(bytes);
+    let len = bytes.len() as u8;
+    PRINCIPALS.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        let slot = cache.next;
+        cache.slots[slot] = Some((stored, len, principal));
+        cache.next = (slot + 1) % PRINCIPAL_CACHE_SLOTS;
+    });
     Ok(principal)
 }
 
