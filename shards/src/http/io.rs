@@ -414,7 +414,15 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for SharedStream<S> {
     }
 }
 
-/// Runs hyper's HTTP/2 per-stream tasks on the current shard's executor.
+/// Runs hyper's HTTP/2 per-stream tasks on the current shard's executor, in the spawning
+/// task's queue.
+///
+/// The task is queued, not run: glommio's `spawn_local` polls a new task at once, inside the
+/// spawner's poll. hyper spawns a stream's task from the connection task while it accepts
+/// the streams of what it read; run at once, the stream answers before the next stream is
+/// accepted, and h2 flushes that one answer at the end of accepting the next: one `send` per
+/// answer. Queued, the stream tasks run after the connection task has accepted everything it
+/// read, and their answers go out together on its next poll.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LocalExec;
 
@@ -423,7 +431,12 @@ where
     F: Future + 'static,
 {
     fn execute(&self, future: F) {
-        glommio::spawn_local(future).detach();
+        let executor = glommio::executor();
+        // The current queue exists while one of its tasks runs (hyper spawns from its
+        // connection task), so this spawn does not fail.
+        if let Ok(task) = executor.spawn_local_into(future, executor.current_task_queue()) {
+            task.detach();
+        }
     }
 }
 
@@ -635,6 +648,44 @@ mod tests {
         answer(&mut io, b"A");
         answer(&mut io, b"B");
         assert_eq!(written(&io), [b"A", b"B"]);
+    }
+
+    #[test]
+    fn hyper_tasks_are_queued_behind_their_spawner_in_its_queue() {
+        glommio::LocalExecutorBuilder::default()
+            .make()
+            .expect("executor")
+            .run(async {
+                let executor = glommio::executor();
+                let queue = executor.create_task_queue(
+                    glommio::Shares::default(),
+                    glommio::Latency::NotImportant,
+                    "spawner",
+                );
+                let spawner = glommio::spawn_local_into(
+                    async move {
+                        let ran_in = Rc::new(Cell::new(None));
+                        for _ in 0..3 {
+                            let ran_in = ran_in.clone();
+                            hyper::rt::Executor::execute(&LocalExec, async move {
+                                let queue = glommio::executor().current_task_queue();
+                                let count = ran_in.get().map_or(0, |(_, n)| n);
+                                ran_in.set(Some((queue, count + 1)));
+                            });
+                        }
+                        // Not one has run inside `execute` (glommio's `spawn_local` would have
+                        // run each at once, before the spawner accepted the next stream).
+                        assert!(ran_in.get().is_none());
+                        futures_lite::future::yield_now().await;
+                        let (ran_queue, count) = ran_in.get().expect("the tasks ran");
+                        assert_eq!(count, 3);
+                        assert_eq!(ran_queue, queue);
+                    },
+                    queue,
+                )
+                .expect("spawn");
+                spawner.await;
+            });
     }
 
     #[test]

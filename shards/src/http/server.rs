@@ -235,8 +235,11 @@ async fn serve_http<S>(
     if is_h2 {
         activity.set_multiplexed(Instant::now());
     }
-    let service =
-        hyper::service::service_fn(move |request| handle(state.clone(), activity.clone(), request));
+    // Boxed: hyper moves the service's future into each HTTP/2 stream's task (and HTTP/1.1's
+    // dispatcher holds it), and `handle`'s state machine is 2.7 KiB.
+    let service = hyper::service::service_fn(move |request| {
+        Box::pin(handle(state.clone(), activity.clone(), request))
+    });
     if is_h2 {
         let mut builder = http2::Builder::new(LocalExec);
         builder
