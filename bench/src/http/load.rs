@@ -506,6 +506,11 @@ async fn connected(
     }
 }
 
+/// The HTTP/2 generator's receive window per stream (hyper's client default).
+const H2_STREAM_WINDOW_BYTES: u32 = 2 << 20;
+/// The HTTP/2 generator's receive window per connection (hyper's client default).
+const H2_CONNECTION_WINDOW_BYTES: u32 = 5 << 20;
+
 /// What the connections of an HTTP/2 load share.
 struct H2Load {
     shared: Arc<Mutex<Shared>>,
@@ -531,7 +536,16 @@ async fn h2_loop(
         Ok(stream) => stream,
         Err(error) => return fail(error),
     };
-    let (mut sender, connection) = match h2::client::handshake(stream).await {
+    // The receive windows of hyper's HTTP/2 client, which IC agents talk through (reqwest),
+    // not the h2 crate's 64 KiB: with that, answers waiting to be read fill the connection
+    // window, the server sends the rest of each answer in small pieces as the window opens,
+    // and the client counts those against the connection (`too_many_data_frames`).
+    let handshake = h2::client::Builder::new()
+        .initial_window_size(H2_STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW_BYTES)
+        .handshake(stream)
+        .await;
+    let (mut sender, connection) = match handshake {
         Ok(handshake) => handshake,
         Err(error) => return fail(format!("HTTP/2 handshake: {error}")),
     };
