@@ -114,11 +114,13 @@ impl HttpCase {
         }
     }
 
+    /// Every case the suite knows: BENCH.md's, then the extra ones.
+    fn known() -> impl Iterator<Item = HttpCase> {
+        HttpCase::ALL.into_iter().chain(HttpCase::EXTRA)
+    }
+
     pub fn parse(name: &str) -> Option<HttpCase> {
-        HttpCase::ALL
-            .into_iter()
-            .chain(HttpCase::EXTRA)
-            .find(|case| case.name() == name)
+        HttpCase::known().find(|case| case.name() == name)
     }
 
     fn is_update(self) -> bool {
@@ -709,11 +711,7 @@ pub fn select_cases(names: &[String]) -> Result<Vec<HttpCase>, String> {
         .iter()
         .map(|name| {
             HttpCase::parse(name).ok_or_else(|| {
-                let known: Vec<&str> = HttpCase::ALL
-                    .iter()
-                    .chain(&HttpCase::EXTRA)
-                    .map(|c| c.name())
-                    .collect();
+                let known: Vec<&str> = HttpCase::known().map(HttpCase::name).collect();
                 format!("unknown http case {name}; known: {}", known.join(", "))
             })
         })

@@ -235,12 +235,11 @@ async fn serve_http<S>(
     if is_h2 {
         activity.set_multiplexed(Instant::now());
     }
-    // Boxed: hyper moves the service's future into each HTTP/2 stream's task (and HTTP/1.1's
-    // dispatcher holds it), and `handle`'s state machine is 2.7 KiB.
-    let service = hyper::service::service_fn(move |request| {
-        Box::pin(handle(state.clone(), activity.clone(), request))
-    });
+    let serve = move |request| handle(state.clone(), activity.clone(), request);
     if is_h2 {
+        // Boxed: hyper moves each stream's future into a task of its own, and `handle`'s state
+        // machine is 2.7 KiB. HTTP/1.1 keeps one box per connection (hyper's `in_flight`).
+        let service = hyper::service::service_fn(move |request| Box::pin(serve(request)));
         let mut builder = http2::Builder::new(LocalExec);
         builder
             .max_concurrent_streams(tuning.h2_streams_per_connection_max)
@@ -254,7 +253,9 @@ async fn serve_http<S>(
             .header_read_timeout(None)
             .max_buf_size(tuning.request_head_bytes_max.max(8 << 10))
             .keep_alive(true);
-        let _ = builder.serve_connection(io, service).await;
+        let _ = builder
+            .serve_connection(io, hyper::service::service_fn(serve))
+            .await;
     }
 }
 

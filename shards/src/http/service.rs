@@ -389,8 +389,8 @@ where
 /// would lose it, and every request on it, after about a thousand 429s. So a refused HTTP/2
 /// body is read to its end and discarded in a task of its own while the answer goes out
 /// (the answer does not wait for it), at most `http.body_bytes_max` bytes within
-/// `http.body_read_timeout_ms` (then it is dropped after all). Its stream stays open meanwhile and counts against the connection's stream
-/// limit.
+/// `http.body_read_timeout_ms` (then it is dropped after all). Its stream stays open
+/// meanwhile and counts against the connection's stream limit.
 struct UnreadBody<B: http_body::Body<Data = Bytes> + Unpin + 'static> {
     body: Option<B>,
     drain: bool,

@@ -599,14 +599,12 @@ fn tls_clients_get_tls13_with_alpn_next_to_plaintext_clients() {
     // ALPN h2: the server speaks HTTP/2 (its first frame is SETTINGS).
     let mut stream = tls_connect(server.addr, b"\x02h2\x08http/1.1", tls13).unwrap();
     assert_eq!(stream.ssl().selected_alpn_protocol(), Some(&b"h2"[..]));
-    stream
-        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
-        .unwrap();
-    let mut frame_head = [0u8; 9];
-    stream.read_exact(&mut frame_head).unwrap();
+    stream.write_all(&h2_preface()).unwrap();
+    let first = h2_read_frame(&mut stream).unwrap();
     assert_eq!(
-        frame_head[3], 0x04,
-        "first frame is not SETTINGS: {frame_head:?}"
+        first.kind, 0x04,
+        "first frame is not SETTINGS: {:?}",
+        first.payload
     );
     // TLS 1.2 is refused; plaintext still works on the same port.
     assert!(tls_connect(
@@ -627,9 +625,7 @@ fn an_http2_connection_outlives_the_header_timeout_between_requests_and_ends_whe
     let server = ServerThread::start(tuning, ScriptConfig::default());
     let mut stream = connect(server.addr);
     // Preface, empty SETTINGS, then PINGs for longer than the header timeout.
-    stream
-        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
-        .unwrap();
+    stream.write_all(&h2_preface()).unwrap();
     let ping = b"\x00\x00\x08\x06\x00\x00\x00\x00\x00pingpong";
     let started = Instant::now();
     while started.elapsed() < Duration::from_millis(tuning.header_read_timeout_ms * 3) {
@@ -639,12 +635,8 @@ fn an_http2_connection_outlives_the_header_timeout_between_requests_and_ends_whe
     // Still open: read frames until a PING ACK (type 6, flag 1) shows up.
     let mut acked = false;
     for _ in 0..100 {
-        let mut head = [0u8; 9];
-        stream.read_exact(&mut head).unwrap();
-        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-        let mut payload = vec![0u8; len];
-        stream.read_exact(&mut payload).unwrap();
-        if head[3] == 0x06 && head[4] & 1 == 1 {
+        let frame = h2_read_frame(&mut stream).unwrap();
+        if frame.kind == 0x06 && frame.flags & 1 == 1 {
             acked = true;
             break;
         }
@@ -695,7 +687,7 @@ struct H2Frame {
     payload: Vec<u8>,
 }
 
-fn h2_read_frame(stream: &mut std::net::TcpStream) -> std::io::Result<H2Frame> {
+fn h2_read_frame(stream: &mut impl Read) -> std::io::Result<H2Frame> {
     let mut head = [0u8; 9];
     stream.read_exact(&mut head)?;
     let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
