@@ -69,9 +69,12 @@ run: deps
 bench-quick: deps
 	$(CARGO) run --release -p icn-bench -- transport --quick
 
-# The HTTP API suite starts real `icn node` processes: build the release `icn` beside icn-bench.
+# The HTTP API suite starts real `icn node` processes: build the release `icn` beside icn-bench,
+# in one invocation so both get the same features. Both binaries are named: a `--bin` filter
+# applies to every package given, so `-p icn-shards --bin icn -p icn-bench` built icn-bench's
+# library and left its binary as it was.
 bench-http: deps
-	$(CARGO) build --release -p icn-shards --bin icn -p icn-bench
+	$(CARGO) build --release -p icn-shards -p icn-bench --bin icn --bin icn-bench
 	./target/release/icn-bench http --quick
 
 clean:

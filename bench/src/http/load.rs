@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use icn_codecs::ic::Principal;
 use icn_shards::http::testing::{call_envelope, request_bytes, TestKey};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -92,8 +93,9 @@ impl RequestPool {
 }
 
 impl RequestPool {
-    /// Each request as HTTP/2 needs it: its path and its body.
-    fn h2_parts(&self) -> Vec<(String, Bytes)> {
+    /// Each request as HTTP/2 needs it, to a server at `addr`: its URI (built once, cloned per
+    /// send without allocating) and its body.
+    fn h2_parts(&self, addr: SocketAddr) -> Vec<(http::Uri, Bytes)> {
         self.requests
             .iter()
             .map(|request| {
@@ -102,8 +104,11 @@ impl RequestPool {
                     .position(|w| w == b"\r\n\r\n")
                     .map_or(request.len(), |end| end + 4);
                 let line = String::from_utf8_lossy(&request[..head_end]);
-                let path = line.split(' ').nth(1).unwrap_or("/").to_string();
-                (path, Bytes::copy_from_slice(&request[head_end..]))
+                let path = line.split(' ').nth(1).unwrap_or("/");
+                let uri = format!("http://{addr}{path}")
+                    .parse()
+                    .unwrap_or_else(|_| http::Uri::from_static("/"));
+                (uri, Bytes::copy_from_slice(&request[head_end..]))
             })
             .collect()
     }
@@ -179,6 +184,24 @@ pub struct LoadOutcome {
     pub due: Option<u64>,
 }
 
+impl LoadOutcome {
+    /// Adds the counts and latencies of `other` (one connection's) to these; the first error
+    /// kept is this one's if it has one.
+    fn merge(&mut self, other: LoadOutcome) {
+        self.sent += other.sent;
+        self.ok += other.ok;
+        self.ok_bytes += other.ok_bytes;
+        self.ok_latency.merge(&other.ok_latency);
+        self.rejected += other.rejected;
+        self.reject_latency.merge(&other.reject_latency);
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+        self.pool_exhausted += other.pool_exhausted;
+    }
+}
+
 #[derive(Default)]
 struct Shared {
     outcome: LoadOutcome,
@@ -213,7 +236,7 @@ async fn run_async(spec: LoadSpec, pool: Arc<RequestPool>) -> LoadOutcome {
     let mut tasks = Vec::with_capacity(spec.connections);
     let first = first_source_host();
     let h2_requests = Arc::new(if spec.wire == Wire::Http2 {
-        pool.h2_parts()
+        pool.h2_parts(spec.addr)
     } else {
         Vec::new()
     });
@@ -511,18 +534,23 @@ const H2_STREAM_WINDOW_BYTES: u32 = 2 << 20;
 /// The HTTP/2 generator's receive window per connection (hyper's client default).
 const H2_CONNECTION_WINDOW_BYTES: u32 = 5 << 20;
 
+/// The content type of every HTTP/2 request.
+const CBOR: http::HeaderValue = http::HeaderValue::from_static("application/cbor");
+
 /// What the connections of an HTTP/2 load share.
 struct H2Load {
     shared: Arc<Mutex<Shared>>,
     next: Arc<AtomicU64>,
     pool: Arc<RequestPool>,
-    /// The pool's requests as (path, body), same order.
-    requests: Arc<Vec<(String, Bytes)>>,
+    /// The pool's requests as (URI, body), same order.
+    requests: Arc<Vec<(http::Uri, Bytes)>>,
 }
 
-/// One connection of an HTTP/2 open loop: the next due request goes out as a new stream once
-/// the server's stream limit leaves room (the wait counts in its latency), and a task per
-/// stream records its answer whenever it comes. A broken connection ends the loop; the
+/// One connection of an HTTP/2 open loop, in one task: the next due request goes out as a new
+/// stream once fewer than the server's stream limit are unanswered (the wait counts in its
+/// latency, and a request still waiting when the window closes is not sent), and
+/// every answer is taken as soon as it has come, before anything else is sent, so that its
+/// latency is the server's and not the generator's. A broken connection ends the loop; the
 /// requests it carried count as errors.
 async fn h2_loop(
     spec: LoadSpec,
@@ -545,83 +573,148 @@ async fn h2_loop(
         .initial_connection_window_size(H2_CONNECTION_WINDOW_BYTES)
         .handshake(stream)
         .await;
-    let (mut sender, connection) = match handshake {
+    let (mut sender, mut connection) = match handshake {
         Ok(handshake) => handshake,
         Err(error) => return fail(format!("HTTP/2 handshake: {error}")),
     };
+    let mut ping_pong = connection.ping_pong();
     let driver = tokio::spawn(async move {
         let _ = connection.await;
     });
-    let mut streams = tokio::task::JoinSet::new();
-    loop {
-        let index = load.next.fetch_add(1, Ordering::Relaxed);
-        let due = window.start + Duration::from_secs_f64(index as f64 / window.rate_per_s);
-        if due >= window.end || Instant::now() >= window.end {
-            break;
-        }
-        tokio::time::sleep_until(due.into()).await;
-        if load.pool.take(index, &load.shared).is_none() {
-            break;
-        }
-        let (path, body) = &load.requests[index as usize % load.requests.len()];
-        sender = match sender.clone().ready().await {
-            Ok(ready) => ready,
-            Err(error) => {
-                fail(format!("HTTP/2 connection: {error}"));
-                break;
-            }
+    // The server's SETTINGS (its stream limit among them) come before its answer to a PING:
+    // until they are read the client knows no limit, and a burst of due requests would open
+    // streams the server refuses.
+    if let Some(ping_pong) = ping_pong.as_mut() {
+        let pong = tokio::time::timeout(REQUEST_TIMEOUT, ping_pong.ping(h2::Ping::opaque())).await;
+        let error = match pong {
+            Ok(Ok(_pong)) => None,
+            Ok(Err(error)) => Some(error.to_string()),
+            Err(_) => Some("no answer within the request timeout".to_string()),
         };
-        let request = http::Request::post(format!("http://{}{path}", spec.addr))
-            .header("content-type", "application/cbor")
-            .body(())
-            .expect("a valid request head");
-        let (answer, mut body_out) = match sender.send_request(request, false) {
-            Ok(sent) => sent,
-            Err(error) => {
-                fail(format!("HTTP/2 request: {error}"));
-                break;
-            }
-        };
-        if let Err(error) = body_out.send_data(body.clone(), true) {
-            fail(format!("HTTP/2 body: {error}"));
-            break;
+        if let Some(error) = error {
+            driver.abort();
+            return fail(format!("HTTP/2 ping: {error}"));
         }
-        let shared = load.shared.clone();
-        streams.spawn(async move {
-            let result = tokio::time::timeout(REQUEST_TIMEOUT, async move {
-                let answer = answer.await.map_err(|e| format!("HTTP/2 answer: {e}"))?;
-                let status = answer.status().as_u16();
-                let mut body = answer.into_body();
-                let mut bytes = 0usize;
-                while let Some(chunk) = body.data().await {
-                    let chunk = chunk.map_err(|e| format!("HTTP/2 answer body: {e}"))?;
-                    bytes += chunk.len();
-                    if bytes > ANSWER_BODY_BYTES_MAX {
-                        return Err(format!("answer body over {ANSWER_BODY_BYTES_MAX} bytes"));
-                    }
-                    let _ = body.flow_control().release_capacity(chunk.len());
-                }
-                Ok((status, bytes))
-            })
-            .await
-            .unwrap_or_else(|_| Err("no answer within the request timeout".to_string()));
-            let now = Instant::now();
-            let mut shared = lock(&shared);
-            shared.last_answer = Some(now);
-            shared.outcome.sent += 1;
-            match result {
-                Ok((status, bytes)) => record_answer(&mut shared.outcome, status, bytes, now - due),
-                Err(error) => {
-                    shared.outcome.errors += 1;
-                    shared.outcome.first_error.get_or_insert(error);
-                }
-            }
-        });
-        while streams.try_join_next().is_some() {}
     }
-    while streams.join_next().await.is_some() {}
+    // The h2 client applies no bound of its own: `poll_ready` waits only while a stream it
+    // knows to be over the server's limit waits to open, and it counts a stream as open only
+    // once its connection task has written it, so a burst of requests sent before that task
+    // runs all queue inside it. The loop therefore keeps at most the server's limit of
+    // unanswered requests, and waits for an answer before sending more.
+    let mut outcome = LoadOutcome::default();
+    let mut last_answer = None;
+    let mut in_flight = FuturesUnordered::new();
+    // The request this connection took and has not sent yet: (index, due).
+    let mut next: Option<(u64, Instant)> = None;
+    let mut sending = true;
+    loop {
+        if sending && next.is_none() {
+            let index = load.next.fetch_add(1, Ordering::Relaxed);
+            let due = window.start + Duration::from_secs_f64(index as f64 / window.rate_per_s);
+            if due >= window.end || Instant::now() >= window.end {
+                sending = false;
+            } else {
+                next = Some((index, due));
+            }
+        }
+        if !sending && in_flight.is_empty() {
+            break;
+        }
+        let due = next.map_or(window.end, |(_, due)| due);
+        tokio::select! {
+            biased;
+            Some((due, result)) = in_flight.next(), if !in_flight.is_empty() => {
+                let now = Instant::now();
+                last_answer = Some(now);
+                outcome.sent += 1;
+                match result {
+                    Ok((status, bytes)) => record_answer(&mut outcome, status, bytes, now - due),
+                    Err(error) => {
+                        outcome.errors += 1;
+                        outcome.first_error.get_or_insert(error);
+                    }
+                }
+            }
+            ready = async {
+                if due > Instant::now() {
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                let ready = std::future::poll_fn(|cx| sender.poll_ready(cx));
+                tokio::time::timeout_at(window.end.into(), ready).await
+            }, if next.is_some() && in_flight.len() < sender.current_max_send_streams() => {
+                let (index, due) = next.take().expect("a request was taken");
+                match ready {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => {
+                        outcome.errors += 1;
+                        outcome.first_error.get_or_insert(format!("HTTP/2 connection: {error}"));
+                        sending = false;
+                        continue;
+                    }
+                    // The window closed while every stream was taken: never sent.
+                    Err(_) => {
+                        sending = false;
+                        continue;
+                    }
+                }
+                if load.pool.take(index, &load.shared).is_none() {
+                    sending = false;
+                    continue;
+                }
+                let (uri, body) = &load.requests[index as usize % load.requests.len()];
+                let request = http::Request::post(uri.clone())
+                    .header(http::header::CONTENT_TYPE, CBOR)
+                    .body(())
+                    .expect("a valid request head");
+                let sent = sender
+                    .send_request(request, false)
+                    .map_err(|error| format!("HTTP/2 request: {error}"))
+                    .and_then(|(answer, mut body_out)| {
+                        body_out
+                            .send_data(body.clone(), true)
+                            .map(|()| answer)
+                            .map_err(|error| format!("HTTP/2 body: {error}"))
+                    });
+                match sent {
+                    Ok(answer) => in_flight.push(async move {
+                        let result = tokio::time::timeout(REQUEST_TIMEOUT, h2_answer(answer))
+                            .await
+                            .unwrap_or_else(|_| {
+                                Err("no answer within the request timeout".to_string())
+                            });
+                        (due, result)
+                    }),
+                    Err(error) => {
+                        outcome.errors += 1;
+                        outcome.first_error.get_or_insert(error);
+                        sending = false;
+                    }
+                }
+            }
+        }
+    }
     drop(sender);
     driver.abort();
+    let mut shared = lock(&load.shared);
+    shared.outcome.merge(outcome);
+    shared.last_answer = shared.last_answer.max(last_answer);
+}
+
+/// One HTTP/2 answer: its status and body length.
+async fn h2_answer(answer: h2::client::ResponseFuture) -> Result<(u16, usize), String> {
+    let answer = answer.await.map_err(|e| format!("HTTP/2 answer: {e}"))?;
+    let status = answer.status().as_u16();
+    let mut body = answer.into_body();
+    let mut bytes = 0usize;
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.map_err(|e| format!("HTTP/2 answer body: {e}"))?;
+        bytes += chunk.len();
+        if bytes > ANSWER_BODY_BYTES_MAX {
+            return Err(format!("answer body over {ANSWER_BODY_BYTES_MAX} bytes"));
+        }
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    Ok((status, bytes))
 }
 
 /// Counts one answer: 2xx with its latency, 429 with its latency, anything else an error.
@@ -868,12 +961,22 @@ mod tests {
     /// An HTTP/2 (h2c) server that answers every request 429 with a short body, reading the
     /// request body to its end first.
     async fn h2_refusing_server() -> SocketAddr {
+        h2_server(None, Duration::ZERO).await
+    }
+
+    /// An h2c server that answers every request 429 after `delay`, with at most
+    /// `streams_max` streams open per connection (None: h2's default).
+    async fn h2_server(streams_max: Option<u32>, delay: Duration) -> SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
             while let Ok((conn, _)) = listener.accept().await {
                 tokio::spawn(async move {
-                    let Ok(mut connection) = h2::server::handshake(conn).await else {
+                    let mut builder = h2::server::Builder::new();
+                    if let Some(max) = streams_max {
+                        builder.max_concurrent_streams(max);
+                    }
+                    let Ok(mut connection) = builder.handshake(conn).await else {
                         return;
                     };
                     while let Some(Ok((request, mut respond))) = connection.accept().await {
@@ -882,6 +985,7 @@ mod tests {
                             while let Some(Ok(chunk)) = body.data().await {
                                 let _ = body.flow_control().release_capacity(chunk.len());
                             }
+                            tokio::time::sleep(delay).await;
                             let answer = http::Response::builder().status(429).body(()).unwrap();
                             if let Ok(mut out) = respond.send_response(answer, false) {
                                 let _ = out.send_data(Bytes::from_static(b"busy"), true);
@@ -892,6 +996,49 @@ mod tests {
             }
         });
         addr
+    }
+
+    /// A connection whose streams are all taken sends nothing more until one closes: the
+    /// requests due meanwhile wait in the generator (and count as not sent if the window ends
+    /// first), not in the h2 client's queue of streams waiting to open, which has no bound.
+    #[test]
+    fn an_http2_connection_sends_no_more_than_the_server_s_stream_limit_allows() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let addr = runtime.block_on(h2_server(Some(2), Duration::from_millis(100)));
+        let pool = Arc::new(RequestPool {
+            requests: vec![request_bytes("POST", "/api/x", Some(b"abc"))],
+            reusable: true,
+        });
+        let spec = LoadSpec {
+            addr,
+            pacing: Pacing::Open { rate_per_s: 200.0 },
+            connections: 1,
+            duration: Duration::from_secs(1),
+            generator_core: None,
+            wire: Wire::Http2,
+        };
+        let outcome = runtime.block_on(run_async(spec, pool));
+        assert_eq!(outcome.errors, 0, "{:?}", outcome.first_error);
+        assert_eq!(outcome.due, Some(200));
+        // Two streams answered every 100 ms: about 20 in the second, plus the two open and the
+        // one waiting to open when it ends. Queued in the client, all 200 would have been sent.
+        assert!(
+            (10..=26).contains(&outcome.sent),
+            "sent {} of {:?} due",
+            outcome.sent,
+            outcome.due
+        );
+        assert_eq!(outcome.rejected, outcome.sent);
+        // Answers came until the end of the window and were not late by the whole backlog.
+        assert!(
+            outcome.elapsed < Duration::from_millis(1500),
+            "{:?}",
+            outcome.elapsed
+        );
     }
 
     #[test]
@@ -907,8 +1054,11 @@ mod tests {
             reusable: true,
         });
         assert_eq!(
-            pool.h2_parts(),
-            vec![("/api/x".to_string(), Bytes::from_static(b"abc"))]
+            pool.h2_parts(addr),
+            vec![(
+                format!("http://{addr}/api/x").parse::<http::Uri>().unwrap(),
+                Bytes::from_static(b"abc")
+            )]
         );
         let spec = LoadSpec {
             addr,

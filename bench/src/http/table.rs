@@ -88,8 +88,9 @@ pub fn render(report: &SuiteReport) -> String {
         out,
         "(ok/s: 2xx answers per second; latency of 2xx answers from when each was due; 429: \
          refused answers; RSS: servers' peak resident memory in the run; cpu: servers' cores busy; \
-         us/ok: servers' CPU microseconds per 2xx answer; not sent: due requests the generator had no free connection for; update cases run on \
-         icn only: the baseline has no consensus)"
+         us/ok: servers' CPU microseconds per 2xx answer; not sent: due requests the generator \
+         had no free connection (HTTP/2: stream) for; update cases run on icn only: the \
+         baseline has no consensus)"
     );
     if !report.ratios.is_empty() {
         let _ = writeln!(
