@@ -644,6 +644,11 @@ async fn h2_loop(
             }, if next.is_some() && in_flight.len() < sender.current_max_send_streams() => {
                 let (index, due) = next.take().expect("a request was taken");
                 match ready {
+                    // A stream came free only after the window closed: not sent late.
+                    Ok(Ok(())) if Instant::now() >= window.end => {
+                        sending = false;
+                        continue;
+                    }
                     Ok(Ok(())) => {}
                     Ok(Err(error)) => {
                         outcome.errors += 1;
