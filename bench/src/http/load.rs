@@ -1003,6 +1003,18 @@ mod tests {
         addr
     }
 
+    /// A one-second HTTP/2 open loop at `rate_per_s` over `connections` to `addr`.
+    fn h2_open_loop(addr: SocketAddr, rate_per_s: f64, connections: usize) -> LoadSpec {
+        LoadSpec {
+            addr,
+            pacing: Pacing::Open { rate_per_s },
+            connections,
+            duration: Duration::from_secs(1),
+            generator_core: None,
+            wire: Wire::Http2,
+        }
+    }
+
     /// A connection whose streams are all taken sends nothing more until one closes: the
     /// requests due meanwhile wait in the generator (and count as not sent if the window ends
     /// first), not in the h2 client's queue of streams waiting to open, which has no bound.
@@ -1018,15 +1030,7 @@ mod tests {
             requests: vec![request_bytes("POST", "/api/x", Some(b"abc"))],
             reusable: true,
         });
-        let spec = LoadSpec {
-            addr,
-            pacing: Pacing::Open { rate_per_s: 200.0 },
-            connections: 1,
-            duration: Duration::from_secs(1),
-            generator_core: None,
-            wire: Wire::Http2,
-        };
-        let outcome = runtime.block_on(run_async(spec, pool));
+        let outcome = runtime.block_on(run_async(h2_open_loop(addr, 200.0, 1), pool));
         assert_eq!(outcome.errors, 0, "{:?}", outcome.first_error);
         assert_eq!(outcome.due, Some(200));
         // Two streams answered every 100 ms: about 20 in the second, plus the two open and the
@@ -1065,15 +1069,7 @@ mod tests {
                 Bytes::from_static(b"abc")
             )]
         );
-        let spec = LoadSpec {
-            addr,
-            pacing: Pacing::Open { rate_per_s: 400.0 },
-            connections: 4,
-            duration: Duration::from_secs(1),
-            generator_core: None,
-            wire: Wire::Http2,
-        };
-        let outcome = runtime.block_on(run_async(spec, pool));
+        let outcome = runtime.block_on(run_async(h2_open_loop(addr, 400.0, 4), pool));
         assert_eq!(outcome.errors, 0, "{:?}", outcome.first_error);
         assert!(outcome.sent >= 360, "{}", outcome.sent);
         assert_eq!(outcome.rejected, outcome.sent);
