@@ -107,7 +107,7 @@ impl RequestPool {
                 let path = line.split(' ').nth(1).unwrap_or("/");
                 let uri = format!("http://{addr}{path}")
                     .parse()
-                    .unwrap_or_else(|_| http::Uri::from_static("/"));
+                    .expect("a pool's request paths are valid request targets");
                 (uri, Bytes::copy_from_slice(&request[head_end..]))
             })
             .collect()
@@ -965,10 +965,6 @@ mod tests {
 
     /// An HTTP/2 (h2c) server that answers every request 429 with a short body, reading the
     /// request body to its end first.
-    async fn h2_refusing_server() -> SocketAddr {
-        h2_server(None, Duration::ZERO).await
-    }
-
     /// An h2c server that answers every request 429 after `delay`, with at most
     /// `streams_max` streams open per connection (None: h2's default).
     async fn h2_server(streams_max: Option<u32>, delay: Duration) -> SocketAddr {
@@ -1057,7 +1053,7 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-        let addr = runtime.block_on(h2_refusing_server());
+        let addr = runtime.block_on(h2_server(None, Duration::ZERO));
         let pool = Arc::new(RequestPool {
             requests: vec![request_bytes("POST", "/api/x", Some(b"abc"))],
             reusable: true,
