@@ -833,19 +833,31 @@ async fn finish(done: &std::sync::atomic::AtomicUsize, parties: usize) {
 fn each_shard_owns_the_connections_of_its_peers() {
     use icn_engine::transport::quic::shard_of;
     use icn_engine::udp::{SteeredPort, UdpConfig};
-    let two = Node::new();
+    // A bounded pool of identities, `two` the middle one by id, so that peers below and above
+    // it (dialing it and dialed by it) both exist: drawing until a side was covered could run
+    // for minutes when `two`'s id happened to be near either end.
+    const CANDIDATES: usize = 31;
+    let mut pool: Vec<Node> = (0..CANDIDATES).map(|_| Node::new()).collect();
+    pool.sort_by_key(|node| node.id());
+    let two = pool.remove(CANDIDATES / 2);
     let three = Node::new();
     // Peers covering both shards of `two`, each dialing it and dialed by it.
     let mut peers: Vec<Node> = Vec::new();
     let mut covered = [[false; 2]; 2];
-    while peers.len() < 6 {
-        let candidate = Node::new();
+    for candidate in pool {
+        if peers.len() == 6 {
+            break;
+        }
         let (shard, dials) = (shard_of(&candidate.id(), 2), candidate.id() < two.id());
         if !covered[shard][dials as usize] || covered.iter().flatten().all(|c| *c) {
             covered[shard][dials as usize] = true;
             peers.push(candidate);
         }
     }
+    assert!(
+        peers.len() == 6 && covered.iter().flatten().all(|c| *c),
+        "{CANDIDATES} identities did not give six peers covering both shards on both sides"
+    );
     let config = UdpConfig::default();
     let port_two = SteeredPort::bind("127.0.0.1:0".parse().unwrap(), &config, 2).unwrap();
     let port_three = SteeredPort::bind("127.0.0.1:0".parse().unwrap(), &config, 3).unwrap();
